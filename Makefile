@@ -1,0 +1,51 @@
+# The two commands: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+UV     := $(VENV)/bin/uv
+STAMP  := $(VENV)/.installed
+
+# Spark's Python workers must run the virtualenv's interpreter, and tests bind to loopback.
+export PYSPARK_PYTHON := $(abspath $(PY))
+export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export AIRFLOW_HOME ?= $(abspath .kmeans/airflow)
+export AIRFLOW__CORE__DAGS_FOLDER := $(abspath dags)
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__UNIT_TEST_MODE := False
+export NO_PROXY := *
+export no_proxy := *
+
+.PHONY: install demo test test-unit airflow-ui mlflow-ui feast-plan bench clean
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml requirements.lock | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.8
+	$(UV) pip install --python $(PY) --quiet -c requirements.lock -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/kmeans demo
+
+test: install
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest -m "not integration"
+
+airflow-ui: install
+	$(VENV)/bin/airflow standalone
+
+mlflow-ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath .kmeans/mlflow.db) --port 5000
+
+feast-plan: install
+	cd feature_repo && $(abspath $(VENV))/bin/feast plan
+
+clean:
+	rm -rf .kmeans

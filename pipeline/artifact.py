@@ -1,0 +1,108 @@
+"""The model artifact: centroids as NPY, preprocessing and metadata as JSON, with checksums.
+
+No pickle anywhere: a folder with ``centroids.npy``, ``model.json`` and ``checksums.json``.
+Loading verifies every checksum and refuses a tampered or incomplete artifact.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.io import atomic_write_bytes, atomic_write_json, file_sha256
+from pipeline.preprocessing import Preprocessor
+
+FORMAT_VERSION = 1
+FILES = ("centroids.npy", "model.json")
+
+
+class ArtifactError(ValueError):
+    """The artifact is missing, incomplete or does not match its checksums."""
+
+
+@dataclass
+class Assignment:
+    cluster: np.ndarray
+    distance: np.ndarray
+    runner_up: np.ndarray
+    margin: np.ndarray
+    ood: np.ndarray
+
+
+class SegmentModel:
+    """Fitted centroids plus the preprocessing that maps raw features to model space."""
+
+    def __init__(self, centroids: np.ndarray, preprocessor: Preprocessor, metadata: dict):
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.preprocessor = preprocessor
+        self.metadata = metadata
+        self.feature_names = preprocessor.feature_names
+        self.k = len(self.centroids)
+        self.ood_threshold = float(metadata.get("distance_p99", np.inf))
+        self._c2 = np.einsum("ij,ij->i", self.centroids, self.centroids)
+
+    def save(self, folder: Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "centroids.npy", "wb") as fh:
+            np.save(fh, self.centroids, allow_pickle=False)
+        atomic_write_json(folder / "model.json", {
+            "format_version": FORMAT_VERSION, "k": self.k,
+            "preprocessing": self.preprocessor.to_dict(), **self.metadata})
+        sums = {name: file_sha256(folder / name) for name in FILES}
+        atomic_write_bytes(folder / "checksums.json", json.dumps(sums, indent=2).encode())
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> SegmentModel:
+        folder = Path(folder)
+        try:
+            expected = json.loads((folder / "checksums.json").read_text())
+        except (OSError, ValueError) as err:
+            raise ArtifactError(f"artifact {folder} has no readable checksums.json") from err
+        for name in FILES:
+            path = folder / name
+            if not path.exists():
+                raise ArtifactError(f"artifact {folder} lacks {name}")
+            actual = file_sha256(path)
+            if actual != expected.get(name):
+                raise ArtifactError(
+                    f"artifact {folder}: {name} has sha256 {actual[:12]}…, checksums.json says "
+                    f"{str(expected.get(name))[:12]}…; refusing a tampered artifact")
+        meta = json.loads((folder / "model.json").read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"artifact format_version={meta.get('format_version')}, "
+                                f"this code reads {FORMAT_VERSION}")
+        centroids = np.load(folder / "centroids.npy", allow_pickle=False)
+        pre = Preprocessor.from_dict(meta.pop("preprocessing"))
+        if centroids.shape != (meta["k"], len(pre.feature_names)):
+            raise ArtifactError(f"centroids shape {centroids.shape} does not match "
+                                f"k={meta['k']} and {len(pre.feature_names)} features")
+        return cls(centroids, pre, meta)
+
+    def assign_scaled(self, x: np.ndarray) -> Assignment:
+        """Nearest and runner-up centroid of rows already in model space (vectorized)."""
+        d2 = self._c2 - 2.0 * (x @ self.centroids.T) + np.einsum("ij,ij->i", x, x)[:, None]
+        np.maximum(d2, 0.0, out=d2)
+        if self.k > 1:
+            two = np.argpartition(d2, 1, axis=1)[:, :2]
+            rows = np.arange(len(x))
+            first = np.take_along_axis(d2, two, axis=1)
+            swap = first[:, 0] > first[:, 1]
+            best = np.where(swap, two[:, 1], two[:, 0])
+            second = np.where(swap, two[:, 0], two[:, 1])
+            dist = np.sqrt(d2[rows, best])
+            dist2nd = np.sqrt(d2[rows, second])
+        else:
+            best = np.zeros(len(x), dtype=np.int64)
+            second = best
+            dist = np.sqrt(d2[:, 0])
+            dist2nd = dist
+        return Assignment(best, dist, second, dist2nd - dist, dist > self.ood_threshold)
+
+    def assign(self, raw) -> Assignment:
+        """Assign raw feature rows (DataFrame or array; NaN = missing, imputed)."""
+        return self.assign_scaled(self.preprocessor.transform(raw))

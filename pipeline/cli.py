@@ -1,0 +1,171 @@
+"""The ``kmeans`` CLI: one sub-command per stage, calling the same functions as the DAG tasks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="K-means segmentation platform: one command per pipeline stage.")
+
+Day = Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Day (YYYY-MM-DD), UTC.")]
+
+
+def _settings():
+    from pipeline.settings import load_settings
+
+    return load_settings()
+
+
+def _echo(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False):
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "feast", "mlflow", "great_expectations", "alembic", "urllib3",
+                  "pipeline.serving.access", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def generate(
+    customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 20_000,
+    days: Annotated[int, typer.Option(min=1, help="Number of daily partitions.")] = 7,
+    start: Day = dt.datetime(2026, 11, 1),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+):
+    """Write synthetic customer behaviour to the data lake (Parquet, one partition a day)."""
+    from pipeline.datagen import generate_lake
+
+    out = generate_lake(_settings().lake_dir, n_customers=customers, start=start.date(),
+                        days=days, seed=seed)
+    _echo({"path": str(out.path), "days": out.days, "rows": out.rows})
+
+
+@app.command()
+def ingest(start: Day, end: Day):
+    """Land the lake's days in [start, end) in the offline feature table."""
+    from pipeline import training
+
+    _echo(training.ingest(_settings(), start, end))
+
+
+@app.command()
+def apply():
+    """Register the Feast declarations of feature_repo/ (feast apply)."""
+    from pipeline.features import apply_repo
+
+    _echo(apply_repo(_settings()))
+
+
+@app.command()
+def materialize(start: Day, end: Day):
+    """Load the latest feature values of [start, end) into the Feast online store."""
+    from pipeline.features import materialize as run
+
+    run(_settings(), _utc(start), _utc(end))
+    _echo({"materialized": [start.date().isoformat(), end.date().isoformat()]})
+
+
+@app.command()
+def snapshot(start: Day, end: Day):
+    """Build the training snapshot of [start, end) from the Feast feature service."""
+    from pipeline import training
+
+    _echo({"snapshot": training.snapshot(_settings(), _utc(start), _utc(end))})
+
+
+@app.command()
+def validate(snapshot_path: Annotated[Path, typer.Argument(help="Snapshot folder.")]):
+    """Run the Great Expectations suite on a snapshot; exit 1 if it fails."""
+    from pipeline import training
+    from pipeline.validation import ValidationFailed
+
+    try:
+        _echo({"report": training.validate(_settings(), str(snapshot_path))})
+    except ValidationFailed as err:
+        typer.echo(f"validation failed: {err}", err=True)
+        raise typer.Exit(1) from err
+
+
+@app.command()
+def train(
+    snapshot_path: Annotated[Path, typer.Argument(help="Snapshot folder.")],
+    k_min: Annotated[int, typer.Option(help="Smallest K.")] = 2,
+    k_max: Annotated[int, typer.Option(help="Largest K.")] = 8,
+    sample_fraction: Annotated[float, typer.Option(help="Share of training rows.")] = 1.0,
+    max_iter: Annotated[int, typer.Option(help="Most iterations per K.")] = 50,
+    n_init: Annotated[int, typer.Option(help="Initialisations per K.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 42,
+    engine: Annotated[str, typer.Option(help="spark or local.")] = "spark",
+):
+    """Run the K sweep, choose K, log the run to MLflow."""
+    from pipeline import training
+
+    params = training.TrainParams(k_min=k_min, k_max=k_max, sample_fraction=sample_fraction,
+                                  max_iter=max_iter, n_init=n_init, seed=seed, engine=engine)
+    _echo(training.train(_settings(), str(snapshot_path), params))
+
+
+@app.command()
+def evaluate(run_id: str, snapshot_path: Path, seed: int = 42):
+    """Score a run's model and the champion on the same holdout."""
+    from pipeline import training
+
+    _echo(training.evaluate(_settings(), run_id, str(snapshot_path), seed=seed))
+
+
+@app.command()
+def register(run_id: str):
+    """Register a run's model as a new version with alias challenger."""
+    from pipeline import training
+
+    _echo(training.register(_settings(), run_id))
+
+
+@app.command()
+def audit():
+    """Print the audit trail of alias moves."""
+    from pipeline.registry import read_audit
+
+    _echo(read_audit(_settings()))
+
+
+@app.command()
+def serve(alias: Annotated[str, typer.Option(help="Model alias to serve.")] = "champion"):
+    """Serve the model behind an alias (Open Inference Protocol v2 and KServe v1)."""
+    from pipeline.serving.server import serve as run
+
+    run(_settings(), alias=alias)
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(min=100, help="Number of customers.")] = 20_000,
+    days: Annotated[int, typer.Option(min=1, help="Days of data.")] = 7,
+    seed: Annotated[int, typer.Option(help="Seed of the data.")] = 7,
+):
+    """Sample data, the training DAG end to end, the model served, example predictions."""
+    from pipeline.demo import run_demo
+
+    run_demo(_settings(), customers=customers, days=days, seed=seed)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=dt.timezone.utc)
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    main()

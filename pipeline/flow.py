@@ -1,0 +1,75 @@
+"""What the DAG tasks call: one function per task, settings read from the environment.
+
+Each function takes the task's explicit data interval and params, so re-running a task for the
+same interval changes nothing, and returns something small enough for XCom.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from pipeline import training
+from pipeline.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARAMS = {"k_min": 2, "k_max": 8, "sample_fraction": 1.0, "max_iter": 50, "seed": 42,
+                  "n_init": 1, "lookback_days": 7, "end_date": "", "engine": "spark"}
+
+
+def interval(context: dict) -> tuple[str, str]:
+    """The training window of a run: ``lookback_days`` days ending at the run's interval end.
+
+    The end is the ``end_date`` param when given, else the data interval end, else (a manual run
+    with no logical date) the day the run was queued for, at midnight UTC.
+    """
+    params = context.get("params") or {}
+    if params.get("end_date"):
+        end = dt.datetime.fromisoformat(str(params["end_date"]))
+    elif context.get("data_interval_end") is not None:
+        end = context["data_interval_end"]
+    else:
+        end = context["dag_run"].run_after
+    end = dt.datetime(end.year, end.month, end.day, tzinfo=dt.timezone.utc)
+    start, end = training.window(end, int(params.get("lookback_days", 7)))
+    return start.isoformat(), end.isoformat()
+
+
+def train_params(params: dict) -> dict:
+    keys = training.TrainParams.model_fields
+    return training.TrainParams(**{k: v for k, v in params.items() if k in keys}).model_dump()
+
+
+def ingest(window: tuple[str, str]) -> dict:
+    start, end = (dt.datetime.fromisoformat(v) for v in window)
+    return training.ingest(load_settings(), start, end)
+
+
+def snapshot(window: tuple[str, str]) -> str:
+    start, end = (dt.datetime.fromisoformat(v) for v in window)
+    return training.snapshot(load_settings(), start, end)
+
+
+def validate(snapshot_path: str) -> str:
+    return training.validate(load_settings(), snapshot_path)
+
+
+def train(snapshot_path: str, report: str, params: dict) -> dict:
+    return training.train(load_settings(), snapshot_path, train_params(params),
+                          validation_report=report)
+
+
+def evaluate(trained: dict, snapshot_path: str, params: dict) -> dict:
+    result = training.evaluate(load_settings(), trained["run_id"], snapshot_path,
+                               seed=int(params.get("seed", 42)))
+    return {"run_id": trained["run_id"], "k": trained["k"],
+            "silhouette": result["challenger"].get("silhouette")}
+
+
+def register(evaluated: dict) -> dict:
+    return training.register(load_settings(), evaluated["run_id"])
+
+
+def ready_to_serve(registered: dict) -> dict:
+    return training.verify_serving(load_settings(), "champion")

@@ -1,0 +1,76 @@
+"""Feature preprocessing shared by training and serving: log1p for skewed columns, median
+imputation, standardisation. Stored as plain JSON, never as a pickle."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipeline.settings import FEATURES
+
+HOLDOUT_SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    feature_names: list[str]
+    log_features: list[str]
+    medians: list[float]
+    means: list[float]
+    stds: list[float]
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, feature_names: list[str] | None = None) -> Preprocessor:
+        names = list(feature_names or FEATURES)
+        missing = [c for c in names if c not in frame.columns]
+        if missing:
+            raise ValueError(f"frame lacks feature columns {missing}")
+        logs = [n for n in names if FEATURES.get(n, {}).get("log")]
+        raw = frame[names].to_numpy(dtype=np.float64)
+        raw = _log(raw, [n in logs for n in names])
+        medians = np.nanmedian(raw, axis=0)
+        if np.isnan(medians).any():
+            empty = [n for n, m in zip(names, medians, strict=True) if np.isnan(m)]
+            raise ValueError(f"feature columns {empty} have no values at all")
+        filled = np.where(np.isnan(raw), medians, raw)
+        stds = filled.std(axis=0)
+        stds[stds == 0] = 1.0
+        return cls(names, logs, medians.tolist(), filled.mean(axis=0).tolist(), stds.tolist())
+
+    def transform(self, data) -> np.ndarray:
+        """Raw feature values (DataFrame or (n, d) array, NaN = missing) to model space."""
+        if isinstance(data, pd.DataFrame):
+            data = data[self.feature_names].to_numpy(dtype=np.float64)
+        raw = np.asarray(data, dtype=np.float64)
+        if raw.ndim != 2 or raw.shape[1] != len(self.feature_names):
+            raise ValueError(f"expected shape (n, {len(self.feature_names)}), got {raw.shape}")
+        raw = _log(raw, [n in self.log_features for n in self.feature_names])
+        raw = np.where(np.isnan(raw), np.asarray(self.medians), raw)
+        return ((raw - np.asarray(self.means)) / np.asarray(self.stds)).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocessor:
+        return cls(**data)
+
+
+def _log(raw: np.ndarray, mask: list[bool]) -> np.ndarray:
+    out = raw.copy()
+    cols = np.flatnonzero(mask)
+    out[:, cols] = np.log1p(np.clip(out[:, cols], 0, None))
+    return out
+
+
+def holdout_mask(customer_ids, seed: int, share: float = HOLDOUT_SHARE) -> np.ndarray:
+    """Deterministic split by a hash of the id: the same customer is always on the same side."""
+    ids = np.asarray(customer_ids, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        h = (ids + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(31)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(29)
+    return (h % np.uint64(10_000)).astype(np.float64) < share * 10_000

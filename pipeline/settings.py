@@ -1,0 +1,130 @@
+"""Typed settings, loaded explicitly, never at import.
+
+All values come from ``KMEANS_*`` environment variables (or a ``.env`` file) on top of the defaults
+of the active profile. ``local`` (the default) needs no servers: SQLite for MLflow and the Feast
+online store, Parquet for the lake and the offline store, Spark ``local[*]``. ``production`` expects
+an MLflow server, Redis for Feast, Spark on Kubernetes and a serving token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# The behaviour features every stage agrees on: the Feast feature view, the validation suite,
+# the model's preprocessing and the serving schema are all derived from this one table.
+FEATURES: dict[str, dict] = {
+    "total_spend_30d": {"dtype": "float", "min": 0.0, "max": 1e6, "log": True},
+    "avg_order_value": {"dtype": "float", "min": 0.0, "max": 1e5, "log": True},
+    "orders_30d": {"dtype": "float", "min": 0.0, "max": 1000.0, "log": True},
+    "sessions_30d": {"dtype": "float", "min": 0.0, "max": 5000.0, "log": True},
+    "days_since_last_order": {"dtype": "float", "min": 0.0, "max": 3650.0, "log": True},
+    "tenure_days": {"dtype": "float", "min": 0.0, "max": 10000.0, "log": False},
+    "returns_30d": {"dtype": "float", "min": 0.0, "max": 500.0, "log": True},
+    "discount_share": {"dtype": "float", "min": 0.0, "max": 1.0, "log": False},
+    "support_tickets_90d": {"dtype": "float", "min": 0.0, "max": 500.0, "log": True},
+    "mobile_share": {"dtype": "float", "min": 0.0, "max": 1.0, "log": False},
+    "categories_browsed_30d": {"dtype": "float", "min": 0.0, "max": 200.0, "log": False},
+    "email_open_rate": {"dtype": "float", "min": 0.0, "max": 1.0, "log": False},
+}
+FEATURE_NAMES: list[str] = list(FEATURES)
+
+
+class Settings(BaseSettings):
+    """Settings of one deployment of the platform."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KMEANS_", env_file=".env", extra="forbid", validate_default=True
+    )
+
+    profile: Literal["local", "production"] = Field(
+        "local", description="local: embedded default, no servers; production: cluster services."
+    )
+    home: Path = Field(
+        PROJECT_ROOT / ".kmeans",
+        description="Working folder of the embedded default: lake, stores, reports, staged blocks.",
+    )
+    lake_dir: Path | None = Field(None, description="Data lake root (default: <home>/lake).")
+    offline_dir: Path | None = Field(
+        None, description="Feature tables read by the Feast offline store (default: <home>/offline)."
+    )
+    feast_repo: Path = Field(PROJECT_ROOT / "feature_repo", description="Feast repository folder.")
+    feature_service: str = Field("customer_segments_v1", description="Feast feature service.")
+    redis_connection_string: str = Field(
+        "127.0.0.1:6379", description="Feast online store (Redis) in the production profile."
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (default: sqlite:///<home>/mlflow.db)."
+    )
+    mlflow_experiment: str = Field("customer_segments", description="MLflow experiment name.")
+    model_name: str = Field("customer_segments", description="MLflow registered model name.")
+    spark_master: str = Field("local[*]", description="Spark master URL (k8s://... in production).")
+    spark_driver_memory: str = Field("2g", description="Spark driver memory.")
+    spark_partitions: int = Field(4, ge=1, description="Snapshot files = Spark tasks per iteration.")
+    stage_dir: Path | None = Field(
+        None, description="Executor-local folder for staged float32 blocks (default: <home>/blocks)."
+    )
+    min_rows: int = Field(500, ge=1, description="Fewest rows a training snapshot may have.")
+    max_null_share: float = Field(0.10, ge=0, le=1, description="Largest null share per feature.")
+    serving_host: str = Field("127.0.0.1", description="Inference server bind address.")
+    serving_port: int = Field(8080, ge=0, le=65535, description="Inference server port.")
+    serving_token: SecretStr | None = Field(
+        None, description="Bearer token for predictions; required in the production profile."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for the admin endpoints that change state."
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
+    max_batch_rows: int = Field(10_000, ge=1, description="Largest batch in one request.")
+
+    @model_validator(mode="after")
+    def _fill_and_check(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        self.lake_dir = (self.lake_dir or self.home / "lake").expanduser().resolve()
+        self.offline_dir = (self.offline_dir or self.home / "offline").expanduser().resolve()
+        self.stage_dir = (self.stage_dir or self.home / "blocks").expanduser().resolve()
+        if self.mlflow_tracking_uri is None:
+            self.mlflow_tracking_uri = f"sqlite:///{self.home / 'mlflow.db'}"
+        if self.profile == "production":
+            missing = [n for n in ("serving_token", "admin_token") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(
+                    "profile=production needs " + ", ".join(f"KMEANS_{m.upper()}" for m in missing)
+                )
+            if self.mlflow_tracking_uri.startswith("sqlite"):
+                raise ValueError(
+                    "profile=production needs an MLflow server: set KMEANS_MLFLOW_TRACKING_URI, "
+                    f"got {self.mlflow_tracking_uri!r}"
+                )
+        return self
+
+    # Derived locations; the folders are created by the stage that writes them, not here.
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.home / "snapshots"
+
+    @property
+    def rejected_dir(self) -> Path:
+        return self.home / "rejected"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.home / "feast"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.home / "mlartifacts"
+
+
+def load_settings(**overrides) -> Settings:
+    """Read the settings from the environment; keyword arguments win over it."""
+    return Settings(**overrides)
