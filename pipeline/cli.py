@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="K-means segmentation platform: one command per pipeline stage.")
@@ -26,6 +27,24 @@ def _echo(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+class _Command(typer.core.TyperCommand):
+    """Turns the errors a user can cause into one clear line and exit code 2, not a traceback."""
+
+    def invoke(self, ctx):
+        from pydantic import ValidationError
+
+        try:
+            return super().invoke(ctx)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
+                                 for e in err.errors())
+            typer.echo(f"error: {problems}", err=True)
+            raise typer.Exit(2) from err
+        except (ValueError, LookupError, FileNotFoundError) as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from err
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False):
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
@@ -35,7 +54,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-@app.command()
+@app.command(cls=_Command)
 def generate(
     customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 20_000,
     days: Annotated[int, typer.Option(min=1, help="Number of daily partitions.")] = 7,
@@ -50,7 +69,7 @@ def generate(
     _echo({"path": str(out.path), "days": out.days, "rows": out.rows})
 
 
-@app.command()
+@app.command(cls=_Command)
 def ingest(start: Day, end: Day):
     """Land the lake's days in [start, end) in the offline feature table."""
     from pipeline import training
@@ -58,7 +77,7 @@ def ingest(start: Day, end: Day):
     _echo(training.ingest(_settings(), start, end))
 
 
-@app.command()
+@app.command(cls=_Command)
 def apply():
     """Register the Feast declarations of feature_repo/ (feast apply)."""
     from pipeline.features import apply_repo
@@ -66,7 +85,7 @@ def apply():
     _echo(apply_repo(_settings()))
 
 
-@app.command()
+@app.command(cls=_Command)
 def materialize(start: Day, end: Day):
     """Load the latest feature values of [start, end) into the Feast online store."""
     from pipeline.features import materialize as run
@@ -75,7 +94,7 @@ def materialize(start: Day, end: Day):
     _echo({"materialized": [start.date().isoformat(), end.date().isoformat()]})
 
 
-@app.command()
+@app.command(cls=_Command)
 def snapshot(start: Day, end: Day):
     """Build the training snapshot of [start, end) from the Feast feature service."""
     from pipeline import training
@@ -83,7 +102,7 @@ def snapshot(start: Day, end: Day):
     _echo({"snapshot": training.snapshot(_settings(), _utc(start), _utc(end))})
 
 
-@app.command()
+@app.command(cls=_Command)
 def validate(snapshot_path: Annotated[Path, typer.Argument(help="Snapshot folder.")]):
     """Run the Great Expectations suite on a snapshot; exit 1 if it fails."""
     from pipeline import training
@@ -96,7 +115,7 @@ def validate(snapshot_path: Annotated[Path, typer.Argument(help="Snapshot folder
         raise typer.Exit(1) from err
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
     snapshot_path: Annotated[Path, typer.Argument(help="Snapshot folder.")],
     k_min: Annotated[int, typer.Option(help="Smallest K.")] = 2,
@@ -115,7 +134,7 @@ def train(
     _echo(training.train(_settings(), str(snapshot_path), params))
 
 
-@app.command()
+@app.command(cls=_Command)
 def evaluate(run_id: str, snapshot_path: Path, seed: int = 42):
     """Score a run's model and the champion on the same holdout."""
     from pipeline import training
@@ -123,7 +142,7 @@ def evaluate(run_id: str, snapshot_path: Path, seed: int = 42):
     _echo(training.evaluate(_settings(), run_id, str(snapshot_path), seed=seed))
 
 
-@app.command()
+@app.command(cls=_Command)
 def register(run_id: str):
     """Register a run's model as a new version with alias challenger."""
     from pipeline import training
@@ -131,7 +150,7 @@ def register(run_id: str):
     _echo(training.register(_settings(), run_id))
 
 
-@app.command()
+@app.command(cls=_Command)
 def audit():
     """Print the audit trail of alias moves."""
     from pipeline.registry import read_audit
@@ -139,7 +158,7 @@ def audit():
     _echo(read_audit(_settings()))
 
 
-@app.command()
+@app.command(cls=_Command)
 def serve(alias: Annotated[str, typer.Option(help="Model alias to serve.")] = "champion"):
     """Serve the model behind an alias (Open Inference Protocol v2 and KServe v1)."""
     from pipeline.serving.server import serve as run
@@ -147,7 +166,7 @@ def serve(alias: Annotated[str, typer.Option(help="Model alias to serve.")] = "c
     run(_settings(), alias=alias)
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     customers: Annotated[int, typer.Option(min=100, help="Number of customers.")] = 20_000,
     days: Annotated[int, typer.Option(min=1, help="Days of data.")] = 7,

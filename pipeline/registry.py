@@ -90,7 +90,7 @@ def move_alias(settings: Settings, alias: str, version: str, *, reason: str,
     c.set_registered_model_alias(settings.model_name, alias, str(version))
     entry = {
         "at": dt.datetime.now(dt.timezone.utc).isoformat(), "model": settings.model_name,
-        "alias": alias, "from_version": before.version if before else None,
+        "alias": alias, "from_version": str(before.version) if before else None,
         "to_version": str(version), "actor": actor or _actor(), "reason": reason,
         "figures": figures or {},
     }

@@ -161,7 +161,8 @@ def train(settings: Settings, snapshot_path: str, params: TrainParams | dict,
         mlflow.log_params({**params.model_dump(), "training_rows": source.n_rows,
                            "holdout_rows": len(holdout), "snapshot": snap.path})
         for row in rows:
-            with mlflow.start_run(run_name=f"k={row['k']}", nested=True, tags=tags):
+            with mlflow.start_run(experiment_id=experiment_id, run_name=f"k={row['k']}",
+                                  nested=True, tags=tags):
                 mlflow.log_param("k", row["k"])
                 mlflow.log_metrics(_finite(row))
         mlflow.log_metrics({f"chosen_{k}": v for k, v in _finite(best).items()})
@@ -262,7 +263,8 @@ def verify_serving(settings: Settings, alias: str = "champion") -> dict:
     from pipeline import registry
 
     model, version = registry.download_model(settings, alias)
-    out = model.assign(np.asarray([model.preprocessor.medians], dtype=np.float64))
+    # A row of missing values is imputed with the training medians: a valid probe for any model.
+    out = model.assign(np.full((1, len(model.feature_names)), np.nan))
     return {"alias": alias, "version": version, "k": model.k, "probe_cluster": int(out.cluster[0])}
 
 

@@ -1,0 +1,80 @@
+"""Shared fixtures. The environment is set here, before anything imports airflow or pyspark."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="kmeans-tests-"))
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ["AIRFLOW_HOME"] = str(_SESSION_DIR / "airflow")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
+# local[2,4]: two cores, and a failed task gets up to four attempts (fault-injection tests).
+os.environ["KMEANS_SPARK_MASTER"] = "local[2,4]"
+os.environ["KMEANS_SPARK_DRIVER_MEMORY"] = "1g"
+os.environ["KMEANS_SPARK_PARTITIONS"] = "3"
+os.environ["KMEANS_MIN_ROWS"] = "200"
+os.environ["KMEANS_HOME"] = str(_SESSION_DIR / "default-home")
+
+START = dt.date(2026, 11, 1)
+DAYS = 3
+END = dt.datetime(2026, 11, 4, tzinfo=dt.timezone.utc)
+BEGIN = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+
+
+def make_settings(home: Path, **overrides):
+    from pipeline.settings import load_settings
+
+    return load_settings(home=home, **overrides)
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    """Settings on a fresh home; also exported so code that reads the environment agrees."""
+    monkeypatch.setenv("KMEANS_HOME", str(tmp_path / "home"))
+    return make_settings(tmp_path / "home")
+
+
+@pytest.fixture(scope="session")
+def lake_home():
+    """A small lake (1,500 customers x 3 days), landed, applied and materialized, shared."""
+    from pipeline import features, training
+    from pipeline.datagen import generate_lake
+
+    home = _SESSION_DIR / "lake-home"
+    s = make_settings(home)
+    generate_lake(s.lake_dir, n_customers=1500, start=START, days=DAYS, seed=11)
+    training.ingest(s, BEGIN, END)
+    features.apply_repo(s)
+    features.materialize(s, BEGIN - dt.timedelta(days=30), END)
+    return home
+
+
+@pytest.fixture(scope="session")
+def snapshot_path(lake_home):
+    from pipeline.features import training_snapshot
+
+    return training_snapshot(make_settings(lake_home), BEGIN, END).path
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from pipeline.engine.spark import spark_session
+
+    return spark_session("local[2,4]", app_name="kmeans-tests", driver_memory="1g")
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """Airflow metadata DB (SQLite) for dag.test(), migrated once per session."""
+    from pipeline import airflow_env
+
+    return airflow_env.prepare(make_settings(_SESSION_DIR / "airflow-settings"))

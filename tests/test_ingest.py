@@ -1,0 +1,78 @@
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.datagen import LAKE_TABLE, generate_lake
+from pipeline.ingest import OFFLINE_TABLE, SchemaError, ingest_lake, split_valid
+from pipeline.io import file_sha256
+from pipeline.settings import FEATURE_NAMES
+
+
+def test_generate_is_partitioned_by_day_and_deterministic(settings):
+    lake = generate_lake(settings.lake_dir, n_customers=300, days=2, seed=3)
+    files = sorted((settings.lake_dir / LAKE_TABLE).glob("day=*/part-00000.parquet"))
+    assert [f.parent.name for f in files] == ["day=2026-11-01", "day=2026-11-02"]
+    first = [file_sha256(f) for f in files]
+    generate_lake(settings.lake_dir, n_customers=300, days=2, seed=3)
+    assert [file_sha256(f) for f in files] == first
+    frame = pq.read_table(files[0]).to_pandas()
+    assert set(FEATURE_NAMES) <= set(frame.columns)
+    assert frame["total_spend_30d"].skew() > 1, "amounts should be skewed"
+    assert 0 < frame["email_open_rate"].isna().mean() < 0.1, "some values should be missing"
+    assert lake.rows == sum(pq.read_metadata(f).num_rows for f in files)
+
+
+def _day_frame(n=5):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({name: rng.uniform(0, 1, n) for name in FEATURE_NAMES})
+    frame.insert(0, "customer_id", np.arange(1, n + 1))
+    frame.insert(1, "event_timestamp", pd.Timestamp("2026-11-01 12:00", tz="UTC"))
+    return frame
+
+
+def test_bad_rows_are_kept_aside_with_reasons():
+    frame = _day_frame(6)
+    frame.loc[0, "customer_id"] = None
+    frame.loc[1, "discount_share"] = 1.5
+    frame.loc[2, "event_timestamp"] = pd.Timestamp("2026-11-03", tz="UTC")
+    frame.loc[3, "orders_30d"] = -1
+    frame.loc[5, "customer_id"] = 5  # duplicate of row 4 (same id and timestamp)
+    ok, bad = split_valid(frame, dt.date(2026, 11, 1))
+    assert len(ok) == 1 and len(bad) == 5
+    reasons = list(bad["reject_reason"])
+    assert reasons[0] == "customer_id missing or not a positive integer"
+    assert reasons[1] == "discount_share outside [0, 1]"
+    assert reasons[2] == "event_timestamp outside partition day=2026-11-01"
+    assert reasons[3] == "orders_30d outside [0, 1000]"
+    assert reasons[4] == "duplicate (customer_id, event_timestamp)"
+
+
+def test_missing_columns_are_named():
+    with pytest.raises(SchemaError, match=r"lacks columns \['tenure_days'\]"):
+        split_valid(_day_frame().drop(columns=["tenure_days"]), dt.date(2026, 11, 1))
+
+
+def test_ingest_is_idempotent_and_quarantines(settings):
+    generate_lake(settings.lake_dir, n_customers=200, days=2, seed=5)
+    part = settings.lake_dir / LAKE_TABLE / "day=2026-11-02" / "part-00000.parquet"
+    frame = pq.read_table(part).to_pandas()
+    frame.loc[:2, "mobile_share"] = 7.0
+    frame.to_parquet(part, index=False)
+    start, end = dt.date(2026, 11, 1), dt.date(2026, 11, 3)
+    first = ingest_lake(settings, start, end)
+    out = sorted((settings.offline_dir / OFFLINE_TABLE).rglob("*.parquet"))
+    hashes = [file_sha256(f) for f in out]
+    second = ingest_lake(settings, start, end)
+    assert first.to_dict() == second.to_dict()
+    assert [file_sha256(f) for f in out] == hashes
+    assert first.rejected == 3 and first.reasons == {"mobile_share outside [0, 1]": 3}
+    rejected = pq.read_table(settings.rejected_dir / OFFLINE_TABLE / "day=2026-11-02").to_pandas()
+    assert len(rejected) == 3 and (rejected["mobile_share"] == 7.0).all()
+
+
+def test_ingest_without_data_names_the_folder(settings):
+    with pytest.raises(FileNotFoundError, match="no lake partitions"):
+        ingest_lake(settings, dt.date(2020, 1, 1), dt.date(2020, 1, 2))
