@@ -23,24 +23,37 @@ def _settings():
     return load_settings()
 
 
+_result_stream = None  # the command's real stdout, kept while libraries' prints go to stderr
+
+
 def _echo(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
+    import sys
+
+    print(json.dumps(obj, indent=2, default=str), file=_result_stream or sys.stdout, flush=True)
 
 
 class _Command(typer.core.TyperCommand):
     """Turns the errors a user can cause into one clear line and exit code 2, not a traceback."""
 
     def invoke(self, ctx):
+        import contextlib
+        import sys
+
+        from mlflow.exceptions import MlflowException
         from pydantic import ValidationError
 
+        global _result_stream
+        _result_stream = sys.stdout
         try:
-            return super().invoke(ctx)
+            # stdout carries only the command's JSON result; libraries' chatter goes to stderr.
+            with contextlib.redirect_stdout(sys.stderr):
+                return super().invoke(ctx)
         except ValidationError as err:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
                                  for e in err.errors())
             typer.echo(f"error: {problems}", err=True)
             raise typer.Exit(2) from err
-        except (ValueError, LookupError, FileNotFoundError) as err:
+        except (ValueError, LookupError, FileNotFoundError, MlflowException) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from err
 

@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     )
     mlflow_experiment: str = Field("customer_segments", description="MLflow experiment name.")
     model_name: str = Field("customer_segments", description="MLflow registered model name.")
-    spark_master: str = Field("local[*]", description="Spark master URL (k8s://... in production).")
+    spark_master: str = Field(
+        "local[*]", description="Spark master (k8s://... in production; empty: spark-submit's)."
+    )
     spark_driver_memory: str = Field("2g", description="Spark driver memory.")
     spark_partitions: int = Field(4, ge=1, description="Snapshot files = Spark tasks per iteration.")
     stage_dir: Path | None = Field(

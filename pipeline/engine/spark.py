@@ -30,11 +30,14 @@ def spark_session(master: str = "local[*]", *, app_name: str = "kmeans", driver_
     """A SparkSession whose Python workers run this interpreter (not `python3` from PATH)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    if master.startswith("local"):
+    if master and master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
-    builder = (SparkSession.builder.master(master).appName(app_name)
+    builder = SparkSession.builder
+    if master:  # empty: spark-submit (or the SparkApplication) already chose the master
+        builder = builder.master(master)
+    builder = (builder.appName(app_name)
                .config("spark.driver.memory", driver_memory)
                .config("spark.ui.showConsoleProgress", "false")
                .config("spark.sql.session.timeZone", "UTC"))

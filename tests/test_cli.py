@@ -1,0 +1,51 @@
+"""The kmeans CLI: each stage on a small lake, in-process (typer's runner), and clear errors."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def _ok(*args) -> dict | list:
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_stages_end_to_end(settings):
+    gen = _ok("generate", "--customers", "800", "--days", "2", "--seed", "3")
+    assert gen["days"] == ["2026-11-01", "2026-11-02"]
+    landed = _ok("ingest", "--start", "2026-11-01", "--end", "2026-11-03")
+    assert landed["accepted"] == gen["rows"] and landed["rejected"] == 0
+    assert "customer_segments_v1" in _ok("apply")
+    _ok("materialize", "--start", "2026-10-01", "--end", "2026-11-03")
+    snap = _ok("snapshot", "--start", "2026-11-01", "--end", "2026-11-03")["snapshot"]
+    assert _ok("validate", snap)["report"].endswith(".html")
+    trained = _ok("train", snap, "--k-min", "2", "--k-max", "4", "--engine", "local",
+                  "--max-iter", "20")
+    assert 2 <= trained["k"] <= 4 and "silhouette" in trained["metrics"]
+    evaluated = _ok("evaluate", trained["run_id"], snap)
+    assert "challenger" in evaluated and "champion" not in evaluated
+    registered = _ok("register", trained["run_id"])
+    assert registered == {"model": "customer_segments", "version": "1",
+                          "aliases": ["challenger", "champion"]}
+    assert [e["alias"] for e in _ok("audit")] == ["challenger", "champion"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "/nonexistent", "--k-min", "5", "--k-max", "3"],
+     "k_max=3 should be >= k_min=5"),
+    (["ingest", "--start", "2020-01-01", "--end", "2020-01-02"], "no lake partitions"),
+    (["ingest", "--start", "2026-11-03", "--end", "2026-11-01"],
+     "interval end=2026-11-01 must be after start=2026-11-03"),
+    (["register", "no-such-run"], "error:"),
+])
+def test_bad_input_is_one_clear_line(settings, args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
