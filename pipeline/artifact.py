@@ -41,6 +41,10 @@ class SegmentModel:
         self.metadata = metadata
         self.feature_names = preprocessor.feature_names
         self.k = len(self.centroids)
+        # Stable cluster ids (matched to the previous champion); row i answers as cluster_ids[i].
+        self.cluster_ids = np.asarray(metadata.get("cluster_ids", range(self.k)), dtype=np.int64)
+        if self.cluster_ids.shape != (self.k,):
+            raise ArtifactError(f"cluster_ids has {len(self.cluster_ids)} entries for k={self.k}")
         self.ood_threshold = float(metadata.get("distance_p99", np.inf))
         self._c2 = np.einsum("ij,ij->i", self.centroids, self.centroids)
 
@@ -101,7 +105,8 @@ class SegmentModel:
             second = best
             dist = np.sqrt(d2[:, 0])
             dist2nd = dist
-        return Assignment(best, dist, second, dist2nd - dist, dist > self.ood_threshold)
+        ids = self.cluster_ids
+        return Assignment(ids[best], dist, ids[second], dist2nd - dist, dist > self.ood_threshold)
 
     def assign(self, raw) -> Assignment:
         """Assign raw feature rows (DataFrame or array; NaN = missing, imputed)."""

@@ -200,28 +200,48 @@ def source_distance_quantile(x: np.ndarray, centroids: np.ndarray, q: float = 99
 # ---------------------------------------------------------------- stage 5: evaluate
 
 def evaluate(settings: Settings, run_id: str, snapshot_path: str, seed: int = 42) -> dict:
-    """Score the challenger and the current champion (if any) on the same fresh holdout."""
+    """Score the challenger and the current champion (if any) on the same fresh holdout.
+
+    With a champion, the challenger's clusters are matched to the champion's (Hungarian
+    matching on the holdout assignments), its candidate artifact is rewritten with the stable
+    ids, and the split/merge/appear/disappear report is logged with the run.
+    """
     import mlflow
 
     from pipeline import registry
     from pipeline.evaluation import cluster_metrics
     from pipeline.features import Snapshot
+    from pipeline.matching import match_clusters, relabel
 
     challenger = _run_model(settings, run_id)
     holdout = _holdout_frame(Snapshot.load(snapshot_path), seed)
-    result = {"challenger": cluster_metrics(challenger.preprocessor.transform(holdout),
-                                            challenger.centroids, seed=seed)}
+    x_new = challenger.preprocessor.transform(holdout)
+    result = {"challenger": cluster_metrics(x_new, challenger.centroids, seed=seed)}
+    registry.configure(settings)
     if registry.alias_version(settings, "champion") is not None:
         champion, version = registry.download_model(settings, "champion")
         result["champion"] = cluster_metrics(champion.preprocessor.transform(holdout),
                                              champion.centroids, seed=seed)
         result["champion_version"] = version
-    registry.configure(settings)
+        old = champion.assign(holdout).cluster
+        new = challenger.assign_scaled(x_new).cluster
+        mapping, report = match_clusters(old, new, int(champion.cluster_ids.max()) + 1,
+                                         challenger.k)
+        result["matching"] = report
+        centroids, ids = relabel(challenger.centroids, mapping)
+        challenger.metadata["cluster_ids"] = ids
+        challenger.metadata["matched_to_version"] = version
+        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+            type(challenger)(centroids, challenger.preprocessor, challenger.metadata).save(
+                Path(tmp) / "model")
+            mlflow.log_artifacts(str(Path(tmp) / "model"), artifact_path="candidate")
     with mlflow.start_run(run_id=run_id):
         for side in ("challenger", "champion"):
             if side in result:
                 mlflow.log_metrics({f"holdout_{side}_{k}": v
                                     for k, v in _finite(result[side]).items()})
+        if "matching" in result:
+            mlflow.log_metric("holdout_assignment_agreement", result["matching"]["agreement"])
         mlflow.log_dict(result, "evaluation/holdout.json")
     return result
 

@@ -96,6 +96,12 @@ def test_full_dag_run_registers_a_version_with_metrics_and_alias(airflow_db, tmp
     assert str(registry.alias_version(settings, "champion").version) == "1"
     second = registry.alias_version(settings, "challenger")
     assert str(second.version) == "2" and second.tags["data_hash"] == champion.tags["data_hash"]
+    # Same data and seed: the challenger's clusters match the champion's one to one.
+    second_metrics = registry.client(settings).get_run(second.run_id).data.metrics
+    assert second_metrics["holdout_assignment_agreement"] == 1.0
+    matched, _ = registry.download_model(settings, "challenger")
+    assert matched.metadata["matched_to_version"] == "1"
+    assert sorted(matched.cluster_ids.tolist()) == list(range(matched.k))
 
 
 @pytest.mark.integration

@@ -54,10 +54,33 @@ def test_sweep_fits_every_k_in_one_pass_per_iteration():
     calls = []
     original = source.step
     source.step = lambda cs: calls.append(len(cs)) or original(cs)
-    result = fit_sweep(source, [2, 3, 4], max_iter=5, tol=0, seed=1)
+    result = fit_sweep(source, [2, 3, 4], init="k-means++", max_iter=5, tol=0, seed=1)
     assert sorted(result.fits) == [2, 3, 4]
     assert calls[0] == 3, "the first pass carries all three K"
     assert len(calls) == 6, "5 iterations plus one final scoring pass"
+
+
+def test_kmeans_parallel_init_is_seeded_and_good():
+    x, truth = make_blobs(5000, n_features=4, centers=6, cluster_std=0.4, random_state=7)
+    x = x.astype(np.float32)
+    a = fit_sweep(ArraySource(x), [6], init="k-means||", max_iter=1, tol=0, seed=3).fits[6]
+    b = fit_sweep(ArraySource(x), [6], init="k-means||", max_iter=1, tol=0, seed=3).fits[6]
+    c = fit_sweep(ArraySource(x), [6], init="k-means||", max_iter=1, tol=0, seed=4).fits[6]
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    assert not np.array_equal(a.centroids, c.centroids)
+    # one Lloyd step after k-means|| already separates well-spread blobs
+    assert adjusted_rand_score(truth, assign(x, a.centroids)[0]) >= 0.99
+
+
+def test_sample_weights_equal_repeated_rows():
+    x, _ = make_blobs(600, n_features=3, centers=3, random_state=2)
+    x = x.astype(np.float32)
+    w = np.random.default_rng(0).integers(1, 4, len(x))
+    init = x[:3].copy()
+    weighted = KMeans(3, init=init, max_iter=20, tol=0).fit(x, sample_weight=w)
+    repeated = KMeans(3, init=init, max_iter=20, tol=0).fit(np.repeat(x, w, axis=0))
+    np.testing.assert_allclose(weighted.cluster_centers_, repeated.cluster_centers_, atol=1e-4)
+    assert weighted.inertia_ == pytest.approx(repeated.inertia_, rel=1e-5)
 
 
 def test_empty_cluster_is_relocated_and_reported():

@@ -54,3 +54,41 @@ def test_failed_task_is_retried_with_the_same_result(spark, spec, tmp_path):
     got = fit_sweep(faulty, [4], init=init, max_iter=8, tol=0).fits[4]
     assert not marker.exists(), "the injected failure must have fired"
     np.testing.assert_array_equal(got.centroids, expected.centroids)
+
+
+def test_kmeans_parallel_on_spark_is_deterministic(spark, spec):
+    a = fit_sweep(SparkBlockSource(spark, spec), [4, 6], max_iter=3, seed=5)
+    b = fit_sweep(SparkBlockSource(spark, spec), [4, 6], max_iter=3, seed=5)
+    for k in (4, 6):
+        np.testing.assert_array_equal(a.fits[k].centroids, b.fits[k].centroids)
+
+
+def test_fit_on_a_spark_dataframe_matches_in_process(spark, tmp_path):
+    from sklearn.datasets import make_blobs
+
+    from pipeline.engine import KMeans
+    from pipeline.engine.spark import dataframe_source
+
+    x, _ = make_blobs(3000, n_features=4, centers=3, random_state=0)
+    x = x.astype(np.float32)
+    import pandas as pd
+
+    df = spark.createDataFrame(pd.DataFrame(x, columns=list("abcd")))
+    source = dataframe_source(df, list("abcd"), tmp_path, partitions=3)
+    assert source.n_rows == 3000 and source.n_features == 4
+    init = x[[0, 1000, 2000]]
+    on_spark = KMeans(3, init=init, max_iter=10, tol=0).fit(source)
+    local = KMeans(3, init=init, max_iter=10, tol=0).fit(np.asarray(
+        df.toPandas()[list("abcd")], dtype=np.float32))
+    order = np.lexsort(on_spark.cluster_centers_.T)
+    np.testing.assert_allclose(on_spark.cluster_centers_[order],
+                               local.cluster_centers_[np.lexsort(local.cluster_centers_.T)],
+                               atol=1e-4)
+
+
+def test_dataframe_with_missing_column_is_refused(spark, tmp_path):
+    from pipeline.engine.spark import dataframe_source
+
+    df = spark.createDataFrame([(1.0, 2.0)], ["a", "b"])
+    with pytest.raises(ValueError, match=r"DataFrame lacks columns \['c'\]"):
+        dataframe_source(df, ["a", "c"], tmp_path)

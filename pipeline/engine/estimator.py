@@ -1,6 +1,7 @@
 """Lloyd iterations over any data source, and the scikit-learn style estimator.
 
-A *source* is anything with ``n_rows``, ``n_features``, ``sample(n, seed)`` and
+A *source* is anything with ``n_rows``, ``n_features``, ``sample(n, seed)``,
+``sample_d2(centers, scale, seed)`` (k-means|| draws) and
 ``step(centroids_list) -> list[(sums, counts, inertia)]``. :class:`ArraySource` runs the kernel
 in-process; :class:`pipeline.engine.spark.SparkBlockSource` runs it as one Spark job per
 iteration. Every candidate K (and every initialisation) travels in the same pass.
@@ -19,7 +20,7 @@ from pipeline.engine.kernel import assign, kmeans_plusplus, partial_stats
 log = logging.getLogger(__name__)
 
 EMPTY_POLICIES = ("farthest", "split")
-INIT_METHODS = ("k-means++",)
+INIT_METHODS = ("k-means||", "k-means++")
 
 
 class EmptyClusterWarning(UserWarning):
@@ -48,6 +49,53 @@ class ArraySource:
 
     def step(self, centroids: list[np.ndarray]):
         return partial_stats(self.x, centroids, self.weights)
+
+    def sample_d2(self, centers: np.ndarray, scale: float, seed) -> np.ndarray:
+        return draw_d2(self.x, centers, scale, np.random.default_rng(seed))
+
+
+def draw_d2(x: np.ndarray, centers: np.ndarray, scale: float, rng) -> np.ndarray:
+    """Keep each row with probability min(1, scale * d²(row, centers)) (a k-means|| round)."""
+    d2 = assign(x, centers)[1].astype(np.float64)
+    return np.asarray(x[rng.random(len(x)) < scale * d2], dtype=np.float32)
+
+
+def kmeans_parallel(source, k_max: int, *, seed: int, oversampling: float = 2.0,
+                    rounds: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """k-means|| candidates (Bahmani et al., 2012) and their weights, over any source.
+
+    Each round is one pass that keeps every row with probability ``l * d²(x, C) / cost(C)``,
+    ``l = oversampling * k_max``; a last pass weights each candidate by the rows closest to it.
+    The draws are seeded per round (and per partition on Spark), so a seed and a partitioning
+    give the same candidates.
+    """
+    rng = np.random.default_rng([seed, 0x6B6D])
+    first = source.sample(min(source.n_rows, 1024), seed)
+    centers = np.asarray(first[rng.integers(len(first))][None, :], dtype=np.float32)
+    (_s, counts, cost), = source.step([centers])
+    ell = oversampling * k_max
+    for r in range(rounds):
+        if cost <= 0:
+            break
+        new = source.sample_d2(centers, ell / cost, [seed, r])
+        if len(new):
+            centers = np.unique(np.vstack([centers, new]), axis=0)
+        (_s, counts, cost), = source.step([centers])
+    return centers, counts
+
+
+def init_from_candidates(candidates: np.ndarray, weights: np.ndarray, k: int, rng,
+                         sample: np.ndarray) -> np.ndarray:
+    """Reduce weighted k-means|| candidates to k centres: weighted k-means++ then Lloyd."""
+    keep = weights > 0
+    cand, w = candidates[keep], weights[keep]
+    if len(cand) < k:  # too few distinct candidates: top up from the sample
+        extra = sample[rng.choice(len(sample), k - len(cand), replace=False)]
+        cand, w = np.vstack([cand, extra]), np.concatenate([w, np.ones(len(extra))])
+    centers = kmeans_plusplus(cand, k, rng, weights=w)
+    fits = lloyd(ArraySource(cand, w), {(k, 0): centers}, max_iter=30, tol=1e-6,
+                 empty_cluster="farthest", sample=cand, warn=False)
+    return fits[(k, 0)].centroids
 
 
 @dataclass
@@ -113,7 +161,8 @@ def _relocate(policy: str, centroids: np.ndarray, counts: np.ndarray, empty: np.
 
 
 def lloyd(source, inits: dict[tuple[int, int], np.ndarray], *, max_iter: int, tol: float,
-          empty_cluster: str, sample: np.ndarray) -> dict[tuple[int, int], KFit]:
+          empty_cluster: str, sample: np.ndarray,
+          warn: bool = True) -> dict[tuple[int, int], KFit]:
     """Run Lloyd's iterations for every (k, init) entry together, one pass per iteration."""
     centroids = {key: np.array(c, dtype=np.float64) for key, c in inits.items()}
     # Convergence as in scikit-learn: squared centroid shift below tol times the mean variance.
@@ -149,20 +198,22 @@ def lloyd(source, inits: dict[tuple[int, int], np.ndarray], *, max_iter: int, to
         fits[key] = KFit(k=key[0], centroids=centroids[key].astype(np.float32), inertia=inertia,
                          counts=counts, n_iter=n_iter[key], converged=converged[key],
                          empty_events=events[key])
-        if events[key]:
+        if events[key] and warn:
             warnings.warn(
                 f"k={key[0]}: {len(events[key])} empty cluster(s) relocated "
                 f"(policy {empty_cluster!r})", EmptyClusterWarning, stacklevel=2)
     return fits
 
 
-def fit_sweep(source, ks, *, init="k-means++", n_init: int = 1, max_iter: int = 100,
+def fit_sweep(source, ks, *, init="k-means||", n_init: int = 1, max_iter: int = 100,
               tol: float = 1e-4, seed: int = 0, empty_cluster: str = "farthest",
-              init_sample: int = 50_000) -> SweepResult:
+              init_sample: int = 50_000, init_rounds: int = 5) -> SweepResult:
     """Fit every K in ``ks`` over ``source`` in one pass per iteration.
 
-    Each K gets ``n_init`` seeded k-means++ initialisations on a sample of the data; all of them
-    iterate together and the one with the lowest inertia is kept.
+    Each K gets ``n_init`` seeded initialisations: ``'k-means||'`` draws candidates over the
+    whole data in a few passes shared by every K and reduces them per K; ``'k-means++'`` seeds
+    on a sample of ``init_sample`` rows; an array gives the centres. All initialisations of all
+    K iterate together and the one with the lowest inertia per K is kept.
 
     Examples
     --------
@@ -175,13 +226,18 @@ def fit_sweep(source, ks, *, init="k-means++", n_init: int = 1, max_iter: int = 
     sample = source.sample(init_sample, seed)
     if len(sample) < max(ks):
         raise ValueError(f"n_samples={len(sample)} should be >= n_clusters={max(ks)}")
+    if isinstance(init, str) and init not in INIT_METHODS:
+        raise ValueError(f"init={init!r} should be one of {INIT_METHODS} or an array")
+    if isinstance(init, str) and init == "k-means||":
+        candidates, weights = kmeans_parallel(source, max(ks), seed=seed, rounds=init_rounds)
     inits = {}
     for k in ks:
         for i in range(n_init):
-            if isinstance(init, str):
-                if init not in INIT_METHODS:
-                    raise ValueError(f"init={init!r} should be one of {INIT_METHODS} or an array")
-                inits[(k, i)] = kmeans_plusplus(sample, k, np.random.default_rng([seed, k, i]))
+            rng = np.random.default_rng([seed, k, i])
+            if isinstance(init, str) and init == "k-means||":
+                inits[(k, i)] = init_from_candidates(candidates, weights, k, rng, sample)
+            elif isinstance(init, str):
+                inits[(k, i)] = kmeans_plusplus(sample, k, rng)
             else:
                 arr = np.asarray(init, dtype=np.float32)
                 if arr.shape != (k, source.n_features):
@@ -203,7 +259,9 @@ class KMeans:
     Parameters
     ----------
     n_clusters : int, default=8
-    init : {'k-means++'} or ndarray of shape (n_clusters, n_features), default='k-means++'
+    init : {'k-means||', 'k-means++'} or ndarray of shape (n_clusters, n_features), \
+default='k-means||'
+        k-means|| runs over all the data (one pass per round); k-means++ on a sample.
     n_init : int, default=1
         Number of initialisations; the one with the lowest inertia is kept.
     max_iter : int, default=100
@@ -221,7 +279,7 @@ class KMeans:
     (1,)
     """
 
-    def __init__(self, n_clusters: int = 8, *, init="k-means++", n_init: int = 1,
+    def __init__(self, n_clusters: int = 8, *, init="k-means||", n_init: int = 1,
                  max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
                  empty_cluster: str = "farthest"):
         self.n_clusters = n_clusters

@@ -1,17 +1,118 @@
-"""The shared kernel: fused squared distance and argmin through BLAS, float64 accumulators.
+"""The shared kernel: distances through BLAS, then one fused pass for argmin and the sums.
 
-Both the in-process path and every Spark task call :func:`partial_stats`, so the two paths add
-up the same numbers and can be compared exactly.
+For each chunk of rows, one GEMM gives ``-2 x·c`` against the centroids of every candidate K at
+once; a compiled loop (numba, no GIL) adds ``|c|²``, takes the argmin per K and adds the row to
+its centroid's float64 sum, count and inertia while the chunk is still in cache. Chunks are
+spread over threads. Both the in-process path and every Spark task call :func:`partial_stats`,
+so the two paths add up the same numbers and can be compared exactly.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+from numba import njit
 
-CHUNK_ROWS = 32_768
+CHUNK_ROWS = 2048
 
 
-def assign(x: np.ndarray, centroids: np.ndarray, *, chunk: int = CHUNK_ROWS):
+@njit(nogil=True, fastmath=True, cache=True)
+def _fused_chunk(xb, dots_t, c2, offsets, ks, weights, sums, counts, inertia, best, arg):
+    # dots_t: (total_k, m) = -2 c·x for every centroid of every K, rows contiguous so that
+    # the running argmin below vectorizes across points; c2: |c|² of each centroid.
+    m, d = xb.shape
+    x2 = np.zeros(m, dtype=np.float64)
+    for i in range(m):
+        acc = np.float32(0.0)
+        for t in range(d):
+            acc += xb[i, t] * xb[i, t]
+        x2[i] = acc
+    for j in range(ks.shape[0]):
+        o = offsets[j]
+        first = c2[o]
+        for i in range(m):
+            best[i] = dots_t[o, i] + first
+            arg[i] = 0
+        for c in range(1, ks[j]):
+            cc = c2[o + c]
+            for i in range(m):
+                v = dots_t[o + c, i] + cc
+                lt = v < best[i]
+                best[i] = v if lt else best[i]
+                arg[i] = c if lt else arg[i]
+        total = 0.0
+        for i in range(m):
+            w = weights[i]
+            a = o + arg[i]
+            dist = x2[i] + np.float64(best[i])
+            total += w * (dist if dist > 0.0 else 0.0)
+            counts[a] += w
+            for t in range(d):
+                sums[a, t] += w * xb[i, t]
+        inertia[j] += total
+
+
+def _default_threads() -> int:
+    return max(1, int(os.environ.get("KMEANS_KERNEL_THREADS", os.cpu_count() or 1)))
+
+
+def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
+                  weights: np.ndarray | None = None, *, threads: int | None = None):
+    """Per-K sums, counts and inertia of one block of rows.
+
+    Returns a list with one ``(sums (k, d) float64, counts (k,) float64, inertia float)`` per
+    entry of ``centroids_per_k``; adding the tuples of all blocks gives the whole data's.
+
+    Examples
+    --------
+    >>> x = np.array([[0, 0], [2, 0]], np.float32)
+    >>> sums, counts, inertia = partial_stats(x, [np.array([[1, 0]], np.float32)])[0]
+    >>> sums.tolist(), counts.tolist(), inertia
+    ([[2.0, 0.0]], [2.0], 2.0)
+    """
+    from threadpoolctl import threadpool_limits
+
+    cents = [np.ascontiguousarray(c, dtype=np.float32) for c in centroids_per_k]
+    ks = np.array([len(c) for c in cents], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(ks)[:-1]]).astype(np.int64)
+    allc = np.concatenate(cents)
+    neg2 = np.ascontiguousarray(-2.0 * allc)
+    c2 = np.einsum("ij,ij->i", allc, allc)
+    n, d = x.shape
+    threads = threads or _default_threads()
+    bounds = np.linspace(0, n, min(threads, max(1, n // CHUNK_ROWS)) + 1).astype(np.int64)
+
+    def work(lo: int, hi: int):
+        sums = np.zeros((len(allc), d), dtype=np.float64)
+        counts = np.zeros(len(allc), dtype=np.float64)
+        inertia = np.zeros(len(cents), dtype=np.float64)
+        best = np.empty(CHUNK_ROWS, dtype=np.float32)
+        arg = np.empty(CHUNK_ROWS, dtype=np.int32)
+        for a in range(lo, hi, CHUNK_ROWS):
+            b = min(a + CHUNK_ROWS, hi)
+            xb = np.ascontiguousarray(x[a:b], dtype=np.float32)
+            wb = (np.ones(b - a) if weights is None
+                  else np.ascontiguousarray(weights[a:b], dtype=np.float64))
+            _fused_chunk(xb, neg2 @ xb.T, c2, offsets, ks, wb, sums, counts, inertia, best, arg)
+        return sums, counts, inertia
+
+    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    if len(spans) == 1:
+        parts = [work(*spans[0])]
+    else:
+        # One BLAS thread per worker: the chunks, not the GEMMs, are spread over the cores.
+        with threadpool_limits(1), ThreadPoolExecutor(len(spans)) as pool:
+            parts = list(pool.map(lambda s: work(*s), spans))
+    sums = sum(p[0] for p in parts)
+    counts = sum(p[1] for p in parts)
+    inertia = sum(p[2] for p in parts)
+    return [(sums[o:o + k], counts[o:o + k], float(inertia[j]))
+            for j, (o, k) in enumerate(zip(offsets.tolist(), ks.tolist()))]
+
+
+def assign(x: np.ndarray, centroids: np.ndarray, *, chunk: int = 32_768):
     """Nearest centroid of every row.
 
     Parameters
@@ -47,52 +148,27 @@ def assign(x: np.ndarray, centroids: np.ndarray, *, chunk: int = CHUNK_ROWS):
     return labels, dist2
 
 
-def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
-                  weights: np.ndarray | None = None):
-    """Per-K sums, counts and inertia of one block of rows.
-
-    Returns a list with one ``(sums (k, d) float64, counts (k,) float64, inertia float)`` per
-    entry of ``centroids_per_k``; adding the tuples of all blocks gives the whole data's.
-    """
-    out = []
-    for centroids in centroids_per_k:
-        k, d = centroids.shape
-        sums = np.zeros((k, d), dtype=np.float64)
-        counts = np.zeros(k, dtype=np.float64)
-        inertia = 0.0
-        for lo in range(0, len(x), CHUNK_ROWS):
-            xb = np.asarray(x[lo:lo + CHUNK_ROWS], dtype=np.float32)
-            wb = None if weights is None else np.asarray(weights[lo:lo + CHUNK_ROWS], np.float64)
-            labels, dist2 = assign(xb, centroids)
-            counts += np.bincount(labels, weights=wb, minlength=k)
-            for j in range(d):
-                col = xb[:, j].astype(np.float64)
-                sums[:, j] += np.bincount(labels, weights=col if wb is None else col * wb,
-                                          minlength=k)
-            inertia += float(np.dot(dist2.astype(np.float64), wb) if wb is not None
-                             else dist2.sum(dtype=np.float64))
-        out.append((sums, counts, inertia))
-    return out
-
-
 def add_stats(a, b):
     """Add two results of :func:`partial_stats` element-wise."""
     return [(sa + sb, ca + cb, ia + ib) for (sa, ca, ia), (sb, cb, ib) in zip(a, b, strict=True)]
 
 
-def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Greedy-free k-means++ seeding (Arthur and Vassilvitskii, 2007) on an in-memory sample."""
+def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator,
+                    weights: np.ndarray | None = None) -> np.ndarray:
+    """k-means++ seeding (Arthur and Vassilvitskii, 2007) on an in-memory (weighted) sample."""
     n = len(x)
     if n < k:
         raise ValueError(f"n_samples={n} should be >= n_clusters={k}")
     x = np.asarray(x, dtype=np.float32)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     centers = np.empty((k, x.shape[1]), dtype=np.float32)
-    centers[0] = x[rng.integers(n)]
+    centers[0] = x[min(int(np.searchsorted(np.cumsum(w), rng.random() * w.sum())), n - 1)]
     closest = assign(x, centers[:1])[1].astype(np.float64)
     for i in range(1, k):
-        total = closest.sum()
+        mass = closest * w
+        total = mass.sum()
         idx = rng.integers(n) if total <= 0 else int(
-            np.searchsorted(np.cumsum(closest), rng.random() * total))
+            np.searchsorted(np.cumsum(mass), rng.random() * total))
         centers[i] = x[min(idx, n - 1)]
         closest = np.minimum(closest, assign(x, centers[i:i + 1])[1])
     return centers

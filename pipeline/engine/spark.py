@@ -56,14 +56,18 @@ class BlockSpec:
     files: tuple[str, ...]
     stage_dir: str
     key: str
-    preprocessor: dict
-    holdout_seed: int
-    side: str  # "train", "holdout" or "all"
-    sample_fraction: float
+    preprocessor: dict | None  # None: take ``columns`` as they are
+    holdout_seed: int = 0
+    side: str = "all"  # "train", "holdout" or "all"
+    sample_fraction: float = 1.0
+    columns: tuple[str, ...] = ()
+    threads: int = 1  # kernel threads per task; Spark already runs one task per core
 
 
-def block_key(snapshot_hash: str, preprocessor: dict, side: str, seed: int, fraction: float) -> str:
-    blob = json.dumps([snapshot_hash, preprocessor, side, seed, fraction], sort_keys=True)
+def block_key(snapshot_hash: str, preprocessor: dict | None, side: str = "all", seed: int = 0,
+              fraction: float = 1.0, columns: tuple[str, ...] = ()) -> str:
+    blob = json.dumps([snapshot_hash, preprocessor, side, seed, fraction, list(columns)],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -75,7 +79,6 @@ def load_block(spec: BlockSpec, index: int) -> np.ndarray:
 
         from pipeline.preprocessing import Preprocessor, holdout_mask
 
-        pre = Preprocessor.from_dict(spec.preprocessor)
         frame = pq.read_table(Path(spec.snapshot_dir) / spec.files[index]).to_pandas()
         keep = np.ones(len(frame), dtype=bool)
         if spec.side != "all":
@@ -84,7 +87,13 @@ def load_block(spec: BlockSpec, index: int) -> np.ndarray:
         if spec.sample_fraction < 1.0:
             rng = np.random.default_rng([spec.holdout_seed, index])
             keep &= rng.random(len(frame)) < spec.sample_fraction
-        block = pre.transform(frame.loc[keep])
+        if spec.preprocessor is None:
+            block = frame.loc[keep, list(spec.columns)].to_numpy(dtype=np.float32)
+            if not np.isfinite(block).all():
+                raise ValueError(f"{spec.files[index]}: columns {list(spec.columns)} hold NaN "
+                                 "or infinity; impute or drop those rows first")
+        else:
+            block = Preprocessor.from_dict(spec.preprocessor).transform(frame.loc[keep])
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
@@ -103,11 +112,24 @@ def _stage_task(spec: BlockSpec, fail_marker: str | None):
 def _step_task(spec: BlockSpec, centroids_bc, fail_marker: str | None):
     def run(index, _rows):
         # Fault injection for tests: the first attempt that sees the marker file dies mid-job.
-        if fail_marker and os.path.exists(fail_marker):
-            os.remove(fail_marker)
-            raise RuntimeError(f"injected failure in partition {index}")
+        if fail_marker and index == 0:
+            try:
+                os.remove(fail_marker)  # atomic: exactly one attempt sees the marker
+            except FileNotFoundError:
+                pass
+            else:
+                raise RuntimeError(f"injected failure in partition {index}")
         block = load_block(spec, index)
-        yield partial_stats(block, centroids_bc.value)
+        yield partial_stats(block, centroids_bc.value, threads=spec.threads)
+    return run
+
+
+def _d2_task(spec: BlockSpec, centers_bc, scale: float, seed):
+    def run(index, _rows):
+        from pipeline.engine.estimator import draw_d2
+
+        block = load_block(spec, index)
+        yield draw_d2(block, centers_bc.value, scale, np.random.default_rng([*seed, index]))
     return run
 
 
@@ -145,6 +167,15 @@ class SparkBlockSource:
         parts = self._run(_sample_task(self.spec, fraction, seed)).collect()
         return np.concatenate(parts) if parts else np.empty((0, self.n_features), np.float32)
 
+    def sample_d2(self, centers: np.ndarray, scale: float, seed) -> np.ndarray:
+        bc = self.sc.broadcast(np.asarray(centers, dtype=np.float32))
+        try:
+            seed = list(np.atleast_1d(seed).tolist())
+            parts = self._run(_d2_task(self.spec, bc, scale, seed)).collect()
+        finally:
+            bc.unpersist()
+        return np.concatenate(parts)
+
     def step(self, centroids: list[np.ndarray]):
         bc = self.sc.broadcast([np.asarray(c, dtype=np.float32) for c in centroids])
         try:
@@ -152,3 +183,35 @@ class SparkBlockSource:
         finally:
             bc.unpersist()
         return reduce(add_stats, results)
+
+
+def parquet_spec(path: str | Path, columns: list[str], stage_dir: str | Path, *,
+                 threads: int = 1) -> BlockSpec:
+    """Spec over a folder of Parquet files (one task each), taking ``columns`` as they are."""
+    folder = Path(path)
+    files = tuple(sorted(p.name for p in folder.glob("*.parquet")))
+    if not files:
+        raise FileNotFoundError(f"no Parquet files in {folder}")
+    stamp = [[f, (folder / f).stat().st_size, (folder / f).stat().st_mtime_ns] for f in files]
+    digest = hashlib.sha256(json.dumps([str(folder.resolve()), stamp]).encode()).hexdigest()
+    return BlockSpec(snapshot_dir=str(folder), files=files, stage_dir=str(stage_dir),
+                     key=block_key(digest, None, columns=tuple(columns)), preprocessor=None,
+                     columns=tuple(columns), threads=threads)
+
+
+def dataframe_source(df, columns: list[str], stage_dir: str | Path, *, partitions: int | None = None,
+                     threads: int = 1) -> SparkBlockSource:
+    """Engine source over a Spark DataFrame: written once as Parquet (one file per partition)
+    under ``stage_dir``, then staged and iterated like a snapshot."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"DataFrame lacks columns {missing}; it has {df.columns}")
+    spark = df.sparkSession
+    key = hashlib.sha256(f"{df.semanticHash()}:{columns}:{partitions}".encode()).hexdigest()[:20]
+    out = Path(stage_dir) / f"frame-{key}"
+    if not (out / "_SUCCESS").exists():
+        frame = df.select(*columns)
+        if partitions:
+            frame = frame.repartition(partitions)
+        frame.write.mode("overwrite").parquet(str(out))
+    return SparkBlockSource(spark, parquet_spec(out, columns, stage_dir, threads=threads))
