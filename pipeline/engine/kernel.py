@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import njit
 
-CHUNK_ROWS = 2048
+CHUNK_ROWS = 4096
 
 
 @njit(nogil=True, fastmath=True, cache=True)
@@ -54,6 +54,19 @@ def _fused_chunk(xb, dots_t, c2, offsets, ks, weights, sums, counts, inertia, be
         inertia[j] += total
 
 
+_CONTROLLER = None
+
+
+def _blas_limit_one():
+    """BLAS limited to one thread (the controller is built once: building it costs ~1.5 ms)."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
 def _default_threads() -> int:
     return max(1, int(os.environ.get("KMEANS_KERNEL_THREADS", os.cpu_count() or 1)))
 
@@ -72,8 +85,6 @@ def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
     >>> sums.tolist(), counts.tolist(), inertia
     ([[2.0, 0.0]], [2.0], 2.0)
     """
-    from threadpoolctl import threadpool_limits
-
     cents = [np.ascontiguousarray(c, dtype=np.float32) for c in centroids_per_k]
     ks = np.array([len(c) for c in cents], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(ks)[:-1]]).astype(np.int64)
@@ -90,20 +101,29 @@ def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
         inertia = np.zeros(len(cents), dtype=np.float64)
         best = np.empty(CHUNK_ROWS, dtype=np.float32)
         arg = np.empty(CHUNK_ROWS, dtype=np.int32)
+        # Buffers are reused across chunks: a fresh GEMM output per chunk is big enough to be
+        # mmap'd and page-faulted by the allocator every time, which costs more than the GEMM.
+        dots = np.empty((len(allc), CHUNK_ROWS), dtype=np.float32)
+        ones = np.ones(CHUNK_ROWS, dtype=np.float64)
         for a in range(lo, hi, CHUNK_ROWS):
             b = min(a + CHUNK_ROWS, hi)
             xb = np.ascontiguousarray(x[a:b], dtype=np.float32)
-            wb = (np.ones(b - a) if weights is None
+            out = dots if b - a == CHUNK_ROWS else np.empty((len(allc), b - a), np.float32)
+            np.matmul(neg2, xb.T, out=out)
+            wb = (ones[:b - a] if weights is None
                   else np.ascontiguousarray(weights[a:b], dtype=np.float64))
-            _fused_chunk(xb, neg2 @ xb.T, c2, offsets, ks, wb, sums, counts, inertia, best, arg)
+            _fused_chunk(xb, out, c2, offsets, ks, wb, sums, counts, inertia, best, arg)
         return sums, counts, inertia
 
     spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
-    if len(spans) == 1:
+    if len(spans) == 1 and threads == 1:
+        with _blas_limit_one():
+            parts = [work(*spans[0])]
+    elif len(spans) == 1:
         parts = [work(*spans[0])]
     else:
         # One BLAS thread per worker: the chunks, not the GEMMs, are spread over the cores.
-        with threadpool_limits(1), ThreadPoolExecutor(len(spans)) as pool:
+        with _blas_limit_one(), ThreadPoolExecutor(len(spans)) as pool:
             parts = list(pool.map(lambda s: work(*s), spans))
     sums = sum(p[0] for p in parts)
     counts = sum(p[1] for p in parts)
