@@ -38,6 +38,10 @@ from pipeline.dag_defaults import DEFAULT_ARGS
         "end_date": Param("", type="string",
                           description="Optional window end (YYYY-MM-DD); default: interval end."),
         "engine": Param("spark", enum=["spark", "local"], description="Spark or in-process."),
+        "init": Param("k-means||", enum=["k-means||", "k-means++"],
+                      description="Initialisation: k-means|| over all rows, or k-means++."),
+        "empty_cluster": Param("farthest", enum=["farthest", "split"],
+                               description="Policy for a centroid that loses all its points."),
     },
 )
 def kmeans_training():

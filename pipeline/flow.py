@@ -14,9 +14,6 @@ from pipeline.settings import load_settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PARAMS = {"k_min": 2, "k_max": 8, "sample_fraction": 1.0, "max_iter": 50, "seed": 42,
-                  "n_init": 1, "lookback_days": 7, "end_date": "", "engine": "spark"}
-
 
 def interval(context: dict) -> tuple[str, str]:
     """The training window of a run: ``lookback_days`` days ending at the run's interval end.

@@ -37,6 +37,10 @@ class TrainParams(BaseModel):
     n_init: int = Field(1, ge=1, le=20, description="Initialisations per K; best inertia kept.")
     seed: int = Field(42, ge=0, description="Seed of initialisation, sampling and the split.")
     engine: Literal["spark", "local"] = Field("spark", description="Spark or in-process.")
+    init: Literal["k-means||", "k-means++"] = Field("k-means||", description="Initialisation.")
+    empty_cluster: Literal["farthest", "split"] = Field(
+        "farthest", description="Where an emptied centroid goes: farthest point, or split the "
+        "largest cluster. Every move is reported in the model's metadata.")
 
     @model_validator(mode="after")
     def _range(self) -> TrainParams:
@@ -143,8 +147,9 @@ def train(settings: Settings, snapshot_path: str, params: TrainParams | dict,
     ks = list(range(params.k_min, params.k_max + 1))
     if source.n_rows < params.k_max:
         raise ValueError(f"n_samples={source.n_rows} should be >= n_clusters={params.k_max}")
-    sweep = fit_sweep(source, ks, n_init=params.n_init, max_iter=params.max_iter,
-                      seed=params.seed)
+    sweep = fit_sweep(source, ks, init=params.init, n_init=params.n_init,
+                      max_iter=params.max_iter, seed=params.seed,
+                      empty_cluster=params.empty_cluster)
     rows = []
     for row in sweep.table():
         fit = sweep.fits[row["k"]]
@@ -182,7 +187,8 @@ def train(settings: Settings, snapshot_path: str, params: TrainParams | dict,
                 "data_hash": snap.data_hash, "feature_service": snap.feature_service,
                 "distance_p99": distances, "metrics": _finite(best),
                 "cluster_shares": (fit.counts / fit.counts.sum()).tolist(),
-                "empty_events": fit.empty_events, "run_id": run.info.run_id,
+                "empty_events": fit.empty_events, "empty_cluster_policy": params.empty_cluster,
+                "init": params.init, "run_id": run.info.run_id,
                 "code_version": tags["code_version"]})
             model.save(tmp / "model")
             mlflow.log_artifacts(str(tmp / "model"), artifact_path="candidate")

@@ -37,7 +37,7 @@ def test_spark_and_in_process_agree(spark, spec):
 
 def test_blocks_are_staged_once_and_reused(spark, spec, tmp_path):
     SparkBlockSource(spark, spec)
-    blocks = sorted((tmp_path / spec.key).glob("block-*.npy"))
+    blocks = sorted((tmp_path / spec.key).glob("block-*.f32"))
     assert len(blocks) == len(spec.files)
     stamps = [b.stat().st_mtime_ns for b in blocks]
     SparkBlockSource(spark, spec).step([np.zeros((2, 12), np.float32)])
@@ -92,3 +92,38 @@ def test_dataframe_with_missing_column_is_refused(spark, tmp_path):
     df = spark.createDataFrame([(1.0, 2.0)], ["a", "b"])
     with pytest.raises(ValueError, match=r"DataFrame lacks columns \['c'\]"):
         dataframe_source(df, ["a", "c"], tmp_path)
+
+
+def test_weighted_fit_on_spark_matches_in_process(spark, tmp_path):
+    import pandas as pd
+    from sklearn.datasets import make_blobs
+
+    from pipeline.engine import KMeans
+    from pipeline.engine.spark import dataframe_source
+
+    x, _ = make_blobs(2000, n_features=3, centers=3, random_state=4)
+    x = x.astype(np.float32)
+    w = np.random.default_rng(1).uniform(0.5, 3.0, len(x))
+    frame = pd.DataFrame(x, columns=list("abc")).assign(w=w)
+    source = dataframe_source(spark.createDataFrame(frame), list("abc"), tmp_path,
+                              partitions=2, weight_column="w")
+    init = x[[0, 700, 1400]]
+    on_spark = KMeans(3, init=init, max_iter=10, tol=0).fit(source)
+    back = source.sample(10_000, 0)  # row order of the staged blocks may differ from x
+    assert len(back) == len(x)
+    local = KMeans(3, init=init, max_iter=10, tol=0).fit(x, sample_weight=w)
+    np.testing.assert_allclose(np.sort(on_spark.cluster_centers_, axis=0),
+                               np.sort(local.cluster_centers_, axis=0), atol=1e-3)
+    assert on_spark.inertia_ == pytest.approx(local.inertia_, rel=1e-5)
+
+
+def test_staging_streams_and_rejects_nan(spark, tmp_path):
+    import pandas as pd
+
+    from pipeline.engine.spark import SparkBlockSource, parquet_spec
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    pd.DataFrame({"a": [1.0, np.nan], "b": [2.0, 3.0]}).to_parquet(folder / "part-0.parquet")
+    with pytest.raises(Exception, match=r"hold NaN or infinity"):
+        SparkBlockSource(spark, parquet_spec(folder, ["a", "b"], tmp_path / "stage"))

@@ -62,6 +62,7 @@ class BlockSpec:
     sample_fraction: float = 1.0
     columns: tuple[str, ...] = ()
     threads: int = 1  # kernel threads per task; Spark already runs one task per core
+    weight_column: str | None = None  # optional sample weights
 
 
 def block_key(snapshot_hash: str, preprocessor: dict | None, side: str = "all", seed: int = 0,
@@ -72,34 +73,82 @@ def block_key(snapshot_hash: str, preprocessor: dict | None, side: str = "all", 
 
 
 def load_block(spec: BlockSpec, index: int) -> np.ndarray:
-    """The staged block of partition ``index``, built from Parquet if this executor lacks it."""
-    path = Path(spec.stage_dir) / spec.key / f"block-{index:05d}.npy"
-    if not path.exists():
-        import pyarrow.parquet as pq
+    """The staged float32 block of partition ``index`` (memory-mapped), built if missing."""
+    return load_block_and_weights(spec, index)[0]
 
-        from pipeline.preprocessing import Preprocessor, holdout_mask
 
-        frame = pq.read_table(Path(spec.snapshot_dir) / spec.files[index]).to_pandas()
-        keep = np.ones(len(frame), dtype=bool)
-        if spec.side != "all":
-            hold = holdout_mask(frame["customer_id"].to_numpy(), spec.holdout_seed)
-            keep = hold if spec.side == "holdout" else ~hold
-        if spec.sample_fraction < 1.0:
-            rng = np.random.default_rng([spec.holdout_seed, index])
-            keep &= rng.random(len(frame)) < spec.sample_fraction
-        if spec.preprocessor is None:
-            block = frame.loc[keep, list(spec.columns)].to_numpy(dtype=np.float32)
-            if not np.isfinite(block).all():
-                raise ValueError(f"{spec.files[index]}: columns {list(spec.columns)} hold NaN "
-                                 "or infinity; impute or drop those rows first")
-        else:
-            block = Preprocessor.from_dict(spec.preprocessor).transform(frame.loc[keep])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(block, dtype=np.float32))
-        os.replace(tmp, path)
-    return np.load(path, mmap_mode="r")
+def load_block_and_weights(spec: BlockSpec, index: int):
+    """``(block, weights or None)`` of partition ``index``, staged from Parquet if this executor
+    lacks them.
+
+    Staging streams the Parquet file batch by batch into a raw float32 file (temporary name,
+    then rename), so neither the file nor the block has to fit in memory; later passes
+    memory-map it and read it from the page cache, or from local disk when it does not fit.
+    """
+    base = Path(spec.stage_dir) / spec.key / f"block-{index:05d}"
+    data, meta_path = base.with_suffix(".f32"), base.with_suffix(".json")
+    if not data.exists():
+        _stage(spec, index, base)
+    meta = json.loads(meta_path.read_text())
+    rows, cols = meta["rows"], meta["cols"]
+    block = (np.memmap(data, dtype=np.float32, mode="r", shape=(rows, cols)) if rows
+             else np.empty((0, cols), np.float32))
+    weights = None
+    if spec.weight_column:
+        weights = (np.memmap(base.with_suffix(".w64"), dtype=np.float64, mode="r", shape=(rows,))
+                   if rows else np.empty(0))
+    return block, weights
+
+
+def _stage(spec: BlockSpec, index: int, base: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from pipeline.preprocessing import Preprocessor, holdout_mask
+
+    base.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}.tmp"
+    tmp_x, tmp_w = base.with_suffix(f".f32.{tag}"), base.with_suffix(f".w64.{tag}")
+    pre = None if spec.preprocessor is None else Preprocessor.from_dict(spec.preprocessor)
+    file = pq.ParquetFile(Path(spec.snapshot_dir) / spec.files[index])
+    rng = np.random.default_rng([spec.holdout_seed, index])
+    rows, cols = 0, len(pre.feature_names) if pre else len(spec.columns)
+    with open(tmp_x, "wb") as fx, open(tmp_w, "wb") as fw:
+        for batch in file.iter_batches(batch_size=262_144):
+            frame = batch.to_pandas()
+            keep = np.ones(len(frame), dtype=bool)
+            if spec.side != "all":
+                hold = holdout_mask(frame["customer_id"].to_numpy(), spec.holdout_seed)
+                keep = hold if spec.side == "holdout" else ~hold
+            if spec.sample_fraction < 1.0:
+                keep &= rng.random(len(frame)) < spec.sample_fraction
+            frame = frame.loc[keep]
+            if pre is None:
+                missing = [c for c in spec.columns if c not in frame.columns]
+                if missing:
+                    raise ValueError(f"{spec.files[index]} lacks columns {missing}")
+                x = frame[list(spec.columns)].to_numpy(dtype=np.float32)
+                if not np.isfinite(x).all():
+                    raise ValueError(f"{spec.files[index]}: columns {list(spec.columns)} hold "
+                                     "NaN or infinity; impute or drop those rows first")
+            else:
+                x = pre.transform(frame)
+            fx.write(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+            if spec.weight_column:
+                w = frame[spec.weight_column].to_numpy(dtype=np.float64)
+                if not (np.isfinite(w).all() and (w >= 0).all()):
+                    raise ValueError(f"{spec.files[index]}: weight column "
+                                     f"{spec.weight_column!r} must be finite and >= 0")
+                fw.write(w.tobytes())
+            rows += len(x)
+    meta = base.with_suffix(".json")
+    meta_tmp = base.with_suffix(f".json.{tag}")
+    meta_tmp.write_text(json.dumps({"rows": rows, "cols": cols}))
+    os.replace(meta_tmp, meta)
+    if spec.weight_column:
+        os.replace(tmp_w, base.with_suffix(".w64"))
+    else:
+        tmp_w.unlink()
+    os.replace(tmp_x, base.with_suffix(".f32"))  # last: its presence means the block is whole
 
 
 def _stage_task(spec: BlockSpec, fail_marker: str | None):
@@ -119,8 +168,8 @@ def _step_task(spec: BlockSpec, centroids_bc, fail_marker: str | None):
                 pass
             else:
                 raise RuntimeError(f"injected failure in partition {index}")
-        block = load_block(spec, index)
-        yield partial_stats(block, centroids_bc.value, threads=spec.threads)
+        block, weights = load_block_and_weights(spec, index)
+        yield partial_stats(block, centroids_bc.value, weights, threads=spec.threads)
     return run
 
 
@@ -186,7 +235,7 @@ class SparkBlockSource:
 
 
 def parquet_spec(path: str | Path, columns: list[str], stage_dir: str | Path, *,
-                 threads: int = 1) -> BlockSpec:
+                 threads: int = 1, weight_column: str | None = None) -> BlockSpec:
     """Spec over a folder of Parquet files (one task each), taking ``columns`` as they are."""
     folder = Path(path)
     files = tuple(sorted(p.name for p in folder.glob("*.parquet")))
@@ -195,23 +244,28 @@ def parquet_spec(path: str | Path, columns: list[str], stage_dir: str | Path, *,
     stamp = [[f, (folder / f).stat().st_size, (folder / f).stat().st_mtime_ns] for f in files]
     digest = hashlib.sha256(json.dumps([str(folder.resolve()), stamp]).encode()).hexdigest()
     return BlockSpec(snapshot_dir=str(folder), files=files, stage_dir=str(stage_dir),
-                     key=block_key(digest, None, columns=tuple(columns)), preprocessor=None,
-                     columns=tuple(columns), threads=threads)
+                     key=block_key(digest, None, columns=(*columns, f"w={weight_column}")),
+                     preprocessor=None, columns=tuple(columns), threads=threads,
+                     weight_column=weight_column)
 
 
-def dataframe_source(df, columns: list[str], stage_dir: str | Path, *, partitions: int | None = None,
-                     threads: int = 1) -> SparkBlockSource:
+def dataframe_source(df, columns: list[str], stage_dir: str | Path, *,
+                     partitions: int | None = None, threads: int = 1,
+                     weight_column: str | None = None) -> SparkBlockSource:
     """Engine source over a Spark DataFrame: written once as Parquet (one file per partition)
     under ``stage_dir``, then staged and iterated like a snapshot."""
-    missing = [c for c in columns if c not in df.columns]
+    missing = [c for c in [*columns, *([weight_column] if weight_column else [])]
+               if c not in df.columns]
     if missing:
         raise ValueError(f"DataFrame lacks columns {missing}; it has {df.columns}")
     spark = df.sparkSession
-    key = hashlib.sha256(f"{df.semanticHash()}:{columns}:{partitions}".encode()).hexdigest()[:20]
+    wanted = [*columns, *([weight_column] if weight_column else [])]
+    key = hashlib.sha256(f"{df.semanticHash()}:{wanted}:{partitions}".encode()).hexdigest()[:20]
     out = Path(stage_dir) / f"frame-{key}"
     if not (out / "_SUCCESS").exists():
-        frame = df.select(*columns)
+        frame = df.select(*wanted)
         if partitions:
             frame = frame.repartition(partitions)
         frame.write.mode("overwrite").parquet(str(out))
-    return SparkBlockSource(spark, parquet_spec(out, columns, stage_dir, threads=threads))
+    return SparkBlockSource(spark, parquet_spec(out, columns, stage_dir, threads=threads,
+                                                weight_column=weight_column))
