@@ -150,10 +150,11 @@ def run_engine(source, ks, init=None, *, label=""):
     return out
 
 
-def spark_session(memory: str):
+def spark_session(memory: str, task_cpus: int = 1):
     from pipeline.engine.spark import spark_session as make
 
     return make("local[2]", app_name="kmeans-bench", driver_memory=memory, extra={
+        "spark.task.cpus": str(task_cpus),
         # netlib picks libblas.so.3, which update-alternatives points at OpenBLAS (pthread)
         "spark.driver.extraJavaOptions":
             "-Ddev.ludovic.netlib.blas.nativeLib=libblas.so.3",
@@ -162,10 +163,12 @@ def spark_session(memory: str):
     })
 
 
-def run_spark_engine(spark, folder: Path, ks, init, stage: Path, label: str):
+def run_spark_engine(spark, folder: Path, ks, init, stage: Path, label: str, *,
+                     partitions: int | None = None, threads: int = 1):
     from pipeline.engine.spark import SparkBlockSource, parquet_spec
 
-    spec = parquet_spec(folder, [f"f{j}" for j in range(DIM)], stage)
+    spec = parquet_spec(folder, [f"f{j}" for j in range(DIM)], stage, partitions=partitions,
+                        threads=threads)
     t = time.perf_counter()
     source = SparkBlockSource(spark, spec)
     staging = time.perf_counter() - t
@@ -173,6 +176,7 @@ def run_spark_engine(spark, folder: Path, ks, init, stage: Path, label: str):
     out = run_engine(source, ks, init, label=label)
     out["staging_s"] = staging
     out["partitions"] = len(spec.files)
+    out["threads_per_task"] = threads
     return out
 
 
@@ -249,9 +253,9 @@ def suite_1m(work: Path) -> dict:
     out["faiss"] = run_faiss(x, init, 5)
     print(f"   faiss: {out['faiss']['ms_per_iter']:.0f} ms/iter", flush=True)
     out["engine_inprocess"] = run_engine(ArraySource(x), [50], init, label="engine in-process")
-    spark = spark_session("6g")
+    spark = spark_session("6g", task_cpus=2)
     out["engine_spark"] = run_spark_engine(spark, folder, [50], init, work / "stage",
-                                           "engine spark")
+                                           "engine spark", partitions=1, threads=2)
     out["mllib"] = run_mllib(spark, folder, init)
     return out
 
@@ -261,9 +265,9 @@ def suite_10m(work: Path) -> dict:
     init = initial_centroids(folder, 50)
     out = {"rows": 10_000_000, "dim": DIM, "k": 50}
     print("== 10M x 32, K=50", flush=True)
-    spark = spark_session("14g")
+    spark = spark_session("14g", task_cpus=2)
     out["engine_spark"] = run_spark_engine(spark, folder, [50], init, work / "stage",
-                                           "engine spark")
+                                           "engine spark", partitions=1, threads=2)
     x = load_array(folder)
     out["sklearn"] = run_sklearn(x, init, 3)
     print(f"   sklearn: {out['sklearn']['ms_per_iter']:.0f} ms/iter", flush=True)
@@ -279,9 +283,9 @@ def suite_sweep(work: Path) -> dict:
     ks = list(range(2, 33))
     inits = {k: initial_centroids(folder, k, seed=k) for k in ks}
     print("== sweep K=2..32 over 10M x 32", flush=True)
-    spark = spark_session("4g")
+    spark = spark_session("4g", task_cpus=2)
     source = SparkBlockSource(spark, parquet_spec(folder, [f"f{j}" for j in range(DIM)],
-                                                  work / "stage"))
+                                                  work / "stage", partitions=1, threads=2))
     from pipeline.engine.estimator import lloyd
 
     sample = source.sample(20_000, 1)
@@ -357,8 +361,10 @@ def report() -> str:
         extra = []
         if "engine_spark" in r:
             extra.append(f"Spark engine staging (Parquet -> float32 blocks, once): "
-                         f"{r['engine_spark']['staging_s']:.1f} s over "
-                         f"{r['engine_spark']['partitions']} partitions")
+                         f"{r['engine_spark']['staging_s']:.1f} s; "
+                         f"{r['engine_spark']['partitions']} task(s) of "
+                         f"{r['engine_spark'].get('threads_per_task', 1)} kernel thread(s) "
+                         f"per iteration")
         if "mllib" in r:
             extra.append(f"MLlib caching the vectors: {r['mllib']['cache_s']:.1f} s "
                          f"(BLAS: `{r['mllib']['blas']}`)")

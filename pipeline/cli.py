@@ -138,12 +138,15 @@ def train(
     n_init: Annotated[int, typer.Option(help="Initialisations per K.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed.")] = 42,
     engine: Annotated[str, typer.Option(help="spark or local.")] = "spark",
+    init: Annotated[str, typer.Option(help="k-means|| or k-means++.")] = "k-means||",
+    empty_cluster: Annotated[str, typer.Option(help="farthest or split.")] = "farthest",
 ):
     """Run the K sweep, choose K, log the run to MLflow."""
     from pipeline import training
 
     params = training.TrainParams(k_min=k_min, k_max=k_max, sample_fraction=sample_fraction,
-                                  max_iter=max_iter, n_init=n_init, seed=seed, engine=engine)
+                                  max_iter=max_iter, n_init=n_init, seed=seed, engine=engine,
+                                  init=init, empty_cluster=empty_cluster)
     _echo(training.train(_settings(), str(snapshot_path), params))
 
 

@@ -40,7 +40,11 @@ def spark_session(master: str = "local[*]", *, app_name: str = "kmeans", driver_
     builder = (builder.appName(app_name)
                .config("spark.driver.memory", driver_memory)
                .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.sql.session.timeZone", "UTC"))
+               .config("spark.sql.session.timeZone", "UTC")
+               # Executor <-> Python worker over Unix sockets instead of loopback TCP: halves
+               # the fixed cost of a Python job (124 -> 67 ms measured here), paid every
+               # iteration.
+               .config("spark.python.unix.domain.socket.enabled", "true"))
     for key, value in (extra or {}).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -53,7 +57,7 @@ class BlockSpec:
     """What a task needs to build its block: plain data, shipped with the closure."""
 
     snapshot_dir: str
-    files: tuple[str, ...]
+    files: tuple  # per task: a file name, or a tuple of file names staged into one block
     stage_dir: str
     key: str
     preprocessor: dict | None  # None: take ``columns`` as they are
@@ -109,11 +113,15 @@ def _stage(spec: BlockSpec, index: int, base: Path) -> None:
     tag = f"{os.getpid()}.tmp"
     tmp_x, tmp_w = base.with_suffix(f".f32.{tag}"), base.with_suffix(f".w64.{tag}")
     pre = None if spec.preprocessor is None else Preprocessor.from_dict(spec.preprocessor)
-    file = pq.ParquetFile(Path(spec.snapshot_dir) / spec.files[index])
+    names = spec.files[index]
+    names = (names,) if isinstance(names, str) else tuple(names)
     rng = np.random.default_rng([spec.holdout_seed, index])
     rows, cols = 0, len(pre.feature_names) if pre else len(spec.columns)
+    batches = (batch for name in names
+               for batch in pq.ParquetFile(Path(spec.snapshot_dir) / name).iter_batches(
+                   batch_size=262_144))
     with open(tmp_x, "wb") as fx, open(tmp_w, "wb") as fw:
-        for batch in file.iter_batches(batch_size=262_144):
+        for batch in batches:
             frame = batch.to_pandas()
             keep = np.ones(len(frame), dtype=bool)
             if spec.side != "all":
@@ -125,10 +133,10 @@ def _stage(spec: BlockSpec, index: int, base: Path) -> None:
             if pre is None:
                 missing = [c for c in spec.columns if c not in frame.columns]
                 if missing:
-                    raise ValueError(f"{spec.files[index]} lacks columns {missing}")
+                    raise ValueError(f"{names} lack columns {missing}")
                 x = frame[list(spec.columns)].to_numpy(dtype=np.float32)
                 if not np.isfinite(x).all():
-                    raise ValueError(f"{spec.files[index]}: columns {list(spec.columns)} hold "
+                    raise ValueError(f"{names}: columns {list(spec.columns)} hold "
                                      "NaN or infinity; impute or drop those rows first")
             else:
                 x = pre.transform(frame)
@@ -136,7 +144,7 @@ def _stage(spec: BlockSpec, index: int, base: Path) -> None:
             if spec.weight_column:
                 w = frame[spec.weight_column].to_numpy(dtype=np.float64)
                 if not (np.isfinite(w).all() and (w >= 0).all()):
-                    raise ValueError(f"{spec.files[index]}: weight column "
+                    raise ValueError(f"{names}: weight column "
                                      f"{spec.weight_column!r} must be finite and >= 0")
                 fw.write(w.tobytes())
             rows += len(x)
@@ -235,13 +243,26 @@ class SparkBlockSource:
 
 
 def parquet_spec(path: str | Path, columns: list[str], stage_dir: str | Path, *,
-                 threads: int = 1, weight_column: str | None = None) -> BlockSpec:
-    """Spec over a folder of Parquet files (one task each), taking ``columns`` as they are."""
+                 threads: int = 1, weight_column: str | None = None,
+                 partitions: int | None = None) -> BlockSpec:
+    """Spec over a folder of Parquet files, taking ``columns`` as they are.
+
+    One task per file, or ``partitions`` tasks each staging a group of files into one block:
+    fewer, larger tasks cut the fixed cost of every iteration's job (give each ``threads``
+    kernel threads and set ``spark.task.cpus`` to match).
+    """
     folder = Path(path)
-    files = tuple(sorted(p.name for p in folder.glob("*.parquet")))
-    if not files:
+    names = sorted(p.name for p in folder.glob("*.parquet"))
+    if not names:
         raise FileNotFoundError(f"no Parquet files in {folder}")
-    stamp = [[f, (folder / f).stat().st_size, (folder / f).stat().st_mtime_ns] for f in files]
+    files: tuple = tuple(names)
+    if partitions is not None:
+        if partitions < 1:
+            raise ValueError(f"partitions={partitions} should be >= 1")
+        groups = [tuple(names[i::partitions]) for i in range(min(partitions, len(names)))]
+        files = tuple(groups)
+    stamp = [[f, (folder / f).stat().st_size, (folder / f).stat().st_mtime_ns] for f in names]
+    stamp.append(["groups", [list(g) if isinstance(g, tuple) else g for g in files]])
     digest = hashlib.sha256(json.dumps([str(folder.resolve()), stamp]).encode()).hexdigest()
     return BlockSpec(snapshot_dir=str(folder), files=files, stage_dir=str(stage_dir),
                      key=block_key(digest, None, columns=(*columns, f"w={weight_column}")),
