@@ -125,6 +125,9 @@ class Timed:
     def sample(self, n, seed):
         return self.source.sample(n, seed)
 
+    def sample_with_weights(self, n, seed):
+        return self.source.sample_with_weights(n, seed)
+
     def sample_d2(self, *a):
         return self.source.sample_d2(*a)
 
@@ -385,9 +388,12 @@ def report() -> str:
                   f"GiB on a {r['machine_memory_bytes'] / gib:.0f} GiB machine",
                   f"- staging: {r['staging_s']:.0f} s; {r['ms_per_iter'] / 1000:.1f} s per "
                   f"iteration (median); whole fit {r['total_s']:.0f} s; wall {r['wall_s']:.0f} s",
-                  f"- peak RSS of the process tree (driver, JVM, Python workers): "
-                  f"{r['peak_process_tree_rss_bytes'] / gib:.1f} GiB; peak machine memory in use "
-                  f"(page cache excluded): {r['peak_machine_used_bytes'] / gib:.1f} GiB", ""]
+                  f"- peak RSS of the process tree (driver, JVM, Python workers; it counts the "
+                  f"memory-mapped block pages, which are file-backed and dropped under pressure): "
+                  f"{r['peak_process_tree_rss_bytes'] / gib:.1f} GiB; peak machine memory in use, "
+                  f"page cache excluded: {r['peak_machine_used_bytes'] / gib:.1f} GiB",
+                  f"- {r['partitions']} tasks of {r.get('threads_per_task', 1)} kernel thread "
+                  "per iteration", ""]
     return "\n".join(lines)
 
 

@@ -35,7 +35,7 @@ from pipeline.dag_defaults import DEFAULT_ARGS
                         description="Initialisations per K (best inertia kept)."),
         "lookback_days": Param(7, type="integer", minimum=1, maximum=365,
                                description="Days of data that end at the interval end."),
-        "end_date": Param("", type="string",
+        "end_date": Param("", type="string", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
                           description="Optional window end (YYYY-MM-DD); default: interval end."),
         "engine": Param("spark", enum=["spark", "local"], description="Spark or in-process."),
         "init": Param("k-means||", enum=["k-means||", "k-means++"],
@@ -56,6 +56,12 @@ def kmeans_training():
         from pipeline import flow
 
         return flow.ingest(window)
+
+    @task
+    def materialize(window: tuple[str, str]) -> dict:
+        from pipeline import flow
+
+        return flow.materialize(window)
 
     @task
     def snapshot(window: tuple[str, str]) -> str:
@@ -96,7 +102,7 @@ def kmeans_training():
     span = window()
     landed = ingest(span)
     snap = snapshot(span)
-    landed >> snap
+    landed >> [snap, materialize(span)]
     report = validate(snap)
     trained = train(snap, report)
     ready_to_serve(register(evaluate(trained, snap)))

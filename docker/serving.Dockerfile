@@ -6,7 +6,7 @@
 # it with a read-only root filesystem as uid 10001.
 #
 # No JVM and no compilers in the final stage. The model is not baked in: the
-# server loads it from the MLflow registry at start-up (KMEANS_MODEL_URI), so
+# server loads it from the MLflow registry at start-up (`kmeans serve --alias`), so
 # one image serves every model version.
 #
 # Build from the repository root:

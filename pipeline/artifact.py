@@ -1,7 +1,9 @@
 """The model artifact: centroids as NPY, preprocessing and metadata as JSON, with checksums.
 
 No pickle anywhere: a folder with ``centroids.npy``, ``model.json`` and ``checksums.json``.
-Loading verifies every checksum and refuses a tampered or incomplete artifact.
+Loading verifies every checksum and refuses a modified or incomplete artifact. (The checksums
+travel with the files: they catch corruption and edits of one file, not someone who rewrites
+the checksums too; that needs the registry's access control.)
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ class SegmentModel:
         with open(folder / "centroids.npy", "wb") as fh:
             np.save(fh, self.centroids, allow_pickle=False)
         atomic_write_json(folder / "model.json", {
-            "format_version": FORMAT_VERSION, "k": self.k,
-            "preprocessing": self.preprocessor.to_dict(), **self.metadata})
+            **self.metadata, "format_version": FORMAT_VERSION, "k": self.k,
+            "cluster_ids": self.cluster_ids.tolist(),
+            "preprocessing": self.preprocessor.to_dict()})
         sums = {name: file_sha256(folder / name) for name in FILES}
         atomic_write_bytes(folder / "checksums.json", json.dumps(sums, indent=2).encode())
         return folder
@@ -75,7 +78,7 @@ class SegmentModel:
             if actual != expected.get(name):
                 raise ArtifactError(
                     f"artifact {folder}: {name} has sha256 {actual[:12]}…, checksums.json says "
-                    f"{str(expected.get(name))[:12]}…; refusing a tampered artifact")
+                    f"{str(expected.get(name))[:12]}…; refusing a modified artifact")
         meta = json.loads((folder / "model.json").read_text())
         if meta.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(f"artifact format_version={meta.get('format_version')}, "

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 import typer.core
@@ -151,11 +151,11 @@ def train(
 
 
 @app.command(cls=_Command)
-def evaluate(run_id: str, snapshot_path: Path, seed: int = 42):
-    """Score a run's model and the champion on the same holdout."""
+def evaluate(run_id: str, snapshot_path: Path):
+    """Score a run's model and the champion on the same holdout (the run's own split)."""
     from pipeline import training
 
-    _echo(training.evaluate(_settings(), run_id, str(snapshot_path), seed=seed))
+    _echo(training.evaluate(_settings(), run_id, str(snapshot_path)))
 
 
 @app.command(cls=_Command)
@@ -175,11 +175,19 @@ def audit():
 
 
 @app.command(cls=_Command)
-def serve(alias: Annotated[str, typer.Option(help="Model alias to serve.")] = "champion"):
+def serve(
+    alias: Annotated[str, typer.Option(help="Model alias to serve.")] = "champion",
+    host: Annotated[Optional[str], typer.Option(help="Bind address (KMEANS_SERVING_HOST).")] = None,
+    port: Annotated[Optional[int], typer.Option(min=0, max=65535,
+                                                help="Port (KMEANS_SERVING_PORT).")] = None,
+):
     """Serve the model behind an alias (Open Inference Protocol v2 and KServe v1)."""
     from pipeline.serving.server import serve as run
 
-    run(_settings(), alias=alias)
+    overrides = {k: v for k, v in (("serving_host", host), ("serving_port", port)) if v is not None}
+    from pipeline.settings import load_settings
+
+    run(load_settings(**overrides), alias=alias)
 
 
 @app.command(cls=_Command)
@@ -195,6 +203,7 @@ def demo(
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
+    """A day typed on the command line (naive) is a UTC day."""
     return value.replace(tzinfo=dt.timezone.utc)
 
 

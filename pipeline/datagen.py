@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipeline.io import atomic_write_parquet
 from pipeline.settings import FEATURE_NAMES
 
 log = logging.getLogger(__name__)
@@ -126,11 +126,8 @@ def generate_lake(
         day = start + dt.timedelta(days=i)
         frame = _day_rows(customers, day, np.random.default_rng([seed, i]), active_share,
                           missing_share)
-        part = table_dir / f"day={day.isoformat()}"
-        part.mkdir(parents=True, exist_ok=True)
-        tmp = part / ".part-00000.parquet.tmp"
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
-        tmp.replace(part / "part-00000.parquet")
+        atomic_write_parquet(table_dir / f"day={day.isoformat()}" / "part-00000.parquet",
+                             pa.Table.from_pandas(frame, preserve_index=False))
         written.append(day.isoformat())
         total += len(frame)
     log.info("wrote %d rows for %d customers over %d days to %s", total, n_customers, days,

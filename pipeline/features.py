@@ -42,7 +42,9 @@ class Snapshot:
     def load(cls, path: str | Path) -> Snapshot:
         import json
 
-        return cls(**json.loads((Path(path) / "snapshot.json").read_text()))
+        data = json.loads((Path(path) / "snapshot.json").read_text())
+        # The folder it was loaded from wins over the recorded path (moved or re-mounted).
+        return cls(**{**data, "path": str(Path(path).resolve())})
 
     def frame(self) -> pd.DataFrame:
         tables = [pq.read_table(Path(self.path) / f) for f in self.files]
@@ -150,6 +152,8 @@ def training_snapshot(
     digest = table_hash(table)
     out = settings.snapshots_dir / digest[:16]
     parts = max(1, min(partitions or settings.spark_partitions, len(frame)))
+    for stale in out.glob("part-*.parquet"):  # an earlier split of the same data
+        stale.unlink()
     bounds = np.linspace(0, len(frame), parts + 1).astype(int)
     files = []
     for i in range(parts):

@@ -22,8 +22,12 @@ def interval(context: dict) -> tuple[str, str]:
     with no logical date) the day the run was queued for, at midnight UTC.
     """
     params = context.get("params") or {}
+    train_params(params)  # a bad K range fails here, before ingest and snapshot run
     if params.get("end_date"):
-        end = dt.datetime.fromisoformat(str(params["end_date"]))
+        try:
+            end = dt.datetime.fromisoformat(str(params["end_date"]))
+        except ValueError as err:
+            raise ValueError(f"end_date={params['end_date']!r} is not a date (YYYY-MM-DD)") from err
     elif context.get("data_interval_end") is not None:
         end = context["data_interval_end"]
     else:
@@ -34,13 +38,30 @@ def interval(context: dict) -> tuple[str, str]:
 
 
 def train_params(params: dict) -> dict:
+    """The run's training params, validated (ValueError naming each bad value)."""
+    from pydantic import ValidationError
+
     keys = training.TrainParams.model_fields
-    return training.TrainParams(**{k: v for k, v in params.items() if k in keys}).model_dump()
+    try:
+        return training.TrainParams(**{k: v for k, v in params.items() if k in keys}).model_dump()
+    except ValidationError as err:
+        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}"
+                                   for e in err.errors())) from err
 
 
 def ingest(window: tuple[str, str]) -> dict:
     start, end = (dt.datetime.fromisoformat(v) for v in window)
     return training.ingest(load_settings(), start, end)
+
+
+def materialize(window: tuple[str, str]) -> dict:
+    """Refresh the online store with the window's latest values, for lookups by customer id."""
+    from pipeline import features
+
+    start, end = (dt.datetime.fromisoformat(v) for v in window)
+    features.apply_repo(load_settings())
+    features.materialize(load_settings(), start, end)
+    return {"materialized": list(window)}
 
 
 def snapshot(window: tuple[str, str]) -> str:
@@ -69,4 +90,4 @@ def register(evaluated: dict) -> dict:
 
 
 def ready_to_serve(registered: dict) -> dict:
-    return training.verify_serving(load_settings(), "champion")
+    return training.verify_serving(load_settings(), version=registered["version"])

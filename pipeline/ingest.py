@@ -58,6 +58,8 @@ def split_valid(frame: pd.DataFrame, day: dt.date) -> tuple[pd.DataFrame, pd.Dat
     missing = [c for c in [*KEY_COLUMNS, *FEATURE_NAMES] if c not in frame.columns]
     if missing:
         raise SchemaError(f"partition day={day} lacks columns {missing}; expected {OFFLINE_COLUMNS}")
+    raw = frame  # rejected rows keep the values they arrived with
+    frame = frame.copy()
     reason = pd.Series("", index=frame.index, dtype=object)
 
     def flag(mask: pd.Series, text: str) -> None:
@@ -65,7 +67,8 @@ def split_valid(frame: pd.DataFrame, day: dt.date) -> tuple[pd.DataFrame, pd.Dat
         reason[mask] = text
 
     ids = pd.to_numeric(frame["customer_id"], errors="coerce")
-    flag(ids.isna() | (ids <= 0), "customer_id missing or not a positive integer")
+    flag(ids.isna() | (ids <= 0) | (ids % 1 != 0) | (ids >= 2**63),
+         "customer_id missing or not a positive integer")
     ts = pd.to_datetime(frame["event_timestamp"], utc=True, errors="coerce")
     flag(ts.isna(), "event_timestamp missing or not a timestamp")
     day_start = pd.Timestamp(day, tz="UTC")
@@ -80,16 +83,20 @@ def split_valid(frame: pd.DataFrame, day: dt.date) -> tuple[pd.DataFrame, pd.Dat
         frame[name] = values.astype("float64")
     dup = frame.assign(_id=ids, _ts=ts).duplicated(subset=["_id", "_ts"], keep="first")
     flag(dup, "duplicate (customer_id, event_timestamp)")
+    if "created_timestamp" in frame.columns:
+        created = pd.to_datetime(frame["created_timestamp"], utc=True, errors="coerce")
+        flag(frame["created_timestamp"].notna() & created.isna(),
+             "created_timestamp is not a timestamp")
+    else:
+        created = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
 
     bad = reason != ""
     accepted = frame.loc[~bad].copy()
     accepted["customer_id"] = ids[~bad].astype("int64")
     accepted["event_timestamp"] = ts[~bad]
-    if "created_timestamp" in accepted.columns:
-        accepted["created_timestamp"] = pd.to_datetime(accepted["created_timestamp"], utc=True)
-    else:
-        accepted["created_timestamp"] = day_start + pd.Timedelta(days=1)
-    rejected = frame.loc[bad].copy()
+    # A row without a creation time was created when its day was landed.
+    accepted["created_timestamp"] = created[~bad].fillna(day_start + pd.Timedelta(days=1))
+    rejected = raw.loc[bad].copy()
     rejected["reject_reason"] = reason[bad]
     return accepted[OFFLINE_COLUMNS], rejected
 
@@ -105,15 +112,19 @@ def ingest_lake(settings: Settings, start: dt.date, end: dt.date) -> IngestResul
     for day in days_in(start, end):
         src = Path(settings.lake_dir) / LAKE_TABLE / f"day={day.isoformat()}"
         files = sorted(src.glob("*.parquet"))
+        out = Path(settings.offline_dir) / OFFLINE_TABLE / f"day={day.isoformat()}"
+        bad_dir = settings.rejected_dir / OFFLINE_TABLE / f"day={day.isoformat()}"
         if not files:
+            # The lake is the source of truth: a day it no longer has must not keep feeding
+            # snapshots from an earlier landing.
+            for stale in (out / "part-00000.parquet", bad_dir / "part-00000.parquet"):
+                stale.unlink(missing_ok=True)
             result.missing_days.append(day.isoformat())
             continue
         frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
         accepted, rejected = split_valid(frame, day)
-        out = Path(settings.offline_dir) / OFFLINE_TABLE / f"day={day.isoformat()}"
         atomic_write_parquet(out / "part-00000.parquet",
                              pa.Table.from_pandas(accepted, preserve_index=False))
-        bad_dir = settings.rejected_dir / OFFLINE_TABLE / f"day={day.isoformat()}"
         bad_file = bad_dir / "part-00000.parquet"
         if len(rejected):
             rejected = rejected.astype({c: "string" for c in rejected.columns

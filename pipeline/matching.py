@@ -12,12 +12,15 @@ import numpy as np
 SHARE = 0.2  # a cluster "takes part" in another when it holds at least this share of it
 
 
-def match_clusters(champion_labels: np.ndarray, challenger_labels: np.ndarray, k_champion: int,
-                   k_challenger: int) -> tuple[np.ndarray, dict]:
-    """Map each challenger id to a stable id and describe the changes.
+def match_clusters(champion_labels: np.ndarray, challenger_labels: np.ndarray,
+                   champion_ids, k_challenger: int) -> tuple[np.ndarray, dict]:
+    """Map each challenger cluster (by row position) to a stable id and describe the changes.
 
-    Returns ``(mapping, report)`` where ``mapping[new_id] = stable_id``: matched clusters take
-    the champion's id, unmatched challenger clusters take fresh ids from ``k_champion`` up.
+    ``champion_labels`` are the champion's stable ids of the holdout rows, ``champion_ids`` all
+    of its ids (an int ``k`` means ``range(k)``), ``challenger_labels`` the challenger's row
+    positions. Returns ``(mapping, report)`` where ``mapping[position] = stable_id``: matched
+    clusters take the champion's id; clusters that share no row with any champion cluster left
+    take fresh ids above every champion id.
 
     Examples
     --------
@@ -27,14 +30,19 @@ def match_clusters(champion_labels: np.ndarray, challenger_labels: np.ndarray, k
     """
     from scipy.optimize import linear_sum_assignment
 
-    old = np.asarray(champion_labels)
+    ids = np.arange(champion_ids) if np.isscalar(champion_ids) else np.asarray(champion_ids)
+    k_champion = len(ids)
+    column = {int(v): j for j, v in enumerate(ids)}
+    old = np.array([column[int(v)] for v in np.asarray(champion_labels)], dtype=np.int64)
     new = np.asarray(challenger_labels)
     table = np.zeros((k_challenger, k_champion), dtype=np.int64)
     np.add.at(table, (new, old), 1)
     rows, cols = linear_sum_assignment(-table)
+    overlap = table[rows, cols] > 0  # a pair with no shared row is no match
+    rows, cols = rows[overlap], cols[overlap]
     mapping = np.full(k_challenger, -1, dtype=np.int64)
-    mapping[rows] = cols
-    fresh = iter(range(k_champion, k_champion + k_challenger))
+    mapping[rows] = ids[cols]
+    fresh = iter(range(int(ids.max()) + 1, int(ids.max()) + 1 + k_challenger))
     for i in np.flatnonzero(mapping < 0):
         mapping[i] = next(fresh)
     matched = table[rows, cols].sum()
@@ -45,9 +53,9 @@ def match_clusters(champion_labels: np.ndarray, challenger_labels: np.ndarray, k
         parts = [int(mapping[i]) for i in range(k_challenger)
                  if old_sizes[j] and table[i, j] >= SHARE * old_sizes[j]]
         if len(parts) > 1:
-            splits.append({"champion_cluster": j, "into": sorted(parts)})
+            splits.append({"champion_cluster": int(ids[j]), "into": sorted(parts)})
     for i in range(k_challenger):
-        parts = [j for j in range(k_champion)
+        parts = [int(ids[j]) for j in range(k_champion)
                  if old_sizes[j] and table[i, j] >= SHARE * old_sizes[j]]
         if len(parts) > 1:
             merges.append({"challenger_cluster": int(mapping[i]), "from": parts})
@@ -57,8 +65,8 @@ def match_clusters(champion_labels: np.ndarray, challenger_labels: np.ndarray, k
         "split": splits,
         "merged": merges,
         "appeared": sorted(int(mapping[i]) for i in range(k_challenger)
-                           if mapping[i] >= k_champion or new_sizes[i] == 0),
-        "disappeared": sorted(int(j) for j in set(range(k_champion)) - set(cols.tolist())),
+                           if mapping[i] > ids.max() or new_sizes[i] == 0),
+        "disappeared": sorted(int(ids[j]) for j in set(range(k_champion)) - set(cols.tolist())),
     }
     return mapping, report
 

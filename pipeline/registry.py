@@ -46,13 +46,20 @@ def client(settings: Settings):
 
 
 def alias_version(settings: Settings, alias: str):
-    """The model version behind ``alias``, or None if the alias is not set."""
+    """The model version behind ``alias``, or None if the alias (or the model) does not exist.
+
+    Any other registry error propagates: treating an outage as "no champion" would promote an
+    unchecked model.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         return client(settings).get_model_version_by_alias(settings.model_name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or (
+                err.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(err)):
+            return None
+        raise
 
 
 def log_model_version(settings: Settings, run_id: str, artifact_dir: Path, tags: dict) -> str:
@@ -112,21 +119,24 @@ def read_audit(settings: Settings) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def download_model(settings: Settings, alias: str = "champion"):
-    """Download and verify the artifact behind ``alias``; returns (SegmentModel, version)."""
+def download_model(settings: Settings, alias: str = "champion", *, version: str | None = None):
+    """Download and verify the artifact of ``version`` (default: the one behind ``alias``);
+    returns (SegmentModel, version)."""
     import mlflow
 
     from pipeline.artifact import SegmentModel
 
-    version = alias_version(settings, alias)
     if version is None:
-        raise LookupError(f"model {settings.model_name!r} has no alias {alias!r}; "
-                          f"run the training DAG or `kmeans train` first")
+        found = alias_version(settings, alias)
+        if found is None:
+            raise LookupError(f"model {settings.model_name!r} has no alias {alias!r}; "
+                              f"run the training DAG or `kmeans train` first")
+        version = str(found.version)
     configure(settings)
     local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{settings.model_name}/{version.version}")
+        artifact_uri=f"models:/{settings.model_name}/{version}")
     folder = Path(local) / "artifacts" / ARTIFACT_PATH
-    return SegmentModel.load(folder), str(version.version)
+    return SegmentModel.load(folder), str(version)
 
 
 def _actor() -> str:

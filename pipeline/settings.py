@@ -34,12 +34,16 @@ FEATURES: dict[str, dict] = {
 }
 FEATURE_NAMES: list[str] = list(FEATURES)
 
+# KMEANS_* variables read by other parts (the kernel), not settings of a deployment.
+_NOT_SETTINGS = {"KMEANS_KERNEL_THREADS", "KMEANS_ALERT_WEBHOOK_URL"}
+
 
 class Settings(BaseSettings):
     """Settings of one deployment of the platform."""
 
     model_config = SettingsConfigDict(
-        env_prefix="KMEANS_", env_file=".env", extra="forbid", validate_default=True
+        env_prefix="KMEANS_", env_file=PROJECT_ROOT / ".env", extra="forbid",
+        validate_default=True
     )
 
     profile: Literal["local", "production"] = Field(
@@ -50,9 +54,6 @@ class Settings(BaseSettings):
         description="Working folder of the embedded default: lake, stores, reports, staged blocks.",
     )
     lake_dir: Path | None = Field(None, description="Data lake root (default: <home>/lake).")
-    offline_dir: Path | None = Field(
-        None, description="Feature tables read by the Feast offline store (default: <home>/offline)."
-    )
     feast_repo: Path = Field(PROJECT_ROOT / "feature_repo", description="Feast repository folder.")
     feature_service: str = Field("customer_segments_v1", description="Feast feature service.")
     redis_connection_string: str = Field(
@@ -84,16 +85,28 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
     max_batch_rows: int = Field(10_000, ge=1, description="Largest batch in one request.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_env(cls, data):
+        import os
+
+        known = {f"KMEANS_{name.upper()}" for name in cls.model_fields}
+        unknown = sorted(k for k in os.environ if k.startswith("KMEANS_") and k not in known
+                         and k not in _NOT_SETTINGS)
+        if unknown:
+            raise ValueError(f"unknown settings {unknown} in the environment; known: "
+                             f"{sorted(known)}")
+        return data
+
     @model_validator(mode="after")
     def _fill_and_check(self) -> Settings:
         self.home = self.home.expanduser().resolve()
         self.lake_dir = (self.lake_dir or self.home / "lake").expanduser().resolve()
-        self.offline_dir = (self.offline_dir or self.home / "offline").expanduser().resolve()
         self.stage_dir = (self.stage_dir or self.home / "blocks").expanduser().resolve()
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"sqlite:///{self.home / 'mlflow.db'}"
         if self.profile == "production":
-            missing = [n for n in ("serving_token", "admin_token") if getattr(self, n) is None]
+            missing = [n for n in ("serving_token",) if getattr(self, n) is None]
             if missing:
                 raise ValueError(
                     "profile=production needs " + ", ".join(f"KMEANS_{m.upper()}" for m in missing)
@@ -109,6 +122,12 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def offline_dir(self) -> Path:
+        """Offline feature tables; Feast's FileSource paths are relative to ``home``, so this
+        folder is not configurable on its own."""
+        return self.home / "offline"
 
     @property
     def snapshots_dir(self) -> Path:

@@ -111,7 +111,8 @@ def _source(settings: Settings, snap, pre, params: TrainParams):
 
     spec = BlockSpec(
         snapshot_dir=snap.path, files=tuple(snap.files), stage_dir=str(settings.stage_dir),
-        key=block_key(snap.data_hash, pre.to_dict(), "train", params.seed, params.sample_fraction),
+        key=block_key(f"{snap.data_hash}:{','.join(snap.files)}", pre.to_dict(), "train",
+                      params.seed, params.sample_fraction),
         preprocessor=pre.to_dict(), holdout_seed=params.seed, side="train",
         sample_fraction=params.sample_fraction)
     if params.engine == "local":
@@ -205,42 +206,48 @@ def source_distance_quantile(x: np.ndarray, centroids: np.ndarray, q: float = 99
 
 # ---------------------------------------------------------------- stage 5: evaluate
 
-def evaluate(settings: Settings, run_id: str, snapshot_path: str, seed: int = 42) -> dict:
+def evaluate(settings: Settings, run_id: str, snapshot_path: str, seed: int | None = None) -> dict:
     """Score the challenger and the current champion (if any) on the same fresh holdout.
 
-    With a champion, the challenger's clusters are matched to the champion's (Hungarian
-    matching on the holdout assignments), its candidate artifact is rewritten with the stable
-    ids, and the split/merge/appear/disappear report is logged with the run.
+    The holdout is the run's own (its ``seed`` param, unless given). With a champion, the
+    challenger's clusters are matched to the champion's (Hungarian matching on the holdout
+    assignments) and the matched model is logged as the run's ``matched`` artifact, which
+    ``register`` prefers; the split/merge/appear/disappear report is logged with the run.
+    Re-running starts again from the unmatched ``candidate``, so a retry changes nothing.
     """
     import mlflow
 
     from pipeline import registry
+    from pipeline.artifact import SegmentModel
+    from pipeline.engine.kernel import assign
     from pipeline.evaluation import cluster_metrics
     from pipeline.features import Snapshot
     from pipeline.matching import match_clusters, relabel
 
+    c = registry.client(settings)
+    if seed is None:
+        seed = int(c.get_run(run_id).data.params.get("seed", 42))
     challenger = _run_model(settings, run_id)
     holdout = _holdout_frame(Snapshot.load(snapshot_path), seed)
     x_new = challenger.preprocessor.transform(holdout)
     result = {"challenger": cluster_metrics(x_new, challenger.centroids, seed=seed)}
-    registry.configure(settings)
     if registry.alias_version(settings, "champion") is not None:
         champion, version = registry.download_model(settings, "champion")
         result["champion"] = cluster_metrics(champion.preprocessor.transform(holdout),
                                              champion.centroids, seed=seed)
         result["champion_version"] = version
-        old = champion.assign(holdout).cluster
-        new = challenger.assign_scaled(x_new).cluster
-        mapping, report = match_clusters(old, new, int(champion.cluster_ids.max()) + 1,
-                                         challenger.k)
+        mapping, report = match_clusters(champion.assign(holdout).cluster,
+                                         assign(x_new, challenger.centroids)[0],
+                                         champion.cluster_ids, challenger.k)
         result["matching"] = report
+        order = np.argsort(mapping, kind="stable")
         centroids, ids = relabel(challenger.centroids, mapping)
-        challenger.metadata["cluster_ids"] = ids
-        challenger.metadata["matched_to_version"] = version
+        meta = dict(challenger.metadata, cluster_ids=ids, matched_to_version=version)
+        if "cluster_shares" in meta:
+            meta["cluster_shares"] = [meta["cluster_shares"][i] for i in order]
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
-            type(challenger)(centroids, challenger.preprocessor, challenger.metadata).save(
-                Path(tmp) / "model")
-            mlflow.log_artifacts(str(Path(tmp) / "model"), artifact_path="candidate")
+            SegmentModel(centroids, challenger.preprocessor, meta).save(Path(tmp) / "model")
+            mlflow.log_artifacts(str(Path(tmp) / "model"), artifact_path="matched")
     with mlflow.start_run(run_id=run_id):
         for side in ("challenger", "champion"):
             if side in result:
@@ -264,7 +271,7 @@ def register(settings: Settings, run_id: str) -> dict:
     from pipeline.artifact import SegmentModel
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = _download_candidate(settings, run_id, Path(tmp))
+        folder = _download_candidate(settings, run_id, Path(tmp), prefer_matched=True)
         model = SegmentModel.load(folder)
         tags = {"data_hash": model.metadata["data_hash"], "k": model.k,
                 "feature_service": model.metadata["feature_service"],
@@ -284,25 +291,32 @@ def register(settings: Settings, run_id: str) -> dict:
     return {"model": settings.model_name, "version": version, "aliases": aliases}
 
 
-def verify_serving(settings: Settings, alias: str = "champion") -> dict:
-    """Load the alias as the server would (checksums included) and score one row."""
+def verify_serving(settings: Settings, alias: str = "champion", *,
+                   version: str | None = None) -> dict:
+    """Load a version (or the one behind ``alias``) as the server would, checksums included,
+    and score one row."""
     from pipeline import registry
 
-    model, version = registry.download_model(settings, alias)
+    model, version = registry.download_model(settings, alias, version=version)
     # A row of missing values is imputed with the training medians: a valid probe for any model.
     out = model.assign(np.full((1, len(model.feature_names)), np.nan))
-    return {"alias": alias, "version": version, "k": model.k, "probe_cluster": int(out.cluster[0])}
+    return {"version": version, "k": model.k, "probe_cluster": int(out.cluster[0])}
 
 
 # ---------------------------------------------------------------- helpers
 
-def _download_candidate(settings: Settings, run_id: str, dest: Path) -> Path:
+def _download_candidate(settings: Settings, run_id: str, dest: Path, *,
+                        prefer_matched: bool = False) -> Path:
+    """The run's model: ``matched`` (stable ids, written by evaluate) if asked and present,
+    else the ``candidate`` written by train."""
     import mlflow
 
     from pipeline import registry
 
-    registry.configure(settings)
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="candidate",
+    c = registry.client(settings)
+    names = {a.path for a in c.list_artifacts(run_id)}
+    path = "matched" if prefer_matched and "matched" in names else "candidate"
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
                                                     dst_path=str(dest)))
 
 

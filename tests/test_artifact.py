@@ -31,7 +31,7 @@ def test_tampered_artifact_refuses_to_load(model, tmp_path):
     meta = json.loads((folder / "model.json").read_text())
     meta["distance_p99"] = 99.0
     (folder / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ArtifactError, match="model.json has sha256 .* refusing a tampered"):
+    with pytest.raises(ArtifactError, match="model.json has sha256 .* refusing a modified"):
         SegmentModel.load(folder)
 
 

@@ -110,3 +110,16 @@ def test_bad_parameters_name_the_value(kwargs, message):
 def test_nan_input_is_refused():
     with pytest.raises(ValueError, match="NaN or infinity"):
         KMeans(2).fit(np.array([[0, np.nan], [1, 1]], dtype=np.float32))
+
+
+def test_kmeans_parallel_draws_respect_weights():
+    from pipeline.engine.estimator import kmeans_parallel
+
+    x, _ = make_blobs(4000, n_features=2, centers=4, random_state=3)
+    x = x.astype(np.float32)
+    w = np.zeros(len(x))
+    w[:1000] = 1e-3  # tiny weights: the draw size must not depend on their scale
+    candidates, weights = kmeans_parallel(ArraySource(x, w), 4, seed=0, rounds=3)
+    assert 4 <= len(candidates) <= 100
+    zero_rows = {tuple(r) for r in x[1000:]}
+    assert not any(tuple(c) in zero_rows for c in candidates[1:]), "weight-0 rows never drawn"

@@ -34,20 +34,30 @@ def _day_frame(n=5):
 
 
 def test_bad_rows_are_kept_aside_with_reasons():
-    frame = _day_frame(6)
+    frame = _day_frame(8)
+    frame["customer_id"] = frame["customer_id"].astype(float)
+    frame.loc[6, "customer_id"] = 12.7
+    frame["created_timestamp"] = pd.Timestamp("2026-11-02", tz="UTC")
+    frame["created_timestamp"] = frame["created_timestamp"].astype(object)
+    frame.loc[7, "created_timestamp"] = "yesterday"
     frame.loc[0, "customer_id"] = None
     frame.loc[1, "discount_share"] = 1.5
     frame.loc[2, "event_timestamp"] = pd.Timestamp("2026-11-03", tz="UTC")
     frame.loc[3, "orders_30d"] = -1
     frame.loc[5, "customer_id"] = 5  # duplicate of row 4 (same id and timestamp)
+    before = frame.copy()
     ok, bad = split_valid(frame, dt.date(2026, 11, 1))
-    assert len(ok) == 1 and len(bad) == 5
+    pd.testing.assert_frame_equal(frame, before)  # the caller's frame is left alone
+    assert len(ok) == 1 and len(bad) == 7
+    assert bad.loc[1, "discount_share"] == 1.5, "rejected rows keep their raw values"
     reasons = list(bad["reject_reason"])
     assert reasons[0] == "customer_id missing or not a positive integer"
     assert reasons[1] == "discount_share outside [0, 1]"
     assert reasons[2] == "event_timestamp outside partition day=2026-11-01"
     assert reasons[3] == "orders_30d outside [0, 1000]"
     assert reasons[4] == "duplicate (customer_id, event_timestamp)"
+    assert reasons[5] == "customer_id missing or not a positive integer"
+    assert reasons[6] == "created_timestamp is not a timestamp"
 
 
 def test_missing_columns_are_named():
@@ -71,6 +81,17 @@ def test_ingest_is_idempotent_and_quarantines(settings):
     assert first.rejected == 3 and first.reasons == {"mobile_share outside [0, 1]": 3}
     rejected = pq.read_table(settings.rejected_dir / OFFLINE_TABLE / "day=2026-11-02").to_pandas()
     assert len(rejected) == 3 and (rejected["mobile_share"] == 7.0).all()
+
+
+def test_a_day_gone_from_the_lake_leaves_the_offline_table(settings):
+    generate_lake(settings.lake_dir, n_customers=100, days=2, seed=5)
+    ingest_lake(settings, dt.date(2026, 11, 1), dt.date(2026, 11, 3))
+    gone = settings.lake_dir / LAKE_TABLE / "day=2026-11-02" / "part-00000.parquet"
+    gone.unlink()
+    result = ingest_lake(settings, dt.date(2026, 11, 1), dt.date(2026, 11, 3))
+    assert result.missing_days == ["2026-11-02"]
+    assert not (settings.offline_dir / OFFLINE_TABLE / "day=2026-11-02" /
+                "part-00000.parquet").exists()
 
 
 def test_ingest_without_data_names_the_folder(settings):

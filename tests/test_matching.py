@@ -35,3 +35,13 @@ def test_relabel_orders_rows_by_stable_id():
     rows, ids = relabel(centroids, np.array([4, 0, 2]))
     assert ids == [0, 2, 4]
     assert rows.tolist() == [[2, 3], [4, 5], [0, 1]]
+
+
+def test_ids_with_gaps_and_no_overlap_pairs():
+    # champion ids 0, 2, 5 (1, 3, 4 disappeared earlier); challenger cluster 2 shares no row
+    old = np.array([0] * 10 + [2] * 10 + [5] * 10)
+    new = np.array([1] * 10 + [0] * 10 + [0] * 10)
+    mapping, report = match_clusters(old, new, [0, 2, 5], 3)
+    assert mapping[1] == 0 and mapping[0] in (2, 5)
+    assert mapping[2] == 6, "no shared row: a fresh id above every champion id"
+    assert report["appeared"] == [6]

@@ -136,6 +136,12 @@ BAD = [
      "application/json", 400, "instance 0 has unknown features ['bogus']"),
     ("/v1/models/customer_segments:predict", '{"instances": [[1, 2], [1]]}',
      "application/json", 400, "feature rows must all have the same length"),
+    ("/v1/models/customer_segments:predict", '{"instances": [{"customer_id": 99999999999999999999}]}',
+     "application/json", 400, "outside the 64-bit integer range"),
+    ("/v1/models/customer_segments:predict", '{"instances": [[' + "1" * 400 + ']]}',
+     "application/json", 400, "too large for a 64-bit float"),
+    ("/v1/models/customer_segments:predict", "[" * 20_000 + "]" * 20_000,
+     "application/json", 400, "nested too deeply"),
     ("/v2/models/customer_segments/infer", json.dumps(_features([[1.0] * 12] * 2000)),
      "application/json", 413, "exceeds the limit of 65536 bytes"),
 ]

@@ -24,12 +24,18 @@ def test_unknown_setting_is_refused(tmp_path):
         load_settings(home=tmp_path, no_such_setting=1)
 
 
+def test_unknown_environment_setting_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("KMEANS_SPARK_PARTITION", "8")  # typo of KMEANS_SPARK_PARTITIONS
+    with pytest.raises(ValidationError, match=r"unknown settings \['KMEANS_SPARK_PARTITION'\]"):
+        load_settings(home=tmp_path)
+
+
 def test_production_needs_tokens_and_server(tmp_path):
     with pytest.raises(ValidationError, match="KMEANS_SERVING_TOKEN"):
         load_settings(home=tmp_path, profile="production")
     with pytest.raises(ValidationError, match="MLflow server"):
         load_settings(home=tmp_path, profile="production", serving_token="a", admin_token="b")
-    s = load_settings(home=tmp_path, profile="production", serving_token="tok-serving-123", admin_token="b",
+    s = load_settings(home=tmp_path, profile="production", serving_token="tok-serving-123",
                       mlflow_tracking_uri="postgresql://mlflow@127.0.0.1/mlflow")
     assert "tok-serving-123" not in repr(s), "tokens must not leak in reprs"
 

@@ -1,6 +1,7 @@
 """Lloyd iterations over any data source, and the scikit-learn style estimator.
 
 A *source* is anything with ``n_rows``, ``n_features``, ``sample(n, seed)``,
+``sample_with_weights(n, seed)``,
 ``sample_d2(centers, scale, seed)`` (k-means|| draws) and
 ``step(centroids_list) -> list[(sums, counts, inertia)]``. :class:`ArraySource` runs the kernel
 in-process; :class:`pipeline.engine.spark.SparkBlockSource` runs it as one Spark job per
@@ -42,21 +43,29 @@ class ArraySource:
         self.n_rows, self.n_features = self.x.shape
 
     def sample(self, n: int, seed: int) -> np.ndarray:
-        if n >= self.n_rows:
-            return self.x
-        idx = np.sort(np.random.default_rng(seed).choice(self.n_rows, n, replace=False))
-        return self.x[idx]
+        return self.sample_with_weights(n, seed)[0]
+
+    def sample_with_weights(self, n: int, seed: int):
+        idx = (np.arange(self.n_rows) if n >= self.n_rows else
+               np.sort(np.random.default_rng(seed).choice(self.n_rows, n, replace=False)))
+        w = np.ones(len(idx)) if self.weights is None else self.weights[idx]
+        return self.x[idx], w
 
     def step(self, centroids: list[np.ndarray]):
         return partial_stats(self.x, centroids, self.weights)
 
     def sample_d2(self, centers: np.ndarray, scale: float, seed) -> np.ndarray:
-        return draw_d2(self.x, centers, scale, np.random.default_rng(seed))
+        return draw_d2(self.x, centers, scale, np.random.default_rng(seed), self.weights)
 
 
-def draw_d2(x: np.ndarray, centers: np.ndarray, scale: float, rng) -> np.ndarray:
-    """Keep each row with probability min(1, scale * d²(row, centers)) (a k-means|| round)."""
+def draw_d2(x: np.ndarray, centers: np.ndarray, scale: float, rng,
+            weights: np.ndarray | None = None) -> np.ndarray:
+    """Keep each row with probability min(1, scale * w * d²(row, centers)), a k-means|| round;
+    ``scale`` is l / cost with the weighted cost, so about l rows are kept whatever the weights
+    sum to, and rows of weight 0 never are."""
     d2 = assign(x, centers)[1].astype(np.float64)
+    if weights is not None:
+        d2 *= np.asarray(weights, dtype=np.float64)
     return np.asarray(x[rng.random(len(x)) < scale * d2], dtype=np.float32)
 
 
@@ -70,8 +79,11 @@ def kmeans_parallel(source, k_max: int, *, seed: int, oversampling: float = 2.0,
     give the same candidates.
     """
     rng = np.random.default_rng([seed, 0x6B6D])
-    first = source.sample(min(source.n_rows, 1024), seed)
-    centers = np.asarray(first[rng.integers(len(first))][None, :], dtype=np.float32)
+    first, w = source.sample_with_weights(min(source.n_rows, 1024), seed)
+    if w.sum() <= 0:
+        raise ValueError("every sampled row has weight 0; sample_weight must have positive mass")
+    pick = min(int(np.searchsorted(np.cumsum(w), rng.random() * w.sum())), len(first) - 1)
+    centers = np.asarray(first[pick][None, :], dtype=np.float32)
     (_s, counts, cost), = source.step([centers])
     ell = oversampling * k_max
     for r in range(rounds):

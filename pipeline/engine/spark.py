@@ -159,7 +159,7 @@ def _stage(spec: BlockSpec, index: int, base: Path) -> None:
     os.replace(tmp_x, base.with_suffix(".f32"))  # last: its presence means the block is whole
 
 
-def _stage_task(spec: BlockSpec, fail_marker: str | None):
+def _stage_task(spec: BlockSpec):
     def run(index, _rows):
         block = load_block(spec, index)
         yield index, int(block.shape[0]), int(block.shape[1])
@@ -185,16 +185,18 @@ def _d2_task(spec: BlockSpec, centers_bc, scale: float, seed):
     def run(index, _rows):
         from pipeline.engine.estimator import draw_d2
 
-        block = load_block(spec, index)
-        yield draw_d2(block, centers_bc.value, scale, np.random.default_rng([*seed, index]))
+        block, weights = load_block_and_weights(spec, index)
+        yield draw_d2(block, centers_bc.value, scale, np.random.default_rng([*seed, index]),
+                      weights)
     return run
 
 
 def _sample_task(spec: BlockSpec, fraction: float, seed: int):
     def run(index, _rows):
-        block = load_block(spec, index)
-        rng = np.random.default_rng([seed, index])
-        yield np.asarray(block[rng.random(len(block)) < fraction])
+        block, weights = load_block_and_weights(spec, index)
+        keep = np.random.default_rng([seed, index]).random(len(block)) < fraction
+        yield (np.asarray(block[keep]),
+               np.ones(int(keep.sum())) if weights is None else np.asarray(weights[keep]))
     return run
 
 
@@ -208,7 +210,7 @@ class SparkBlockSource:
         self.parts = len(spec.files)
         self.fail_marker = fail_marker
         self.jobs = 0
-        shapes = self._run(_stage_task(spec, None)).collect()
+        shapes = self._run(_stage_task(spec)).collect()
         self.rows_per_part = {i: n for i, n, _d in shapes}
         self.n_rows = sum(self.rows_per_part.values())
         self.n_features = shapes[0][2]
@@ -220,9 +222,12 @@ class SparkBlockSource:
         return self.sc.parallelize(range(self.parts), self.parts).mapPartitionsWithIndex(fn)
 
     def sample(self, n: int, seed: int) -> np.ndarray:
+        return self.sample_with_weights(n, seed)[0]
+
+    def sample_with_weights(self, n: int, seed: int):
         fraction = min(1.0, n / self.n_rows)
         parts = self._run(_sample_task(self.spec, fraction, seed)).collect()
-        return np.concatenate(parts) if parts else np.empty((0, self.n_features), np.float32)
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
     def sample_d2(self, centers: np.ndarray, scale: float, seed) -> np.ndarray:
         bc = self.sc.broadcast(np.asarray(centers, dtype=np.float32))

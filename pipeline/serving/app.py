@@ -16,6 +16,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -100,9 +101,9 @@ def create_app(predictor: SegmentPredictor, *, token: str | None = None,
         try:
             return json.loads(body, parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as err:
-            if isinstance(err, InvalidInput):
-                raise
             raise InvalidInput(f"body is not valid JSON: {err}") from err
+        except RecursionError as err:
+            raise InvalidInput("body is nested too deeply") from err
 
     def route(name: str, handler, methods=("GET",), guarded=False):
         async def endpoint(request: Request):
@@ -114,6 +115,10 @@ def create_app(predictor: SegmentPredictor, *, token: str | None = None,
                 response = await handler(request)
             except ServingError as err:
                 response = JSONResponse({"error": str(err)}, status_code=err.status)
+            except Exception:  # a fault of ours, not of the input: logged, counted, JSON
+                log.exception("request %s on %s failed", request_id, name)
+                response = JSONResponse({"error": f"internal error (request id {request_id})"},
+                                        status_code=500)
             response.headers["x-request-id"] = request_id
             elapsed = time.perf_counter() - start
             metrics.requests.labels(name, str(response.status_code)).inc()
@@ -156,7 +161,8 @@ def create_app(predictor: SegmentPredictor, *, token: str | None = None,
             raise InvalidInput("body must be an object with 'inputs': a list holding one tensor, "
                                "named 'features' (FP32/FP64, shape [n, d]) or 'customer_id' "
                                "(INT64, shape [n])")
-        pred = _predict_v2(predictor, body["inputs"][0])
+        # Off the event loop: an online-store lookup must not stall health probes.
+        pred = await run_in_threadpool(_predict_v2, predictor, body["inputs"][0])
         metrics.observe(pred)
         outputs = [{"name": "cluster", "datatype": "INT64", "shape": [len(pred.cluster)],
                     "data": pred.cluster},
@@ -186,7 +192,7 @@ def create_app(predictor: SegmentPredictor, *, token: str | None = None,
         if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
             raise InvalidInput("body must be an object with 'instances': a list of feature "
                                "vectors, of {feature: value} objects, or of {'customer_id': id}")
-        pred = _predict_v1(predictor, body["instances"])
+        pred = await run_in_threadpool(_predict_v1, predictor, body["instances"])
         metrics.observe(pred)
         return JSONResponse({"predictions": pred.rows()})
 
@@ -271,7 +277,10 @@ def _float_array(data) -> np.ndarray:
         raise InvalidInput(f"feature values must be numbers or null, got {wrong[0]!r} "
                            f"({type(wrong[0]).__name__})")
     arr = np.asarray(data, dtype=object)
-    return np.where(arr == None, np.nan, arr).astype(np.float64)  # noqa: E711
+    try:
+        return np.where(arr == None, np.nan, arr).astype(np.float64)  # noqa: E711
+    except OverflowError as err:
+        raise InvalidInput("a feature value is too large for a 64-bit float") from err
 
 
 def _is_rectangular(data) -> bool:
@@ -287,5 +296,7 @@ def _int_list(values) -> list[int]:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int):
             raise InvalidInput(f"customer_id must be an integer, got {v!r} ({type(v).__name__})")
+        if not -(2**63) <= v < 2**63:
+            raise InvalidInput(f"customer_id {v} is outside the 64-bit integer range")
         out.append(v)
     return out
