@@ -38,8 +38,9 @@ test: install
 test-unit: install
 	$(PY) -m pytest -m "not integration"
 
+# standalone starts its components as `airflow ...` subprocesses: the venv must be on PATH.
 airflow-ui: install
-	$(VENV)/bin/airflow standalone
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/airflow standalone
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath .kmeans/mlflow.db) --port 5000
