@@ -48,5 +48,13 @@ mlflow-ui: install
 feast-plan: install
 	cd feature_repo && $(abspath $(VENV))/bin/feast plan
 
+# Side-by-side engine benchmark (writes benchmarks/RESULTS.md); MLlib gets native BLAS from
+# Debian's libopenblas0-pthread when it is installed. Takes about 25 minutes.
+bench: install
+	$(UV) pip install --python $(PY) --quiet faiss-cpu==1.15.1
+	$(PY) benchmarks/bench_engine.py --suite 1m
+	$(PY) benchmarks/bench_engine.py --suite 10m
+	$(PY) benchmarks/bench_engine.py --suite sweep
+
 clean:
 	rm -rf .kmeans
