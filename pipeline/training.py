@@ -80,30 +80,24 @@ def validate(settings: Settings, snapshot_path: str) -> str:
 
 # ---------------------------------------------------------------- stage 4: train
 
-def _holdout_frame(snap, seed: int, rows: int = 4000) -> pd.DataFrame:
+def _read_split(snap, seed: int, *, holdout_rows: int = 4000, train_rows: int = 200_000):
+    """One pass over the snapshot: a seeded sample of training rows (for fitting the
+    preprocessing) and a seeded sample of the holdout (for scoring), split by customer id."""
     from pipeline.preprocessing import holdout_mask
 
-    parts = []
-    for name in snap.files:
-        frame = pq.read_table(Path(snap.path) / name).to_pandas()
-        parts.append(frame[holdout_mask(frame["customer_id"].to_numpy(), seed)])
-    hold = pd.concat(parts, ignore_index=True)
-    if len(hold) > rows:
-        hold = hold.sample(rows, random_state=seed).sort_values("customer_id")
-    return hold.reset_index(drop=True)
-
-
-def _fit_preprocessor(snap, seed: int):
-    from pipeline.preprocessing import Preprocessor, holdout_mask
-
     rng = np.random.default_rng(seed)
-    parts = []
+    train_parts, hold_parts = [], []
     for name in snap.files:
         frame = pq.read_table(Path(snap.path) / name).to_pandas()
-        frame = frame[~holdout_mask(frame["customer_id"].to_numpy(), seed)]
-        take = min(len(frame), max(1, 200_000 // len(snap.files)))
-        parts.append(frame.iloc[np.sort(rng.choice(len(frame), take, replace=False))])
-    return Preprocessor.fit(pd.concat(parts, ignore_index=True), FEATURE_NAMES)
+        hold = holdout_mask(frame["customer_id"].to_numpy(), seed)
+        hold_parts.append(frame[hold])
+        frame = frame[~hold]
+        take = min(len(frame), max(1, train_rows // len(snap.files)))
+        train_parts.append(frame.iloc[np.sort(rng.choice(len(frame), take, replace=False))])
+    holdout = pd.concat(hold_parts, ignore_index=True)
+    if len(holdout) > holdout_rows:
+        holdout = holdout.sample(holdout_rows, random_state=seed).sort_values("customer_id")
+    return pd.concat(train_parts, ignore_index=True), holdout.reset_index(drop=True)
 
 
 def _source(settings: Settings, snap, pre, params: TrainParams):
@@ -141,8 +135,10 @@ def train(settings: Settings, snapshot_path: str, params: TrainParams | dict,
 
     params = TrainParams.model_validate(params)
     snap = Snapshot.load(snapshot_path)
-    pre = _fit_preprocessor(snap, params.seed)
-    holdout = _holdout_frame(snap, params.seed)
+    from pipeline.preprocessing import Preprocessor
+
+    train_sample, holdout = _read_split(snap, params.seed)
+    pre = Preprocessor.fit(train_sample, FEATURE_NAMES)
     x_hold = pre.transform(holdout)
     source = _source(settings, snap, pre, params)
     ks = list(range(params.k_min, params.k_max + 1))
@@ -228,7 +224,7 @@ def evaluate(settings: Settings, run_id: str, snapshot_path: str, seed: int | No
     if seed is None:
         seed = int(c.get_run(run_id).data.params.get("seed", 42))
     challenger = _run_model(settings, run_id)
-    holdout = _holdout_frame(Snapshot.load(snapshot_path), seed)
+    holdout = _read_split(Snapshot.load(snapshot_path), seed)[1]
     x_new = challenger.preprocessor.transform(holdout)
     result = {"challenger": cluster_metrics(x_new, challenger.centroids, seed=seed)}
     if registry.alias_version(settings, "champion") is not None:

@@ -266,29 +266,23 @@ def _predict_v1(predictor: SegmentPredictor, instances: list) -> Prediction:
 
 
 def _float_array(data) -> np.ndarray:
-    def bad(value) -> bool:
-        return isinstance(value, bool) or not (value is None or isinstance(value, (int, float)))
-
-    flat = np.ravel(np.asarray(data, dtype=object)) if _is_rectangular(data) else None
-    if flat is None:
+    """Feature rows (numbers, null for missing) as float64, NaN where null."""
+    try:
+        arr = np.asarray(data, dtype=object)
+    except ValueError:
+        arr = None
+    flat = None if arr is None else np.ravel(arr).tolist()
+    if flat is None or any(isinstance(v, list) for v in flat):
         raise InvalidInput("feature rows must all have the same length")
-    wrong = [v for v in flat.tolist() if bad(v)]
+    wrong = [v for v in flat
+             if isinstance(v, bool) or not (v is None or isinstance(v, (int, float)))]
     if wrong:
         raise InvalidInput(f"feature values must be numbers or null, got {wrong[0]!r} "
                            f"({type(wrong[0]).__name__})")
-    arr = np.asarray(data, dtype=object)
     try:
         return np.where(arr == None, np.nan, arr).astype(np.float64)  # noqa: E711
     except OverflowError as err:
         raise InvalidInput("a feature value is too large for a 64-bit float") from err
-
-
-def _is_rectangular(data) -> bool:
-    try:
-        arr = np.asarray(data, dtype=object)
-    except ValueError:
-        return False
-    return not any(isinstance(v, list) for v in np.ravel(arr).tolist())
 
 
 def _int_list(values) -> list[int]:
