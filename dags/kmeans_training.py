@@ -1,14 +1,21 @@
-"""kmeans_training: Feast features -> Great Expectations -> Spark K sweep -> MLflow.
+"""kmeans_training: Feast features -> Great Expectations -> Spark K sweep -> gates -> MLflow.
 
 Scheduled daily; trigger it by hand with params to change the K range, the sample, the
 iterations, the seed or the window. Every task calls one function of ``pipeline.flow``; heavy
 libraries are imported inside the tasks so the scheduler parses this file fast.
+
+After evaluate, the gates (data, quality, comparison, drift) run; a refusal fails ``gates`` and
+nothing is registered. When the snapshot drifted from the champion's reference over the
+threshold, ``drift_review`` waits for a person (Required Actions in the Airflow UI, the Evidently
+report linked): Approve registers the model, Reject skips the rest and the run ends cleanly.
+Under the threshold ``drift_review`` is skipped.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
 from pipeline.dag_defaults import DEFAULT_ARGS
@@ -87,11 +94,31 @@ def kmeans_training():
 
         return flow.evaluate(trained, snapshot_path, params)
 
-    @task
-    def register(evaluated: dict) -> dict:
+    @task(retries=0)  # a refused model stays refused: fail at once, the figures are logged
+    def gates(evaluated: dict, snapshot_path: str, report: str) -> dict:
         from pipeline import flow
 
-        return flow.register(evaluated)
+        return flow.gates(evaluated, snapshot_path, report)
+
+    @task.branch
+    def needs_review(gated: dict) -> str:
+        return "drift_review" if gated["review"] else "register"
+
+    # Reject (or no answer in a day) skips everything downstream; the run still succeeds.
+    drift_review = ApprovalOperator(
+        task_id="drift_review",
+        subject="Drift review: register the new customer segmentation model?",
+        body="{{ ti.xcom_pull(task_ids='gates')['review_body'] }}",
+        defaults="Reject",
+        response_timeout=dt.timedelta(days=1),
+        ignore_downstream_trigger_rules=True,
+    )
+
+    @task(trigger_rule="none_failed_min_one_success")  # also when drift_review was skipped
+    def register(gated: dict, ti=None) -> dict:
+        from pipeline import flow
+
+        return flow.register(gated, ti.xcom_pull(task_ids="drift_review"))
 
     @task
     def ready_to_serve(registered: dict) -> dict:
@@ -99,13 +126,23 @@ def kmeans_training():
 
         return flow.ready_to_serve(registered)
 
+    @task(retries=0)  # a rollout that rolled back has done its job; a retry would redo it
+    def rollout(registered: dict) -> dict:
+        from pipeline import flow
+
+        return flow.rollout(registered)
+
     span = window()
     landed = ingest(span)
     snap = snapshot(span)
     landed >> [snap, materialize(span)]
     report = validate(snap)
     trained = train(snap, report)
-    ready_to_serve(register(evaluate(trained, snap)))
+    gated = gates(evaluate(trained, snap), snap, report)
+    registered = register(gated)
+    needs_review(gated) >> [drift_review, registered]
+    drift_review >> registered
+    ready_to_serve(registered) >> rollout(registered)
 
 
 kmeans_training()

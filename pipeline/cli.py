@@ -42,6 +42,10 @@ class _Command(typer.core.TyperCommand):
         from mlflow.exceptions import MlflowException
         from pydantic import ValidationError
 
+        from pipeline.gates import GateRefused
+        from pipeline.registry import AliasMoveInProgress
+        from pipeline.rollout import RolloutError
+
         global _result_stream
         _result_stream = sys.stdout
         try:
@@ -53,7 +57,8 @@ class _Command(typer.core.TyperCommand):
                                  for e in err.errors())
             typer.echo(f"error: {problems}", err=True)
             raise typer.Exit(2) from err
-        except (ValueError, LookupError, FileNotFoundError, MlflowException) as err:
+        except (ValueError, LookupError, FileNotFoundError, MlflowException, GateRefused,
+                AliasMoveInProgress, RolloutError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from err
 
@@ -159,11 +164,103 @@ def evaluate(run_id: str, snapshot_path: Path):
 
 
 @app.command(cls=_Command)
+def gates(
+    run_id: str,
+    snapshot_path: Annotated[Path, typer.Argument(help="Snapshot folder the run trained on.")],
+    validation_report: Annotated[Optional[Path], typer.Option(
+        help="Report validate wrote (default: the snapshot's own).")] = None,
+):
+    """Run the promotion gates (data, quality, comparison, drift) on an evaluated run; exit 1
+    if a gate refuses. A drift over the threshold is reported as needing review."""
+    from pipeline import training
+    from pipeline.gates import GateRefused
+
+    try:
+        _echo(training.gates(_settings(), run_id, str(snapshot_path),
+                             str(validation_report) if validation_report else None))
+    except GateRefused as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(1) from err
+
+
+@app.command(cls=_Command)
 def register(run_id: str):
-    """Register a run's model as a new version with alias challenger."""
+    """Register a run's model as a new version with alias challenger (refused if its gates
+    refused it)."""
     from pipeline import training
 
     _echo(training.register(_settings(), run_id))
+
+
+@app.command(cls=_Command)
+def promote(
+    version: Annotated[str, typer.Argument(help="Model version to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")],
+    actor: Annotated[Optional[str], typer.Option(help="Who (default: your user name).")] = None,
+):
+    """Make a version champion: previous <- old champion; challenger removed if it was this
+    version. Refused if another promotion or rollback is in progress."""
+    from pipeline import gates, registry
+
+    settings = _settings()
+    found = registry.model_version(settings, version)
+    figures = gates.figures_of(gates.load_summary(settings, found.run_id))
+    _echo({**registry.promote(settings, version, reason=reason, actor=actor, figures=figures),
+           "server": _sync_server(settings)})
+
+
+@app.command(cls=_Command)
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")],
+    to_version: Annotated[Optional[str], typer.Option(
+        help="Version to return to (default: the one behind 'previous').")] = None,
+    actor: Annotated[Optional[str], typer.Option(help="Who (default: your user name).")] = None,
+):
+    """Make previous (or --to-version) champion again; challenger removed. Refused if another
+    promotion or rollback is in progress."""
+    from pipeline import registry
+
+    settings = _settings()
+    _echo({**registry.rollback(settings, reason=reason, to_version=to_version, actor=actor),
+           "server": _sync_server(settings)})
+
+
+def _sync_server(settings):
+    """Serve the new champion at once where a rollout backend is configured."""
+    from pipeline.rollout import sync_stable
+
+    return sync_stable(settings)
+
+
+@app.command(cls=_Command)
+def rollout(
+    version: Annotated[Optional[str], typer.Argument(
+        help="Version to roll out (default: the one behind 'challenger').")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="Finish an interrupted rollout instead of starting one.")] = False,
+    steps: Annotated[Optional[str], typer.Option(
+        help="Steps, e.g. 'shadow,10,50,100' (KMEANS_ROLLOUT_STEPS).")] = None,
+    interval: Annotated[Optional[float], typer.Option(
+        min=0.1, help="Analysis interval in seconds (KMEANS_ROLLOUT_INTERVAL_SECONDS).")] = None,
+):
+    """Roll a version out through the steps, analysing each against the champion; promote it,
+    or roll it back at the first failed step."""
+    from dataclasses import asdict
+
+    from pipeline import registry, rollout as ro
+
+    settings = _settings()
+    controller = ro.controller_for(settings, steps=steps, interval_s=interval)
+    if resume:
+        state = controller.resume()
+        _echo(asdict(state) if state else {"resumed": None, "reason": "nothing in progress"})
+        return
+    if version is None:
+        found = registry.alias_version(settings, "challenger")
+        if found is None:
+            raise LookupError(f"model {settings.model_name!r} has no challenger to roll out")
+        version = str(found.version)
+    _echo(asdict(controller.start(version)))
 
 
 @app.command(cls=_Command)
@@ -176,18 +273,31 @@ def audit():
 
 @app.command(cls=_Command)
 def serve(
-    alias: Annotated[str, typer.Option(help="Model alias to serve.")] = "champion",
+    alias: Annotated[str, typer.Option(help="Model alias to serve as the stable version.")] =
+    "champion",
+    version: Annotated[Optional[str], typer.Option(
+        help="Serve this registry version instead of the alias (KServe canary revisions).")] =
+    None,
+    canary_alias: Annotated[str, typer.Option(
+        help="Alias loaded as the canary when it exists ('' for none).")] = "challenger",
+    canary_mode: Annotated[str, typer.Option(
+        help="shadow: the canary scores, the stable answers; canary: the canary answers its "
+             "weight's share.")] = "shadow",
+    canary_weight: Annotated[float, typer.Option(
+        min=0, max=100, help="Percent of keys the canary answers (canary mode).")] = 0.0,
     host: Annotated[Optional[str], typer.Option(help="Bind address (KMEANS_SERVING_HOST).")] = None,
     port: Annotated[Optional[int], typer.Option(min=0, max=65535,
                                                 help="Port (KMEANS_SERVING_PORT).")] = None,
 ):
     """Serve the model behind an alias (Open Inference Protocol v2 and KServe v1)."""
     from pipeline.serving.server import serve as run
-
-    overrides = {k: v for k, v in (("serving_host", host), ("serving_port", port)) if v is not None}
     from pipeline.settings import load_settings
 
-    run(load_settings(**overrides), alias=alias)
+    if canary_mode not in ("shadow", "canary"):
+        raise ValueError(f"--canary-mode {canary_mode!r} should be 'shadow' or 'canary'")
+    overrides = {k: v for k, v in (("serving_host", host), ("serving_port", port)) if v is not None}
+    run(load_settings(**overrides), alias=alias, version=version, canary_alias=canary_alias or None,
+        canary_mode=canary_mode, canary_weight=canary_weight)
 
 
 @app.command(cls=_Command)

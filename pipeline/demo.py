@@ -55,9 +55,13 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
           f"{registered['version']} (k={registered['k']}, silhouette {registered['silhouette']}):")
     print("     make mlflow-ui   then open http://127.0.0.1:5000")
     print(f"   validation reports: {settings.reports_dir / 'validation'}")
+    print(f"   drift reports:      {settings.reports_dir / 'drift'} (Evidently HTML, from the "
+          f"second run on; gate figures in MLflow under gates/)")
     print(f"   rejected rows:      {settings.rejected_dir}")
     print(f"   alias audit trail:  {settings.home / 'audit' / 'aliases.jsonl'} (kmeans audit)")
-    print("   Airflow UI:         make airflow-ui   (airflow standalone on dags/)")
+    print("   Airflow UI:         make airflow-ui   (airflow standalone on dags/; drift reviews "
+          "wait there)")
+    print("   serve and roll out: kmeans serve; kmeans rollout  (README: Serving, Promotion)")
 
 
 def _latest_registration(settings: Settings) -> dict:
@@ -76,7 +80,7 @@ def _serve_examples(settings: Settings) -> None:
     from pipeline.serving.server import build_app, running
 
     app = build_app(settings)
-    predictor = app.state.predictor
+    feature_names = app.service.feature_names
     headers = {}
     if settings.serving_token:
         headers["Authorization"] = f"Bearer {settings.serving_token.get_secret_value()}"
@@ -84,7 +88,7 @@ def _serve_examples(settings: Settings) -> None:
     rows = online_features(feature_store(settings), settings.feature_service, ids)
     # Missing values travel as null and are imputed by the model, as in training.
     vectors = [[None if v != v else float(v) for v in row]
-               for row in rows[predictor.model.feature_names].to_numpy().tolist()]
+               for row in rows[feature_names].to_numpy().tolist()]
     with running(app) as url, httpx.Client(base_url=url, headers=headers, timeout=10) as http:
         print(f"   server {url}: ready={http.get('/v2/health/ready').json()['ready']}")
         body = {"inputs": [{"name": "features", "datatype": "FP64",
@@ -93,7 +97,7 @@ def _serve_examples(settings: Settings) -> None:
         print("   POST /v2/models/customer_segments/infer  (by feature vector)")
         for out in reply["outputs"]:
             print(f"     {out['name']:>9}: {out['data']}")
-        print(f"     model_version: {reply['model_version']}")
+        print(f"     answered by version {reply['model_version']}")
         body = {"instances": [{"customer_id": i} for i in [*ids, 999]]}
         reply = http.post(f"/v1/models/{settings.model_name}:predict", json=body).json()
         print("   POST /v1/models/customer_segments:predict  (by customer_id, Feast online store)")

@@ -85,9 +85,55 @@ def evaluate(trained: dict, snapshot_path: str, params: dict) -> dict:
             "silhouette": result["challenger"].get("silhouette")}
 
 
-def register(evaluated: dict) -> dict:
-    return training.register(load_settings(), evaluated["run_id"])
+def gates(evaluated: dict, snapshot_path: str, report: str) -> dict:
+    """The promotion gates; the summary says whether the drift needs a person's review."""
+    return training.gates(load_settings(), evaluated["run_id"], snapshot_path, report)
+
+
+def register(gated: dict, review: dict | None = None) -> dict:
+    """Register a gated run; ``review`` is the drift reviewer's answer if there was a review."""
+    return training.register(load_settings(), gated["run_id"], gates=gated, review=review)
 
 
 def ready_to_serve(registered: dict) -> dict:
     return training.verify_serving(load_settings(), version=registered["version"])
+
+
+def rollback(params: dict, actor: str) -> dict:
+    """Move ``champion`` back (to ``previous``, or the ``to_version`` param) for the given
+    reason."""
+    from pipeline import registry
+
+    return registry.rollback(load_settings(), reason=str(params.get("reason") or ""),
+                             to_version=params.get("to_version") or None, actor=actor)
+
+
+def rollout(registered: dict) -> dict:
+    """Roll the newly registered challenger out on the configured backend (shadow, traffic
+    steps, promoted), or say why not. A rolled-back rollout fails the task after the rollback
+    is complete, so the run shows red and the on-call sees the reason."""
+    from dataclasses import asdict
+
+    from pipeline import rollout as ro
+
+    settings = load_settings()
+    version = str(registered["version"])
+    if "champion" in registered.get("aliases", []):
+        return {"version": version, "outcome": "skipped",
+                "reason": "first version of the model: it is the champion already"}
+    if ro.backend_for(settings) is None:
+        return {"version": version, "outcome": "skipped",
+                "reason": "KMEANS_ROLLOUT_BACKEND=none: the challenger waits for "
+                          "`kmeans rollout` or `kmeans promote`"}
+    state = ro.controller_for(settings).start(version)
+    if state.outcome != "promoted":
+        raise ro.RolloutError(f"version {version} was rolled back: {state.reason}")
+    return asdict(state)
+
+
+def sync_server(rolled_back: dict) -> dict:
+    """Serve the champion the rollback chose, where a rollout backend is configured."""
+    from pipeline import rollout as ro
+
+    routing = ro.sync_stable(load_settings())
+    return {"champion": rolled_back["champion"], "server": routing or "no rollout backend"}

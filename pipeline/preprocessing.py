@@ -39,16 +39,30 @@ class Preprocessor:
         stds[stds == 0] = 1.0
         return cls(names, logs, medians.tolist(), filled.mean(axis=0).tolist(), stds.tolist())
 
+    def __post_init__(self):
+        # Arrays for transform, built once: the server calls it for every request.
+        for name, value in (("_log_cols", np.flatnonzero([n in self.log_features
+                                                           for n in self.feature_names])),
+                            ("_medians", np.asarray(self.medians, dtype=np.float64)),
+                            ("_means", np.asarray(self.means, dtype=np.float64)),
+                            ("_stds", np.asarray(self.stds, dtype=np.float64))):
+            object.__setattr__(self, name, value)
+
     def transform(self, data) -> np.ndarray:
         """Raw feature values (DataFrame or (n, d) array, NaN = missing) to model space."""
         if isinstance(data, pd.DataFrame):
             data = data[self.feature_names].to_numpy(dtype=np.float64)
-        raw = np.asarray(data, dtype=np.float64)
+        raw = np.array(data, dtype=np.float64)  # a copy: transformed in place below
         if raw.ndim != 2 or raw.shape[1] != len(self.feature_names):
             raise ValueError(f"expected shape (n, {len(self.feature_names)}), got {raw.shape}")
-        raw = _log(raw, [n in self.log_features for n in self.feature_names])
-        raw = np.where(np.isnan(raw), np.asarray(self.medians), raw)
-        return ((raw - np.asarray(self.means)) / np.asarray(self.stds)).astype(np.float32)
+        cols = self._log_cols
+        raw[:, cols] = np.log1p(np.maximum(raw[:, cols], 0.0))  # NaN stays NaN
+        missing = np.isnan(raw)
+        if missing.any():
+            raw[missing] = np.broadcast_to(self._medians, raw.shape)[missing]
+        raw -= self._means
+        raw /= self._stds
+        return raw.astype(np.float32)
 
     def to_dict(self) -> dict:
         return asdict(self)

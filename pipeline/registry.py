@@ -1,12 +1,23 @@
-"""MLflow tracking and model registry: runs, models-from-code versions, aliases, audit trail."""
+"""MLflow tracking and model registry: runs, models-from-code versions, aliases, audit trail.
+
+Aliases: ``challenger`` (registered, waiting), ``champion`` (served), ``previous`` (the champion
+before the last promotion, what a rollback returns to). Every move goes through
+:func:`register_challenger`, :func:`promote`, :func:`rollback` or :func:`reject_challenger`,
+under the model's alias lock, and is appended to the audit trail (``home/audit/aliases.jsonl``,
+``kmeans audit``).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import getpass
+import hashlib
 import json
 import logging
 import os
+import socket
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.settings import Settings
@@ -87,25 +98,343 @@ def log_model_version(settings: Settings, run_id: str, artifact_dir: Path, tags:
     return version
 
 
-def move_alias(settings: Settings, alias: str, version: str, *, reason: str,
-               actor: str | None = None, figures: dict | None = None) -> dict:
-    """Point ``alias`` at ``version`` and append the move to the audit trail."""
+def current_aliases(settings: Settings) -> dict[str, str | None]:
+    """The version behind each alias (None where the alias is not set)."""
+    return {alias: _alias_number(settings, alias) for alias in ALIASES}
+
+
+# ---------------------------------------------------------------- alias moves
+#
+# Every alias move happens under one lock per registered model, so two promotions (or a
+# promotion and a rollback) cannot interleave and leave the aliases half-moved. Promote and
+# rollback take it without waiting: the loser is refused, naming who holds it. Within a move
+# the order keeps every version reachable: `previous` is written before `champion` moves.
+
+
+class AliasMoveInProgress(RuntimeError):
+    """Another promotion, rollback or registration holds the alias lock of the model."""
+
+
+def register_challenger(settings: Settings, version: str, *, reason: str,
+                        actor: str | None = None, figures: dict | None = None) -> list[str]:
+    """``challenger`` <- ``version``; the model's first version also becomes ``champion``.
+
+    Waits up to ``settings.alias_lock_wait_seconds`` for a promotion in progress. Returns the
+    aliases set.
+    """
+    version, actor = str(version), actor or _actor()
+    with alias_lock(settings, operation="registration", version=version, actor=actor,
+                    wait=settings.alias_lock_wait_seconds):
+        moves = [_move_alias(settings, "challenger", version, operation="registration",
+                             reason=reason, actor=actor, figures=figures)]
+        if _alias_number(settings, "champion") is None:
+            moves.append(_move_alias(
+                settings, "champion", version, operation="registration", actor=actor,
+                reason="first version of the model: no champion to compare with",
+                figures=figures))
+    return [m["alias"] for m in moves]
+
+
+def promote(settings: Settings, version: str, *, reason: str, actor: str | None = None,
+            figures: dict | None = None) -> dict:
+    """``previous`` <- the old champion, ``champion`` <- ``version``; ``challenger`` is removed
+    if it pointed at ``version``. Refused at once if another alias move is in progress."""
+    version, actor = str(version), actor or _actor()
+    _require_reason(reason, "promotion")
+    with alias_lock(settings, operation="promotion", version=version, actor=actor):
+        model_version(settings, version)
+        old = _alias_number(settings, "champion")
+        if old == version:
+            raise ValueError(f"version {version} is already the champion of "
+                             f"{settings.model_name!r}; nothing to promote")
+        common = {"operation": "promotion", "reason": reason, "actor": actor, "figures": figures}
+        moves = []
+        if old is not None:
+            moves.append(_move_alias(settings, "previous", old, **common))
+        moves.append(_move_alias(settings, "champion", version, **common))
+        if _alias_number(settings, "challenger") == version:
+            moves.append(_move_alias(settings, "challenger", None, **common))
+    return {"model": settings.model_name, "operation": "promotion", "champion": version,
+            "previous": old, "moves": moves}
+
+
+def reject_challenger(settings: Settings, version: str, *, reason: str,
+                      actor: str | None = None, figures: dict | None = None) -> dict:
+    """A rollout of ``version`` failed: ``challenger`` is removed if it points at ``version``,
+    and the version is tagged ``rollout_rejected_at`` / ``rollout_reject_reason`` so nobody
+    rolls it out again by accident. The champion is untouched."""
+    version, actor = str(version), actor or _actor()
+    _require_reason(reason, "rejection")
+    with alias_lock(settings, operation="rejection", version=version, actor=actor,
+                    wait=settings.alias_lock_wait_seconds):
+        model_version(settings, version)
+        moves = []
+        if _alias_number(settings, "challenger") == version:
+            moves.append(_move_alias(settings, "challenger", None, operation="rejection",
+                                     reason=reason, actor=actor, figures=figures))
+        c = client(settings)
+        c.set_model_version_tag(settings.model_name, version, "rollout_rejected_at", _now())
+        c.set_model_version_tag(settings.model_name, version, "rollout_reject_reason",
+                                reason[:5000])
+    return {"model": settings.model_name, "operation": "rejection", "version": version,
+            "champion": _alias_number(settings, "champion"), "moves": moves}
+
+
+def rollback(settings: Settings, *, reason: str, actor: str | None = None,
+             to_version: str | None = None, figures: dict | None = None) -> dict:
+    """``champion`` <- ``previous`` (or ``to_version``), ``challenger`` removed.
+
+    ``previous`` is never pointed at the version rolled back from: that version is known bad
+    and must not be one rollback away. So a plain rollback consumes ``previous`` (removed, its
+    version is the champion now) and a second rollback is refused until a promotion sets it
+    again; a rollback to an explicit ``to_version`` leaves ``previous`` as it was. The version
+    rolled back from gets the tags ``rolled_back_at`` and ``rollback_reason``. The challenger
+    is removed because a rollback ends whatever rollout was in progress.
+    """
+    actor = actor or _actor()
+    to_version = None if to_version in (None, "") else str(to_version)
+    _require_reason(reason, "rollback")
+    with alias_lock(settings, operation="rollback", version=to_version, actor=actor):
+        bad = _alias_number(settings, "champion")
+        if bad is None:
+            raise LookupError(f"model {settings.model_name!r} has no champion; nothing to roll "
+                              f"back")
+        previous = _alias_number(settings, "previous")
+        target = to_version or previous
+        if target is None:
+            raise LookupError(f"model {settings.model_name!r} has no 'previous' alias to roll "
+                              f"back to (champion is version {bad}); name a version with "
+                              f"to_version")
+        if target == bad:
+            raise ValueError(f"version {target} is already the champion; nothing to roll back")
+        model_version(settings, target)
+        common = {"operation": "rollback", "reason": reason, "actor": actor, "figures": figures}
+        moves = [_move_alias(settings, "champion", target, **common)]
+        if previous == target:
+            moves.append(_move_alias(settings, "previous", None, **common))
+        if _alias_number(settings, "challenger") is not None:
+            moves.append(_move_alias(settings, "challenger", None, **common))
+        c = client(settings)
+        c.set_model_version_tag(settings.model_name, bad, "rolled_back_at", moves[0]["at"])
+        c.set_model_version_tag(settings.model_name, bad, "rollback_reason", reason)
+    return {"model": settings.model_name, "operation": "rollback", "champion": target,
+            "rolled_back_from": bad, "moves": moves}
+
+
+def _move_alias(settings: Settings, alias: str, version: str | None, *, operation: str,
+                reason: str, actor: str, figures: dict | None) -> dict:
+    """Point ``alias`` at ``version`` (None: remove it) and append the move to the audit trail.
+    The caller holds the alias lock."""
     if alias not in ALIASES:
         raise ValueError(f"alias={alias!r} should be one of {ALIASES}")
     c = client(settings)
-    before = alias_version(settings, alias)
-    c.set_registered_model_alias(settings.model_name, alias, str(version))
+    before = _alias_number(settings, alias)
+    if version is None:
+        c.delete_registered_model_alias(settings.model_name, alias)
+    else:
+        c.set_registered_model_alias(settings.model_name, alias, str(version))
     entry = {
-        "at": dt.datetime.now(dt.timezone.utc).isoformat(), "model": settings.model_name,
-        "alias": alias, "from_version": str(before.version) if before else None,
-        "to_version": str(version), "actor": actor or _actor(), "reason": reason,
-        "figures": figures or {},
+        "at": _now(), "model": settings.model_name, "alias": alias, "operation": operation,
+        "from_version": before, "to_version": None if version is None else str(version),
+        "actor": actor, "reason": reason, "figures": figures or {},
     }
     audit_path(settings).parent.mkdir(parents=True, exist_ok=True)
     with open(audit_path(settings), "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry, sort_keys=True) + "\n")
-    log.info("alias %s: %s -> %s (%s)", alias, entry["from_version"], version, reason)
+        fh.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+    log.info("alias %s: %s -> %s (%s: %s)", alias, before, entry["to_version"], operation, reason)
     return entry
+
+
+def _alias_number(settings: Settings, alias: str) -> str | None:
+    found = alias_version(settings, alias)
+    return None if found is None else str(found.version)
+
+
+def model_version(settings: Settings, version: str):
+    """The registered version ``version`` of the model; LookupError if there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(settings).get_model_version(settings.model_name, str(version))
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            raise LookupError(f"model {settings.model_name!r} has no version {version!r}") from err
+        raise
+
+
+def _require_reason(reason: str, operation: str) -> None:
+    if not (reason or "").strip():
+        raise ValueError(f"a {operation} needs a reason (it goes to the audit trail)")
+
+
+# ---------------------------------------------------------------- the alias lock
+
+
+@contextmanager
+def alias_lock(settings: Settings, *, operation: str, version: str | None, actor: str,
+               wait: float = 0.0):
+    """Hold the model's alias lock for one operation, or raise :class:`AliasMoveInProgress`.
+
+    A PostgreSQL advisory lock when the MLflow store is PostgreSQL (every host sharing the
+    store sees it); otherwise an fcntl lock on a file beside the SQLite store (or under
+    ``home/locks`` for a remote store). ``wait`` seconds of retrying before giving up; 0 means
+    one try.
+    """
+    holder = {"operation": operation, "version": version, "actor": actor, "since": _now(),
+              "host": socket.gethostname(), "pid": os.getpid()}
+    lock = (_PostgresLock(settings.mlflow_tracking_uri, settings.model_name)
+            if _is_postgres(settings.mlflow_tracking_uri) else _FileLock(lock_path(settings)))
+    if not lock.acquire(holder, wait):
+        raise AliasMoveInProgress(f"{_describe(operation, version)} refused: "
+                                  f"{_describe_holder(lock.holder())}; no alias was moved, "
+                                  f"try again when it has finished")
+    try:
+        yield holder
+    finally:
+        lock.release()
+
+
+def lock_path(settings: Settings) -> Path:
+    """The lock file of the embedded default: beside the SQLite store, so every home that
+    shares the store shares the lock."""
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return db.with_name(f"{db.name}.{settings.model_name}.aliases.lock")
+    return settings.home / "locks" / f"{settings.model_name}.aliases.lock"
+
+
+def _describe(operation: str, version: str | None) -> str:
+    if version is None:
+        return operation
+    return f"{operation} {'to' if operation == 'rollback' else 'of'} version {version}"
+
+
+def _describe_holder(holder: dict | None) -> str:
+    if not holder:
+        return "another promotion, rollback or registration is in progress (holder unknown)"
+    return (f"a {_describe(holder.get('operation', 'alias move'), holder.get('version'))} by "
+            f"{holder.get('actor', 'unknown')} is in progress since {holder.get('since', '?')}")
+
+
+class _FileLock:
+    """fcntl.flock on its own open file: it excludes other processes and other threads."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = None
+
+    def acquire(self, holder: dict, wait: float) -> bool:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    fh.close()
+                    return False
+                time.sleep(0.05)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps(holder))
+        fh.flush()
+        self._fh = fh
+        return True
+
+    def holder(self) -> dict | None:
+        # The winner writes its name right after taking the lock: give it a moment.
+        for _ in range(20):
+            try:
+                return json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                time.sleep(0.025)
+        return None
+
+    def release(self) -> None:
+        import fcntl
+
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.flush()
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+        self._fh = None
+
+
+class _PostgresLock:
+    """A session-level advisory lock on the MLflow store's own database; released by the
+    database if the holder dies. The holder names itself in its connection's
+    application_name (PostgreSQL keeps 63 bytes of it: a long actor is cut)."""
+
+    def __init__(self, url: str, model_name: str):
+        self.url = url
+        self.key = int.from_bytes(hashlib.sha256(f"kmeans-aliases:{model_name}".encode())
+                                  .digest()[:4], "big") & 0x7FFFFFFF
+        self._conn = None
+
+    def _connect(self):
+        import sqlalchemy as sa
+        from sqlalchemy.pool import NullPool
+
+        try:
+            return sa.create_engine(self.url, poolclass=NullPool).connect()
+        except ModuleNotFoundError as err:
+            raise RuntimeError(f"the MLflow store is PostgreSQL ({self.url.split('@')[-1]}) but "
+                               f"no PostgreSQL driver is installed: {err}") from err
+
+    def acquire(self, holder: dict, wait: float) -> bool:
+        import sqlalchemy as sa
+
+        conn = self._connect()
+        deadline = time.monotonic() + wait
+        while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"),
+                               {"k": self.key}).scalar():
+            if time.monotonic() >= deadline:
+                conn.close()
+                return False
+            time.sleep(0.1)
+        since = int(dt.datetime.fromisoformat(holder["since"]).timestamp())
+        tag = f"kmeans|{holder['operation']}|{holder['version'] or ''}|{since}|{holder['actor']}"
+        conn.execute(sa.text("SELECT set_config('application_name', :tag, false)"),
+                     {"tag": tag})
+        conn.commit()
+        self._conn = conn
+        return True
+
+    def holder(self) -> dict | None:
+        import sqlalchemy as sa
+
+        with self._connect() as conn:
+            tag = conn.execute(sa.text(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
+                "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                "AND l.classid = 0 AND l.objid = :k"), {"k": self.key}).scalar()
+        parts = (tag or "").split("|", 4)
+        if len(parts) != 5 or parts[0] != "kmeans":
+            return None
+        since = dt.datetime.fromtimestamp(int(parts[3]), dt.timezone.utc).isoformat()
+        return {"operation": parts[1], "version": parts[2] or None, "since": since,
+                "actor": parts[4]}
+
+    def release(self) -> None:
+        import sqlalchemy as sa
+
+        self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+        self._conn.close()
+        self._conn = None
+
+
+def _is_postgres(uri: str) -> bool:
+    return uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def audit_path(settings: Settings) -> Path:

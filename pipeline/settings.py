@@ -84,6 +84,63 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
     max_batch_rows: int = Field(10_000, ge=1, description="Largest batch in one request.")
+    max_concurrency: int = Field(
+        256, ge=1, description="Requests in flight before the server answers 503 (probes exempt)."
+    )
+
+    # promotion gates
+    # Defaults sit below what the generated demo data gives (silhouette interval lower bound
+    # about 0.27, Davies-Bouldin about 1.38, smallest cluster about 14%), so a healthy model
+    # passes and a degenerate one does not.
+    gate_min_silhouette_lo: float = Field(
+        0.20, ge=-1, le=1,
+        description="Quality gate: lowest allowed lower bound of the challenger's 95% bootstrap "
+                    "silhouette interval on the holdout.")
+    gate_max_davies_bouldin: float = Field(
+        2.0, gt=0, description="Quality gate: highest allowed Davies-Bouldin index on the holdout.")
+    gate_min_cluster_share: float = Field(
+        0.01, ge=0, lt=1,
+        description="Quality gate: smallest allowed share of training rows in any cluster "
+                    "(an empty cluster, or a relocated one, is always refused).")
+    gate_comparison_tolerance: float = Field(
+        0.05, ge=0, le=1,
+        description="Comparison gate: how much worse than the champion the challenger may score "
+                    "on the same holdout, relative (silhouette and Davies-Bouldin).")
+    drift_column_threshold: float = Field(
+        0.1, gt=0,
+        description="Drift gate: normalised Wasserstein distance above which a feature column "
+                    "counts as drifted (monitoring/drift.yaml column_threshold).")
+    drift_share_threshold: float = Field(
+        0.3, ge=0, le=1,
+        description="Drift gate: share of drifted feature columns above which a person must "
+                    "approve the model (monitoring/drift.yaml dataset_drift_share).")
+    drift_sample_rows: int = Field(
+        5000, ge=100,
+        description="Rows of the reference sample kept with each registered model, and of the "
+                    "new snapshot compared with it.")
+    alias_lock_wait_seconds: float = Field(
+        30.0, ge=0,
+        description="How long registering a challenger waits for a promotion or rollback in "
+                    "progress (promote and rollback themselves never wait).")
+
+    # rollout
+    rollout_backend: Literal["none", "local", "kubernetes"] = Field(
+        "none", description="Where the rollout controller moves traffic: 'local' (the inference "
+                            "server's admin API at serving_url), 'kubernetes' (a KServe "
+                            "InferenceService), or 'none' (registry aliases only).")
+    serving_url: str | None = Field(
+        None, description="Base URL of the inference server for the local backend "
+                          "(default http://<serving_host>:<serving_port>).")
+    rollout_steps: str = Field(
+        "shadow,10,50,100", description="Rollout steps: 'shadow' and canary percentages.")
+    rollout_interval_seconds: float = Field(
+        60.0, gt=0, description="Analysis interval of each rollout step.")
+    rollout_min_agreement: float = Field(
+        0.80, ge=0, le=1, description="Lowest assignment agreement a canary may show.")
+    rollout_max_distance_shift: float = Field(
+        0.25, ge=0, description="Largest relative shift of the canary's median distance.")
+    kserve_namespace: str = Field("kmeans", description="Namespace of the InferenceService.")
+    kserve_name: str = Field("customer-segments", description="Name of the InferenceService.")
 
     @model_validator(mode="before")
     @classmethod

@@ -223,7 +223,7 @@ def evaluate(settings: Settings, run_id: str, snapshot_path: str, seed: int | No
     c = registry.client(settings)
     if seed is None:
         seed = int(c.get_run(run_id).data.params.get("seed", 42))
-    challenger = _run_model(settings, run_id)
+    challenger = run_model(settings, run_id)
     holdout = _read_split(Snapshot.load(snapshot_path), seed)[1]
     x_new = challenger.preprocessor.transform(holdout)
     result = {"challenger": cluster_metrics(x_new, challenger.centroids, seed=seed)}
@@ -255,36 +255,69 @@ def evaluate(settings: Settings, run_id: str, snapshot_path: str, seed: int | No
     return result
 
 
+# ---------------------------------------------------------------- stage 6: gates
+
+def gates(settings: Settings, run_id: str, snapshot_path: str,
+          validation_report: str | None = None) -> dict:
+    """Data, quality, comparison and drift gates on an evaluated run (:mod:`pipeline.gates`)."""
+    from pipeline import gates as gates_
+
+    return gates_.check(settings, run_id, snapshot_path, validation_report)
+
+
 # ---------------------------------------------------------------- stage 7: register
 
-def register(settings: Settings, run_id: str) -> dict:
+def register(settings: Settings, run_id: str, *, gates: dict | None = None,
+             review: dict | None = None) -> dict:
     """Register the run's model as a new version with alias ``challenger``.
 
     The first version of the model also becomes ``champion`` (there is nothing to compare it
-    with); later ones wait for the rollout.
+    with); later ones wait for the rollout. ``gates`` is the run's gate summary (default: the
+    one logged with the run); a run that a gate refused is not registered. ``review`` is the
+    drift reviewer's answer, when there was one. A reference sample of the run's snapshot is
+    kept with the run, for the next run's drift gate. Returns what the rollout needs: version,
+    run id, aliases and the gate figures.
     """
-    from pipeline import registry
+    from pipeline import drift, gates as gates_, registry
     from pipeline.artifact import SegmentModel
+    from pipeline.features import Snapshot
 
+    summary = gates if gates is not None else gates_.load_summary(settings, run_id)
+    if summary is not None and summary["refused"]:
+        raise gates_.GateRefused(run_id, summary["refused"])
+    params = registry.client(settings).get_run(run_id).data.params
+    try:
+        snap = Snapshot.load(params["snapshot"])
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"snapshot {params['snapshot']} of run {run_id} is gone: "
+                                f"registering keeps a reference sample of it for the next drift "
+                                f"gate") from err
     with tempfile.TemporaryDirectory() as tmp:
         folder = _download_candidate(settings, run_id, Path(tmp), prefer_matched=True)
         model = SegmentModel.load(folder)
         tags = {"data_hash": model.metadata["data_hash"], "k": model.k,
                 "feature_service": model.metadata["feature_service"],
                 "code_version": model.metadata["code_version"], "run_id": run_id,
+                "reference": drift.log_reference(settings, run_id, snap.frame(),
+                                                 seed=int(params.get("seed", 42))),
+                **{f"gate_{name}": g["status"]
+                   for name, g in (summary or {}).get("gates", {}).items()},
                 **{f"metric_{k}": round(v, 6) for k, v in model.metadata["metrics"].items()
                    if isinstance(v, float)}}
         version = registry.log_model_version(settings, run_id, folder, tags)
-    figures = model.metadata["metrics"]
-    registry.move_alias(settings, "challenger", version, reason="registered by training run",
-                        actor=run_id, figures=figures)
-    aliases = ["challenger"]
-    if registry.alias_version(settings, "champion") is None:
-        registry.move_alias(settings, "champion", version,
-                            reason="first version of the model: no champion to compare with",
-                            actor=run_id, figures=figures)
-        aliases.append("champion")
-    return {"model": settings.model_name, "version": version, "aliases": aliases}
+    figures = {"metrics": model.metadata["metrics"], **gates_.figures_of(summary)}
+    if review:
+        figures["drift_review"] = _review_answer(review)
+    aliases = registry.register_challenger(settings, version, reason="registered by training run",
+                                           actor=run_id, figures=figures)
+    return {"model": settings.model_name, "version": version, "run_id": run_id,
+            "aliases": aliases, "figures": figures}
+
+
+def _review_answer(review: dict) -> dict:
+    """The reviewer's answer at the approval task, as the audit trail keeps it."""
+    return {"chosen": review.get("chosen_options"), "by": review.get("responded_by_user"),
+            "at": str(review.get("responded_at"))}
 
 
 def verify_serving(settings: Settings, alias: str = "champion", *,
@@ -316,7 +349,8 @@ def _download_candidate(settings: Settings, run_id: str, dest: Path, *,
                                                     dst_path=str(dest)))
 
 
-def _run_model(settings: Settings, run_id: str):
+def run_model(settings: Settings, run_id: str):
+    """The model a run trained (its ``candidate`` artifact), loaded and verified."""
     from pipeline.artifact import SegmentModel
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -36,6 +36,18 @@ def make_settings(home: Path, **overrides):
     return load_settings(home=home, **overrides)
 
 
+def shifted(frame):
+    """Customers who spend three times as much, browse twice as much, wait twice as long between
+    orders and stayed a year longer: still valid data, another population (6 of 12 features
+    drift), with the same segment structure (shifts in each feature's model space)."""
+    return frame.assign(total_spend_30d=frame.total_spend_30d * 3,
+                        avg_order_value=frame.avg_order_value * 3,
+                        sessions_30d=frame.sessions_30d * 2,
+                        categories_browsed_30d=frame.categories_browsed_30d + 6,
+                        tenure_days=frame.tenure_days + 365,
+                        days_since_last_order=frame.days_since_last_order * 2)
+
+
 @pytest.fixture
 def settings(tmp_path, monkeypatch):
     """Settings on a fresh home; also exported so code that reads the environment agrees."""

@@ -31,9 +31,21 @@ def test_stages_end_to_end(settings):
     assert 2 <= trained["k"] <= 4 and "silhouette" in trained["metrics"]
     evaluated = _ok("evaluate", trained["run_id"], snap)
     assert "challenger" in evaluated and "champion" not in evaluated
+    strict = runner.invoke(app, ["gates", trained["run_id"], snap],
+                           env={"KMEANS_GATE_MIN_SILHOUETTE_LO": "0.9"})
+    assert strict.exit_code == 1, strict.output
+    assert strict.stderr.splitlines()[-1].startswith(
+        f"run {trained['run_id']} refused by the gates: quality gate refused: silhouette CI "
+        f"lower bound 0.")
+    gated = _ok("gates", trained["run_id"], snap)
+    assert gated["passed"] and not gated["review"]
+    assert {g: v["status"] for g, v in gated["gates"].items()} == dict.fromkeys(
+        ("data", "quality", "comparison", "drift"), "passed")
     registered = _ok("register", trained["run_id"])
-    assert registered == {"model": "customer_segments", "version": "1",
-                          "aliases": ["challenger", "champion"]}
+    assert {k: registered[k] for k in ("model", "version", "aliases", "run_id")} == {
+        "model": "customer_segments", "version": "1", "aliases": ["challenger", "champion"],
+        "run_id": trained["run_id"]}
+    assert registered["figures"]["gates"]["quality"]["silhouette_lo"] > 0
     assert [e["alias"] for e in _ok("audit")] == ["challenger", "champion"]
 
 

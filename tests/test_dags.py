@@ -1,13 +1,16 @@
-"""DAG integrity, and real dag.test() runs of kmeans_training (success and validation failure)."""
+"""DAG integrity, and real dag.test() runs of kmeans_training (success, validation failure, the
+drift review rejected and approved) and of kmeans_rollback."""
 
 import ast
 import datetime as dt
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.settings import PROJECT_ROOT
-from tests.conftest import BEGIN, DAYS, END, START, make_settings
+from tests.conftest import BEGIN, DAYS, END, START, make_settings, shifted
 
 DAG_FILES = sorted((PROJECT_ROOT / "dags").glob("*.py"))
 HEAVY = {"pyspark", "pandas", "numpy", "great_expectations", "mlflow", "evidently", "feast",
@@ -46,6 +49,26 @@ def test_training_dag_is_daily_with_params(airflow_db):
     assert {"k_min", "k_max", "sample_fraction", "max_iter", "seed"} <= set(dag.params)
 
 
+def test_rollback_dag_is_manual_with_a_reason(airflow_db):
+    from pipeline.airflow_env import load_dag
+
+    dag = load_dag("kmeans_rollback")
+    assert dag.schedule is None
+    assert {"reason", "to_version"} <= set(dag.params)
+
+
+def test_training_dag_gates_then_reviews_drift_before_registering(airflow_db):
+    from pipeline.airflow_env import load_dag
+
+    dag = load_dag("kmeans_training")
+    assert dag.get_task("gates").upstream_task_ids == {"evaluate", "snapshot", "validate"}
+    assert dag.get_task("needs_review").downstream_task_ids == {"drift_review", "register"}
+    assert dag.get_task("register").upstream_task_ids == {"gates", "needs_review",
+                                                          "drift_review"}
+    assert type(dag.get_task("drift_review")).__name__ == "ApprovalOperator"
+    assert dag.get_task("ready_to_serve").upstream_task_ids == {"register"}
+
+
 def _lake(home: Path, **kw):
     from pipeline.datagen import generate_lake
 
@@ -72,6 +95,7 @@ def test_full_dag_run_registers_a_version_with_metrics_and_alias(airflow_db, tmp
     settings = _lake(tmp_path)
     run, states = _run()
     assert str(run.state) == "success", states
+    assert states.pop("drift_review") == "skipped", "no champion: no drift to review"
     assert set(states.values()) == {"success"}
     champion = registry.alias_version(settings, "champion")
     challenger = registry.alias_version(settings, "challenger")
@@ -116,7 +140,7 @@ def test_bad_batch_stops_at_validation_and_registers_nothing(airflow_db, tmp_pat
     assert str(run.state) == "failed"
     assert states["validate"] == "failed"
     assert states["snapshot"] == "success"
-    for task in ("train", "evaluate", "register", "ready_to_serve"):
+    for task in ("train", "evaluate", "gates", "drift_review", "register", "ready_to_serve"):
         assert states[task] == "upstream_failed", (task, states)
     reports = list((settings.reports_dir / "validation").glob("*.html"))
     assert reports and "FAILED" in reports[0].read_text()
@@ -126,3 +150,143 @@ def test_bad_batch_stops_at_validation_and_registers_nothing(airflow_db, tmp_pat
     except MlflowException:
         versions = []
     assert versions == []
+
+
+def _shift_lake(settings) -> None:
+    """Rewrite the lake's partitions with another population (see ``shifted``)."""
+    import pandas as pd
+
+    for part in sorted(settings.lake_dir.glob("*/day=*/*.parquet")):
+        shifted(pd.read_parquet(part)).to_parquet(part, index=False)
+
+
+class _Reviewer(threading.Thread):
+    """A person at the Required Actions page: once the run's drift_review task waits for input,
+    read the request and answer it through Airflow's own REST API (the api-server's routes in
+    process, sharing the test's metadata DB)."""
+
+    def __init__(self, choice: str):
+        super().__init__(daemon=True)
+        self.choice, self.done, self.request, self.error = choice, threading.Event(), None, None
+
+    def run(self):
+        try:
+            self._answer()
+        except Exception as err:  # reported by the test, not lost in the thread
+            self.error = err
+
+    def _waiting_run_id(self):
+        from sqlalchemy import select
+
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+
+        while not self.done.is_set():
+            with create_session() as session:
+                ti = session.scalar(select(TaskInstance).where(
+                    TaskInstance.dag_id == "kmeans_training",
+                    TaskInstance.task_id == "drift_review",
+                    TaskInstance.state == TaskInstanceState.AWAITING_INPUT))
+                if ti is not None:
+                    return ti.run_id
+            time.sleep(0.5)
+        return None
+
+    def _answer(self):
+        from fastapi.testclient import TestClient
+
+        from airflow.api_fastapi.app import create_app
+
+        run_id = self._waiting_run_id()
+        if run_id is None:
+            return
+        url = (f"/api/v2/dags/kmeans_training/dagRuns/{run_id}/taskInstances/drift_review/-1/"
+               "hitlDetails")
+        with TestClient(create_app(apps="core")) as api:
+            self.request = api.get(url).json()
+            answer = api.patch(url, json={"chosen_options": [self.choice], "params_input": {}})
+            answer.raise_for_status()
+
+
+def _run_reviewed(choice: str, conf: dict):
+    reviewer = _Reviewer(choice)
+    reviewer.start()
+    try:
+        run, states = _run(conf)
+    finally:
+        reviewer.done.set()
+        reviewer.join(60)
+    assert reviewer.error is None, reviewer.error
+    return run, states, reviewer.request
+
+
+@pytest.mark.integration
+def test_drift_review_reject_ends_cleanly_approve_registers_and_rollback_dag(
+        airflow_db, tmp_path, monkeypatch):
+    from pipeline import gates, registry, training
+    from pipeline.airflow_env import load_dag
+    from pipeline.features import apply_repo
+
+    monkeypatch.setenv("KMEANS_HOME", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
+    settings = _lake(tmp_path)
+    conf = {"engine": "local"}
+    # The champion, staged by the same functions the tasks call: version 1 with its reference.
+    training.ingest(settings, BEGIN, END)
+    apply_repo(settings)
+    snap = training.snapshot(settings, BEGIN, END)
+    report = training.validate(settings, snap)
+    trained = training.train(settings, snap, {"k_min": 2, "k_max": 5, "max_iter": 25,
+                                              "engine": "local"})
+    training.evaluate(settings, trained["run_id"], snap)
+    strict = settings.model_copy(update={"gate_min_silhouette_lo": 0.9})
+    with pytest.raises(gates.GateRefused, match=r"quality gate refused: silhouette CI lower "
+                                                 r"bound 0\.\d{3} < threshold 0\.9"):
+        training.gates(strict, trained["run_id"], snap, report)
+    with pytest.raises(gates.GateRefused, match="quality gate refused"):
+        training.register(settings, trained["run_id"])  # the logged refusal stands
+    first = training.gates(settings, trained["run_id"], snap, report)
+    assert first["passed"] and not first["review"], first["refused"]
+    assert training.register(settings, trained["run_id"])["version"] == "1"
+
+    _shift_lake(settings)  # the next run's customers come from another population
+
+    run, states, request = _run_reviewed("Reject", conf)
+    assert str(run.state) == "success", states
+    assert states["gates"] == states["needs_review"] == states["drift_review"] == "success"
+    assert states["register"] == states["ready_to_serve"] == "skipped"
+    assert request["subject"].startswith("Drift review")
+    report_path = request["body"].split("Evidently report: `")[1].split("`")[0]
+    assert Path(report_path).exists() and Path(report_path).parent == settings.reports_dir / "drift"
+    assert "is over the threshold 0.3" in request["body"]
+    assert registry.current_aliases(settings) == {"champion": "1", "challenger": "1",
+                                                  "previous": None}
+
+    run, states, request = _run_reviewed("Approve", conf)
+    assert str(run.state) == "success", states
+    assert set(states.values()) == {"success"}, states
+    assert registry.current_aliases(settings) == {"champion": "1", "challenger": "2",
+                                                  "previous": None}
+    version = registry.model_version(settings, "2")
+    assert version.tags["gate_drift"] == "review" and version.tags["gate_quality"] == "passed"
+    assert version.tags["reference"].endswith("/reference/features.parquet")
+    gated = registry.client(settings).get_run(version.run_id)
+    assert gated.data.metrics["drift_share"] > 0.3
+    assert {a.path for a in registry.client(settings).list_artifacts(version.run_id, "gates")} \
+        == {f"gates/{g}.json" for g in ("data", "quality", "comparison", "drift")}
+    entry = registry.read_audit(settings)[-1]
+    assert (entry["alias"], entry["to_version"]) == ("challenger", "2")
+    assert entry["figures"]["drift_review"]["chosen"] == ["Approve"]
+    assert entry["figures"]["gates"]["drift"]["drift_share"] > 0.3
+
+    # A promotion, then the rollback DAG takes it back.
+    registry.promote(settings, "2", reason="canary passed", actor="rollout")
+    rollback = load_dag("kmeans_rollback").test(run_conf={"reason": "segment shares jumped"})
+    assert str(rollback.state) == "success"
+    assert registry.current_aliases(settings) == {"champion": "1", "challenger": None,
+                                                  "previous": None}
+    entry = registry.read_audit(settings)[-2]
+    assert (entry["operation"], entry["alias"], entry["from_version"], entry["to_version"]) == (
+        "rollback", "champion", "2", "1")
+    assert entry["reason"] == "segment shares jumped" and entry["actor"] == rollback.run_id

@@ -1,41 +1,59 @@
-"""The inference server on a real loopback socket: both protocols, Feast lookups, bad input."""
+"""The inference server on a real loopback socket: both protocols, Feast lookups, bad input,
+tokens, limits, access logs, and a v2 client library written by others (tritonclient)."""
 
+import datetime as dt
+import io
 import json
+import socket
+import time
 
 import httpx
 import numpy as np
 import pytest
 
 from pipeline.artifact import SegmentModel
-from pipeline.features import Snapshot, feature_store
+from pipeline.features import Snapshot, feature_store, online_features
 from pipeline.preprocessing import Preprocessor
-from pipeline.serving.app import create_app
-from pipeline.serving.model import SegmentPredictor
+from pipeline.serving.app import InferenceApp
+from pipeline.serving.lookup import OnlineLookup
+from pipeline.serving.model import SegmentService
 from pipeline.serving.server import running
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
 NAME = "customer_segments"
 TOKEN = "test-token-123"
+ADMIN = "admin-token-456"
+SERVICE = "customer_segments_v1"
+
+
+def make_model(snapshot_path, folder, k=4, seed=0) -> SegmentModel:
+    frame = Snapshot.load(snapshot_path).frame()
+    pre = Preprocessor.fit(frame)
+    x = pre.transform(frame)
+    centroids = x[np.random.default_rng(seed).choice(len(x), k, replace=False)]
+    return SegmentModel.load(SegmentModel(centroids, pre, {"distance_p99": 4.0}).save(folder))
 
 
 @pytest.fixture(scope="module")
 def model(snapshot_path, tmp_path_factory):
-    frame = Snapshot.load(snapshot_path).frame()
-    pre = Preprocessor.fit(frame)
-    x = pre.transform(frame)
-    centroids = x[np.random.default_rng(0).choice(len(x), 4, replace=False)]
-    folder = SegmentModel(centroids, pre, {"distance_p99": 4.0}).save(
-        tmp_path_factory.mktemp("model") / "m")
-    return SegmentModel.load(folder)
+    return make_model(snapshot_path, tmp_path_factory.mktemp("model") / "m")
 
 
 @pytest.fixture(scope="module")
-def server(model, lake_home):
-    predictor = SegmentPredictor(NAME, feature_store=feature_store(make_settings(lake_home)),
-                                 feature_service="customer_segments_v1", max_batch_rows=100)
-    predictor.load(model, "7")
-    app = create_app(predictor, token=TOKEN, max_body_bytes=64 * 1024)
+def lookup(lake_home, model):
+    return OnlineLookup(feature_store(make_settings(lake_home)), SERVICE, model.feature_names)
+
+
+@pytest.fixture(scope="module")
+def app(model, lookup):
+    service = SegmentService(NAME, lookup=lookup, max_batch_rows=100)
+    service.load(model, "7")
+    return InferenceApp(service, token=TOKEN, admin_token=ADMIN, max_body_bytes=64 * 1024)
+
+
+@pytest.fixture(scope="module")
+def server(app):
     with running(app) as url:
         yield url
 
@@ -52,45 +70,91 @@ def _features(rows):
                         "shape": [len(rows), len(rows[0])], "data": rows}]}
 
 
+def _outputs(reply) -> dict:
+    return {o["name"]: o["data"] for o in reply.json()["outputs"]}
+
+
 def test_health_and_metadata(http):
     assert http.get("/v2/health/live").json() == {"live": True}
     assert http.get("/v2/health/ready").json() == {"ready": True}
     assert http.get(f"/v2/models/{NAME}/ready").json()["ready"] is True
+    assert http.get(f"/v1/models/{NAME}").json() == {"name": NAME, "ready": True}
+    assert http.get("/v1/models").json() == {"models": [NAME]}
+    assert http.get("/v2").json()["name"] == "kmeans-platform"
     meta = http.get(f"/v2/models/{NAME}").json()
     assert meta["versions"] == ["7"] and meta["inputs"][0]["shape"] == [-1, 12]
+    assert meta["parameters"]["routing"] == {"stable": "7", "canary": None, "weight": 0.0,
+                                             "mode": "canary"}
+    assert http.get(f"/v2/models/{NAME}/versions/7/ready").status_code == 200
 
 
 def test_v2_infer_by_vector_matches_the_model(http, model):
     rows = (model.preprocessor.means + np.eye(12)[:3]).tolist()
-    reply = http.post(f"/v2/models/{NAME}/infer", json=_features(rows)).json()
-    out = {o["name"]: o["data"] for o in reply["outputs"]}
+    reply = http.post(f"/v2/models/{NAME}/infer", json={**_features(rows), "id": "r1"})
+    out = _outputs(reply)
     expected = model.assign(np.asarray(rows))
     assert out["cluster"] == expected.cluster.tolist()
+    assert out["runner_up"] == expected.runner_up.tolist()
     assert np.allclose(out["distance"], expected.distance)
-    assert reply["model_version"] == "7"
-    assert set(out) == {"cluster", "distance", "runner_up", "margin", "ood"}
+    assert np.allclose(out["margin"], expected.margin)
+    assert out["model_version"] == ["7"] * 3
+    assert reply.json()["model_version"] == "7" and reply.json()["id"] == "r1"
+    assert set(out) == {"cluster", "distance", "runner_up", "margin", "ood", "model_version"}
+
+
+def test_requested_outputs_and_pinned_version(http, model):
+    body = {**_features([list(model.preprocessor.means)]), "outputs": [{"name": "cluster"}]}
+    reply = http.post(f"/v2/models/{NAME}/versions/7/infer", json=body)
+    assert [o["name"] for o in reply.json()["outputs"]] == ["cluster"]
+    missing = http.post(f"/v2/models/{NAME}/versions/9/infer", json=body)
+    assert missing.status_code == 404 and "version '9'" in missing.json()["error"]
+
+
+def test_flat_row_major_data_and_fp32(http, model):
+    rows = np.asarray(model.preprocessor.means) + np.eye(12)[:2]
+    body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 12],
+                        "data": rows.ravel().tolist()}]}
+    assert _outputs(http.post(f"/v2/models/{NAME}/infer", json=body))["cluster"] == \
+        model.assign(rows).cluster.tolist()
 
 
 def test_v1_predict_by_customer_id_through_feast(http, model, lake_home):
-    from pipeline.features import online_features
-
     reply = http.post(f"/v1/models/{NAME}:predict",
-                      json={"instances": [{"customer_id": 100_001}, {"customer_id": 5}]})
+                      json={"instances": [{"customer_id": 100_002}, {"customer_id": 5}]})
     assert reply.status_code == 200
     first, unknown = reply.json()["predictions"]
-    online = online_features(feature_store(make_settings(lake_home)), "customer_segments_v1",
-                             [100_001])
+    online = online_features(feature_store(make_settings(lake_home)), SERVICE, [100_002])
     expected = model.assign(online[model.feature_names])
     assert first["cluster"] == int(expected.cluster[0])
-    assert unknown == {"error": "customer_id 5 has no online features", "model_version": "7"}
+    assert first["distance"] == pytest.approx(float(expected.distance[0]))
+    assert first["stale"] is False
+    assert unknown == {"error": "customer_id 5 has no online features", "model_version": "7",
+                       "stale": False}
 
 
 def test_v2_infer_by_customer_id(http):
-    body = {"inputs": [{"name": "customer_id", "datatype": "INT64", "shape": [2],
-                        "data": [100_002, 100_003]}]}
-    out = {o["name"]: o["data"] for o in http.post(f"/v2/models/{NAME}/infer", json=body)
-           .json()["outputs"]}
-    assert len(out["cluster"]) == 2 and "error" not in out
+    body = {"inputs": [{"name": "customer_id", "datatype": "INT64", "shape": [3],
+                        "data": [100_002, 42, 100_003]}]}
+    out = _outputs(http.post(f"/v2/models/{NAME}/infer", json=body))
+    assert out["cluster"][1] == -1 and out["distance"][1] is None
+    assert out["error"] == ["", "customer_id 42 has no online features", ""]
+    assert out["stale"] == [False, False, False]
+    assert min(out["cluster"][0], out["cluster"][2]) >= 0
+
+
+def test_lookup_matches_feast_and_flags_rows_older_than_the_ttl(lookup, lake_home):
+    ids = [100_002, 42, 100_500, 101_499]
+    sdk = online_features(feature_store(make_settings(lake_home)), SERVICE, ids)
+    rows = lookup.fetch(ids)
+    expected = sdk[lookup.feature_names].to_numpy(dtype=np.float64)
+    assert np.allclose(rows.values, expected, equal_nan=True)
+    assert rows.found.tolist() == [True, False, True, True]
+    assert not rows.stale.any()
+    # The feature view's TTL is 30 days: 31 days after the newest event every row is stale.
+    later = dt.datetime(2026, 11, 4, tzinfo=dt.timezone.utc) + dt.timedelta(days=31)
+    aged = lookup.fetch(ids, now=later)
+    assert aged.stale.tolist() == [True, False, True, True]
+    assert np.nanmin(aged.age_seconds) > 30 * 86400
 
 
 def test_v1_named_features_with_nulls(http):
@@ -99,51 +163,60 @@ def test_v1_named_features_with_nulls(http):
     assert reply.status_code == 200 and "cluster" in reply.json()["predictions"][0]
 
 
+INFER = f"/v2/models/{NAME}/infer"
+PREDICT = f"/v1/models/{NAME}:predict"
+J = "application/json"
 BAD = [
-    ("/v2/models/customer_segments/infer", "not json", "application/json", 400,
-     "body is not valid JSON"),
-    ("/v2/models/customer_segments/infer", '{"inputs": [{"name": "features", "datatype": "FP64",'
-     ' "shape": [1, 12], "data": [NaN, 1,1,1,1,1,1,1,1,1,1,1]}]}', "application/json", 400,
-     "JSON constant NaN is not allowed"),
-    ("/v2/models/customer_segments/infer", json.dumps(_features([[1.0] * 11])),
-     "application/json", 400, "features have shape [1, 11]; this model takes [n, 12]"),
-    ("/v2/models/customer_segments/infer", json.dumps(_features([["a"] * 12])),
-     "application/json", 400, "feature values must be numbers or null, got 'a' (str)"),
-    ("/v2/models/customer_segments/infer", json.dumps(
-        {"inputs": [{"name": "features", "datatype": "BYTES", "shape": [1, 12],
-                     "data": [1] * 12}]}), "application/json", 400,
-     "features have datatype 'BYTES'; allowed: FP32, FP64"),
-    ("/v2/models/customer_segments/infer", json.dumps(
-        {"inputs": [{"name": "features", "datatype": "FP64", "shape": [0, 12], "data": []}]}),
-     "application/json", 400, "the batch is empty; send at least 1 row"),
-    ("/v2/models/customer_segments/infer", json.dumps(_features([[1.0] * 12] * 101)),
-     "application/json", 400, "the batch has 101 rows; at most 100 allowed"),
-    ("/v2/models/customer_segments/infer", json.dumps(_features([[1e309] * 12])),
-     "application/json", 400, "JSON constant Infinity is not allowed"),
-    ("/v2/models/customer_segments/infer", json.dumps(_features([[1.0] * 12])).replace(
-        "1.0", "1e999", 1), "application/json", 400, "features contain infinity in rows [0]"),
-    ("/v2/models/customer_segments/infer", "{}", "text/plain", 415,
-     "content-type 'text/plain' is not supported"),
-    ("/v2/models/customer_segments/infer", "{}", "application/json", 400,
-     "body must be an object with 'inputs'"),
-    ("/v2/models/other/infer", json.dumps(_features([[1.0] * 12])), "application/json", 404,
+    (INFER, "not json", J, 400, "body is not valid JSON"),
+    (INFER, '{"inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 12], '
+     '"data": [NaN, 1,1,1,1,1,1,1,1,1,1,1]}]}', J, 400, "NaN and Infinity are not JSON"),
+    (INFER, json.dumps(_features([[1.0] * 11])), J, 400,
+     "features have shape [1, 11]; this model takes [n, 12]"),
+    (INFER, json.dumps(_features([["a"] * 12])), J, 400,
+     "feature values must be numbers or null, got 'a' (str)"),
+    (INFER, json.dumps(_features([[True] * 12])), J, 400,
+     "feature values must be numbers or null, got True (bool)"),
+    (INFER, json.dumps({"inputs": [{"name": "features", "datatype": "BYTES", "shape": [1, 12],
+                                    "data": [1] * 12}]}), J, 400,
+     "features has datatype 'BYTES'; allowed: FP32, FP64"),
+    (INFER, json.dumps({"inputs": [{"name": "customer_id", "datatype": "FP32", "shape": [1],
+                                    "data": [1]}]}), J, 400,
+     "customer_id has datatype 'FP32'; allowed: INT64, INT32"),
+    (INFER, json.dumps({"inputs": [{"name": "features", "datatype": "FP64", "shape": [0, 12],
+                                    "data": []}]}), J, 400, "the batch is empty"),
+    (INFER, json.dumps({"inputs": [{"name": "customer_id", "datatype": "INT64", "shape": [0],
+                                    "data": []}]}), J, 400, "the batch is empty"),
+    (INFER, json.dumps(_features([[1.0] * 12] * 101)), J, 400,
+     "the batch has 101 rows; at most 100 allowed"),
+    (INFER, json.dumps(_features([[1.0] * 12])).replace("1.0", "1e999", 1), J, 400,
+     "number is infinity"),
+    (INFER, json.dumps({"inputs": [{"name": "features", "datatype": "FP64", "shape": [2, 12],
+                                    "data": [1.0] * 12}]}), J, 400,
+     "shape [2, 12] does not match 12 values"),
+    (INFER, json.dumps({"inputs": [{"name": "features", "datatype": "FP64", "shape": "1x12",
+                                    "data": [1.0] * 12}]}), J, 400,
+     "shape '1x12' must be a list of non-negative integers"),
+    (INFER, json.dumps({"inputs": [{"name": "age", "datatype": "FP64", "shape": [1],
+                                    "data": [1.0]}]}), J, 400, "input name 'age' is not known"),
+    (INFER, json.dumps({**_features([[1.0] * 12]), "outputs": [{"name": "score"}]}), J, 400,
+     "requested outputs ['score'] are not produced"),
+    (INFER, "{}", "text/plain", 415, "content-type 'text/plain' is not supported"),
+    (INFER, "{}", J, 400, "body must be an object with 'inputs'"),
+    (f"/v2/models/other/infer", json.dumps(_features([[1.0] * 12])), J, 404,
      "model 'other' is unknown"),
-    ("/v1/models/customer_segments:predict", '{"instances": []}', "application/json", 400,
-     "instances is empty"),
-    ("/v1/models/customer_segments:predict", '{"instances": [{"customer_id": "x"}]}',
-     "application/json", 400, "customer_id must be an integer, got 'x' (str)"),
-    ("/v1/models/customer_segments:predict", '{"instances": [{"bogus": 1}]}',
-     "application/json", 400, "instance 0 has unknown features ['bogus']"),
-    ("/v1/models/customer_segments:predict", '{"instances": [[1, 2], [1]]}',
-     "application/json", 400, "feature rows must all have the same length"),
-    ("/v1/models/customer_segments:predict", '{"instances": [{"customer_id": 99999999999999999999}]}',
-     "application/json", 400, "outside the 64-bit integer range"),
-    ("/v1/models/customer_segments:predict", '{"instances": [[' + "1" * 400 + ']]}',
-     "application/json", 400, "too large for a 64-bit float"),
-    ("/v1/models/customer_segments:predict", "[" * 20_000 + "]" * 20_000,
-     "application/json", 400, "nested too deeply"),
-    ("/v2/models/customer_segments/infer", json.dumps(_features([[1.0] * 12] * 2000)),
-     "application/json", 413, "exceeds the limit of 65536 bytes"),
+    ("/v2/nothing/here", "{}", J, 404, "no route '/v2/nothing/here'"),
+    (f"/v1/models/{NAME}:explain", "{}", J, 404, "verb 'explain' is not supported"),
+    (PREDICT, '{"instances": []}', J, 400, "instances is empty"),
+    (PREDICT, '{"instances": [{"customer_id": "x"}]}', J, 400,
+     "customer_id must be an integer, got 'x' (str)"),
+    (PREDICT, '{"instances": [{"bogus": 1}]}', J, 400, "instance 0 has unknown features ['bogus']"),
+    (PREDICT, '{"instances": [[1, 2], [1]]}', J, 400,
+     "feature rows must all be lists of the same length"),
+    (PREDICT, '{"instances": [{"customer_id": 99999999999999999999}]}', J, 400,
+     "customer_id must be an integer, got 1e+20 (float)"),
+    (PREDICT, '{"instances": [[' + "1" * 400 + ']]}', J, 400, "number is infinity"),
+    (PREDICT, "[" * 20_000 + "]" * 20_000, J, 400, "depth limit exceeded"),
+    (INFER, json.dumps(_features([[1.0] * 12] * 2000)), J, 413, "exceeds the limit of 65536 bytes"),
 ]
 
 
@@ -154,24 +227,127 @@ def test_bad_input_gets_a_4xx_that_names_the_problem(http, path, body, ctype, st
     assert message in reply.json()["error"]
 
 
+def test_wrong_method_and_head(http):
+    reply = http.get(INFER)
+    assert reply.status_code == 405 and "allowed: POST" in reply.json()["error"]
+    assert http.head("/v2/health/live").status_code == 200
+
+
 def test_tokens(server):
     body = _features([[1.0] * 12])
-    url = f"{server}/v2/models/{NAME}/infer"
-    assert httpx.post(url, json=body).status_code == 401
+    url = f"{server}{INFER}"
+    missing = httpx.post(url, json=body)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
     assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 403
     assert httpx.get(f"{server}/v2/health/ready").status_code == 200, "probes need no token"
+    # The admin API takes its own token: the prediction token does not open it.
+    state = f"{server}/admin/state"
+    assert httpx.get(state).status_code == 401
+    assert httpx.get(state, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 403
+    assert httpx.get(state, headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+
+
+def test_admin_api_is_off_without_an_admin_token(model):
+    service = SegmentService(NAME)
+    service.load(model, "1")
+    with running(InferenceApp(service)) as url:
+        reply = httpx.post(f"{url}/admin/drop", json={})
+        assert reply.status_code == 403 and "KMEANS_ADMIN_TOKEN" in reply.json()["error"]
 
 
 def test_metrics_count_requests_and_assignments(http):
-    http.post(f"/v2/models/{NAME}/infer", json=_features([[1.0] * 12]))
+    http.post(INFER, json=_features([[1.0] * 12]))
     text = http.get("/metrics").text
     assert 'kmeans_requests_total{route="infer",status="200"}' in text
     assert 'kmeans_assignments_total{cluster=' in text
+    assert 'kmeans_distance_bucket{le="0.25",model_version="7"}' in text
+    assert 'kmeans_model_version{slot="stable"} 7.0' in text
+    assert "kmeans_request_latency_seconds_bucket" in text
 
 
-def test_not_ready_is_503(model):
-    app = create_app(SegmentPredictor(NAME))
-    with running(app) as url:
+def test_access_log_is_json_with_the_request_id(model):
+    service = SegmentService(NAME)
+    service.load(model, "7")
+    stream = io.BytesIO()
+    with running(InferenceApp(service, access_log=stream)) as url:
+        reply = httpx.post(f"{url}{INFER}", json=_features([[1.0] * 12]),
+                           headers={"x-request-id": "req-42"})
+        generated = httpx.get(f"{url}/v2/health/live").headers["x-request-id"]
+        bad = httpx.post(f"{url}{INFER}", content="{", headers={"content-type": "text/plain"})
+    assert reply.headers["x-request-id"] == "req-42" and generated and bad.status_code == 415
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    mine = next(line for line in lines if line["request_id"] == "req-42")
+    assert mine["route"] == "infer" and mine["status"] == 200 and mine["versions"] == ["7"]
+    assert mine["ms"] > 0 and mine["method"] == "POST" and mine["path"] == INFER
+    assert any(line["request_id"] == generated for line in lines)
+    assert [line["status"] for line in lines][-1] == 415
+
+
+def test_not_ready_is_503():
+    with running(InferenceApp(SegmentService(NAME))) as url:
         assert httpx.get(f"{url}/v2/health/ready").status_code == 503
-        reply = httpx.post(f"{url}/v2/models/{NAME}/infer", json=_features([[1.0] * 12]))
+        reply = httpx.post(f"{url}{INFER}", json=_features([[1.0] * 12]))
         assert reply.status_code == 503 and "not loaded yet" in reply.json()["error"]
+
+
+def test_concurrency_limit_answers_503_and_spares_probes(model):
+    service = SegmentService(NAME)
+    service.load(model, "1")
+    with running(InferenceApp(service, max_concurrency=1)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        body = json.dumps(_features([[1.0] * 12])).encode()
+        # A request whose body has not fully arrived holds the only slot.
+        slow = socket.create_connection((host, int(port)))
+        slow.sendall(f"POST {INFER} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     f"content-length: {len(body)}\r\n\r\n".encode() + body[:10])
+        deadline = time.monotonic() + 10
+        while "kmeans_inflight_requests 1.0" not in httpx.get(f"{url}/metrics").text:
+            assert time.monotonic() < deadline, "the slow request never started"
+            time.sleep(0.02)
+        busy = httpx.post(f"{url}{INFER}", json=_features([[1.0] * 12]))
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert "limit of 1 concurrent requests" in busy.json()["error"]
+        assert httpx.get(f"{url}/v2/health/live").status_code == 200
+        slow.sendall(body[10:])
+        assert b"200 OK" in slow.recv(65536)
+        slow.close()
+        assert httpx.post(f"{url}{INFER}", json=_features([[1.0] * 12])).status_code == 200
+        assert "kmeans_rejected_busy_total 1.0" in httpx.get(f"{url}/metrics").text
+
+
+def test_batch_of_1000_rows(model):
+    service = SegmentService(NAME)
+    service.load(model, "1")
+    rows = (np.asarray(model.preprocessor.means) + np.random.default_rng(1).normal(size=(1000, 12))).tolist()
+    with running(InferenceApp(service, max_body_bytes=4 << 20)) as url:
+        reply = httpx.post(f"{url}{INFER}", json=_features(rows))
+    assert reply.status_code == 200
+    assert _outputs(reply)["cluster"] == model.assign(np.asarray(rows)).cluster.tolist()
+
+
+def test_tritonclient_calls_infer(server, model):
+    """A v2 client library written by others (NVIDIA's tritonclient) against this server,
+    with JSON tensors and with its binary tensor extension."""
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=server.removeprefix("http://"))
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready(NAME)
+        assert client.get_model_metadata(NAME)["versions"] == ["7"]
+        x = (np.asarray(model.preprocessor.means) + np.eye(12)[:4]).astype(np.float32)
+        expected = model.assign(x.astype(np.float64)).cluster
+        for binary in (False, True):
+            tensor = triton.InferInput("features", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=binary)
+            result = client.infer(NAME, [tensor], headers={"Authorization": f"Bearer {TOKEN}"},
+                                  outputs=[triton.InferRequestedOutput("cluster",
+                                                                       binary_data=False),
+                                           triton.InferRequestedOutput("distance",
+                                                                       binary_data=False)])
+            assert result.as_numpy("cluster").tolist() == expected.tolist()
+            assert result.as_numpy("distance").shape == (4,)
+        with pytest.raises(Exception, match="401|bearer"):
+            client.infer(NAME, [tensor])
+    finally:
+        client.close()

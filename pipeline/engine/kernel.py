@@ -201,3 +201,68 @@ def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator,
         centers[i] = x[min(idx, n - 1)]
         closest = np.minimum(closest, assign(x, centers[i:i + 1])[1])
     return centers
+
+
+@njit(nogil=True, cache=True)
+def score_small(raw, log_cols, medians, means, stds, centroids):
+    """Preprocess and assign a few raw rows in one compiled pass (the server's one-row path).
+
+    Same steps as ``Preprocessor.transform`` then nearest and runner-up centroid: log1p of the
+    clipped log columns, NaN imputed by the median, standardised to float32. Returns best and
+    runner-up row positions and their squared distances. No BLAS call: for a handful of rows
+    the fixed cost of NumPy calls, not arithmetic, is the price.
+    """
+    n, d = raw.shape
+    k = centroids.shape[0]
+    best = np.empty(n, np.int64)
+    second = np.empty(n, np.int64)
+    d_best = np.empty(n, np.float64)
+    d_second = np.empty(n, np.float64)
+    z = np.empty(d, np.float32)
+    is_log = np.zeros(d, np.bool_)
+    for j in log_cols:
+        is_log[j] = True
+    for i in range(n):
+        for j in range(d):
+            v = raw[i, j]
+            if is_log[j] and v == v:
+                v = np.log1p(max(v, 0.0))
+            if v != v:
+                v = medians[j]
+            z[j] = np.float32((v - means[j]) / stds[j])
+        b1, b2 = 0, 0
+        s1, s2 = np.inf, np.inf
+        for c in range(k):
+            s = 0.0
+            for j in range(d):
+                diff = np.float64(z[j]) - np.float64(centroids[c, j])
+                s += diff * diff
+            if s < s1:
+                b2, s2 = b1, s1
+                b1, s1 = c, s
+            elif s < s2:
+                b2, s2 = c, s
+        best[i], second[i] = b1, (b2 if k > 1 else b1)
+        d_best[i], d_second[i] = s1, (s2 if k > 1 else s1)
+    return best, second, d_best, d_second
+
+
+@njit(nogil=True, cache=True)
+def row_hash_buckets(rows, mult, buckets):
+    """Stable bucket per row of floats: splitmix64 of sum(bits(value) * mult[column]), with NaN
+    and -0.0 hashed as 0.0 (the serving canary split's key for rows without an id)."""
+    n, d = rows.shape
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        total = np.uint64(0)
+        for j in range(d):
+            v = rows[i, j]
+            if v != v or v == 0.0:
+                v = 0.0
+            total += np.float64(v).view(np.uint64) * mult[j]
+        z = total + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+        out[i] = np.int64(z % np.uint64(buckets))
+    return out

@@ -1,294 +1,670 @@
-"""The ASGI app: Open Inference Protocol v2 REST, KServe v1, health, Prometheus metrics.
+"""The inference server as a lean ASGI app.
 
-Every error is a typed :class:`ServingError` turned into JSON ``{"error": ...}`` with its status;
-bad input never becomes a 500.
+Open Inference Protocol v2 REST (health, server and model metadata, infer, with the binary
+tensor extension for inputs), KServe v1 (list, ready, predict), Prometheus ``/metrics``, an
+OpenAPI document, and the admin API the rollout controller drives (load, traffic, promote,
+drop, analysis window).
+
+Why not Starlette or the kserve SDK: the single-row request is ~60 µs of work, so per-request
+framework cost decides the throughput (benchmarks/serving/RESULTS.md). This app routes with a
+dict and string splits, parses with orjson, scores on the event loop when the batch is small,
+and moves only lookups and big batches to a thread.
+
+Every error is a typed :class:`ServingError` turned into JSON ``{"error": ...}`` with its
+status; bad input never becomes a 500.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import hmac
-import json
+import itertools
 import logging
+import os
 import time
-import uuid
+from dataclasses import dataclass
+from typing import Awaitable, BinaryIO, Callable
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+import orjson
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
+                               Histogram, generate_latest)
 
-from pipeline.serving.errors import (Forbidden, InvalidInput, ModelNotFound, PayloadTooLarge,
-                                     ServingError, Unauthorized, UnsupportedMediaType)
-from pipeline.serving.model import Prediction, SegmentPredictor
+from pipeline.serving.errors import (Conflict, Forbidden, InvalidInput, MethodNotAllowed,
+                                     ModelNotFound, PayloadTooLarge, ServingError, TooBusy,
+                                     Unauthorized, UnsupportedMediaType, Unprocessable)
+from pipeline.serving.model import MODES, Prediction, SegmentService
 
-log = logging.getLogger("pipeline.serving.access")
+log = logging.getLogger("pipeline.serving")
 
-DATATYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64}
+JSON_TYPES = (b"application/json",)
+BINARY_DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64}
+OUTPUTS = {"cluster": "INT64", "distance": "FP64", "runner_up": "INT64", "margin": "FP64",
+           "ood": "BOOL", "model_version": "BYTES", "stale": "BOOL", "error": "BYTES"}
+INLINE_ROWS = 256  # bigger batches and every lookup by id run in a worker thread
+UNLIMITED_ROUTES = frozenset({"live", "ready", "metrics"})  # probes must answer under load
+
+# loader(version=None, alias=None) -> (SegmentModel, version); blocking (MLflow download)
+Loader = Callable[..., tuple]
 
 
 class Metrics:
     def __init__(self):
-        self.registry = CollectorRegistry()
+        r = self.registry = CollectorRegistry()
         self.requests = Counter("kmeans_requests_total", "Requests by route and status",
-                                ["route", "status"], registry=self.registry)
+                                ["route", "status"], registry=r)
         self.latency = Histogram("kmeans_request_latency_seconds", "Request latency", ["route"],
-                                 registry=self.registry,
-                                 buckets=(.0005, .001, .002, .005, .01, .025, .05, .1, .25, 1))
+                                 registry=r, buckets=(.0002, .0005, .001, .002, .005, .01, .025,
+                                                      .05, .1, .25, 1))
         self.assignments = Counter("kmeans_assignments_total", "Assignments per cluster",
-                                   ["model_version", "cluster"], registry=self.registry)
+                                   ["model_version", "cluster"], registry=r)
         self.distance = Histogram("kmeans_distance", "Distance to the assigned centroid",
-                                  ["model_version"], registry=self.registry,
+                                  ["model_version"], registry=r,
                                   buckets=(.25, .5, 1, 1.5, 2, 3, 4, 6, 8, 12))
         self.ood = Counter("kmeans_ood_total", "Out-of-distribution assignments",
-                           ["model_version"], registry=self.registry)
+                           ["model_version"], registry=r)
+        self.stale = Counter("kmeans_stale_features_total",
+                             "Rows whose online features are older than the feature view's TTL",
+                             registry=r)
+        self.unknown = Counter("kmeans_unknown_entities_total",
+                               "Ids without online features", registry=r)
+        self.inflight = Gauge("kmeans_inflight_requests", "Requests in flight", registry=r)
+        self.limited = Counter("kmeans_rejected_busy_total",
+                               "Requests refused at the concurrency limit", registry=r)
+        self.slot = Gauge("kmeans_model_version", "Version loaded in each slot (-1: empty)",
+                          ["slot"], registry=r)
+        self.weight = Gauge("kmeans_canary_weight_percent", "Share of keys sent to the canary",
+                            ["mode"], registry=r)
+        self._children: dict = {}
+
+    def child(self, metric, *labels):
+        key = (id(metric), labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
 
     def observe(self, pred: Prediction) -> None:
-        ok = [i for i, e in enumerate(pred.error) if not e]
-        if not ok:
+        if len(pred) == 1 and pred.error is None:  # the common case, kept cheap
+            version = pred.model_version[0]
+            self.child(self.assignments, version, str(int(pred.cluster[0]))).inc()
+            self.child(self.distance, version).observe(float(pred.distance[0]))
+            if pred.ood[0]:
+                self.child(self.ood, version).inc()
+            if pred.stale is not None and pred.stale[0]:
+                self.stale.inc()
             return
-        counts = np.bincount(np.asarray(pred.cluster)[ok])
-        for cluster in np.flatnonzero(counts):
-            self.assignments.labels(pred.version, str(cluster)).inc(int(counts[cluster]))
-        hist = self.distance.labels(pred.version)
-        for i in ok[:256]:  # a sample per request keeps big batches cheap
-            hist.observe(pred.distance[i])
-        n_ood = sum(pred.ood[i] for i in ok)
-        if n_ood:
-            self.ood.labels(pred.version).inc(n_ood)
+        ok = pred.ok()
+        if pred.error is not None:
+            self.unknown.inc(int((~ok).sum()))
+        if pred.stale is not None and pred.stale.any():
+            self.stale.inc(int(pred.stale.sum()))
+        versions = pred.model_version
+        single = len(pred.versions_used) == 1
+        for v in pred.versions_used:
+            mine = ok if single else ok & (np.asarray(versions) == v)
+            clusters, dist, ood = pred.cluster[mine], pred.distance[mine], pred.ood[mine]
+            if len(clusters) == 1:
+                self.child(self.assignments, v, str(int(clusters[0]))).inc()
+            else:
+                for c, n in zip(*np.unique(clusters, return_counts=True)):
+                    self.child(self.assignments, v, str(int(c))).inc(int(n))
+            hist = self.child(self.distance, v)
+            for d in dist[:256].tolist():  # a sample per request keeps big batches cheap
+                hist.observe(d)
+            n_ood = int(ood.sum())
+            if n_ood:
+                self.child(self.ood, v).inc(n_ood)
+
+    def routing(self, describe: dict) -> None:
+        for slot in ("stable", "canary"):
+            version = describe[slot] or ""
+            self.slot.labels(slot).set(int(version) if version.isdigit() else -1)
+        for mode in MODES:
+            self.weight.labels(mode).set(describe["weight"] if describe["canary"]
+                                         and mode == describe["mode"] else 0)
 
 
-def _reject_constant(name: str):
-    raise InvalidInput(f"JSON constant {name} is not allowed; send finite numbers or null")
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[bytes, bytes]
+    params: dict
+    body: bytes = b""
 
 
-def create_app(predictor: SegmentPredictor, *, token: str | None = None,
-               max_body_bytes: int = 4 * 1024 * 1024) -> Starlette:
-    """Build the server around one predictor. ``token`` guards predictions when set."""
-    metrics = Metrics()
+@dataclass
+class Route:
+    name: str
+    handler: Callable[[Request], Awaitable[tuple]]
+    methods: tuple[str, ...] = ("GET",)
+    guard: str | None = None  # "predict" or "admin"
 
-    def check_token(request: Request) -> None:
-        if token is None:
-            return
-        header = request.headers.get("authorization", "")
-        if not header.lower().startswith("bearer "):
-            raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(header[7:].strip().encode(), token.encode()):
-            raise Forbidden("the bearer token is not valid for predictions")
 
-    def check_model(name: str) -> None:
-        if name != predictor.name:
-            raise ModelNotFound(f"model {name!r} is unknown; this server serves "
-                                f"[{predictor.name!r}]")
+class InferenceApp:
+    """ASGI callable. ``loader`` fetches a version from the registry for the admin API."""
 
-    async def read_json(request: Request):
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "application/json":
-            raise UnsupportedMediaType(f"content-type {ctype or '(none)'!r} is not supported; "
-                                       "send application/json")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            raise PayloadTooLarge(f"body of {length} bytes exceeds the limit of "
-                                  f"{max_body_bytes} bytes")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body_bytes:
-                raise PayloadTooLarge(f"body exceeds the limit of {max_body_bytes} bytes")
+    def __init__(self, service: SegmentService, *, token: str | None = None,
+                 admin_token: str | None = None, max_body_bytes: int = 4 * 1024 * 1024,
+                 max_concurrency: int = 256, loader: Loader | None = None,
+                 access_log: BinaryIO | None = None, server_version: str = "0.1.0"):
+        self.service = service
+        self.token = token.encode() if token else None
+        self.admin_token = admin_token.encode() if admin_token else None
+        self.max_body_bytes = max_body_bytes
+        self.max_concurrency = max_concurrency
+        self.loader = loader
+        # One JSON line per request, written straight to a binary stream (no logging module:
+        # a LogRecord per request costs more than scoring the row); flushed twice a second.
+        self.access_log = access_log
+        self.server_version = server_version
+        self.metrics = Metrics()
+        self.inflight = 0
+        self._ids = itertools.count(1)
+        self._boot = os.urandom(4).hex()
+        self._load_lock = asyncio.Lock()
+        self._static = {
+            "/v2": Route("server_metadata", self.server_metadata),
+            "/v2/health/live": Route("live", self.live),
+            "/v2/health/ready": Route("ready", self.ready),
+            "/v1/models": Route("list_models", self.list_models),
+            "/metrics": Route("metrics", self.prometheus),
+            "/openapi.json": Route("openapi", self.openapi),
+            "/admin/state": Route("admin_state", self.admin_state, guard="admin"),
+            "/admin/load": Route("admin_load", self.admin_load, ("POST",), "admin"),
+            "/admin/traffic": Route("admin_traffic", self.admin_traffic, ("POST",), "admin"),
+            "/admin/promote": Route("admin_promote", self.admin_promote, ("POST",), "admin"),
+            "/admin/drop": Route("admin_drop", self.admin_drop, ("POST",), "admin"),
+            "/admin/window": Route("admin_window", self.admin_window, ("POST",), "admin"),
+        }
+        self._model_routes = {
+            "": Route("model_metadata", self.model_metadata),
+            "ready": Route("model_ready", self.model_ready),
+            "infer": Route("infer", self.infer, ("POST",), "predict"),
+        }
+        self._v1_model = Route("model_ready_v1", self.model_ready_v1)
+        self._v1_predict = Route("predict", self.predict_v1, ("POST",), "predict")
+        self.metrics.routing(service.routing.describe())
+        self.metrics.inflight.set_function(lambda: self.inflight)
+
+    # ---- ASGI ----------------------------------------------------------------------------
+    async def __call__(self, scope, receive, send):
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            flusher = None
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    # Everything loaded so far (models, Feast, MLflow modules) lives as long as
+                    # the process: out of the collector's sight, each GC pass stays short.
+                    gc.freeze()
+                    if self.access_log is not None:
+                        flusher = asyncio.create_task(self._flush_access_log())
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    if flusher is not None:
+                        flusher.cancel()
+                        self.access_log.flush()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def _flush_access_log(self):
+        while True:
+            await asyncio.sleep(0.5)
+            self.access_log.flush()
+
+    async def _http(self, scope, receive, send):
+        start = time.perf_counter()
+        headers = dict(scope["headers"])
+        request_id = (headers.get(b"x-request-id", b"").decode("latin-1")[:64]
+                      or f"{self._boot}-{next(self._ids)}")
+        method, path = scope["method"], scope["path"]
+        route_name, limited, versions = "unknown", False, ()
         try:
-            return json.loads(body, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise InvalidInput(f"body is not valid JSON: {err}") from err
-        except RecursionError as err:
-            raise InvalidInput("body is nested too deeply") from err
+            route, params = self._resolve(path)
+            route_name = route.name
+            if method not in route.methods and not (method == "HEAD" and "GET" in route.methods):
+                raise MethodNotAllowed(f"{method} is not allowed on {path}; allowed: "
+                                       f"{', '.join(route.methods)}")
+            if route_name not in UNLIMITED_ROUTES:
+                if self.inflight >= self.max_concurrency:
+                    self.metrics.limited.inc()
+                    raise TooBusy(f"the server is at its limit of {self.max_concurrency} "
+                                  "concurrent requests; retry after a moment")
+                self.inflight += 1
+                limited = True
+            if route.guard:
+                self._check_token(headers, route.guard)
+            request = Request(method, path, headers, params)
+            if method == "POST":
+                request.body = await self._read_body(headers, receive)
+            status, body, ctype, versions = await route.handler(request)
+            extra = ()
+        except ServingError as err:
+            status, body, ctype = err.status, orjson.dumps({"error": str(err)}), JSON_TYPES[0]
+            extra = tuple((k.encode(), v.encode()) for k, v in err.headers.items())
+        except Exception:  # a fault of ours, not of the input: logged, counted, JSON
+            log.exception("request %s on %s failed", request_id, path)
+            status, ctype, extra = 500, JSON_TYPES[0], ()
+            body = orjson.dumps({"error": f"internal error (request id {request_id})"})
+        finally:
+            if limited:
+                self.inflight -= 1
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", ctype),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"x-request-id", request_id.encode()), *extra]})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        elapsed = time.perf_counter() - start
+        m = self.metrics
+        m.child(m.requests, route_name, str(status)).inc()
+        m.child(m.latency, route_name).observe(elapsed)
+        for v in versions:
+            w = self.service.stats.get(v)
+            w.requests += 1
+            w.errors += status >= 500
+            w.latency_ms.append(elapsed * 1000)
+        if self.access_log is not None:
+            self.access_log.write(orjson.dumps(
+                {"ts": time.time(), "request_id": request_id, "method": method, "path": path,
+                 "route": route_name, "status": status, "ms": round(elapsed * 1000, 3),
+                 "versions": versions}, option=orjson.OPT_APPEND_NEWLINE))
 
-    def route(name: str, handler, methods=("GET",), guarded=False):
-        async def endpoint(request: Request):
-            start = time.perf_counter()
-            request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-            try:
-                if guarded:
-                    check_token(request)
-                response = await handler(request)
-            except ServingError as err:
-                response = JSONResponse({"error": str(err)}, status_code=err.status)
-            except Exception:  # a fault of ours, not of the input: logged, counted, JSON
-                log.exception("request %s on %s failed", request_id, name)
-                response = JSONResponse({"error": f"internal error (request id {request_id})"},
-                                        status_code=500)
-            response.headers["x-request-id"] = request_id
-            elapsed = time.perf_counter() - start
-            metrics.requests.labels(name, str(response.status_code)).inc()
-            metrics.latency.labels(name).observe(elapsed)
-            log.info(json.dumps({"request_id": request_id, "route": name,
-                                 "status": response.status_code,
-                                 "ms": round(elapsed * 1000, 3)}))
-            return response
-        return endpoint
+    def _resolve(self, path: str) -> tuple[Route, dict]:
+        route = self._static.get(path.rstrip("/") or "/")
+        if route is not None:
+            return route, {}
+        parts = path.strip("/").split("/")
+        if len(parts) >= 3 and parts[0] == "v2" and parts[1] == "models":
+            params = {"name": parts[2]}
+            rest = parts[3:]
+            if len(rest) >= 2 and rest[0] == "versions":
+                params["version"] = rest[1]
+                rest = rest[2:]
+            if len(rest) <= 1:
+                route = self._model_routes.get(rest[0] if rest else "")
+                if route is not None:
+                    return route, params
+        if len(parts) == 3 and parts[0] == "v1" and parts[1] == "models":
+            name, _, verb = parts[2].partition(":")
+            if verb == "":
+                return self._v1_model, {"name": name}
+            if verb == "predict":
+                return self._v1_predict, {"name": name}
+            raise ModelNotFound(f"verb {verb!r} is not supported; use "
+                                f"/v1/models/{name}:predict")
+        raise ModelNotFound(f"no route {path!r}; see /openapi.json for the routes "
+                            "(/v2/models/{name}/infer, /v1/models/{name}:predict, ...)")
 
-    async def live(request):
-        return JSONResponse({"live": True})
+    def _check_token(self, headers: dict, guard: str) -> None:
+        expected = self.token if guard == "predict" else self.admin_token
+        if expected is None:
+            if guard == "predict":
+                return
+            raise Forbidden("the admin API is disabled: start the server with KMEANS_ADMIN_TOKEN")
+        header = headers.get(b"authorization", b"")
+        if header[:7].lower() != b"bearer ":
+            raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(header[7:].strip(), expected):
+            raise Forbidden(f"the bearer token is not valid for "
+                            f"{'predictions' if guard == 'predict' else 'the admin API'}")
 
-    async def ready(request):
-        return JSONResponse({"ready": predictor.ready}, status_code=200 if predictor.ready else 503)
+    async def _read_body(self, headers: dict, receive) -> bytes:
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        # No content-type is accepted: standard v2 clients (tritonclient) send none.
+        binary = b"inference-header-content-length" in headers
+        if ctype and ctype not in JSON_TYPES and not (
+                binary and ctype == b"application/octet-stream"):
+            raise UnsupportedMediaType(
+                f"content-type {ctype.decode('latin-1')!r} is not supported; send "
+                "application/json (or application/octet-stream with "
+                "Inference-Header-Content-Length for binary tensors)")
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            raise PayloadTooLarge(f"body of {int(length)} bytes exceeds the limit of "
+                                  f"{self.max_body_bytes} bytes")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidInput("the client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise PayloadTooLarge(f"body exceeds the limit of {self.max_body_bytes} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def model_meta(request):
-        check_model(request.path_params["name"])
-        model = predictor.model
+    # ---- health and metadata -------------------------------------------------------------
+    async def live(self, request):
+        return _json({"live": True})
+
+    async def ready(self, request):
+        ready = self.service.ready
+        return _json({"ready": ready}, 200 if ready else 503)
+
+    async def server_metadata(self, request):
+        return _json({"name": "kmeans-platform", "version": self.server_version,
+                      "extensions": ["binary_tensor_data_input", "model_versions"]})
+
+    def _check_model(self, params: dict) -> None:
+        if params["name"] != self.service.name:
+            raise ModelNotFound(f"model {params['name']!r} is unknown; this server serves "
+                                f"[{self.service.name!r}]")
+        version = params.get("version")
+        if version is not None and version not in self._loaded():
+            raise ModelNotFound(f"version {version!r} of {self.service.name!r} is not loaded; "
+                                f"loaded: {self._loaded()}")
+
+    def _loaded(self) -> list[str]:
+        r = self.service.routing
+        return [s.version for s in (r.stable, r.canary) if s is not None]
+
+    async def model_metadata(self, request):
+        self._check_model(request.params)
+        r = self.service.routing
+        slot = r.stable
+        if request.params.get("version") and r.canary and \
+                r.canary.version == request.params["version"]:
+            slot = r.canary
+        model = slot.model if slot else None
         width = len(model.feature_names) if model else -1
-        return JSONResponse({
-            "name": predictor.name, "versions": [predictor.version] if predictor.version else [],
-            "platform": "kmeans-platform",
+        return _json({
+            "name": self.service.name, "versions": self._loaded(), "platform": "kmeans-platform",
             "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, width]},
                        {"name": "customer_id", "datatype": "INT64", "shape": [-1]}],
-            "outputs": [{"name": n, "datatype": t, "shape": [-1]} for n, t in OUTPUTS],
+            "outputs": [{"name": n, "datatype": t, "shape": [-1]} for n, t in OUTPUTS.items()],
             "parameters": {"feature_names": model.feature_names if model else [],
-                           "k": model.k if model else None}})
+                           "k": model.k if model else None,
+                           "cluster_ids": model.cluster_ids.tolist() if model else [],
+                           "routing": r.describe()}})
 
-    async def model_ready(request):
-        check_model(request.path_params["name"])
-        return JSONResponse({"name": predictor.name, "ready": predictor.ready},
-                            status_code=200 if predictor.ready else 503)
+    async def model_ready(self, request):
+        self._check_model(request.params)
+        ready = self.service.ready
+        return _json({"name": self.service.name, "ready": ready}, 200 if ready else 503)
 
-    async def infer_v2(request):
-        check_model(request.path_params["name"])
-        body = await read_json(request)
-        if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) \
-                or len(body["inputs"]) != 1:
-            raise InvalidInput("body must be an object with 'inputs': a list holding one tensor, "
-                               "named 'features' (FP32/FP64, shape [n, d]) or 'customer_id' "
-                               "(INT64, shape [n])")
-        # Off the event loop: an online-store lookup must not stall health probes.
-        pred = await run_in_threadpool(_predict_v2, predictor, body["inputs"][0])
-        metrics.observe(pred)
-        outputs = [{"name": "cluster", "datatype": "INT64", "shape": [len(pred.cluster)],
-                    "data": pred.cluster},
-                   {"name": "distance", "datatype": "FP64", "shape": [len(pred.cluster)],
-                    "data": pred.distance},
-                   {"name": "runner_up", "datatype": "INT64", "shape": [len(pred.cluster)],
-                    "data": pred.runner_up},
-                   {"name": "margin", "datatype": "FP64", "shape": [len(pred.cluster)],
-                    "data": pred.margin},
-                   {"name": "ood", "datatype": "BOOL", "shape": [len(pred.cluster)],
-                    "data": pred.ood}]
-        if any(pred.error):
-            outputs.append({"name": "error", "datatype": "BYTES", "shape": [len(pred.error)],
-                            "data": pred.error})
-        reply = {"model_name": predictor.name, "model_version": pred.version, "outputs": outputs}
+    async def list_models(self, request):
+        return _json({"models": [self.service.name]})
+
+    async def model_ready_v1(self, request):
+        self._check_model(request.params)
+        ready = self.service.ready
+        return _json({"name": self.service.name, "ready": ready}, 200 if ready else 503)
+
+    async def prometheus(self, request):
+        return 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode(), ()
+
+    async def openapi(self, request):
+        from pipeline.serving.openapi import document
+
+        return _json(document(self.service.name))
+
+    # ---- predictions ---------------------------------------------------------------------
+    async def infer(self, request):
+        self._check_model(request.params)
+        body, tensors = _parse_v2(request)
+        pred = await self._score(*tensors, version=request.params.get("version"))
+        wanted = body.get("outputs")
+        names = [n for n in OUTPUTS if n not in ("stale", "error")]
+        if pred.stale is not None:
+            names.append("stale")
+        if pred.error is not None:
+            names.append("error")
+        if wanted is not None:
+            names = _requested(wanted, names)
+        n = len(pred)
+        outputs = []
+        for name in names:
+            data = getattr(pred, name)
+            outputs.append({"name": name, "datatype": OUTPUTS[name], "shape": [n], "data": data})
+        reply = {"model_name": self.service.name,
+                 "model_version": ",".join(pred.versions_used), "outputs": outputs}
         if isinstance(body.get("id"), str):
             reply["id"] = body["id"]
-        return JSONResponse(reply)
+        return _json(reply, versions=pred.versions_used)
 
-    async def predict_v1(request):
-        name = request.path_params["name_verb"]
-        if not name.endswith(":predict"):
-            raise ModelNotFound(f"unknown route {request.url.path!r}; use "
-                                f"/v1/models/{predictor.name}:predict")
-        check_model(name.removesuffix(":predict"))
-        body = await read_json(request)
+    async def predict_v1(self, request):
+        self._check_model(request.params)
+        body = _loads(request.body)
         if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
             raise InvalidInput("body must be an object with 'instances': a list of feature "
                                "vectors, of {feature: value} objects, or of {'customer_id': id}")
-        pred = await run_in_threadpool(_predict_v1, predictor, body["instances"])
-        metrics.observe(pred)
-        return JSONResponse({"predictions": pred.rows()})
+        instances = body["instances"]
+        if not instances:
+            raise InvalidInput("instances is empty; send at least 1 row")
+        if all(isinstance(r, dict) and set(r) == {"customer_id"} for r in instances):
+            pred = await self._score("customer_id", [r["customer_id"] for r in instances])
+        else:
+            if all(isinstance(r, dict) for r in instances):
+                instances = self._rows_from_objects(instances)
+            pred = await self._score("features", _float_matrix(instances, None))
+        return _json({"predictions": pred.rows()}, versions=pred.versions_used)
 
-    async def prometheus(request):
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    def _rows_from_objects(self, instances: list[dict]) -> list[list]:
+        names = self.service.feature_names
+        allowed = set(names)
+        for i, row in enumerate(instances):
+            unknown = sorted(set(row) - allowed)
+            if unknown:
+                raise InvalidInput(f"instance {i} has unknown features {unknown}; "
+                                   f"allowed: {names}")
+        return [[row.get(n) for n in names] for row in instances]
 
-    routes = [
-        Route("/v2/health/live", route("live", live)),
-        Route("/v2/health/ready", route("ready", ready)),
-        Route("/v2/models/{name}", route("model_metadata", model_meta)),
-        Route("/v2/models/{name}/ready", route("model_ready", model_ready)),
-        Route("/v2/models/{name}/infer", route("infer", infer_v2, guarded=True),
-              methods=["POST"]),
-        Route("/v1/models/{name_verb}", route("predict", predict_v1, guarded=True),
-              methods=["POST"]),
-        Route("/metrics", prometheus),
-    ]
-    app = Starlette(routes=routes)
-    app.state.predictor = predictor
-    app.state.metrics = metrics
-    return app
+    async def _score(self, kind: str, data, version: str | None = None) -> Prediction:
+        service = self.service
+        if kind == "customer_id":
+            ids = _int_list(data)
+            service.check_rows(len(ids))
+            # Off the event loop: a store read must not stall the other requests.
+            pred = await asyncio.to_thread(service.predict_entities, ids, version=version)
+        elif len(data) <= INLINE_ROWS:
+            pred = service.predict_vectors(data, version=version)
+        else:
+            pred = await asyncio.to_thread(service.predict_vectors, data, version=version)
+        self.metrics.observe(pred)
+        return pred
+
+    # ---- admin (the rollout controller's API) -------------------------------------------
+    async def admin_state(self, request):
+        s = self.service
+        return _json({"routing": s.routing.describe(), "loaded": self._loaded(),
+                      "inflight": self.inflight, "max_concurrency": self.max_concurrency,
+                      "window": {v: w.summary() for v, w in s.stats.windows.items()}})
+
+    async def admin_load(self, request):
+        body = _object(request.body, "load", "{'version': '3'} or {'alias': 'challenger'}, "
+                                             "optional 'slot': 'canary' (default) or 'stable'")
+        version, alias = body.get("version"), body.get("alias")
+        if (version is None) == (alias is None):
+            raise InvalidInput("send exactly one of 'version' and 'alias'")
+        slot = body.get("slot", "canary")
+        if slot not in ("canary", "stable"):
+            raise InvalidInput(f"slot {slot!r} is not known; use 'canary' or 'stable'")
+        if self.loader is None:
+            raise Conflict("this server has no model registry to load from")
+        from pipeline.artifact import ArtifactError
+
+        async with self._load_lock:  # one download at a time; serving goes on meanwhile
+            try:
+                model, got = await asyncio.to_thread(
+                    self.loader, version=None if version is None else str(version), alias=alias)
+            except LookupError as err:
+                raise ModelNotFound(str(err)) from err
+            except ArtifactError as err:
+                raise Unprocessable(f"version {version or alias} was not loaded: {err}") from err
+            routing = self.service.load(model, got, slot)
+        return self._routing_reply(routing)
+
+    async def admin_traffic(self, request):
+        body = _object(request.body, "traffic", "{'weight': 10, 'mode': 'canary' or 'shadow'}")
+        weight = body.get("weight")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise InvalidInput(f"weight must be a number in [0, 100], got {weight!r}")
+        mode = body.get("mode")
+        if mode is not None and mode not in MODES:
+            raise InvalidInput(f"mode {mode!r} is not known; use one of {list(MODES)}")
+        return self._routing_reply(self.service.set_traffic(float(weight), mode))
+
+    async def admin_promote(self, request):
+        body = _object(request.body or b"{}", "promote", "{'version': '3'}")
+        return self._routing_reply(self.service.promote(_opt_str(body, "version")))
+
+    async def admin_drop(self, request):
+        body = _object(request.body or b"{}", "drop", "{'version': '3'}")
+        return self._routing_reply(self.service.drop(_opt_str(body, "version")))
+
+    async def admin_window(self, request):
+        return _json({"routing": self.service.routing.describe(),
+                      "versions": self.service.open_window()})
+
+    def _routing_reply(self, routing):
+        describe = routing.describe()
+        self.metrics.routing(describe)
+        log.info("routing: %s", describe)
+        return _json({"routing": describe})
 
 
-OUTPUTS = [("cluster", "INT64"), ("distance", "FP64"), ("runner_up", "INT64"),
-           ("margin", "FP64"), ("ood", "BOOL")]
+# ---- parsing helpers ---------------------------------------------------------------------
+
+def _json(payload, status: int = 200, versions=()) -> tuple:
+    return (status, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+            JSON_TYPES[0], versions)
 
 
-def _predict_v2(predictor: SegmentPredictor, tensor) -> Prediction:
+def _loads(raw: bytes):
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise InvalidInput(f"body is not valid JSON (NaN and Infinity are not JSON either): "
+                           f"{err}") from err
+
+
+def _object(raw: bytes, what: str, example: str) -> dict:
+    body = _loads(raw)
+    if not isinstance(body, dict):
+        raise InvalidInput(f"the {what} body must be a JSON object like {example}")
+    return body
+
+
+def _opt_str(body: dict, key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise InvalidInput(f"{key} must be a string, got {value!r}")
+    return None if value is None else str(value)
+
+
+def _requested(wanted, available: list[str]) -> list[str]:
+    if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
+        raise InvalidInput("outputs must be a list of objects like {'name': 'cluster'}")
+    names = [o.get("name") for o in wanted]
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise InvalidInput(f"requested outputs {unknown} are not produced; available: "
+                           f"{available}")
+    return names
+
+
+def _parse_v2(request: Request) -> tuple[dict, tuple[str, object]]:
+    """The v2 body and its one input as (kind, data): JSON, or the binary tensor extension."""
+    raw = request.body
+    header_len = request.headers.get(b"inference-header-content-length")
+    blob = b""
+    if header_len is not None:
+        if not header_len.isdigit() or int(header_len) > len(raw):
+            raise InvalidInput(f"Inference-Header-Content-Length {header_len.decode('latin-1')!r}"
+                               f" must be an integer no larger than the body ({len(raw)} bytes)")
+        raw, blob = raw[:int(header_len)], raw[int(header_len):]
+    body = _loads(raw)
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) \
+            or len(body["inputs"]) != 1:
+        raise InvalidInput("body must be an object with 'inputs': a list holding one tensor, "
+                           "named 'features' (FP32/FP64, shape [n, d]) or 'customer_id' "
+                           "(INT64, shape [n])")
+    tensor = body["inputs"][0]
     if not isinstance(tensor, dict):
         raise InvalidInput("each input must be an object with name, shape, datatype and data")
-    name, dtype, shape, data = (tensor.get(k) for k in ("name", "datatype", "shape", "data"))
+    name, dtype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if name not in ("features", "customer_id"):
         raise InvalidInput(f"input name {name!r} is not known; use 'features' or 'customer_id'")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+    if not isinstance(shape, list) or not all(
+            type(s) is int and s >= 0 for s in shape):
         raise InvalidInput(f"shape {shape!r} must be a list of non-negative integers")
-    if not isinstance(data, list):
-        raise InvalidInput("data must be a (flat or nested) list of values")
+    allowed = ("INT64", "INT32") if name == "customer_id" else ("FP32", "FP64")
+    if dtype not in allowed:
+        raise InvalidInput(f"{name} has datatype {dtype!r}; allowed: {', '.join(allowed)}")
+    params = tensor.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        data = _binary_tensor(blob, size, dtype, shape)
+    else:
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise InvalidInput("data must be a (flat or nested) list of values")
     if name == "customer_id":
-        if dtype not in ("INT64", "INT32"):
-            raise InvalidInput(f"customer_id has datatype {dtype!r}; allowed: INT64, INT32")
-        ids = _int_list(np.ravel(np.asarray(data, dtype=object)).tolist())
-        if [len(ids)] != shape:
+        ids = _int_list(data if isinstance(data, list) else data.tolist(), nested_ok=True)
+        if shape not in ([len(ids)], [len(ids), 1]):
             raise InvalidInput(f"shape {shape} does not match {len(ids)} customer ids")
-        return predictor.predict_entities(ids)
-    if dtype not in ("FP32", "FP64"):
-        raise InvalidInput(f"features have datatype {dtype!r}; allowed: FP32, FP64")
-    x = _float_array(data)
-    if x.ndim != 1 and list(x.shape) != shape:
-        raise InvalidInput(f"shape {shape} does not match data of shape {list(x.shape)}")
+        return body, ("customer_id", ids)
+    return body, ("features", _float_matrix(data, shape))
+
+
+def _binary_tensor(blob: bytes, size, dtype: str, shape: list[int]) -> np.ndarray:
+    if type(size) is not int or size != len(blob):
+        raise InvalidInput(f"binary_data_size {size!r} does not match the {len(blob)} bytes "
+                           "after the JSON header (one binary input is supported)")
+    item = np.dtype(BINARY_DTYPES[dtype]).itemsize
+    if size != int(np.prod(shape)) * item:
+        raise InvalidInput(f"binary_data_size {size} does not match shape {shape} of {dtype} "
+                           f"({item} bytes each)")
+    arr = np.frombuffer(blob, dtype=BINARY_DTYPES[dtype]).reshape(shape)
+    return arr.astype(np.float64) if dtype.startswith("FP") else arr
+
+
+def _float_matrix(data, shape: list[int] | None) -> np.ndarray:
+    """Feature rows (numbers, null for missing) as a float64 [n, d] array, NaN where null."""
+    if isinstance(data, np.ndarray):
+        x = data
+    else:
+        flat = data
+        if data and type(data[0]) is list:
+            width = len(data[0])
+            if any(type(r) is not list or len(r) != width for r in data):
+                raise InvalidInput("feature rows must all be lists of the same length")
+            flat = [v for r in data for v in r]
+        for v in flat:
+            t = type(v)
+            if t is not float and t is not int and v is not None:
+                raise InvalidInput(f"feature values must be numbers or null, got {v!r} "
+                                   f"({t.__name__})")
+        try:
+            x = np.array(data, dtype=np.float64)  # None becomes NaN
+        except (OverflowError, ValueError, TypeError) as err:
+            raise InvalidInput(f"feature values do not fit a 64-bit float: {err}") from err
+    if shape is None:
+        if x.ndim != 2:
+            raise InvalidInput("instances must be a list of feature rows")
+        return x
     if x.ndim == 1:
         if len(shape) != 2 or shape[0] * shape[1] != x.size:
             raise InvalidInput(f"shape {shape} does not match {x.size} values")
-        x = x.reshape(shape)
-    return predictor.predict_vectors(x)
+        return x.reshape(shape)
+    if list(x.shape) != shape:
+        raise InvalidInput(f"shape {shape} does not match data of shape {list(x.shape)}")
+    return x
 
 
-def _predict_v1(predictor: SegmentPredictor, instances: list) -> Prediction:
-    if not instances:
-        raise InvalidInput("instances is empty; send at least 1 row")
-    if all(isinstance(r, dict) and set(r) == {"customer_id"} for r in instances):
-        return predictor.predict_entities(_int_list([r["customer_id"] for r in instances]))
-    model = predictor.model
-    if model is not None and all(isinstance(r, dict) for r in instances):
-        names = model.feature_names
-        for i, row in enumerate(instances):
-            unknown = sorted(set(row) - set(names))
-            if unknown:
-                raise InvalidInput(f"instance {i} has unknown features {unknown}; allowed: {names}")
-        instances = [[row.get(n) for n in names] for row in instances]
-    return predictor.predict_vectors(_float_array(instances))
-
-
-def _float_array(data) -> np.ndarray:
-    """Feature rows (numbers, null for missing) as float64, NaN where null."""
-    try:
-        arr = np.asarray(data, dtype=object)
-    except ValueError:
-        arr = None
-    flat = None if arr is None else np.ravel(arr).tolist()
-    if flat is None or any(isinstance(v, list) for v in flat):
-        raise InvalidInput("feature rows must all have the same length")
-    wrong = [v for v in flat
-             if isinstance(v, bool) or not (v is None or isinstance(v, (int, float)))]
-    if wrong:
-        raise InvalidInput(f"feature values must be numbers or null, got {wrong[0]!r} "
-                           f"({type(wrong[0]).__name__})")
-    try:
-        return np.where(arr == None, np.nan, arr).astype(np.float64)  # noqa: E711
-    except OverflowError as err:
-        raise InvalidInput("a feature value is too large for a 64-bit float") from err
-
-
-def _int_list(values) -> list[int]:
+def _int_list(values, nested_ok: bool = False) -> list[int]:
+    if nested_ok and values and all(type(v) is list and len(v) == 1 for v in values):
+        values = [v[0] for v in values]
     out = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int):
+        if type(v) is not int:
             raise InvalidInput(f"customer_id must be an integer, got {v!r} ({type(v).__name__})")
         if not -(2**63) <= v < 2**63:
             raise InvalidInput(f"customer_id {v} is outside the 64-bit integer range")

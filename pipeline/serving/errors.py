@@ -3,6 +3,7 @@
 
 class ServingError(Exception):
     status = 500
+    headers: dict[str, str] = {}
 
 
 class InvalidInput(ServingError):
@@ -11,6 +12,7 @@ class InvalidInput(ServingError):
 
 class Unauthorized(ServingError):
     status = 401
+    headers = {"www-authenticate": "Bearer"}
 
 
 class Forbidden(ServingError):
@@ -21,6 +23,14 @@ class ModelNotFound(ServingError):
     status = 404
 
 
+class MethodNotAllowed(ServingError):
+    status = 405
+
+
+class Conflict(ServingError):
+    status = 409
+
+
 class PayloadTooLarge(ServingError):
     status = 413
 
@@ -29,5 +39,14 @@ class UnsupportedMediaType(ServingError):
     status = 415
 
 
+class Unprocessable(ServingError):
+    status = 422
+
+
 class NotReady(ServingError):
     status = 503
+
+
+class TooBusy(ServingError):
+    status = 503
+    headers = {"retry-after": "1"}

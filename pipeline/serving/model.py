@@ -1,106 +1,391 @@
-"""The served model: load, ready, predict (by feature vectors or by customer id)."""
+"""The served model: a stable slot and an optional canary, split per request key.
+
+Routing is sticky: each row's key (its customer id, or a hash of its feature values) falls in a
+fixed bucket of 10,000, and rows whose bucket is below the canary's weight go to the canary. The
+same customer therefore sees the same model for as long as the weight stays put, and raising
+the weight only moves customers from stable to canary, never back and forth.
+
+In ``shadow`` mode both models score every row and only the stable one answers; in ``canary``
+mode the canary answers its share. Either way the stable model also scores the canary's rows, so
+the rollout controller gets assignment agreement and the distance shift on the same rows.
+
+A swap (load, weight, promote, drop) replaces one immutable :class:`Routing` object, so a
+request in flight finishes on the routing it started with and none fails during a reload.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from pipeline.artifact import SegmentModel
-from pipeline.serving.errors import InvalidInput, NotReady
+from pipeline.serving.errors import Conflict, InvalidInput, ModelNotFound, NotReady
 
 log = logging.getLogger(__name__)
+
+BUCKETS = 10_000
+MODES = ("canary", "shadow")
+
+
+@dataclass(frozen=True)
+class Slot:
+    model: SegmentModel
+    version: str
+
+
+@dataclass(frozen=True)
+class Routing:
+    stable: Slot | None = None
+    canary: Slot | None = None
+    weight: float = 0.0  # percent of keys answered by the canary (canary mode)
+    mode: str = "canary"
+
+    @property
+    def threshold(self) -> int:
+        return int(round(self.weight * BUCKETS / 100)) if self.mode == "canary" else 0
+
+    def describe(self) -> dict:
+        return {"stable": self.stable.version if self.stable else None,
+                "canary": self.canary.version if self.canary else None,
+                "weight": self.weight, "mode": self.mode}
 
 
 @dataclass
 class Prediction:
-    cluster: list[int]
-    distance: list[float | None]
-    runner_up: list[int]
-    margin: list[float | None]
-    ood: list[bool]
-    error: list[str]
-    version: str
+    cluster: np.ndarray
+    distance: np.ndarray  # NaN for rows with an error
+    runner_up: np.ndarray
+    margin: np.ndarray
+    ood: np.ndarray
+    model_version: list[str]  # per row
+    error: list[str] | None = None  # per row, "" when fine; None when no row failed
+    stale: np.ndarray | None = None  # per row, lookups by id only
+    versions_used: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.cluster)
+
+    def ok(self) -> np.ndarray:
+        if self.error is None:
+            return np.ones(len(self), dtype=bool)
+        return np.array([not e for e in self.error])
 
     def rows(self) -> list[dict]:
         out = []
-        for i in range(len(self.cluster)):
-            if self.error[i]:
-                out.append({"error": self.error[i], "model_version": self.version})
+        for i in range(len(self)):
+            row = {"model_version": self.model_version[i]}
+            if self.error and self.error[i]:
+                row["error"] = self.error[i]
             else:
-                out.append({"cluster": self.cluster[i], "distance": self.distance[i],
-                            "runner_up": self.runner_up[i], "margin": self.margin[i],
-                            "ood": self.ood[i], "model_version": self.version})
+                row.update(cluster=int(self.cluster[i]), distance=float(self.distance[i]),
+                           runner_up=int(self.runner_up[i]), margin=float(self.margin[i]),
+                           ood=bool(self.ood[i]))
+            if self.stale is not None:
+                row["stale"] = bool(self.stale[i])
+            out.append(row)
         return out
 
 
-class SegmentPredictor:
-    """One named model with a loaded version; thread-safe swap of the version."""
+class Window:
+    """What one model version did since the window opened: the rollout controller's input."""
 
-    def __init__(self, name: str, *, feature_store=None, feature_service: str | None = None,
-                 max_batch_rows: int = 10_000):
+    def __init__(self, keep: int = 20_000):
+        self.requests = 0
+        self.errors = 0  # requests that failed on the server side (5xx)
+        self.rows = 0
+        self.latency_ms: deque[float] = deque(maxlen=keep)
+        self.distance: deque[float] = deque(maxlen=keep)
+        self.clusters: dict[int, int] = {}
+        self.compared = 0  # rows scored by this version and the stable one
+        self.agreed = 0
+        self.stable_distance: deque[float] = deque(maxlen=keep)  # the stable's, same rows
+
+    def summary(self) -> dict:
+        lat = np.fromiter(self.latency_ms, float)
+        dist = np.fromiter(self.distance, float)
+        ref = np.fromiter(self.stable_distance, float)
+        q = (lambda a, p: round(float(np.percentile(a, p)), 4) if len(a) else None)
+        total = sum(self.clusters.values())
+        return {
+            "requests": self.requests, "errors": self.errors, "rows": self.rows,
+            "error_rate": self.errors / self.requests if self.requests else 0.0,
+            "latency_ms": {"p50": q(lat, 50), "p99": q(lat, 99)},
+            "distance": {"p50": q(dist, 50), "p90": q(dist, 90), "p99": q(dist, 99)},
+            "cluster_share": {str(c): n / total for c, n in sorted(self.clusters.items())},
+            "compared_rows": self.compared,
+            "agreement": self.agreed / self.compared if self.compared else None,
+            "stable_distance_on_same_rows": {"p50": q(ref, 50), "p90": q(ref, 90),
+                                             "p99": q(ref, 99)},
+        }
+
+
+@dataclass
+class Stats:
+    windows: dict[str, Window] = field(default_factory=dict)
+
+    def get(self, version: str) -> Window:
+        w = self.windows.get(version)
+        if w is None:
+            w = self.windows[version] = Window()
+        return w
+
+
+class SegmentService:
+    """One named model: stable and canary slots, routing, vectorized scoring, lookups by id."""
+
+    def __init__(self, name: str, *, lookup=None, max_batch_rows: int = 10_000):
         self.name = name
-        self.model: SegmentModel | None = None
-        self.version: str | None = None
-        self.feature_store = feature_store
-        self.feature_service = feature_service
+        self.lookup = lookup  # OnlineLookup, or None when no online store is configured
         self.max_batch_rows = max_batch_rows
-        self._lock = threading.Lock()
+        self.routing = Routing()
+        self.stats = Stats()
+        self._admin = threading.Lock()  # serializes state changes; reads never take it
 
+    # ---- state ---------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self.model is not None
+        return self.routing.stable is not None
 
-    def load(self, model: SegmentModel, version: str) -> None:
-        with self._lock:
-            self.model, self.version = model, str(version)
-        log.info("model %s version %s loaded (k=%d)", self.name, version, model.k)
+    @property
+    def feature_names(self) -> list[str]:
+        return self._stable().model.feature_names
 
-    def _current(self) -> tuple[SegmentModel, str]:
-        model, version = self.model, self.version
-        if model is None:
+    def load(self, model: SegmentModel, version: str, slot: str = "stable") -> Routing:
+        """Put ``model`` in ``slot`` (stable or canary). A new canary starts at weight 0."""
+        version = str(version)
+        warm = np.zeros((1, len(model.feature_names)))
+        model.assign(warm)  # compile and warm the one-row path before serving
+        bucket(warm)
+        with self._admin:
+            r = self.routing
+            if r.stable is not None and model.feature_names != r.stable.model.feature_names:
+                raise Conflict(f"version {version} takes features {model.feature_names}, the "
+                               f"stable version {r.stable.version} takes "
+                               f"{r.stable.model.feature_names}; a canary must take the same")
+            if slot == "stable":
+                if r.canary is not None and r.canary.version == version:
+                    raise Conflict(f"version {version} is the canary; promote it instead")
+                new = Routing(Slot(model, version), r.canary, r.weight, r.mode)
+            elif slot == "canary":
+                if r.stable is None:
+                    raise Conflict("load a stable version before a canary")
+                if r.stable.version == version:
+                    raise Conflict(f"version {version} is already the stable version")
+                new = Routing(r.stable, Slot(model, version), 0.0, r.mode)
+            else:
+                raise InvalidInput(f"slot {slot!r} is not known; use 'stable' or 'canary'")
+            self.routing = new
+        log.info("model %s version %s loaded as %s (k=%d)", self.name, version, slot, model.k)
+        return new
+
+    def set_traffic(self, weight: float, mode: str | None = None) -> Routing:
+        with self._admin:
+            r = self.routing
+            mode = mode or r.mode
+            if mode not in MODES:
+                raise InvalidInput(f"mode {mode!r} is not known; use one of {list(MODES)}")
+            if not 0 <= weight <= 100:
+                raise InvalidInput(f"weight {weight} must be a percentage in [0, 100]")
+            if r.canary is None and (weight > 0 or mode == "shadow"):
+                raise Conflict("no canary is loaded; load one before sending it traffic")
+            self.routing = Routing(r.stable, r.canary, float(weight), mode)
+            return self.routing
+
+    def promote(self, version: str | None = None) -> Routing:
+        """The canary becomes the stable version; the canary slot empties."""
+        with self._admin:
+            r = self.routing
+            if r.canary is None:
+                raise Conflict("there is no canary to promote")
+            if version is not None and str(version) != r.canary.version:
+                raise Conflict(f"the canary is version {r.canary.version}, not {version}")
+            self.routing = Routing(r.canary, None, 0.0, "canary")
+            log.info("model %s: canary %s promoted over %s", self.name, r.canary.version,
+                     r.stable.version)
+            return self.routing
+
+    def drop(self, version: str | None = None) -> Routing:
+        """Remove the canary; all traffic goes back to the stable version."""
+        with self._admin:
+            r = self.routing
+            if r.canary is None:
+                return r
+            if version is not None and str(version) != r.canary.version:
+                raise Conflict(f"the canary is version {r.canary.version}, not {version}")
+            self.routing = Routing(r.stable, None, 0.0, "canary")
+            log.info("model %s: canary %s dropped", self.name, r.canary.version)
+            return self.routing
+
+    def open_window(self) -> dict:
+        """Each version's figures since the last call; starts a new window."""
+        old, self.stats = self.stats, Stats()
+        return {v: w.summary() for v, w in old.windows.items()}
+
+    # ---- scoring -------------------------------------------------------------------------
+    def _stable(self) -> Slot:
+        stable = self.routing.stable
+        if stable is None:
             raise NotReady(f"model {self.name!r} is not loaded yet")
-        return model, version
+        return stable
 
-    def predict_vectors(self, x: np.ndarray) -> Prediction:
-        model, version = self._current()
-        width = len(model.feature_names)
-        if x.ndim != 2 or x.shape[1] != width:
-            raise InvalidInput(f"features have shape {list(x.shape)}; this model takes "
-                               f"[n, {width}] in the order {model.feature_names}")
-        self._check_rows(len(x))
-        if np.isinf(x).any():
-            bad = sorted({int(i) for i in np.argwhere(np.isinf(x))[:, 0]})[:5]
-            raise InvalidInput(f"features contain infinity in rows {bad}; values must be finite "
-                               "numbers (null marks a missing value)")
-        res = model.assign(x)
-        n = len(x)
-        return Prediction(res.cluster.astype(int).tolist(), res.distance.astype(float).tolist(),
-                          res.runner_up.astype(int).tolist(), res.margin.astype(float).tolist(),
-                          res.ood.astype(bool).tolist(), [""] * n, version)
-
-    def predict_entities(self, ids: list[int]) -> Prediction:
-        model, version = self._current()
-        self._check_rows(len(ids))
-        if self.feature_store is None:
-            raise NotReady("no Feast online store is configured for lookups by customer_id")
-        from pipeline.features import online_features
-
-        frame = online_features(self.feature_store, self.feature_service, ids)
-        values = frame[model.feature_names].to_numpy(dtype=np.float64)
-        unknown = np.isnan(values).all(axis=1)
-        pred = self.predict_vectors(np.where(unknown[:, None], 0.0, values))
-        for i in np.flatnonzero(unknown):
-            pred.cluster[i], pred.runner_up[i] = -1, -1
-            pred.distance[i] = pred.margin[i] = None
-            pred.ood[i] = False
-            pred.error[i] = f"customer_id {ids[i]} has no online features"
-        return pred
-
-    def _check_rows(self, n: int) -> None:
+    def check_rows(self, n: int) -> None:
         if n == 0:
             raise InvalidInput("the batch is empty; send at least 1 row")
         if n > self.max_batch_rows:
             raise InvalidInput(f"the batch has {n} rows; at most {self.max_batch_rows} allowed")
+
+    def predict_vectors(self, x: np.ndarray, *, keys: np.ndarray | None = None,
+                        version: str | None = None) -> Prediction:
+        """Score raw feature rows (NaN = missing). ``keys`` route rows (default: row hash);
+        ``version`` pins one loaded version and bypasses the split."""
+        routing = self.routing
+        stable = routing.stable
+        if stable is None:
+            raise NotReady(f"model {self.name!r} is not loaded yet")
+        width = len(stable.model.feature_names)
+        if x.ndim != 2 or x.shape[1] != width:
+            raise InvalidInput(f"features have shape {list(x.shape)}; this model takes "
+                               f"[n, {width}] in the order {stable.model.feature_names}")
+        self.check_rows(len(x))
+        if np.isinf(x).any():
+            bad = sorted({int(i) for i in np.argwhere(np.isinf(x))[:, 0]})[:5]
+            raise InvalidInput(f"features contain infinity in rows {bad}; values must be finite "
+                               "numbers (null marks a missing value)")
+        if version is not None:
+            return self._pinned(routing, x, str(version))
+        base = stable.model.assign(x)
+        n = len(x)
+        canary = routing.canary
+        if canary is None:
+            self._record(stable.version, base.cluster, base.distance)
+            return Prediction(base.cluster, base.distance, base.runner_up, base.margin, base.ood,
+                              [stable.version] * n, versions_used=(stable.version,))
+        # The canary scores the rows routed to it (all rows in shadow mode).
+        if routing.mode == "shadow":
+            chosen = np.ones(n, dtype=bool)
+        else:
+            chosen = bucket(x if keys is None else keys) < routing.threshold
+        any_chosen = bool(chosen.any())
+        if any_chosen:
+            ca = canary.model.assign(x[chosen])
+            w = self.stats.get(canary.version)
+            w.rows += int(chosen.sum())
+            w.distance.extend(ca.distance[:256].tolist())
+            w.stable_distance.extend(base.distance[chosen][:256].tolist())
+            w.compared += int(chosen.sum())
+            w.agreed += int((ca.cluster == base.cluster[chosen]).sum())
+            for c, k in zip(*np.unique(ca.cluster, return_counts=True)):
+                w.clusters[int(c)] = w.clusters.get(int(c), 0) + int(k)
+        if routing.mode == "shadow" or not any_chosen:
+            self._record(stable.version, base.cluster, base.distance)
+            used = (stable.version, canary.version) if any_chosen else (stable.version,)
+            return Prediction(base.cluster, base.distance, base.runner_up, base.margin, base.ood,
+                              [stable.version] * n, versions_used=used)
+        keep = ~chosen
+        self._record(stable.version, base.cluster[keep], base.distance[keep])
+        out = Prediction(base.cluster.copy(), base.distance.copy(), base.runner_up.copy(),
+                         base.margin.copy(), base.ood.copy(),
+                         np.where(chosen, canary.version, stable.version).tolist(),
+                         versions_used=(stable.version, canary.version) if keep.any()
+                         else (canary.version,))
+        for name in ("cluster", "distance", "runner_up", "margin", "ood"):
+            getattr(out, name)[chosen] = getattr(ca, name)
+        return out
+
+    def _pinned(self, routing: Routing, x: np.ndarray, version: str) -> Prediction:
+        slot = next((s for s in (routing.stable, routing.canary) if s and s.version == version),
+                    None)
+        if slot is None:
+            loaded = [s.version for s in (routing.stable, routing.canary) if s]
+            raise ModelNotFound(f"version {version!r} of {self.name!r} is not loaded; "
+                                f"loaded: {loaded}")
+        a = slot.model.assign(x)
+        self._record(version, a.cluster, a.distance)
+        return Prediction(a.cluster, a.distance, a.runner_up, a.margin, a.ood,
+                          [version] * len(x), versions_used=(version,))
+
+    def _record(self, version: str, cluster: np.ndarray, distance: np.ndarray) -> None:
+        if not len(cluster):
+            return
+        w = self.stats.get(version)
+        w.rows += len(cluster)
+        w.distance.extend(distance[:256].tolist())
+        if len(cluster) == 1:
+            c = int(cluster[0])
+            w.clusters[c] = w.clusters.get(c, 0) + 1
+        else:
+            for c, k in zip(*np.unique(cluster, return_counts=True)):
+                w.clusters[int(c)] = w.clusters.get(int(c), 0) + int(k)
+
+    def predict_entities(self, ids: list[int], *, version: str | None = None) -> Prediction:
+        """Score customers by id through the online store; an unknown id is a per-row error."""
+        self._stable()
+        self.check_rows(len(ids))
+        if self.lookup is None:
+            raise NotReady("no Feast online store is configured for lookups by customer_id")
+        rows = self.lookup.fetch(ids)
+        keys = np.asarray(ids, dtype=np.int64)
+        x = np.where(rows.found[:, None], rows.values, 0.0)
+        if rows.found.any():
+            pred = self.predict_vectors(x, keys=keys, version=version)
+        else:  # nothing to score: every row is an error
+            n = len(ids)
+            pred = Prediction(np.full(n, -1), np.full(n, np.nan), np.full(n, -1),
+                              np.full(n, np.nan), np.zeros(n, dtype=bool),
+                              [self._stable().version] * n)
+        pred.stale = rows.stale
+        if not rows.found.all():
+            pred.error = ["" if ok else f"customer_id {ids[i]} has no online features"
+                          for i, ok in enumerate(rows.found)]
+            missing = ~rows.found
+            pred.cluster[missing] = pred.runner_up[missing] = -1
+            pred.distance[missing] = pred.margin[missing] = np.nan
+            pred.ood[missing] = False
+        return pred
+
+
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _splitmix(z: np.ndarray) -> np.ndarray:
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+_COLUMN_MULT = _splitmix(np.arange(1, 1025, dtype=np.uint64)) | np.uint64(1)  # odd, per column
+
+
+_M64 = (1 << 64) - 1
+
+
+def _splitmix_int(z: int) -> int:
+    """``_splitmix`` for one Python int (same result, without NumPy's per-call cost)."""
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def bucket(keys: np.ndarray) -> np.ndarray:
+    """A stable bucket in [0, 10,000) per key: an integer id, or a row of floats.
+
+    The same key gets the same bucket in every process and replica, whatever the batch it
+    comes in."""
+    if keys.ndim == 1:
+        if len(keys) == 1:
+            return np.array([_splitmix_int(int(keys[0]) & _M64) % BUCKETS])
+        with np.errstate(over="ignore"):
+            h = _splitmix(keys.astype(np.int64).view(np.uint64))
+        return (h % np.uint64(BUCKETS)).astype(np.int64)
+    from pipeline.engine.kernel import row_hash_buckets
+
+    rows = np.ascontiguousarray(keys, dtype=np.float64)
+    width = rows.shape[1]
+    mult = _COLUMN_MULT[:width] if width <= len(_COLUMN_MULT) else np.resize(_COLUMN_MULT, width)
+    return row_hash_buckets(rows, mult, BUCKETS)

@@ -1,9 +1,10 @@
-"""Start the server: load the champion from MLflow, bind, serve."""
+"""Start the server: load the champion (and the challenger as canary) from MLflow, bind, serve."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 
@@ -12,31 +13,65 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def build_app(settings: Settings, *, alias: str = "champion", with_feast: bool = True):
-    from pipeline import registry
-    from pipeline.serving.app import create_app
-    from pipeline.serving.model import SegmentPredictor
+def registry_loader(settings: Settings):
+    """``loader(version=..., alias=...)`` for the admin API: download and verify a version."""
+    from mlflow.exceptions import MlflowException
 
-    store = None
+    from pipeline import registry
+
+    def load(version: str | None = None, alias: str | None = None):
+        try:
+            return registry.download_model(settings, alias or "champion", version=version)
+        except MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND",
+                                  "INVALID_PARAMETER_VALUE"):
+                raise LookupError(f"model {settings.model_name!r} has no version "
+                                  f"{version or alias!r}: {err.message}") from err
+            raise
+    return load
+
+
+def build_app(settings: Settings, *, alias: str = "champion", version: str | None = None,
+              canary_alias: str | None = "challenger", canary_mode: str = "shadow",
+              canary_weight: float = 0.0, with_feast: bool = True, access_log=None):
+    """The app serving ``version`` (default: the one behind ``alias``); ``canary_alias`` (when
+    it exists and differs) as the canary."""
+    from pipeline import registry
+    from pipeline.serving.app import InferenceApp
+    from pipeline.serving.model import SegmentService
+
+    loader = registry_loader(settings)
+    model, version = loader(version=version, alias=None if version else alias)
+    lookup = None
     if with_feast:
         from pipeline.features import feature_store
+        from pipeline.serving.lookup import OnlineLookup
 
-        store = feature_store(settings)
-    predictor = SegmentPredictor(settings.model_name, feature_store=store,
-                                 feature_service=settings.feature_service,
-                                 max_batch_rows=settings.max_batch_rows)
-    model, version = registry.download_model(settings, alias)
-    predictor.load(model, version)
+        lookup = OnlineLookup(feature_store(settings), settings.feature_service,
+                              model.feature_names)
+    service = SegmentService(settings.model_name, lookup=lookup,
+                             max_batch_rows=settings.max_batch_rows)
+    service.load(model, version, "stable")
+    if canary_alias:
+        found = registry.alias_version(settings, canary_alias)
+        if found is not None and str(found.version) != version:
+            canary, canary_version = loader(version=str(found.version))
+            service.load(canary, canary_version, "canary")
+            service.set_traffic(canary_weight, canary_mode)
     token = settings.serving_token.get_secret_value() if settings.serving_token else None
-    return create_app(predictor, token=token, max_body_bytes=settings.max_body_bytes)
+    admin = settings.admin_token.get_secret_value() if settings.admin_token else None
+    return InferenceApp(service, token=token, admin_token=admin,
+                        max_body_bytes=settings.max_body_bytes,
+                        max_concurrency=settings.max_concurrency, loader=loader,
+                        access_log=access_log)
 
 
-def serve(settings: Settings, *, alias: str = "champion") -> None:
+def serve(settings: Settings, **kwargs) -> None:
     import uvicorn
 
-    app = build_app(settings, alias=alias)
+    app = build_app(settings, access_log=sys.stdout.buffer, **kwargs)  # JSON lines on stdout
     uvicorn.run(app, host=settings.serving_host, port=settings.serving_port, log_level="warning",
-                access_log=False)
+                access_log=False, loop="uvloop", http="httptools", lifespan="on")
 
 
 @contextlib.contextmanager
@@ -49,7 +84,8 @@ def running(app, host: str = "127.0.0.1", port: int = 0):
     sock = socket.socket()
     sock.bind((host, port))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, loop="uvloop",
+                            http="httptools", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -1,0 +1,56 @@
+"""kmeans_rollback: move ``champion`` back to ``previous`` (or a named version), by hand.
+
+Triggered by a person (or the monitoring that sees a freshly promoted model degrade) with a
+reason; every alias move goes to the audit trail with it. Then the live server is told: where a
+rollout backend is configured, the new champion becomes the stable version and any canary goes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Param, dag, task
+
+from pipeline.dag_defaults import DEFAULT_ARGS
+
+
+@dag(
+    dag_id="kmeans_rollback",
+    schedule=None,
+    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["kmeans", "rollback", "segmentation"],
+    doc_md=__doc__,
+    params={
+        "reason": Param(type="string", minLength=1,
+                        description="Why the champion is rolled back (kept in the audit trail)."),
+        "to_version": Param("", type="string", pattern=r"^(\d+)?$",
+                            description="Version to return to; empty: the 'previous' alias."),
+    },
+)
+def kmeans_rollback():
+    @task(retries=0)  # a refused rollback (nothing to return to, lock held) is for a person
+    def rollback(params=None, run_id=None) -> dict:
+        from pipeline import flow
+
+        return flow.rollback(params, actor=run_id)
+
+    @task
+    def ready_to_serve(rolled_back: dict) -> dict:
+        from pipeline import flow
+
+        return flow.ready_to_serve({"version": rolled_back["champion"]})
+
+    @task
+    def sync_server(rolled_back: dict) -> dict:
+        from pipeline import flow
+
+        return flow.sync_server(rolled_back)
+
+    rolled_back = rollback()
+    ready_to_serve(rolled_back) >> sync_server(rolled_back)
+
+
+kmeans_rollback()
