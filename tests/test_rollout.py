@@ -241,3 +241,28 @@ def test_step_parsing_and_analysis_thresholds():
     assert "distance shift 0.9608 > 0.25" in rollout.analyse({"2": far, "1": stable}, "1", "2",
                                                              t)["reason"]
     assert rollout.analyse({"2": {**good, "rows": 3}}, "1", "2", t)["verdict"] == "wait"
+
+
+def test_training_dags_rollout_task(world, monkeypatch):
+    """The training DAG's last task (flow.rollout): skipped without a backend, and with the
+    local backend it rolls the registered challenger out to promoted."""
+    from pipeline import flow
+
+    s, (v1, v2, _), rows = world
+    _reset(s, v1, v2)
+    monkeypatch.setenv("KMEANS_HOME", str(s.home))
+    monkeypatch.setenv("KMEANS_ADMIN_TOKEN", ADMIN)
+    registered = {"version": v2, "aliases": ["challenger"]}
+    skipped = flow.rollout(registered)
+    assert skipped["outcome"] == "skipped" and "KMEANS_ROLLOUT_BACKEND=none" in skipped["reason"]
+    first = flow.rollout({"version": v1, "aliases": ["challenger", "champion"]})
+    assert first["outcome"] == "skipped" and "champion already" in first["reason"]
+    app = build_app(s, with_feast=False, canary_alias=None)
+    with running(app) as url, Load(url, rows) as load:
+        monkeypatch.setenv("KMEANS_ROLLOUT_BACKEND", "local")
+        monkeypatch.setenv("KMEANS_SERVING_URL", url)
+        monkeypatch.setenv("KMEANS_ROLLOUT_STEPS", "shadow,100")
+        monkeypatch.setenv("KMEANS_ROLLOUT_INTERVAL_SECONDS", "0.5")
+        done = flow.rollout(registered)
+    assert done["outcome"] == "promoted" and load.failed == []
+    assert app.service.routing.stable.version == v2

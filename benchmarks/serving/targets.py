@@ -215,7 +215,7 @@ def build_ours(centroids, token: str):
     service.load(SegmentModel(moved, pre, {}), "2", "canary")
     service.set_traffic(10, "canary")
     return InferenceApp(service, token=token, admin_token=token + "-admin",
-                        access_log=sys.stdout.buffer)
+                        access_log=sys.stdout.buffer, tune_gc=True)  # as `kmeans serve` runs
 
 
 def build_bare(centroids):

@@ -269,29 +269,30 @@ class SegmentService:
             chosen = np.ones(n, dtype=bool)
         else:
             chosen = bucket(x if keys is None else keys) < routing.threshold
-        any_chosen = bool(chosen.any())
-        if any_chosen:
-            ca = canary.model.assign(x[chosen])
-            w = self.stats.get(canary.version)
-            w.rows += int(chosen.sum())
-            w.distance.extend(ca.distance[:256].tolist())
-            w.stable_distance.extend(base.distance[chosen][:256].tolist())
-            w.compared += int(chosen.sum())
-            w.agreed += int((ca.cluster == base.cluster[chosen]).sum())
-            for c, k in zip(*np.unique(ca.cluster, return_counts=True)):
-                w.clusters[int(c)] = w.clusters.get(int(c), 0) + int(k)
-        if routing.mode == "shadow" or not any_chosen:
+        n_chosen = int(chosen.sum())
+        if n_chosen == 0:
             self._record(stable.version, base.cluster, base.distance)
-            used = (stable.version, canary.version) if any_chosen else (stable.version,)
             return Prediction(base.cluster, base.distance, base.runner_up, base.margin, base.ood,
-                              [stable.version] * n, versions_used=used)
+                              [stable.version] * n, versions_used=(stable.version,))
+        every = n_chosen == n
+        ca = canary.model.assign(x if every else x[chosen])
+        ref_cluster = base.cluster if every else base.cluster[chosen]
+        ref_distance = base.distance if every else base.distance[chosen]
+        self._record(canary.version, ca.cluster, ca.distance, ref_cluster, ref_distance)
+        both = (stable.version, canary.version)
+        if routing.mode == "shadow":
+            self._record(stable.version, base.cluster, base.distance)
+            return Prediction(base.cluster, base.distance, base.runner_up, base.margin, base.ood,
+                              [stable.version] * n, versions_used=both)
+        if every:  # the canary answers the whole request
+            return Prediction(ca.cluster, ca.distance, ca.runner_up, ca.margin, ca.ood,
+                              [canary.version] * n, versions_used=(canary.version,))
         keep = ~chosen
         self._record(stable.version, base.cluster[keep], base.distance[keep])
         out = Prediction(base.cluster.copy(), base.distance.copy(), base.runner_up.copy(),
                          base.margin.copy(), base.ood.copy(),
                          np.where(chosen, canary.version, stable.version).tolist(),
-                         versions_used=(stable.version, canary.version) if keep.any()
-                         else (canary.version,))
+                         versions_used=both)
         for name in ("cluster", "distance", "runner_up", "margin", "ood"):
             getattr(out, name)[chosen] = getattr(ca, name)
         return out
@@ -308,18 +309,27 @@ class SegmentService:
         return Prediction(a.cluster, a.distance, a.runner_up, a.margin, a.ood,
                           [version] * len(x), versions_used=(version,))
 
-    def _record(self, version: str, cluster: np.ndarray, distance: np.ndarray) -> None:
+    def _record(self, version: str, cluster: np.ndarray, distance: np.ndarray,
+                stable_cluster: np.ndarray | None = None,
+                stable_distance: np.ndarray | None = None) -> None:
+        """Count what ``version`` assigned (and, for a canary, how it compares with the stable
+        version's assignment of the same rows) in the open analysis window."""
         if not len(cluster):
             return
         w = self.stats.get(version)
         w.rows += len(cluster)
+        clusters = cluster[:256].tolist() if len(cluster) <= 256 else None
         w.distance.extend(distance[:256].tolist())
-        if len(cluster) == 1:
-            c = int(cluster[0])
-            w.clusters[c] = w.clusters.get(c, 0) + 1
+        if clusters is not None:  # small batches: plain Python beats np.unique
+            for c in clusters:
+                w.clusters[c] = w.clusters.get(c, 0) + 1
         else:
             for c, k in zip(*np.unique(cluster, return_counts=True)):
                 w.clusters[int(c)] = w.clusters.get(int(c), 0) + int(k)
+        if stable_cluster is not None:
+            w.compared += len(cluster)
+            w.agreed += int((cluster == stable_cluster).sum())
+            w.stable_distance.extend(stable_distance[:256].tolist())
 
     def predict_entities(self, ids: list[int], *, version: str | None = None) -> Prediction:
         """Score customers by id through the online store; an unknown id is a per-row error."""

@@ -70,6 +70,7 @@ def serve(settings: Settings, **kwargs) -> None:
     import uvicorn
 
     app = build_app(settings, access_log=sys.stdout.buffer, **kwargs)  # JSON lines on stdout
+    app.tune_gc = True  # a process of its own
     uvicorn.run(app, host=settings.serving_host, port=settings.serving_port, log_level="warning",
                 access_log=False, loop="uvloop", http="httptools", lifespan="on")
 
