@@ -566,9 +566,11 @@ def _object(raw: bytes, what: str, example: str) -> dict:
 
 def _opt_str(body: dict, key: str) -> str | None:
     value = body.get(key)
-    if value is not None and not isinstance(value, (str, int)) or isinstance(value, bool):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidInput(f"{key} must be a string, got {value!r}")
-    return None if value is None else str(value)
+    return str(value)
 
 
 def _requested(wanted, available: list[str]) -> list[str]:
