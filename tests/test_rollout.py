@@ -44,7 +44,8 @@ def _fit(x, pre, seed, champion=None):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, snapshot_path):
-    """Registry with champion v1, a good challenger v2 (refit, ids matched) and a bad one v3
+    """Registry with champion v1, a good challenger v2 (refit on half the rows with another
+    seed, ids matched) and a bad one v3
     (v1's centroids with their feature columns shuffled)."""
     import mlflow
 
@@ -54,7 +55,8 @@ def world(tmp_path_factory, snapshot_path):
     pre = Preprocessor.fit(frame)
     x = pre.transform(frame)
     champion = _fit(x, pre, seed=0)
-    good = _fit(x, pre, seed=1, champion=champion)
+    half = np.random.default_rng(1).permutation(len(x))[: len(x) // 2]
+    good = _fit(x[half], pre, seed=1, champion=champion)  # a retrain on half the customers
     shuffled = champion.centroids[:, np.random.default_rng(5).permutation(12)]
     bad = SegmentModel(shuffled, pre, dict(champion.metadata))
     versions = []
