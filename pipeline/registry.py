@@ -461,6 +461,8 @@ def download_model(settings: Settings, alias: str = "champion", *, version: str 
             raise LookupError(f"model {settings.model_name!r} has no alias {alias!r}; "
                               f"run the training DAG or `kmeans train` first")
         version = str(found.version)
+    else:
+        version = str(model_version(settings, version).version)  # LookupError if unknown
     configure(settings)
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/{settings.model_name}/{version}")

@@ -248,10 +248,30 @@ def score_small(raw, log_cols, medians, means, stds, centroids):
 
 
 @njit(nogil=True, cache=True)
-def row_hash_buckets(rows, mult, buckets):
-    """Stable bucket per row of floats: splitmix64 of sum(bits(value) * mult[column]), with NaN
-    and -0.0 hashed as 0.0 (the serving canary split's key for rows without an id)."""
+def _splitmix64(z):
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(nogil=True, cache=True)
+def id_buckets(ids, buckets):
+    """Stable bucket per integer id: splitmix64 of the id's 64 bits."""
+    out = np.empty(len(ids), np.int64)
+    for i in range(len(ids)):
+        out[i] = np.int64(_splitmix64(np.int64(ids[i]).view(np.uint64)) % np.uint64(buckets))
+    return out
+
+
+@njit(nogil=True, cache=True)
+def row_hash_buckets(rows, buckets):
+    """Stable bucket per row of floats: splitmix64 of sum(bits(value) * odd multiplier of its
+    column), with NaN and -0.0 hashed as 0.0 (the canary split's key for rows without an id)."""
     n, d = rows.shape
+    mult = np.empty(d, np.uint64)
+    for j in range(d):
+        mult[j] = _splitmix64(np.uint64(j + 1)) | np.uint64(1)
     out = np.empty(n, np.int64)
     for i in range(n):
         total = np.uint64(0)
@@ -260,9 +280,5 @@ def row_hash_buckets(rows, mult, buckets):
             if v != v or v == 0.0:
                 v = 0.0
             total += np.float64(v).view(np.uint64) * mult[j]
-        z = total + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-        out[i] = np.int64(z % np.uint64(buckets))
+        out[i] = np.int64(_splitmix64(total) % np.uint64(buckets))
     return out

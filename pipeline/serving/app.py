@@ -186,7 +186,7 @@ class InferenceApp:
             "ready": Route("model_ready", self.model_ready),
             "infer": Route("infer", self.infer, ("POST",), "predict"),
         }
-        self._v1_model = Route("model_ready_v1", self.model_ready_v1)
+        self._v1_model = Route("model_ready_v1", self.model_ready)
         self._v1_predict = Route("predict", self.predict_v1, ("POST",), "predict")
         self.metrics.routing(service.routing.describe())
         self.metrics.inflight.set_function(lambda: self.inflight)
@@ -392,11 +392,6 @@ class InferenceApp:
 
     async def list_models(self, request):
         return _json({"models": [self.service.name]})
-
-    async def model_ready_v1(self, request):
-        self._check_model(request.params)
-        ready = self.service.ready
-        return _json({"name": self.service.name, "ready": ready}, 200 if ready else 503)
 
     async def prometheus(self, request):
         return 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode(), ()

@@ -358,44 +358,11 @@ class SegmentService:
         return pred
 
 
-_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-
-
-def _splitmix(z: np.ndarray) -> np.ndarray:
-    z = z + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    return z ^ (z >> np.uint64(31))
-
-
-_COLUMN_MULT = _splitmix(np.arange(1, 1025, dtype=np.uint64)) | np.uint64(1)  # odd, per column
-
-
-_M64 = (1 << 64) - 1
-
-
-def _splitmix_int(z: int) -> int:
-    """``_splitmix`` for one Python int (same result, without NumPy's per-call cost)."""
-    z = (z + 0x9E3779B97F4A7C15) & _M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return z ^ (z >> 31)
-
-
 def bucket(keys: np.ndarray) -> np.ndarray:
-    """A stable bucket in [0, 10,000) per key: an integer id, or a row of floats.
+    """A stable bucket in [0, 10,000) per key: an integer id, or a row of floats. The same
+    key gets the same bucket in every process and replica, whatever batch it comes in."""
+    from pipeline.engine.kernel import id_buckets, row_hash_buckets
 
-    The same key gets the same bucket in every process and replica, whatever the batch it
-    comes in."""
     if keys.ndim == 1:
-        if len(keys) == 1:
-            return np.array([_splitmix_int(int(keys[0]) & _M64) % BUCKETS])
-        with np.errstate(over="ignore"):
-            h = _splitmix(keys.astype(np.int64).view(np.uint64))
-        return (h % np.uint64(BUCKETS)).astype(np.int64)
-    from pipeline.engine.kernel import row_hash_buckets
-
-    rows = np.ascontiguousarray(keys, dtype=np.float64)
-    width = rows.shape[1]
-    mult = _COLUMN_MULT[:width] if width <= len(_COLUMN_MULT) else np.resize(_COLUMN_MULT, width)
-    return row_hash_buckets(rows, mult, BUCKETS)
+        return id_buckets(np.ascontiguousarray(keys, dtype=np.int64), BUCKETS)
+    return row_hash_buckets(np.ascontiguousarray(keys, dtype=np.float64), BUCKETS)

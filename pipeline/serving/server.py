@@ -14,20 +14,12 @@ log = logging.getLogger(__name__)
 
 
 def registry_loader(settings: Settings):
-    """``loader(version=..., alias=...)`` for the admin API: download and verify a version."""
-    from mlflow.exceptions import MlflowException
-
+    """``loader(version=..., alias=...)`` for the admin API: download and verify a version
+    (LookupError for an unknown version or alias, ArtifactError for a tampered artifact)."""
     from pipeline import registry
 
     def load(version: str | None = None, alias: str | None = None):
-        try:
-            return registry.download_model(settings, alias or "champion", version=version)
-        except MlflowException as err:
-            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND",
-                                  "INVALID_PARAMETER_VALUE"):
-                raise LookupError(f"model {settings.model_name!r} has no version "
-                                  f"{version or alias!r}: {err.message}") from err
-            raise
+        return registry.download_model(settings, alias or "champion", version=version)
     return load
 
 
