@@ -11,7 +11,7 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, task
 
-from pipeline.dag_defaults import DEFAULT_ARGS
+from pipeline.orchestration.dag_defaults import DEFAULT_ARGS
 
 
 @dag(
@@ -26,26 +26,26 @@ from pipeline.dag_defaults import DEFAULT_ARGS
     params={
         "reason": Param(type="string", minLength=1,
                         description="Why the champion is rolled back (kept in the audit trail)."),
-        "to_version": Param("", type="string", pattern=r"^(\d+)?$",
+        "to_version": Param(None, type=["null", "string"], pattern=r"^\d+$",
                             description="Version to return to; empty: the 'previous' alias."),
     },
 )
 def kmeans_rollback():
     @task(retries=0)  # a refused rollback (nothing to return to, lock held) is for a person
     def rollback(params=None, run_id=None) -> dict:
-        from pipeline import flow
+        from pipeline.orchestration import flow
 
         return flow.rollback(params, actor=run_id)
 
     @task
     def ready_to_serve(rolled_back: dict) -> dict:
-        from pipeline import flow
+        from pipeline.orchestration import flow
 
         return flow.ready_to_serve({"version": rolled_back["champion"]})
 
     @task
     def sync_server(rolled_back: dict) -> dict:
-        from pipeline import flow
+        from pipeline.orchestration import flow
 
         return flow.sync_server(rolled_back)
 

@@ -1,7 +1,7 @@
 """kmeans_training: Feast features -> Great Expectations -> Spark K sweep -> gates -> MLflow.
 
 Scheduled daily; trigger it by hand with params to change the K range, the sample, the
-iterations, the seed or the window. Every task calls one function of ``pipeline.flow``; heavy
+iterations, the seed or the window. Every task calls one function of ``pipeline.orchestration.flow``; heavy
 libraries are imported inside the tasks so the scheduler parses this file fast.
 
 After evaluate, the gates (data, quality, comparison, drift) run; a refusal fails ``gates`` and
@@ -18,7 +18,9 @@ import datetime as dt
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
-from pipeline.dag_defaults import DEFAULT_ARGS
+from pipeline.orchestration.dag_defaults import DEFAULT_ARGS
+from pipeline.orchestration.params import dag_params
+from pipeline.training.params import TrainParams
 
 
 @dag(
@@ -31,72 +33,62 @@ from pipeline.dag_defaults import DEFAULT_ARGS
     tags=["kmeans", "training", "segmentation"],
     doc_md=__doc__,
     params={
-        "k_min": Param(2, type="integer", minimum=2, maximum=256, description="Smallest K."),
-        "k_max": Param(8, type="integer", minimum=2, maximum=256, description="Largest K."),
-        "sample_fraction": Param(1.0, type="number", exclusiveMinimum=0, maximum=1,
-                                 description="Share of training rows used by the sweep."),
-        "max_iter": Param(50, type="integer", minimum=1, maximum=1000,
-                          description="Most Lloyd iterations per K."),
-        "seed": Param(42, type="integer", minimum=0, description="Seed of init and sampling."),
-        "n_init": Param(1, type="integer", minimum=1, maximum=20,
-                        description="Initialisations per K (best inertia kept)."),
+        # The training params come from one typed model (pipeline.training.params), the same
+        # that types the CLI's options; the window's own params follow.
+        **dag_params(TrainParams),
         "lookback_days": Param(7, type="integer", minimum=1, maximum=365,
                                description="Days of data that end at the interval end."),
-        "end_date": Param("", type="string", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
-                          description="Optional window end (YYYY-MM-DD); default: interval end."),
-        "engine": Param("spark", enum=["spark", "local"], description="Spark or in-process."),
-        "init": Param("k-means||", enum=["k-means||", "k-means++"],
-                      description="Initialisation: k-means|| over all rows, or k-means++."),
-        "empty_cluster": Param("farthest", enum=["farthest", "split"],
-                               description="Policy for a centroid that loses all its points."),
+        "end_date": Param(None, type=["null", "string"], format="date",
+                          description="Optional window end (YYYY-MM-DD); default: the data "
+                                      "interval end."),
     },
 )
 def kmeans_training():
     @task
     def window(**context) -> tuple[str, str]:
-        from pipeline import flow
+        from pipeline.orchestration import flow
 
         return flow.interval(context)
 
     @task
     def ingest(window: tuple[str, str]) -> dict:
-        from pipeline import flow
+        from pipeline.orchestration import flow
 
         return flow.ingest(window)
 
     @task
     def materialize(window: tuple[str, str]) -> dict:
-        from pipeline import flow
+        from pipeline.orchestration import flow
 
         return flow.materialize(window)
 
     @task
     def snapshot(window: tuple[str, str]) -> str:
-        from pipeline import flow
+        from pipeline.orchestration import flow
 
         return flow.snapshot(window)
 
     @task(retries=0)  # a bad batch stays bad: fail at once, keep the report
     def validate(snapshot_path: str) -> str:
-        from pipeline import flow
+        from pipeline.orchestration import flow
 
         return flow.validate(snapshot_path)
 
     @task
     def train(snapshot_path: str, report: str, params=None) -> dict:
-        from pipeline import flow
+        from pipeline.orchestration import flow
 
         return flow.train(snapshot_path, report, params)
 
     @task
     def evaluate(trained: dict, snapshot_path: str, params=None) -> dict:
-        from pipeline import flow
+        from pipeline.orchestration import flow
 
         return flow.evaluate(trained, snapshot_path, params)
 
     @task(retries=0)  # a refused model stays refused: fail at once, the figures are logged
     def gates(evaluated: dict, snapshot_path: str, report: str) -> dict:
-        from pipeline import flow
+        from pipeline.orchestration import flow
 
         return flow.gates(evaluated, snapshot_path, report)
 
@@ -116,19 +108,19 @@ def kmeans_training():
 
     @task(trigger_rule="none_failed_min_one_success")  # also when drift_review was skipped
     def register(gated: dict, ti=None) -> dict:
-        from pipeline import flow
+        from pipeline.orchestration import flow
 
         return flow.register(gated, ti.xcom_pull(task_ids="drift_review"))
 
     @task
     def ready_to_serve(registered: dict) -> dict:
-        from pipeline import flow
+        from pipeline.orchestration import flow
 
         return flow.ready_to_serve(registered)
 
     @task(retries=0)  # a rollout that rolled back has done its job; a retry would redo it
     def rollout(registered: dict) -> dict:
-        from pipeline import flow
+        from pipeline.orchestration import flow
 
         return flow.rollout(registered)
 

@@ -2,24 +2,51 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
+import inspect
 import json
 import logging
+import os
+import sys
+import warnings
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 import typer.core
+from pydantic import BaseModel, ValidationError
+
+from pipeline import registry
+from pipeline.core.settings import load_settings
+from pipeline.data import features
+from pipeline.data.datagen import generate_lake
+from pipeline.data.ingest import ingest_lake
+from pipeline.data.validation import ValidationFailed, validate_snapshot
+from pipeline.demo import run_demo
+from pipeline.promotion import gates as gate_checks
+from pipeline.promotion.gates import GateRefused
+from pipeline.promotion.register import register as register_run
+from pipeline.registry import AliasMoveInProgress
+from pipeline.rollout import controller as ro
+from pipeline.rollout.base import RolloutError
+from pipeline.serving.server import serve as run_server
+from pipeline.training import stages
+from pipeline.training.params import TrainParams
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="K-means segmentation platform: one command per pipeline stage.")
 
 Day = Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Day (YYYY-MM-DD), UTC.")]
 
+# Loggers and warnings of dependencies that are noise to a CLI user; `-v` shows them all.
+NOISY_LOGGERS = ("py4j", "feast", "mlflow", "great_expectations", "alembic", "urllib3",
+                 "pipeline.serving.access", "httpx", "numba")
+
 
 def _settings():
-    from pipeline.settings import load_settings
-
     return load_settings()
 
 
@@ -27,8 +54,6 @@ _result_stream = None  # the command's real stdout, kept while libraries' prints
 
 
 def _echo(obj) -> None:
-    import sys
-
     print(json.dumps(obj, indent=2, default=str), file=_result_stream or sys.stdout, flush=True)
 
 
@@ -36,15 +61,7 @@ class _Command(typer.core.TyperCommand):
     """Turns the errors a user can cause into one clear line and exit code 2, not a traceback."""
 
     def invoke(self, ctx):
-        import contextlib
-        import sys
-
         from mlflow.exceptions import MlflowException
-        from pydantic import ValidationError
-
-        from pipeline.gates import GateRefused
-        from pipeline.registry import AliasMoveInProgress
-        from pipeline.rollout import RolloutError
 
         global _result_stream
         _result_stream = sys.stdout
@@ -63,13 +80,56 @@ class _Command(typer.core.TyperCommand):
             raise typer.Exit(2) from err
 
 
+def options_from(model: type[BaseModel]):
+    """Give a command one option per field of ``model`` (name, default, help and choices from
+    the field) and call it with the validated model as ``params``: the model is the one place
+    the options are declared, as the DAG's Params are derived from it too."""
+    def wrap(fn):
+        signature = inspect.signature(fn)
+        kept = [p for p in signature.parameters.values() if p.name != "params"]
+        added, hints = [], {}
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            option = typer.Option(field.default, f"--{name.replace('_', '-')}",
+                                  help=field.description, show_default=True)
+            added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                           default=option, annotation=annotation))
+            hints[name] = annotation
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            values = {name: kwargs.pop(name) for name in model.model_fields}
+            return fn(params=model(**values), **kwargs)
+
+        command.__signature__ = signature.replace(parameters=[*kept, *added])
+        command.__annotations__ = {**{k: v for k, v in fn.__annotations__.items()
+                                      if k != "params"}, **hints}
+        del command.__wrapped__  # typer must read the new signature, not the original's
+        return command
+    return wrap
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False):
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                                help="Debug logs and dependencies' warnings.")]
+          = False):
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("py4j", "feast", "mlflow", "great_expectations", "alembic", "urllib3",
-                  "pipeline.serving.access", "httpx"):
+    if not verbose:
+        quiet_dependencies()
+
+
+def quiet_dependencies() -> None:
+    """Dependencies' known, harmless chatter off: their warnings (FutureWarning,
+    DeprecationWarning and the like), INFO logs and Great Expectations' progress bars."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(mlflow|feast|pydantic|"
+                            r"great_expectations|evidently|airflow|pyspark|sklearn)\b")
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 @app.command(cls=_Command)
@@ -80,8 +140,6 @@ def generate(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
 ):
     """Write synthetic customer behaviour to the data lake (Parquet, one partition a day)."""
-    from pipeline.datagen import generate_lake
-
     out = generate_lake(_settings().lake_dir, n_customers=customers, start=start.date(),
                         days=days, seed=seed)
     _echo({"path": str(out.path), "days": out.days, "rows": out.rows})
@@ -90,94 +148,67 @@ def generate(
 @app.command(cls=_Command)
 def ingest(start: Day, end: Day):
     """Land the lake's days in [start, end) in the offline feature table."""
-    from pipeline import training
-
-    _echo(training.ingest(_settings(), start, end))
+    _echo(ingest_lake(_settings(), start.date(), end.date()).to_dict())
 
 
 @app.command(cls=_Command)
 def apply():
     """Register the Feast declarations of feature_repo/ (feast apply)."""
-    from pipeline.features import apply_repo
-
-    _echo(apply_repo(_settings()))
+    _echo(features.apply_repo(_settings()))
 
 
 @app.command(cls=_Command)
 def materialize(start: Day, end: Day):
     """Load the latest feature values of [start, end) into the Feast online store."""
-    from pipeline.features import materialize as run
-
-    run(_settings(), _utc(start), _utc(end))
+    features.materialize(_settings(), _utc(start), _utc(end))
     _echo({"materialized": [start.date().isoformat(), end.date().isoformat()]})
 
 
 @app.command(cls=_Command)
 def snapshot(start: Day, end: Day):
     """Build the training snapshot of [start, end) from the Feast feature service."""
-    from pipeline import training
-
-    _echo({"snapshot": training.snapshot(_settings(), _utc(start), _utc(end))})
+    settings = _settings()
+    features.apply_repo(settings)
+    _echo({"snapshot": features.training_snapshot(settings, _utc(start), _utc(end)).path})
 
 
 @app.command(cls=_Command)
 def validate(snapshot_path: Annotated[Path, typer.Argument(help="Snapshot folder.")]):
     """Run the Great Expectations suite on a snapshot; exit 1 if it fails."""
-    from pipeline import training
-    from pipeline.validation import ValidationFailed
-
     try:
-        _echo({"report": training.validate(_settings(), str(snapshot_path))})
+        result = validate_snapshot(_settings(), features.Snapshot.load(snapshot_path))
     except ValidationFailed as err:
         typer.echo(f"validation failed: {err}", err=True)
         raise typer.Exit(1) from err
+    _echo({"report": result.report_html})
 
 
 @app.command(cls=_Command)
-def train(
-    snapshot_path: Annotated[Path, typer.Argument(help="Snapshot folder.")],
-    k_min: Annotated[int, typer.Option(help="Smallest K.")] = 2,
-    k_max: Annotated[int, typer.Option(help="Largest K.")] = 8,
-    sample_fraction: Annotated[float, typer.Option(help="Share of training rows.")] = 1.0,
-    max_iter: Annotated[int, typer.Option(help="Most iterations per K.")] = 50,
-    n_init: Annotated[int, typer.Option(help="Initialisations per K.")] = 1,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 42,
-    engine: Annotated[str, typer.Option(help="spark or local.")] = "spark",
-    init: Annotated[str, typer.Option(help="k-means|| or k-means++.")] = "k-means||",
-    empty_cluster: Annotated[str, typer.Option(help="farthest or split.")] = "farthest",
-):
+@options_from(TrainParams)
+def train(snapshot_path: Annotated[Path, typer.Argument(help="Snapshot folder.")], *,
+          params: TrainParams):
     """Run the K sweep, choose K, log the run to MLflow."""
-    from pipeline import training
-
-    params = training.TrainParams(k_min=k_min, k_max=k_max, sample_fraction=sample_fraction,
-                                  max_iter=max_iter, n_init=n_init, seed=seed, engine=engine,
-                                  init=init, empty_cluster=empty_cluster)
-    _echo(training.train(_settings(), str(snapshot_path), params))
+    _echo(stages.train(_settings(), str(snapshot_path), params))
 
 
 @app.command(cls=_Command)
 def evaluate(run_id: str, snapshot_path: Path):
     """Score a run's model and the champion on the same holdout (the run's own split)."""
-    from pipeline import training
-
-    _echo(training.evaluate(_settings(), run_id, str(snapshot_path)))
+    _echo(stages.evaluate(_settings(), run_id, str(snapshot_path)))
 
 
 @app.command(cls=_Command)
 def gates(
     run_id: str,
     snapshot_path: Annotated[Path, typer.Argument(help="Snapshot folder the run trained on.")],
-    validation_report: Annotated[Optional[Path], typer.Option(
+    validation_report: Annotated[Path | None, typer.Option(
         help="Report validate wrote (default: the snapshot's own).")] = None,
 ):
     """Run the promotion gates (data, quality, comparison, drift) on an evaluated run; exit 1
     if a gate refuses. A drift over the threshold is reported as needing review."""
-    from pipeline import training
-    from pipeline.gates import GateRefused
-
     try:
-        _echo(training.gates(_settings(), run_id, str(snapshot_path),
-                             str(validation_report) if validation_report else None))
+        _echo(gate_checks.check(_settings(), run_id, str(snapshot_path),
+                                str(validation_report) if validation_report else None))
     except GateRefused as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(1) from err
@@ -187,68 +218,51 @@ def gates(
 def register(run_id: str):
     """Register a run's model as a new version with alias challenger (refused if its gates
     refused it)."""
-    from pipeline import training
-
-    _echo(training.register(_settings(), run_id))
+    _echo(register_run(_settings(), run_id))
 
 
 @app.command(cls=_Command)
 def promote(
     version: Annotated[str, typer.Argument(help="Model version to make champion.")],
     reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")],
-    actor: Annotated[Optional[str], typer.Option(help="Who (default: your user name).")] = None,
+    actor: Annotated[str | None, typer.Option(help="Who (default: your user name).")] = None,
 ):
     """Make a version champion: previous <- old champion; challenger removed if it was this
     version. Refused if another promotion or rollback is in progress."""
-    from pipeline import gates, registry
-
     settings = _settings()
     found = registry.model_version(settings, version)
-    figures = gates.figures_of(gates.load_summary(settings, found.run_id))
+    figures = gate_checks.figures_of(gate_checks.load_summary(settings, found.run_id))
     _echo({**registry.promote(settings, version, reason=reason, actor=actor, figures=figures),
-           "server": _sync_server(settings)})
+           "server": ro.sync_stable(settings)})
 
 
 @app.command(cls=_Command)
 def rollback(
     reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")],
-    to_version: Annotated[Optional[str], typer.Option(
+    to_version: Annotated[str | None, typer.Option(
         help="Version to return to (default: the one behind 'previous').")] = None,
-    actor: Annotated[Optional[str], typer.Option(help="Who (default: your user name).")] = None,
+    actor: Annotated[str | None, typer.Option(help="Who (default: your user name).")] = None,
 ):
     """Make previous (or --to-version) champion again; challenger removed. Refused if another
     promotion or rollback is in progress."""
-    from pipeline import registry
-
     settings = _settings()
     _echo({**registry.rollback(settings, reason=reason, to_version=to_version, actor=actor),
-           "server": _sync_server(settings)})
-
-
-def _sync_server(settings):
-    """Serve the new champion at once where a rollout backend is configured."""
-    from pipeline.rollout import sync_stable
-
-    return sync_stable(settings)
+           "server": ro.sync_stable(settings)})
 
 
 @app.command(cls=_Command)
 def rollout(
-    version: Annotated[Optional[str], typer.Argument(
+    version: Annotated[str | None, typer.Argument(
         help="Version to roll out (default: the one behind 'challenger').")] = None,
     resume: Annotated[bool, typer.Option(
         help="Finish an interrupted rollout instead of starting one.")] = False,
-    steps: Annotated[Optional[str], typer.Option(
+    steps: Annotated[str | None, typer.Option(
         help="Steps, e.g. 'shadow,10,50,100' (KMEANS_ROLLOUT_STEPS).")] = None,
-    interval: Annotated[Optional[float], typer.Option(
+    interval: Annotated[float | None, typer.Option(
         min=0.1, help="Analysis interval in seconds (KMEANS_ROLLOUT_INTERVAL_SECONDS).")] = None,
 ):
     """Roll a version out through the steps, analysing each against the champion; promote it,
     or roll it back at the first failed step."""
-    from dataclasses import asdict
-
-    from pipeline import registry, rollout as ro
-
     settings = _settings()
     controller = ro.controller_for(settings, steps=steps, interval_s=interval)
     if resume:
@@ -266,16 +280,14 @@ def rollout(
 @app.command(cls=_Command)
 def audit():
     """Print the audit trail of alias moves."""
-    from pipeline.registry import read_audit
-
-    _echo(read_audit(_settings()))
+    _echo(registry.read_audit(_settings()))
 
 
 @app.command(cls=_Command)
 def serve(
     alias: Annotated[str, typer.Option(help="Model alias to serve as the stable version.")] =
     "champion",
-    version: Annotated[Optional[str], typer.Option(
+    version: Annotated[str | None, typer.Option(
         help="Serve this registry version instead of the alias (KServe canary revisions).")] =
     None,
     canary_alias: Annotated[str, typer.Option(
@@ -285,19 +297,17 @@ def serve(
              "weight's share.")] = "shadow",
     canary_weight: Annotated[float, typer.Option(
         min=0, max=100, help="Percent of keys the canary answers (canary mode).")] = 0.0,
-    host: Annotated[Optional[str], typer.Option(help="Bind address (KMEANS_SERVING_HOST).")] = None,
-    port: Annotated[Optional[int], typer.Option(min=0, max=65535,
-                                                help="Port (KMEANS_SERVING_PORT).")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (KMEANS_SERVING_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535,
+                                             help="Port (KMEANS_SERVING_PORT).")] = None,
 ):
     """Serve the model behind an alias (Open Inference Protocol v2 and KServe v1)."""
-    from pipeline.serving.server import serve as run
-    from pipeline.settings import load_settings
-
     if canary_mode not in ("shadow", "canary"):
         raise ValueError(f"--canary-mode {canary_mode!r} should be 'shadow' or 'canary'")
     overrides = {k: v for k, v in (("serving_host", host), ("serving_port", port)) if v is not None}
-    run(load_settings(**overrides), alias=alias, version=version, canary_alias=canary_alias or None,
-        canary_mode=canary_mode, canary_weight=canary_weight)
+    run_server(load_settings(**overrides), alias=alias, version=version,
+               canary_alias=canary_alias or None, canary_mode=canary_mode,
+               canary_weight=canary_weight)
 
 
 @app.command(cls=_Command)
@@ -307,14 +317,12 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the data.")] = 7,
 ):
     """Sample data, the training DAG end to end, the model served, example predictions."""
-    from pipeline.demo import run_demo
-
     run_demo(_settings(), customers=customers, days=days, seed=seed)
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
     """A day typed on the command line (naive) is a UTC day."""
-    return value.replace(tzinfo=dt.timezone.utc)
+    return value.replace(tzinfo=dt.UTC)
 
 
 def main() -> None:  # console-script entry point

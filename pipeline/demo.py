@@ -6,7 +6,15 @@ import datetime as dt
 import json
 import time
 
-from pipeline.settings import Settings
+import httpx
+
+from pipeline import registry
+from pipeline.core.settings import Settings
+from pipeline.data import features, ingest
+from pipeline.data.datagen import generate_lake
+from pipeline.data.features import feature_store, online_features
+from pipeline.orchestration import airflow_env
+from pipeline.serving.server import build_app, running
 
 START = dt.date(2026, 11, 1)
 
@@ -16,13 +24,10 @@ def _say(step: str, text: str) -> None:
 
 
 def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed: int = 7) -> None:
-    from pipeline import airflow_env
 
     t0 = time.monotonic()
     airflow_env.prepare(settings)  # before anything imports airflow
 
-    from pipeline import features, training
-    from pipeline.datagen import generate_lake
 
     _say("1/5", f"generating {customers} customers x {days} days into {settings.lake_dir}")
     lake = generate_lake(settings.lake_dir, n_customers=customers, start=START, days=days,
@@ -32,7 +37,7 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
     end = dt.datetime.combine(START + dt.timedelta(days=days), dt.time(), dt.timezone.utc)
     start = end - dt.timedelta(days=days)
     _say("2/5", "landing the lake in the feature table, feast apply, materialize (SQLite)")
-    landed = training.ingest(settings, start, end)
+    landed = ingest.ingest_lake(settings, start.date(), end.date()).to_dict()
     print(f"   accepted {landed['accepted']} rows, rejected {landed['rejected']}")
     print(f"   feast objects: {features.apply_repo(settings)}")
     features.materialize(settings, start - dt.timedelta(days=30), end)
@@ -65,7 +70,6 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
 
 
 def _latest_registration(settings: Settings) -> dict:
-    from pipeline import registry
 
     version = registry.alias_version(settings, "challenger")
     tags = version.tags or {}
@@ -74,10 +78,7 @@ def _latest_registration(settings: Settings) -> dict:
 
 
 def _serve_examples(settings: Settings) -> None:
-    import httpx
 
-    from pipeline.features import feature_store, online_features
-    from pipeline.serving.server import build_app, running
 
     app = build_app(settings)
     feature_names = app.service.feature_names

@@ -10,21 +10,28 @@ under the model's alias lock, and is appended to the audit trail (``home/audit/a
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import getpass
 import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.settings import Settings
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
+from pipeline.core.settings import Settings
+from pipeline.model.artifact import SegmentModel
 
 log = logging.getLogger(__name__)
 
-MODEL_CODE = Path(__file__).with_name("model_code.py")
+MODEL_CODE = Path(__file__).parent / "model" / "pyfunc.py"
 ARTIFACT_PATH = "segment_model"
 ALIASES = ("champion", "challenger", "previous")
 
@@ -75,8 +82,6 @@ def alias_version(settings: Settings, alias: str):
 
 def log_model_version(settings: Settings, run_id: str, artifact_dir: Path, tags: dict) -> str:
     """Log the artifact folder as a models-from-code pyfunc in ``run_id`` and register it."""
-    import shutil
-    import tempfile
 
     import mlflow
 
@@ -325,7 +330,6 @@ class _FileLock:
         self._fh = None
 
     def acquire(self, holder: dict, wait: float) -> bool:
-        import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
@@ -356,7 +360,6 @@ class _FileLock:
         return None
 
     def release(self) -> None:
-        import fcntl
 
         self._fh.seek(0)
         self._fh.truncate()
@@ -378,8 +381,6 @@ class _PostgresLock:
         self._conn = None
 
     def _connect(self):
-        import sqlalchemy as sa
-        from sqlalchemy.pool import NullPool
 
         try:
             return sa.create_engine(self.url, poolclass=NullPool).connect()
@@ -388,7 +389,6 @@ class _PostgresLock:
                                f"no PostgreSQL driver is installed: {err}") from err
 
     def acquire(self, holder: dict, wait: float) -> bool:
-        import sqlalchemy as sa
 
         conn = self._connect()
         deadline = time.monotonic() + wait
@@ -407,7 +407,6 @@ class _PostgresLock:
         return True
 
     def holder(self) -> dict | None:
-        import sqlalchemy as sa
 
         with self._connect() as conn:
             tag = conn.execute(sa.text(
@@ -422,7 +421,6 @@ class _PostgresLock:
                 "actor": parts[4]}
 
     def release(self) -> None:
-        import sqlalchemy as sa
 
         self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
         self._conn.close()
@@ -453,7 +451,6 @@ def download_model(settings: Settings, alias: str = "champion", *, version: str 
     returns (SegmentModel, version)."""
     import mlflow
 
-    from pipeline.artifact import SegmentModel
 
     if version is None:
         found = alias_version(settings, alias)

@@ -31,7 +31,7 @@ BEGIN = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 
 
 def make_settings(home: Path, **overrides):
-    from pipeline.settings import load_settings
+    from pipeline.core.settings import load_settings
 
     return load_settings(home=home, **overrides)
 
@@ -58,13 +58,14 @@ def settings(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def lake_home():
     """A small lake (1,500 customers x 3 days), landed, applied and materialized, shared."""
-    from pipeline import features, training
-    from pipeline.datagen import generate_lake
+    from pipeline.data import features
+    from pipeline.data.ingest import ingest_lake
+    from pipeline.data.datagen import generate_lake
 
     home = _SESSION_DIR / "lake-home"
     s = make_settings(home)
     generate_lake(s.lake_dir, n_customers=1500, start=START, days=DAYS, seed=11)
-    training.ingest(s, BEGIN, END)
+    ingest_lake(s, BEGIN.date(), END.date())
     features.apply_repo(s)
     features.materialize(s, BEGIN - dt.timedelta(days=30), END)
     return home
@@ -72,7 +73,7 @@ def lake_home():
 
 @pytest.fixture(scope="session")
 def snapshot_path(lake_home):
-    from pipeline.features import training_snapshot
+    from pipeline.data.features import training_snapshot
 
     return training_snapshot(make_settings(lake_home), BEGIN, END).path
 
@@ -87,6 +88,6 @@ def spark():
 @pytest.fixture(scope="session")
 def airflow_db():
     """Airflow metadata DB (SQLite) for dag.test(), migrated once per session."""
-    from pipeline import airflow_env
+    from pipeline.orchestration import airflow_env
 
     return airflow_env.prepare(make_settings(_SESSION_DIR / "airflow-settings"))

@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.artifact import ArtifactError, SegmentModel
-from pipeline.preprocessing import Preprocessor, holdout_mask
-from pipeline.settings import FEATURE_NAMES
+from pipeline.core.settings import FEATURE_NAMES
+from pipeline.model.artifact import ArtifactError, SegmentModel
+from pipeline.model.preprocessing import Preprocessor
+from pipeline.training.split import holdout_mask
 
 
 @pytest.fixture

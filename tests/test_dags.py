@@ -2,14 +2,13 @@
 drift review rejected and approved) and of kmeans_rollback."""
 
 import ast
-import datetime as dt
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from pipeline.settings import PROJECT_ROOT
+from pipeline.core.settings import PROJECT_ROOT
 from tests.conftest import BEGIN, DAYS, END, START, make_settings, shifted
 
 DAG_FILES = sorted((PROJECT_ROOT / "dags").glob("*.py"))
@@ -42,7 +41,7 @@ def test_dagbag_has_no_import_errors_and_every_dag_is_tagged_and_owned(airflow_d
 
 
 def test_training_dag_is_daily_with_params(airflow_db):
-    from pipeline.airflow_env import load_dag
+    from pipeline.orchestration.airflow_env import load_dag
 
     dag = load_dag("kmeans_training")
     assert dag.schedule == "@daily"
@@ -50,7 +49,7 @@ def test_training_dag_is_daily_with_params(airflow_db):
 
 
 def test_rollback_dag_is_manual_with_a_reason(airflow_db):
-    from pipeline.airflow_env import load_dag
+    from pipeline.orchestration.airflow_env import load_dag
 
     dag = load_dag("kmeans_rollback")
     assert dag.schedule is None
@@ -58,7 +57,7 @@ def test_rollback_dag_is_manual_with_a_reason(airflow_db):
 
 
 def test_training_dag_gates_then_reviews_drift_before_registering(airflow_db):
-    from pipeline.airflow_env import load_dag
+    from pipeline.orchestration.airflow_env import load_dag
 
     dag = load_dag("kmeans_training")
     assert dag.get_task("gates").upstream_task_ids == {"evaluate", "snapshot", "validate"}
@@ -70,7 +69,7 @@ def test_training_dag_gates_then_reviews_drift_before_registering(airflow_db):
 
 
 def _lake(home: Path, **kw):
-    from pipeline.datagen import generate_lake
+    from pipeline.data.datagen import generate_lake
 
     settings = make_settings(home)
     generate_lake(settings.lake_dir, n_customers=1200, start=START, days=DAYS, seed=21, **kw)
@@ -78,7 +77,7 @@ def _lake(home: Path, **kw):
 
 
 def _run(conf=None):
-    from pipeline.airflow_env import load_dag
+    from pipeline.orchestration.airflow_env import load_dag
 
     run = load_dag("kmeans_training").test(
         logical_date=END, run_conf={"lookback_days": DAYS, "k_min": 2, "k_max": 5,
@@ -176,11 +175,10 @@ class _Reviewer(threading.Thread):
             self.error = err
 
     def _waiting_run_id(self):
-        from sqlalchemy import select
-
         from airflow.models.taskinstance import TaskInstance
         from airflow.utils.session import create_session
         from airflow.utils.state import TaskInstanceState
+        from sqlalchemy import select
 
         while not self.done.is_set():
             with create_session() as session:
@@ -194,9 +192,8 @@ class _Reviewer(threading.Thread):
         return None
 
     def _answer(self):
-        from fastapi.testclient import TestClient
-
         from airflow.api_fastapi.app import create_app
+        from fastapi.testclient import TestClient
 
         run_id = self._waiting_run_id()
         if run_id is None:
@@ -224,31 +221,36 @@ def _run_reviewed(choice: str, conf: dict):
 @pytest.mark.integration
 def test_drift_review_reject_ends_cleanly_approve_registers_and_rollback_dag(
         airflow_db, tmp_path, monkeypatch):
-    from pipeline import gates, registry, training
-    from pipeline.airflow_env import load_dag
-    from pipeline.features import apply_repo
+    from pipeline import registry
+    from pipeline.data import features
+    from pipeline.data.ingest import ingest_lake
+    from pipeline.data.validation import validate_snapshot
+    from pipeline.orchestration.airflow_env import load_dag
+    from pipeline.promotion import gates
+    from pipeline.promotion.register import register
+    from pipeline.training import stages
 
     monkeypatch.setenv("KMEANS_HOME", str(tmp_path))
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
     settings = _lake(tmp_path)
     conf = {"engine": "local"}
     # The champion, staged by the same functions the tasks call: version 1 with its reference.
-    training.ingest(settings, BEGIN, END)
-    apply_repo(settings)
-    snap = training.snapshot(settings, BEGIN, END)
-    report = training.validate(settings, snap)
-    trained = training.train(settings, snap, {"k_min": 2, "k_max": 5, "max_iter": 25,
-                                              "engine": "local"})
-    training.evaluate(settings, trained["run_id"], snap)
+    ingest_lake(settings, BEGIN.date(), END.date())
+    features.apply_repo(settings)
+    snap = features.training_snapshot(settings, BEGIN, END).path
+    report = validate_snapshot(settings, features.Snapshot.load(snap)).report_html
+    trained = stages.train(settings, snap, {"k_min": 2, "k_max": 5, "max_iter": 25,
+                                            "engine": "local"})
+    stages.evaluate(settings, trained["run_id"], snap)
     strict = settings.model_copy(update={"gate_min_silhouette_lo": 0.9})
     with pytest.raises(gates.GateRefused, match=r"quality gate refused: silhouette CI lower "
                                                  r"bound 0\.\d{3} < threshold 0\.9"):
-        training.gates(strict, trained["run_id"], snap, report)
+        gates.check(strict, trained["run_id"], snap, report)
     with pytest.raises(gates.GateRefused, match="quality gate refused"):
-        training.register(settings, trained["run_id"])  # the logged refusal stands
-    first = training.gates(settings, trained["run_id"], snap, report)
+        register(settings, trained["run_id"])  # the logged refusal stands
+    first = gates.check(settings, trained["run_id"], snap, report)
     assert first["passed"] and not first["review"], first["refused"]
-    assert training.register(settings, trained["run_id"])["version"] == "1"
+    assert register(settings, trained["run_id"])["version"] == "1"
 
     _shift_lake(settings)  # the next run's customers come from another population
 

@@ -5,8 +5,8 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from pipeline.features import Snapshot, feature_store, online_features, training_snapshot
-from pipeline.settings import FEATURE_NAMES
+from pipeline.core.settings import FEATURE_NAMES
+from pipeline.data.features import Snapshot, feature_store, online_features, training_snapshot
 from tests.conftest import BEGIN, END, make_settings
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.flow import interval
+from pipeline.orchestration.flow import interval
 
 UTC = dt.timezone.utc
 

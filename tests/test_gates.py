@@ -6,14 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import gates
-from pipeline.drift import column_drift, reference_sample
+from pipeline.promotion import gates
+from pipeline.core.settings import FEATURE_NAMES, load_settings
+from pipeline.data.features import Snapshot
+from pipeline.data.validation import validate_frame
 from pipeline.engine import KMeans
-from pipeline.evaluation import cluster_metrics
-from pipeline.features import Snapshot
-from pipeline.preprocessing import Preprocessor, holdout_mask
-from pipeline.settings import FEATURE_NAMES, load_settings
-from pipeline.validation import validate_frame
+from pipeline.model.preprocessing import Preprocessor
+from pipeline.training.split import holdout_mask
+from pipeline.promotion.drift import column_drift, reference_sample
+from pipeline.training.evaluation import cluster_metrics
 from tests.conftest import shifted
 
 DEFAULTS = load_settings()

@@ -5,10 +5,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.datagen import LAKE_TABLE, generate_lake
-from pipeline.ingest import OFFLINE_TABLE, SchemaError, ingest_lake, split_valid
-from pipeline.io import file_sha256
-from pipeline.settings import FEATURE_NAMES
+from pipeline.core.io import file_sha256
+from pipeline.core.settings import FEATURE_NAMES
+from pipeline.data.datagen import LAKE_TABLE, generate_lake
+from pipeline.data.ingest import OFFLINE_TABLE, SchemaError, ingest_lake, split_valid
 
 
 def test_generate_is_partitioned_by_day_and_deterministic(settings):

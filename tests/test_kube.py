@@ -14,8 +14,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from pipeline.kube import KServeBackend, MODEL_ANNOTATION, STABLE_ANNOTATION
-from pipeline.rollout import RolloutError, Step
+from pipeline.rollout.backends.kubernetes import MODEL_ANNOTATION, STABLE_ANNOTATION, KServeBackend
+from pipeline.rollout.base import RolloutError, Step
 
 MANIFEST = Path(__file__).parents[1] / "k8s" / "inferenceservice.yaml"
 PATH = "/apis/serving.kserve.io/v1beta1/namespaces/kmeans/inferenceservices/customer-segments"

@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipeline.matching import match_clusters, relabel
+from pipeline.training.matching import match_clusters, relabel
 
 
 def test_permuted_labels_are_matched_back():

@@ -157,7 +157,7 @@ def test_lock_held_by_another_process_refuses_promote_and_rollback(settings, ver
     _live(settings, *versions[:2])
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from pipeline import registry; from pipeline.settings import load_settings\n"
+         "import sys; from pipeline import registry; from pipeline.core.settings import load_settings\n"
          "with registry.alias_lock(load_settings(), operation='rollback', version=None, "
          "actor='alice'):\n    print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -198,7 +198,7 @@ def test_registration_waits_for_a_promotion_in_progress(settings, versions):
 
 def test_postgres_store_uses_an_advisory_lock(tmp_path):
     """Against the machine's PostgreSQL (127.0.0.1:5432, trust auth; .ci/run starts it)."""
-    from pipeline.settings import load_settings
+    from pipeline.core.settings import load_settings
 
     settings = load_settings(home=tmp_path,
                              mlflow_tracking_uri="postgresql://postgres@127.0.0.1:5432/postgres")

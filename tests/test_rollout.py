@@ -15,13 +15,14 @@ import httpx
 import numpy as np
 import pytest
 
-from pipeline import registry, rollout
-from pipeline.artifact import SegmentModel
+from pipeline import registry
+from pipeline.rollout import controller as rollout
+from pipeline.data.features import Snapshot
 from pipeline.engine.estimator import KMeans
-from pipeline.features import Snapshot
-from pipeline.matching import match_clusters, relabel
-from pipeline.preprocessing import Preprocessor
+from pipeline.model.artifact import SegmentModel
+from pipeline.model.preprocessing import Preprocessor
 from pipeline.serving.server import build_app, running
+from pipeline.training.matching import match_clusters, relabel
 from tests.conftest import make_settings
 from tests.test_serving import INFER
 
@@ -248,7 +249,7 @@ def test_step_parsing_and_analysis_thresholds():
 def test_training_dags_rollout_task(world, monkeypatch):
     """The training DAG's last task (flow.rollout): skipped without a backend, and with the
     local backend it rolls the registered challenger out to promoted."""
-    from pipeline import flow
+    from pipeline.orchestration import flow
 
     s, (v1, v2, _), rows = world
     _reset(s, v1, v2)

@@ -11,9 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
-from pipeline.artifact import SegmentModel
-from pipeline.features import Snapshot, feature_store, online_features
-from pipeline.preprocessing import Preprocessor
+from pipeline.data.features import Snapshot, feature_store, online_features
+from pipeline.model.artifact import SegmentModel
+from pipeline.model.preprocessing import Preprocessor
 from pipeline.serving.app import InferenceApp
 from pipeline.serving.lookup import OnlineLookup
 from pipeline.serving.model import SegmentService

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from pipeline.settings import FEATURE_NAMES, load_settings
+from pipeline.core.settings import FEATURE_NAMES, load_settings
 
 
 def test_defaults_derive_paths_from_home(tmp_path):

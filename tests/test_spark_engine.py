@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
+from pipeline.data.features import Snapshot
 from pipeline.engine import fit_sweep
 from pipeline.engine.estimator import ArraySource
 from pipeline.engine.spark import BlockSpec, SparkBlockSource, block_key, load_block
-from pipeline.features import Snapshot
-from pipeline.preprocessing import Preprocessor
+from pipeline.model.preprocessing import Preprocessor
 
 pytestmark = pytest.mark.integration
 

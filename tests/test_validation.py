@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.features import Snapshot
-from pipeline.validation import validate_frame
+from pipeline.data.features import Snapshot
+from pipeline.data.validation import validate_frame
 
 
 @pytest.fixture(scope="module")

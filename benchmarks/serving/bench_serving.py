@@ -24,7 +24,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-
 import targets
 
 HERE = Path(__file__).resolve().parent
@@ -160,9 +159,10 @@ def feast_home(work: Path) -> Path:
     the ``ours`` server reads it for the requests by customer_id."""
     import datetime as dt
 
-    from pipeline import features, training
-    from pipeline.datagen import generate_lake
-    from pipeline.settings import load_settings
+    from pipeline.data import features
+    from pipeline.data.ingest import ingest_lake
+    from pipeline.core.settings import load_settings
+    from pipeline.data.datagen import generate_lake
 
     home = (work / "feast-home").resolve()
     if (home / ".materialized").exists():
@@ -172,7 +172,7 @@ def feast_home(work: Path) -> Path:
     begin = dt.datetime(start.year, start.month, start.day, tzinfo=dt.timezone.utc)
     end = begin + dt.timedelta(days=2)
     generate_lake(settings.lake_dir, n_customers=len(CUSTOMER_IDS), start=start, days=2, seed=7)
-    training.ingest(settings, begin, end)
+    ingest_lake(settings, begin.date(), end.date())
     features.apply_repo(settings)
     features.materialize(settings, begin - dt.timedelta(days=1), end)
     (home / ".materialized").touch()

@@ -191,11 +191,11 @@ def build_ours(centroids, token: str):
     follows pipeline.serving's API."""
     import numpy as np
 
-    from pipeline.artifact import SegmentModel
-    from pipeline.preprocessing import Preprocessor
+    from pipeline.core.settings import FEATURE_NAMES, load_settings
+    from pipeline.model.artifact import SegmentModel
+    from pipeline.model.preprocessing import Preprocessor
     from pipeline.serving.app import InferenceApp
     from pipeline.serving.model import SegmentService
-    from pipeline.settings import FEATURE_NAMES, load_settings
 
     d = len(FEATURE_NAMES)
     if centroids.shape[1] != d:
@@ -204,7 +204,7 @@ def build_ours(centroids, token: str):
                                   "medians": [0.0] * d, "means": [0.0] * d, "stds": [1.0] * d})
     lookup = None
     if os.environ.get("KMEANS_HOME"):
-        from pipeline.features import feature_store
+        from pipeline.data.features import feature_store
         from pipeline.serving.lookup import OnlineLookup
 
         settings = load_settings()

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numba import njit
+from threadpoolctl import ThreadpoolController
 
 CHUNK_ROWS = 4096  # largest chunk; see chunk_rows
 
@@ -69,7 +70,6 @@ def _blas_limit_one():
     """BLAS limited to one thread (the controller is built once: building it costs ~1.5 ms)."""
     global _CONTROLLER
     if _CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
 
         _CONTROLLER = ThreadpoolController()
     return _CONTROLLER.limit(limits=1, user_api="blas")

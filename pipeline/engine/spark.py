@@ -19,8 +19,12 @@ from functools import reduce
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
+from pipeline.engine.estimator import draw_d2
 from pipeline.engine.kernel import add_stats, partial_stats
+from pipeline.model.preprocessing import Preprocessor
+from pipeline.training.split import holdout_mask
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +109,7 @@ def load_block_and_weights(spec: BlockSpec, index: int):
 
 
 def _stage(spec: BlockSpec, index: int, base: Path) -> None:
-    import pyarrow.parquet as pq
 
-    from pipeline.preprocessing import Preprocessor, holdout_mask
 
     base.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}.tmp"
@@ -183,7 +185,6 @@ def _step_task(spec: BlockSpec, centroids_bc, fail_marker: str | None):
 
 def _d2_task(spec: BlockSpec, centers_bc, scale: float, seed):
     def run(index, _rows):
-        from pipeline.engine.estimator import draw_d2
 
         block, weights = load_block_and_weights(spec, index)
         yield draw_d2(block, centers_bc.value, scale, np.random.default_rng([*seed, index]),

@@ -28,20 +28,36 @@ from typing import Awaitable, BinaryIO, Callable
 
 import numpy as np
 import orjson
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
-                               Histogram, generate_latest)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
-from pipeline.serving.errors import (Conflict, Forbidden, InvalidInput, MethodNotAllowed,
-                                     ModelNotFound, PayloadTooLarge, ServingError, TooBusy,
-                                     Unauthorized, UnsupportedMediaType, Unprocessable)
+from pipeline.model.artifact import ArtifactError
+from pipeline.serving.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    MethodNotAllowed,
+    ModelNotFound,
+    PayloadTooLarge,
+    ServingError,
+    TooBusy,
+    Unauthorized,
+    Unprocessable,
+    UnsupportedMediaType,
+)
 from pipeline.serving.model import MODES, Prediction, SegmentService
+from pipeline.serving.openapi import document
+from pipeline.serving.protocol import BINARY_DTYPES, OUTPUTS
 
 log = logging.getLogger("pipeline.serving")
 
 JSON_TYPES = (b"application/json",)
-BINARY_DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64}
-OUTPUTS = {"cluster": "INT64", "distance": "FP64", "runner_up": "INT64", "margin": "FP64",
-           "ood": "BOOL", "model_version": "BYTES", "stale": "BOOL", "error": "BYTES"}
 INLINE_ROWS = 256  # bigger batches and every lookup by id run in a worker thread
 UNLIMITED_ROUTES = frozenset({"live", "ready", "metrics"})  # probes must answer under load
 
@@ -397,7 +413,6 @@ class InferenceApp:
         return 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode(), ()
 
     async def openapi(self, request):
-        from pipeline.serving.openapi import document
 
         return _json(document(self.service.name))
 
@@ -484,7 +499,6 @@ class InferenceApp:
             raise InvalidInput(f"slot {slot!r} is not known; use 'canary' or 'stable'")
         if self.loader is None:
             raise Conflict("this server has no model registry to load from")
-        from pipeline.artifact import ArtifactError
 
         async with self._load_lock:  # one download at a time; serving goes on meanwhile
             try:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.artifact import SegmentModel
+from pipeline.engine.kernel import id_buckets, row_hash_buckets
+from pipeline.model.artifact import SegmentModel
 from pipeline.serving.errors import Conflict, InvalidInput, ModelNotFound, NotReady
 
 log = logging.getLogger(__name__)
@@ -361,7 +362,6 @@ class SegmentService:
 def bucket(keys: np.ndarray) -> np.ndarray:
     """A stable bucket in [0, 10,000) per key: an integer id, or a row of floats. The same
     key gets the same bucket in every process and replica, whatever batch it comes in."""
-    from pipeline.engine.kernel import id_buckets, row_hash_buckets
 
     if keys.ndim == 1:
         return id_buckets(np.ascontiguousarray(keys, dtype=np.int64), BUCKETS)

@@ -6,7 +6,7 @@ the live server from this document with schemathesis.
 
 from __future__ import annotations
 
-from pipeline.serving.app import OUTPUTS
+from pipeline.serving.protocol import OUTPUTS
 
 _ERROR = {"description": "Error, with a message naming what was wrong",
           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}

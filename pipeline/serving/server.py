@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import sys
 import threading
 import time
 
-from pipeline.settings import Settings
+import uvicorn
+
+from pipeline import registry
+from pipeline.core.settings import Settings
+from pipeline.data.features import feature_store
+from pipeline.serving.app import InferenceApp
+from pipeline.serving.lookup import OnlineLookup
+from pipeline.serving.model import SegmentService
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +24,6 @@ log = logging.getLogger(__name__)
 def registry_loader(settings: Settings):
     """``loader(version=..., alias=...)`` for the admin API: download and verify a version
     (LookupError for an unknown version or alias, ArtifactError for a tampered artifact)."""
-    from pipeline import registry
 
     def load(version: str | None = None, alias: str | None = None):
         return registry.download_model(settings, alias or "champion", version=version)
@@ -28,16 +35,11 @@ def build_app(settings: Settings, *, alias: str = "champion", version: str | Non
               canary_weight: float = 0.0, with_feast: bool = True, access_log=None):
     """The app serving ``version`` (default: the one behind ``alias``); ``canary_alias`` (when
     it exists and differs) as the canary."""
-    from pipeline import registry
-    from pipeline.serving.app import InferenceApp
-    from pipeline.serving.model import SegmentService
 
     loader = registry_loader(settings)
     model, version = loader(version=version, alias=None if version else alias)
     lookup = None
     if with_feast:
-        from pipeline.features import feature_store
-        from pipeline.serving.lookup import OnlineLookup
 
         lookup = OnlineLookup(feature_store(settings), settings.feature_service,
                               model.feature_names)
@@ -59,7 +61,6 @@ def build_app(settings: Settings, *, alias: str = "champion", version: str | Non
 
 
 def serve(settings: Settings, **kwargs) -> None:
-    import uvicorn
 
     app = build_app(settings, access_log=sys.stdout.buffer, **kwargs)  # JSON lines on stdout
     app.tune_gc = True  # a process of its own
@@ -70,9 +71,7 @@ def serve(settings: Settings, **kwargs) -> None:
 @contextlib.contextmanager
 def running(app, host: str = "127.0.0.1", port: int = 0):
     """Run ``app`` on loopback in a background thread; yields the base URL."""
-    import socket
 
-    import uvicorn
 
     sock = socket.socket()
     sock.bind((host, port))

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io import atomic_write_bytes, atomic_write_json, file_sha256
-from pipeline.preprocessing import Preprocessor
+from pipeline.core.io import atomic_write_bytes, atomic_write_json, file_sha256
+from pipeline.engine.kernel import score_small
+from pipeline.model.preprocessing import Preprocessor
 
 FORMAT_VERSION = 1
 FILES = ("centroids.npy", "model.json")
@@ -116,7 +117,6 @@ class SegmentModel:
         return self.assign_scaled(self.preprocessor.transform(raw))
 
     def _assign_small(self, raw: np.ndarray) -> Assignment:
-        from pipeline.engine.kernel import score_small
 
         pre = self.preprocessor
         best, second, d1, d2 = score_small(np.ascontiguousarray(raw, dtype=np.float64),

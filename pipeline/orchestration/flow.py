@@ -1,16 +1,27 @@
 """What the DAG tasks call: one function per task, settings read from the environment.
 
 Each function takes the task's explicit data interval and params, so re-running a task for the
-same interval changes nothing, and returns something small enough for XCom.
+same interval changes nothing, and returns something small enough for XCom. Each calls the
+stage's own function; nothing here but unpacking and packing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from dataclasses import asdict
 
-from pipeline import training
-from pipeline.settings import load_settings
+from pipeline import registry
+from pipeline.core.settings import load_settings
+from pipeline.data import features
+from pipeline.data.ingest import ingest_lake
+from pipeline.data.validation import validate_snapshot
+from pipeline.promotion import gates as gate_checks
+from pipeline.promotion.register import register as register_run
+from pipeline.promotion.register import verify_serving
+from pipeline.rollout import controller as ro
+from pipeline.training import stages
+from pipeline.training.params import TrainParams, parse_params, window
 
 log = logging.getLogger(__name__)
 
@@ -32,78 +43,76 @@ def interval(context: dict) -> tuple[str, str]:
         end = context["data_interval_end"]
     else:
         end = context["dag_run"].run_after
-    end = dt.datetime(end.year, end.month, end.day, tzinfo=dt.timezone.utc)
-    start, end = training.window(end, int(params.get("lookback_days", 7)))
+    end = dt.datetime(end.year, end.month, end.day, tzinfo=dt.UTC)
+    start, end = window(end, int(params.get("lookback_days", 7)))
     return start.isoformat(), end.isoformat()
 
 
-def train_params(params: dict) -> dict:
+def train_params(params: dict) -> TrainParams:
     """The run's training params, validated (ValueError naming each bad value)."""
-    from pydantic import ValidationError
+    return parse_params(params)
 
-    keys = training.TrainParams.model_fields
-    try:
-        return training.TrainParams(**{k: v for k, v in params.items() if k in keys}).model_dump()
-    except ValidationError as err:
-        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}"
-                                   for e in err.errors())) from err
+
+def _days(window: tuple[str, str]) -> tuple[dt.datetime, dt.datetime]:
+    start, end = (dt.datetime.fromisoformat(v) for v in window)
+    return start, end
 
 
 def ingest(window: tuple[str, str]) -> dict:
-    start, end = (dt.datetime.fromisoformat(v) for v in window)
-    return training.ingest(load_settings(), start, end)
+    start, end = _days(window)
+    return ingest_lake(load_settings(), start.date(), end.date()).to_dict()
 
 
 def materialize(window: tuple[str, str]) -> dict:
     """Refresh the online store with the window's latest values, for lookups by customer id."""
-    from pipeline import features
-
-    start, end = (dt.datetime.fromisoformat(v) for v in window)
-    features.apply_repo(load_settings())
-    features.materialize(load_settings(), start, end)
+    settings = load_settings()
+    start, end = _days(window)
+    features.apply_repo(settings)
+    features.materialize(settings, start, end)
     return {"materialized": list(window)}
 
 
 def snapshot(window: tuple[str, str]) -> str:
-    start, end = (dt.datetime.fromisoformat(v) for v in window)
-    return training.snapshot(load_settings(), start, end)
+    settings = load_settings()
+    start, end = _days(window)
+    features.apply_repo(settings)
+    return features.training_snapshot(settings, start, end).path
 
 
 def validate(snapshot_path: str) -> str:
-    return training.validate(load_settings(), snapshot_path)
+    settings = load_settings()
+    return validate_snapshot(settings, features.Snapshot.load(snapshot_path)).report_html
 
 
 def train(snapshot_path: str, report: str, params: dict) -> dict:
-    return training.train(load_settings(), snapshot_path, train_params(params),
-                          validation_report=report)
+    return stages.train(load_settings(), snapshot_path, train_params(params),
+                        validation_report=report)
 
 
 def evaluate(trained: dict, snapshot_path: str, params: dict) -> dict:
-    result = training.evaluate(load_settings(), trained["run_id"], snapshot_path,
-                               seed=int(params.get("seed", 42)))
+    result = stages.evaluate(load_settings(), trained["run_id"], snapshot_path,
+                             seed=train_params(params).seed)
     return {"run_id": trained["run_id"], "k": trained["k"],
             "silhouette": result["challenger"].get("silhouette")}
 
 
 def gates(evaluated: dict, snapshot_path: str, report: str) -> dict:
     """The promotion gates; the summary says whether the drift needs a person's review."""
-    return training.gates(load_settings(), evaluated["run_id"], snapshot_path, report)
+    return gate_checks.check(load_settings(), evaluated["run_id"], snapshot_path, report)
 
 
 def register(gated: dict, review: dict | None = None) -> dict:
     """Register a gated run; ``review`` is the drift reviewer's answer if there was a review."""
-    return training.register(load_settings(), gated["run_id"], gates=gated, review=review)
+    return register_run(load_settings(), gated["run_id"], gates=gated, review=review)
 
 
 def ready_to_serve(registered: dict) -> dict:
-    return training.verify_serving(load_settings(), version=registered["version"])
+    return verify_serving(load_settings(), version=registered["version"])
 
 
 def rollback(params: dict, actor: str) -> dict:
     """Move ``champion`` back (to ``previous``, or the ``to_version`` param) for the given
     reason."""
-    from pipeline import registry
-
     return registry.rollback(load_settings(), reason=str(params.get("reason") or ""),
                              to_version=params.get("to_version") or None, actor=actor)
 
@@ -112,10 +121,6 @@ def rollout(registered: dict) -> dict:
     """Roll the newly registered challenger out on the configured backend (shadow, traffic
     steps, promoted), or say why not. A rolled-back rollout fails the task after the rollback
     is complete, so the run shows red and the on-call sees the reason."""
-    from dataclasses import asdict
-
-    from pipeline import rollout as ro
-
     settings = load_settings()
     version = str(registered["version"])
     if "champion" in registered.get("aliases", []):
@@ -133,7 +138,5 @@ def rollout(registered: dict) -> dict:
 
 def sync_server(rolled_back: dict) -> dict:
     """Serve the champion the rollback chose, where a rollout backend is configured."""
-    from pipeline import rollout as ro
-
     routing = ro.sync_stable(load_settings())
     return {"champion": rolled_back["champion"], "server": routing or "no rollout backend"}

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.settings import FEATURE_NAMES, Settings
+from pipeline import registry
+from pipeline.core.settings import FEATURE_NAMES, Settings
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ def reference_sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
 
 def log_reference(settings: Settings, run_id: str, frame: pd.DataFrame, seed: int) -> str:
     """Keep a reference sample of ``frame`` with the run; returns its ``runs:/`` URI."""
-    from pipeline import registry
 
     sample = reference_sample(frame, settings.drift_sample_rows, seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,7 +52,6 @@ def load_reference(settings: Settings, run_id: str) -> pd.DataFrame | None:
     before reference samples were kept)."""
     import mlflow
 
-    from pipeline import registry
 
     names = {a.path for a in registry.client(settings).list_artifacts(run_id, REFERENCE_DIR)}
     if f"{REFERENCE_DIR}/{REFERENCE_FILE}" not in names:

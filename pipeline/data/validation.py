@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.io import atomic_write_bytes, atomic_write_json
-from pipeline.settings import FEATURES, Settings
+from pipeline.core.io import atomic_write_bytes, atomic_write_json
+from pipeline.core.settings import FEATURES, Settings
 
 log = logging.getLogger(__name__)
 

@@ -33,146 +33,22 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.io import atomic_write_json
-from pipeline.settings import Settings
+from pipeline import registry
+from pipeline.core.io import atomic_write_json
+from pipeline.core.settings import Settings
+from pipeline.rollout.backends.kubernetes import KServeBackend
+from pipeline.rollout.backends.local import LocalBackend
+from pipeline.rollout.base import (
+    RolloutError,
+    Step,
+    Thresholds,
+    analyse,
+    parse_steps,
+)
 
 log = logging.getLogger(__name__)
 
 ACTOR = "rollout-controller"
-
-
-class RolloutError(RuntimeError):
-    """The rollout cannot start or continue (with the reason)."""
-
-
-@dataclass(frozen=True)
-class Step:
-    mode: str  # "shadow" or "canary"
-    weight: float  # percent of keys the canary answers (canary mode)
-
-    @classmethod
-    def parse(cls, text: str) -> Step:
-        """``shadow`` or a percentage like ``10`` / ``10%``."""
-        text = text.strip().rstrip("%")
-        if text == "shadow":
-            return cls("shadow", 0.0)
-        try:
-            weight = float(text)
-        except ValueError:
-            raise ValueError(f"rollout step {text!r} should be 'shadow' or a percentage") from None
-        if not 0 < weight <= 100:
-            raise ValueError(f"rollout step {weight}% should be in (0, 100]")
-        return cls("canary", weight)
-
-    def __str__(self) -> str:
-        return "shadow" if self.mode == "shadow" else f"{self.weight:g}%"
-
-
-def parse_steps(text: str) -> list[Step]:
-    steps = [Step.parse(part) for part in text.split(",") if part.strip()]
-    if not steps:
-        raise ValueError("a rollout needs at least one step")
-    weights = [s.weight for s in steps if s.mode == "canary"]
-    if weights != sorted(weights):
-        raise ValueError(f"rollout steps {text!r} should raise the weight step by step")
-    return steps
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    max_error_rate_increase: float = 0.01
-    max_p99_ratio: float = 3.0
-    p99_floor_ms: float = 25.0
-    min_agreement: float = 0.80
-    max_distance_shift: float = 0.25  # |canary median / stable median - 1| on the same rows
-    min_rows: int = 50  # compared rows needed to judge a step
-
-
-def analyse(window: dict, stable: str, canary: str, t: Thresholds) -> dict:
-    """The verdict of one window: ``{"verdict": "pass"|"fail"|"wait", "checks": {...}}``.
-
-    Agreement and the same-rows distance need both models on the same rows (one server with
-    both slots); where the canary runs apart (KServe revisions) agreement is skipped and the
-    distance shift compares the two versions' own rows, which the random split makes alike.
-    """
-    c, s = window.get(canary), window.get(stable)
-    seen = c.get("rows", 0) if c else 0
-    if seen < t.min_rows:
-        return {"verdict": "wait", "reason": f"{seen} rows scored by the canary, {t.min_rows} "
-                                             f"needed", "checks": {}}
-    s = s or {"error_rate": 0.0, "latency_ms": {"p99": None}, "distance": {"p50": None}}
-    checks = {}
-    limit = s["error_rate"] + t.max_error_rate_increase
-    checks["error_rate"] = {"canary": c["error_rate"], "stable": s["error_rate"], "max": limit,
-                            "ok": c["error_rate"] <= limit}
-    c99, s99 = c["latency_ms"]["p99"], s["latency_ms"]["p99"]
-    if c99 is not None:
-        limit = max(t.p99_floor_ms, (s99 or 0) * t.max_p99_ratio)
-        checks["p99_latency_ms"] = {"canary": c99, "stable": s99, "max": limit,
-                                    "ok": c99 <= limit}
-    if c.get("agreement") is not None:
-        checks["agreement"] = {"canary": round(c["agreement"], 4), "min": t.min_agreement,
-                               "ok": c["agreement"] >= t.min_agreement}
-    mine = c["distance"]["p50"]
-    ref = (c.get("stable_distance_on_same_rows") or {}).get("p50") or s["distance"]["p50"]
-    if mine is not None and ref:
-        shift = abs(mine / ref - 1)
-        checks["distance_shift"] = {"canary_p50": mine, "stable_p50": ref,
-                                    "shift": round(shift, 4), "max": t.max_distance_shift,
-                                    "ok": shift <= t.max_distance_shift}
-    failed = [name for name, check in checks.items() if not check["ok"]]
-    return {"verdict": "fail" if failed else "pass", "failed": failed, "checks": checks,
-            "reason": "; ".join(_explain(name, checks[name]) for name in failed)}
-
-
-def _explain(name: str, check: dict) -> str:
-    if name == "distance_shift":
-        return (f"distance shift {check['shift']} > {check['max']} (median distance "
-                f"{check['canary_p50']} against the stable's {check['stable_p50']})")
-    bound = "min" if "min" in check else "max"
-    return f"{name} {check['canary']} {'<' if bound == 'min' else '>'} {bound} {check[bound]}"
-
-
-# ---- backends ------------------------------------------------------------------------------
-
-class LocalBackend:
-    """The inference server's admin API (one server holding both slots)."""
-
-    def __init__(self, url: str, admin_token: str, timeout: float = 120):
-        import httpx
-
-        self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout,
-                                  headers={"Authorization": f"Bearer {admin_token}"})
-
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
-        reply = self._http.request(method, path, json=body)
-        if reply.status_code != 200:
-            try:
-                message = reply.json().get("error", reply.text)
-            except ValueError:
-                message = reply.text
-            raise RolloutError(f"{method} {self.url}{path} answered {reply.status_code}: "
-                               f"{message}")
-        return reply.json()
-
-    def routing(self) -> dict:
-        return self._call("GET", "/admin/state")["routing"]
-
-    def load(self, version: str, slot: str = "canary") -> dict:
-        return self._call("POST", "/admin/load", {"version": version, "slot": slot})
-
-    def traffic(self, step: Step) -> dict:
-        return self._call("POST", "/admin/traffic", {"weight": step.weight, "mode": step.mode})
-
-    def promote(self, version: str) -> dict:
-        return self._call("POST", "/admin/promote", {"version": version})
-
-    def drop(self, version: str) -> dict:
-        return self._call("POST", "/admin/drop", {"version": version})
-
-    def window(self) -> dict:
-        return self._call("POST", "/admin/window")["versions"]
 
 
 # ---- state ---------------------------------------------------------------------------------
@@ -297,7 +173,6 @@ class RolloutController:
                           f"intervals ({verdict['reason']})"}
 
     def _promote(self, state: RolloutState, routing: dict) -> RolloutState:
-        from pipeline import registry
 
         state.phase = "promoting"
         self._save(state)
@@ -311,7 +186,6 @@ class RolloutController:
         return self._finish(state, "promoted", "every step passed")
 
     def _roll_back(self, state: RolloutState, reason: str) -> RolloutState:
-        from pipeline import registry
 
         log.warning("rollout of %s rolled back: %s", state.version, reason)
         state.phase, state.reason = "rolling_back", reason
@@ -331,7 +205,6 @@ class RolloutController:
 
     # ---- plumbing ------------------------------------------------------------------------
     def _champion(self) -> str | None:
-        from pipeline import registry
 
         found = registry.alias_version(self.settings, "champion")
         return str(found.version) if found is not None else None
@@ -369,7 +242,6 @@ def backend_for(settings: Settings):
     if settings.rollout_backend == "none":
         return None
     if settings.rollout_backend == "kubernetes":
-        from pipeline.kube import KServeBackend
 
         return KServeBackend.from_settings(settings)
     if settings.admin_token is None:
@@ -395,7 +267,6 @@ def controller_for(settings: Settings, backend=None, *, steps: str | None = None
 def sync_stable(settings: Settings, backend=None) -> dict | None:
     """After a promotion or rollback by hand: serve the registry's champion as the stable
     version and drop any canary. None when no backend is configured."""
-    from pipeline import registry
 
     backend = backend or backend_for(settings)
     if backend is None:

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import (
+    adjusted_rand_score,
+    calinski_harabasz_score,
+    davies_bouldin_score,
+    silhouette_samples,
+)
 
+from pipeline.engine.estimator import ArraySource, lloyd
 from pipeline.engine.kernel import assign, kmeans_plusplus
 
 K_RULE = ("highest sampled silhouette; among K whose silhouette is at or above the lower bound of "
@@ -16,8 +23,6 @@ def cluster_metrics(x: np.ndarray, centroids: np.ndarray, *, seed: int = 0,
     stability (mean adjusted Rand index of refits on bootstrap resamples) and cluster shares, all
     on a seeded sample of ``x``.
     """
-    from sklearn.metrics import (adjusted_rand_score, calinski_harabasz_score,
-                                 davies_bouldin_score, silhouette_samples)
 
     rng = np.random.default_rng(seed)
     x = np.asarray(x, dtype=np.float32)
@@ -51,7 +56,6 @@ def cluster_metrics(x: np.ndarray, centroids: np.ndarray, *, seed: int = 0,
 
 
 def _quick_lloyd(x: np.ndarray, centroids: np.ndarray, iters: int = 30) -> np.ndarray:
-    from pipeline.engine.estimator import ArraySource, lloyd
 
     fits = lloyd(ArraySource(x), {(len(centroids), 0): centroids}, max_iter=iters, tol=1e-4,
                  empty_cluster="farthest", sample=x)

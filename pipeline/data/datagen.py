@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.io import atomic_write_parquet
-from pipeline.settings import FEATURE_NAMES
+from pipeline.core.io import atomic_write_parquet
+from pipeline.core.settings import FEATURE_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,14 @@ an MLflow server, Redis for Feast, Spark on Kubernetes and a serving token.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # The behaviour features every stage agrees on: the Feast feature view, the validation suite,
 # the model's preprocessing and the serving schema are all derived from this one table.
@@ -145,7 +146,6 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _no_unknown_env(cls, data):
-        import os
 
         known = {f"KMEANS_{name.upper()}" for name in cls.model_fields}
         unknown = sorted(k for k in os.environ if k.startswith("KMEANS_") and k not in known

@@ -1,17 +1,18 @@
 """MLflow models-from-code definition of the segment model (no pickle is written).
 
 MLflow copies this file into the logged model; the artifact folder ``segment_model`` holds the
-centroids (NPY) and metadata (JSON) that :class:`pipeline.artifact.SegmentModel` loads.
+centroids (NPY) and metadata (JSON) that :class:`pipeline.model.artifact.SegmentModel` loads.
 """
 
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from pipeline.model.artifact import SegmentModel
+
 
 class SegmentPyfunc(PythonModel):
     def load_context(self, context):
-        from pipeline.artifact import SegmentModel
 
         self.model = SegmentModel.load(context.artifacts["segment_model"])
 

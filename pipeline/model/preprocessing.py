@@ -8,10 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline.settings import FEATURES
-
-HOLDOUT_SHARE = 0.2
-
+from pipeline.core.settings import FEATURES
 
 @dataclass(frozen=True)
 class Preprocessor:
@@ -77,14 +74,3 @@ def _log(raw: np.ndarray, mask: list[bool]) -> np.ndarray:
     cols = np.flatnonzero(mask)
     out[:, cols] = np.log1p(np.clip(out[:, cols], 0, None))
     return out
-
-
-def holdout_mask(customer_ids, seed: int, share: float = HOLDOUT_SHARE) -> np.ndarray:
-    """Deterministic split by a hash of the id: the same customer is always on the same side."""
-    ids = np.asarray(customer_ids, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        h = (ids + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(31)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(29)
-    return (h % np.uint64(10_000)).astype(np.float64) < share * 10_000

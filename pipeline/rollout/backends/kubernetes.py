@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import copy
 
-from pipeline.rollout import LocalBackend, RolloutError, Step
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
+from pipeline.rollout.backends.local import LocalBackend
+from pipeline.rollout.base import RolloutError, Step
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 STABLE_ANNOTATION = "kmeans.io/stable-version"

@@ -8,6 +8,7 @@ which champion clusters split, which merged, which appeared and which disappeare
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 SHARE = 0.2  # a cluster "takes part" in another when it holds at least this share of it
 
@@ -28,7 +29,6 @@ def match_clusters(champion_labels: np.ndarray, challenger_labels: np.ndarray,
     >>> m.tolist(), r["agreement"]
     ([1, 0], 1.0)
     """
-    from scipy.optimize import linear_sum_assignment
 
     ids = np.arange(champion_ids) if np.isscalar(champion_ids) else np.asarray(champion_ids)
     k_champion = len(ids)

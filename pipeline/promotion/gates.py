@@ -19,12 +19,18 @@ training run, logs ``gates/<name>.json`` and a ``gates.json`` summary to the run
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipeline.settings import Settings
+from pipeline import registry
+from pipeline.core.settings import Settings
+from pipeline.data.features import Snapshot
+from pipeline.promotion import drift
+from pipeline.training import stages as training
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +160,7 @@ def comparison_gate(evaluation: dict, *, tolerance: float) -> GateResult:
 
 def drift_gate(drift: dict | None, *, note: str = "") -> GateResult:
     """Review needed when the drift share is over its threshold (``drift``: the figures of
-    :func:`pipeline.drift.column_drift`, or None when there is nothing to compare with)."""
+    :func:`pipeline.promotion.drift.column_drift`, or None when there is nothing to compare with)."""
     if drift is None:
         return GateResult("drift", "passed", f"drift gate passed: {note}", {"note": note})
     share, limit = drift["drift_share"], drift["share_threshold"]
@@ -177,8 +183,6 @@ def check(settings: Settings, run_id: str, snapshot_path: str,
 
     ``validation_report`` is the path validate returned; by default the snapshot's own.
     """
-    from pipeline import training
-    from pipeline.features import Snapshot
 
     snap = Snapshot.load(snapshot_path)
     evaluation = _evaluation(settings, run_id)
@@ -206,7 +210,6 @@ def load_summary(settings: Settings, run_id: str) -> dict | None:
     """The ``gates.json`` summary logged with a run, or None if its gates never ran."""
     import mlflow
 
-    from pipeline import registry
 
     names = {a.path for a in registry.client(settings).list_artifacts(run_id)}
     if SUMMARY_ARTIFACT not in names:
@@ -223,7 +226,6 @@ def figures_of(summary: dict | None) -> dict:
 
 
 def _drift(settings: Settings, run_id: str, snap) -> GateResult:
-    from pipeline import drift, registry
 
     champion = registry.alias_version(settings, "champion")
     if champion is None:
@@ -282,7 +284,6 @@ def _review_body(settings: Settings, summary: dict) -> str:
 def _log(settings: Settings, run_id: str, results: list[GateResult], summary: dict) -> None:
     import mlflow
 
-    from pipeline import registry
 
     registry.configure(settings)
     with mlflow.start_run(run_id=run_id):
@@ -299,7 +300,6 @@ def _log(settings: Settings, run_id: str, results: list[GateResult], summary: di
 def _evaluation(settings: Settings, run_id: str) -> dict:
     import mlflow
 
-    from pipeline import registry
 
     names = {a.path for a in registry.client(settings).list_artifacts(run_id, "evaluation")}
     if "evaluation/holdout.json" not in names:
@@ -312,7 +312,6 @@ def _evaluation(settings: Settings, run_id: str) -> dict:
 def _validation(settings: Settings, snap, report: str | None) -> dict | None:
     """The validation result of the snapshot: the JSON that validate writes beside its HTML
     report (named by the snapshot's hash unless the report's path is given)."""
-    import json
 
     html = Path(report) if report else (settings.reports_dir / "validation" /
                                         f"{snap.data_hash[:16]}.html")
@@ -321,7 +320,6 @@ def _validation(settings: Settings, snap, report: str | None) -> dict | None:
 
 
 def _finite(value) -> bool:
-    import math
 
     return isinstance(value, (int, float)) and math.isfinite(value)
 

@@ -17,9 +17,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.datagen import LAKE_TABLE
-from pipeline.io import atomic_write_parquet
-from pipeline.settings import FEATURE_NAMES, FEATURES, Settings
+from pipeline.core.io import atomic_write_parquet
+from pipeline.core.settings import FEATURE_NAMES, FEATURES, Settings
+from pipeline.data.datagen import LAKE_TABLE
 
 log = logging.getLogger(__name__)
 

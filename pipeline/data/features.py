@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import logging
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,9 +16,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.ingest import OFFLINE_TABLE
-from pipeline.io import atomic_write_json, atomic_write_parquet, table_hash
-from pipeline.settings import FEATURE_NAMES, Settings
+from pipeline.core.io import atomic_write_json, atomic_write_parquet, table_hash
+from pipeline.core.settings import FEATURE_NAMES, Settings
+from pipeline.data.ingest import OFFLINE_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,6 @@ class Snapshot:
 
     @classmethod
     def load(cls, path: str | Path) -> Snapshot:
-        import json
 
         data = json.loads((Path(path) / "snapshot.json").read_text())
         # The folder it was loaded from wins over the recorded path (moved or re-mounted).
@@ -81,8 +83,6 @@ def apply_repo(settings: Settings) -> list[str]:
     """Register the declarations of ``feature_repo/`` (what ``feast apply`` does)."""
     from feast.repo_operations import parse_repo
 
-    import contextlib
-    import sys
 
     store = feature_store(settings)
     repo = str(Path(settings.feast_repo).resolve())
