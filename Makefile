@@ -16,7 +16,7 @@ export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export NO_PROXY := *
 export no_proxy := *
 
-.PHONY: install demo test test-unit airflow-ui mlflow-ui feast-plan bench clean
+.PHONY: install demo test test-unit airflow-ui mlflow-ui feast-plan feast-serve feast-ui bench clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -24,7 +24,7 @@ $(PY):
 
 $(STAMP): pyproject.toml requirements.lock | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.8
-	$(UV) pip install --python $(PY) --quiet -c requirements.lock -e '.[test]'
+	$(UV) pip install --python $(PY) --quiet -c requirements.lock -e '.[platform,serving,test]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -45,8 +45,19 @@ airflow-ui: install
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath .kmeans/mlflow.db) --port 5000
 
+# The stock feast CLI in feature_repo/, on the default home .kmeans/ (after `make demo`, or
+# `kmeans ingest` + `kmeans apply`); `feast materialize-incremental <end>` works the same way.
+# On a fresh clone, plan lists what `feast apply` would create (Feast wants the folder).
 feast-plan: install
+	mkdir -p .kmeans/feast
 	cd feature_repo && $(abspath $(VENV))/bin/feast plan
+
+# Feast's feature server (POST /get-online-features) and web UI, on loopback.
+feast-serve: install
+	cd feature_repo && $(abspath $(VENV))/bin/feast serve -h 127.0.0.1 -p 6566
+
+feast-ui: install
+	cd feature_repo && $(abspath $(VENV))/bin/feast ui -h 127.0.0.1 -p 8888
 
 # Side-by-side engine benchmark (writes benchmarks/RESULTS.md); MLlib gets native BLAS from
 # Debian's libopenblas0-pthread when it is installed. Takes about 25 minutes.

@@ -17,7 +17,7 @@ from pipeline.orchestration.dag_defaults import DEFAULT_ARGS
 @dag(
     dag_id="kmeans_rollback",
     schedule=None,
-    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
+    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,

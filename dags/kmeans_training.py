@@ -1,8 +1,9 @@
 """kmeans_training: Feast features -> Great Expectations -> Spark K sweep -> gates -> MLflow.
 
 Scheduled daily; trigger it by hand with params to change the K range, the sample, the
-iterations, the seed or the window. Every task calls one function of ``pipeline.orchestration.flow``; heavy
-libraries are imported inside the tasks so the scheduler parses this file fast.
+iterations, the seed or the window. Every task calls one function of
+``pipeline.orchestration.flow``; heavy libraries are imported inside the tasks so the scheduler
+parses this file fast.
 
 After evaluate, the gates (data, quality, comparison, drift) run; a refusal fails ``gates`` and
 nothing is registered. When the snapshot drifted from the champion's reference over the
@@ -26,7 +27,7 @@ from pipeline.training.params import TrainParams
 @dag(
     dag_id="kmeans_training",
     schedule="@daily",
-    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
+    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,

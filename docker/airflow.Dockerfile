@@ -46,10 +46,11 @@ USER 50000
 # at build time instead of producing a scheduler that breaks at import.
 RUN --mount=type=bind,from=builder,source=/tmp/wheels,target=/tmp/wheels \
     --mount=type=bind,source=requirements.lock,target=/tmp/requirements.lock \
-    pip install --no-cache-dir \
+    WHEEL="$(ls /tmp/wheels/kmeans_platform-*.whl)" \
+ && pip install --no-cache-dir \
       "apache-airflow==${AIRFLOW_VERSION}" \
       -c /tmp/requirements.lock \
-      /tmp/wheels/*.whl
+      "${WHEEL}[platform]"
 
 # DAGs are baked in: image tag == DAG version, no git-sync sidecar needed.
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/

@@ -32,7 +32,7 @@ WORKDIR /src
 COPY . .
 # Dependencies resolved strictly within the lock file's pins.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install -c requirements.lock .
+    pip install -c requirements.lock ".[platform]"
 
 # ---------------------------------------------------------------- runtime ---
 FROM ${PYTHON_IMAGE} AS runtime

@@ -1,13 +1,16 @@
 # syntax=docker/dockerfile:1.7
 #
-# Inference server image: `kmeans serve` (Starlette/uvicorn) exposing the Open
-# Inference Protocol v2 REST API, KServe v1 :predict and /metrics on 8080.
-# Used by the KServe InferenceService (k8s/inferenceservice.yaml), which runs
-# it with a read-only root filesystem as uid 10001.
+# Inference server image: `kmeans-serve` (the server alone, on uvicorn)
+# exposing the Open Inference Protocol v2 REST API, KServe v1 :predict and
+# /metrics on 8080. Used by the KServe InferenceService
+# (k8s/inferenceservice.yaml), which runs it with a read-only root filesystem
+# as uid 10001.
 #
-# No JVM and no compilers in the final stage. The model is not baked in: the
-# server loads it from the MLflow registry at start-up (`kmeans serve --alias`), so
-# one image serves every model version.
+# Only the project's `serving` extra is installed (the light core, MLflow,
+# Feast, uvicorn, orjson): no Airflow, Spark, JVM, Great Expectations or
+# Evidently, and no compilers in the final stage. The model is not baked in:
+# the server loads it from the MLflow registry at start-up
+# (`kmeans-serve --alias`), so one image serves every model version.
 #
 # Build from the repository root:
 #   docker build -f docker/serving.Dockerfile -t kmeans-platform/serving:<tag> .
@@ -30,17 +33,15 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 COPY . .
-# INSTALL_TARGET lets CI install a lighter extra (e.g. ".[serving]") if the
-# project defines one; the lock file pins every dependency either way.
-ARG INSTALL_TARGET=.
+# The serving extra only, resolved strictly within the lock file's pins.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install -c requirements.lock "${INSTALL_TARGET}"
+    pip install -c requirements.lock ".[serving]"
 
 # ---------------------------------------------------------------- runtime ---
 FROM ${PYTHON_IMAGE} AS runtime
 
-# Nothing from apt: numpy/scikit-learn wheels bundle their own BLAS, and the
-# server needs no JVM.
+# Nothing from apt: the numpy wheel bundles its own BLAS, and the server needs
+# no JVM.
 RUN groupadd --gid 10001 kmeans \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/kmeans \
       --shell /usr/sbin/nologin kmeans
@@ -54,8 +55,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     KMEANS_HOME=/home/kmeans/.kmeans
 
-# Fail the build, not the rollout, if the CLI entry point is broken.
-RUN kmeans serve --help >/dev/null
+# Fail the build, not the rollout, if the entry point is broken or if a
+# platform-only package slipped into the image.
+RUN kmeans-serve --help >/dev/null \
+ && python -c "import importlib.util as u, sys; found = [m for m in ('airflow', 'pyspark', 'great_expectations', 'evidently') if u.find_spec(m)]; sys.exit(f'platform packages in the serving image: {found}' if found else 0)"
 
 USER 10001:10001
 WORKDIR /home/kmeans
@@ -71,5 +74,8 @@ ARG GIT_SHA=unknown
 LABEL org.opencontainers.image.title="kmeans-platform/serving" \
       org.opencontainers.image.revision="${GIT_SHA}"
 
-ENTRYPOINT ["kmeans", "serve"]
+# The same command and arguments as the InferenceService's container; the
+# integration test tests/test_serving_standalone.py runs this entry point
+# (with the platform-only packages made unimportable) and checks it.
+ENTRYPOINT ["kmeans-serve"]
 CMD ["--host", "0.0.0.0", "--port", "8080"]

@@ -1,7 +1,6 @@
 """Feature services: the versioned feature sets models consume, in training and in serving."""
 
 from feast import FeatureService
-
 from features import customer_profile
 
 customer_segments_v1 = FeatureService(

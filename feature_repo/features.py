@@ -2,11 +2,10 @@
 
 from datetime import timedelta
 
-from feast import FeatureView, Field
-from feast.types import Float64
-
 from data_sources import customer_profile_source
 from entities import customer
+from feast import FeatureView, Field
+from feast.types import Float64
 
 customer_profile = FeatureView(
     name="customer_profile",

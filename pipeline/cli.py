@@ -101,7 +101,8 @@ def options_from(model: type[BaseModel]):
             values = {name: kwargs.pop(name) for name in model.model_fields}
             return fn(params=model(**values), **kwargs)
 
-        command.__signature__ = signature.replace(parameters=[*kept, *added])
+        command.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*kept, *added])
         command.__annotations__ = {**{k: v for k, v in fn.__annotations__.items()
                                       if k != "params"}, **hints}
         del command.__wrapped__  # typer must read the new signature, not the original's

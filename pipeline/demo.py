@@ -34,7 +34,7 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
                          seed=seed)
     print(f"   {lake.rows} rows in {len(lake.days)} daily partitions")
 
-    end = dt.datetime.combine(START + dt.timedelta(days=days), dt.time(), dt.timezone.utc)
+    end = dt.datetime.combine(START + dt.timedelta(days=days), dt.time(), dt.UTC)
     start = end - dt.timedelta(days=days)
     _say("2/5", "landing the lake in the feature table, feast apply, materialize (SQLite)")
     landed = ingest.ingest_lake(settings, start.date(), end.date()).to_dict()
@@ -92,7 +92,7 @@ def _serve_examples(settings: Settings) -> None:
                for row in rows[feature_names].to_numpy().tolist()]
     with running(app) as url, httpx.Client(base_url=url, headers=headers, timeout=10) as http:
         print(f"   server {url}: ready={http.get('/v2/health/ready').json()['ready']}")
-        body = {"inputs": [{"name": "features", "datatype": "FP64",
+        body: dict = {"inputs": [{"name": "features", "datatype": "FP64",
                             "shape": [len(vectors), len(vectors[0])], "data": vectors}]}
         reply = http.post(f"/v2/models/{settings.model_name}/infer", json=body).json()
         print("   POST /v2/models/customer_segments/infer  (by feature vector)")

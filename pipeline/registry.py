@@ -10,9 +10,9 @@ under the model's alias lock, and is appended to the audit trail (``home/audit/a
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import getpass
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -20,19 +20,29 @@ import shutil
 import socket
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
+from pipeline.core.io import LockBusy, file_lock, utc_now_iso
 from pipeline.core.settings import Settings
+from pipeline.model import kmeans_segments
 from pipeline.model.artifact import SegmentModel
 
 log = logging.getLogger(__name__)
 
 MODEL_CODE = Path(__file__).parent / "model" / "pyfunc.py"
+#: Logged beside MODEL_CODE and imported by it under its top-level name: all the model needs.
+MODEL_MODULE = Path(kmeans_segments.__file__)
+#: What the logged model needs to run: nothing from this project.
+MODEL_REQUIREMENTS = ("mlflow", "numpy", "pandas")
 ARTIFACT_PATH = "segment_model"
+INPUT_EXAMPLE_ROWS = 3
 ALIASES = ("champion", "challenger", "previous")
 
 
@@ -81,10 +91,15 @@ def alias_version(settings: Settings, alias: str):
 
 
 def log_model_version(settings: Settings, run_id: str, artifact_dir: Path, tags: dict) -> str:
-    """Log the artifact folder as a models-from-code pyfunc in ``run_id`` and register it."""
+    """Log the artifact folder as a models-from-code pyfunc in ``run_id`` and register it.
 
+    The logged model stands alone: the model code, :mod:`pipeline.model.kmeans_segments`
+    (``code_paths``) and requirements pinned to the installed MLflow, NumPy and pandas; with a
+    signature (every feature an optional double column) and an input example.
+    """
     import mlflow
 
+    model = SegmentModel.load(artifact_dir)  # refuses a modified artifact before logging it
     configure(settings)
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
         # MLflow keeps the folder's own name inside the model; give it the one loaders expect.
@@ -92,15 +107,47 @@ def log_model_version(settings: Settings, run_id: str, artifact_dir: Path, tags:
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(MODEL_CODE),
+            code_paths=[str(MODEL_MODULE)],
             artifacts={ARTIFACT_PATH: str(staged)},
             registered_model_name=settings.model_name,
-            pip_requirements=["kmeans-platform", "mlflow", "numpy", "pandas"],
+            signature=model_signature(model.feature_names),
+            input_example=input_example(model),
+            pip_requirements=pinned_requirements(),
         )
     version = str(info.registered_model_version)
     c = client(settings)
     for key, value in tags.items():
         c.set_model_version_tag(settings.model_name, version, key, str(value))
     return version
+
+
+def model_signature(feature_names: list[str]):
+    """Input: each feature a double column, optional (absent or NaN = missing, imputed).
+    Output: ``cluster`` and ``runner_up`` (long), ``distance`` and ``margin`` (double),
+    ``ood`` (boolean)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    types = {"cluster": "long", "distance": "double", "runner_up": "long", "margin": "double",
+             "ood": "boolean"}
+    if set(types) != set(kmeans_segments.OUTPUTS):
+        raise RuntimeError(f"signature outputs {sorted(types)} differ from the model's "
+                           f"{sorted(kmeans_segments.OUTPUTS)}")
+    return ModelSignature(
+        inputs=Schema([ColSpec("double", name, required=False) for name in feature_names]),
+        outputs=Schema([ColSpec(types[name], name) for name in kmeans_segments.OUTPUTS]))
+
+
+def input_example(model: SegmentModel, rows: int = INPUT_EXAMPLE_ROWS) -> pd.DataFrame:
+    """A few raw rows that land on the model's first centroids, rounded for reading."""
+    raw = model.preprocessor.inverse_transform(model.centroids[:rows])
+    return pd.DataFrame(np.round(raw, 4), columns=model.feature_names)
+
+
+def pinned_requirements() -> list[str]:
+    """``name==version`` of the installed MLflow, NumPy and pandas: the logged model's whole
+    environment."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in MODEL_REQUIREMENTS]
 
 
 def current_aliases(settings: Settings) -> dict[str, str | None]:
@@ -152,7 +199,8 @@ def promote(settings: Settings, version: str, *, reason: str, actor: str | None 
         if old == version:
             raise ValueError(f"version {version} is already the champion of "
                              f"{settings.model_name!r}; nothing to promote")
-        common = {"operation": "promotion", "reason": reason, "actor": actor, "figures": figures}
+        common: dict[str, Any] = {"operation": "promotion", "reason": reason, "actor": actor,
+                                  "figures": figures}
         moves = []
         if old is not None:
             moves.append(_move_alias(settings, "previous", old, **common))
@@ -178,7 +226,8 @@ def reject_challenger(settings: Settings, version: str, *, reason: str,
             moves.append(_move_alias(settings, "challenger", None, operation="rejection",
                                      reason=reason, actor=actor, figures=figures))
         c = client(settings)
-        c.set_model_version_tag(settings.model_name, version, "rollout_rejected_at", _now())
+        c.set_model_version_tag(settings.model_name, version, "rollout_rejected_at",
+                                utc_now_iso())
         c.set_model_version_tag(settings.model_name, version, "rollout_reject_reason",
                                 reason[:5000])
     return {"model": settings.model_name, "operation": "rejection", "version": version,
@@ -213,7 +262,8 @@ def rollback(settings: Settings, *, reason: str, actor: str | None = None,
         if target == bad:
             raise ValueError(f"version {target} is already the champion; nothing to roll back")
         model_version(settings, target)
-        common = {"operation": "rollback", "reason": reason, "actor": actor, "figures": figures}
+        common: dict[str, Any] = {"operation": "rollback", "reason": reason, "actor": actor,
+                                  "figures": figures}
         moves = [_move_alias(settings, "champion", target, **common)]
         if previous == target:
             moves.append(_move_alias(settings, "previous", None, **common))
@@ -239,8 +289,9 @@ def _move_alias(settings: Settings, alias: str, version: str | None, *, operatio
     else:
         c.set_registered_model_alias(settings.model_name, alias, str(version))
     entry = {
-        "at": _now(), "model": settings.model_name, "alias": alias, "operation": operation,
-        "from_version": before, "to_version": None if version is None else str(version),
+        "at": utc_now_iso(), "model": settings.model_name, "alias": alias,
+        "operation": operation, "from_version": before,
+        "to_version": None if version is None else str(version),
         "actor": actor, "reason": reason, "figures": figures or {},
     }
     audit_path(settings).parent.mkdir(parents=True, exist_ok=True)
@@ -285,8 +336,8 @@ def alias_lock(settings: Settings, *, operation: str, version: str | None, actor
     ``home/locks`` for a remote store). ``wait`` seconds of retrying before giving up; 0 means
     one try.
     """
-    holder = {"operation": operation, "version": version, "actor": actor, "since": _now(),
-              "host": socket.gethostname(), "pid": os.getpid()}
+    holder = {"operation": operation, "version": version, "actor": actor,
+              "since": utc_now_iso(), "host": socket.gethostname(), "pid": os.getpid()}
     lock = (_PostgresLock(settings.mlflow_tracking_uri, settings.model_name)
             if _is_postgres(settings.mlflow_tracking_uri) else _FileLock(lock_path(settings)))
     if not lock.acquire(holder, wait):
@@ -323,31 +374,20 @@ def _describe_holder(holder: dict | None) -> str:
 
 
 class _FileLock:
-    """fcntl.flock on its own open file: it excludes other processes and other threads."""
+    """:func:`pipeline.core.io.file_lock`, with the holder written in the lock file for the
+    one who is refused."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._fh = None
+        self._held = ExitStack()
 
     def acquire(self, holder: dict, wait: float) -> bool:
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    fh.close()
-                    return False
-                time.sleep(0.05)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps(holder))
-        fh.flush()
-        self._fh = fh
+        try:
+            fh = self._held.enter_context(file_lock(self.path, wait=wait))
+        except LockBusy:
+            return False
+        _rewrite(fh, json.dumps(holder))
+        self._held.callback(_rewrite, fh, "")  # cleared before the lock is released
         return True
 
     def holder(self) -> dict | None:
@@ -360,13 +400,14 @@ class _FileLock:
         return None
 
     def release(self) -> None:
+        self._held.close()
 
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.flush()
-        fcntl.flock(self._fh, fcntl.LOCK_UN)
-        self._fh.close()
-        self._fh = None
+
+def _rewrite(fh: Any, text: str) -> None:
+    fh.seek(0)
+    fh.truncate()
+    fh.write(text)
+    fh.flush()
 
 
 class _PostgresLock:
@@ -378,10 +419,9 @@ class _PostgresLock:
         self.url = url
         self.key = int.from_bytes(hashlib.sha256(f"kmeans-aliases:{model_name}".encode())
                                   .digest()[:4], "big") & 0x7FFFFFFF
-        self._conn = None
+        self._conn: sa.Connection | None = None
 
-    def _connect(self):
-
+    def _connect(self) -> sa.Connection:
         try:
             return sa.create_engine(self.url, poolclass=NullPool).connect()
         except ModuleNotFoundError as err:
@@ -389,7 +429,6 @@ class _PostgresLock:
                                f"no PostgreSQL driver is installed: {err}") from err
 
     def acquire(self, holder: dict, wait: float) -> bool:
-
         conn = self._connect()
         deadline = time.monotonic() + wait
         while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"),
@@ -407,7 +446,6 @@ class _PostgresLock:
         return True
 
     def holder(self) -> dict | None:
-
         with self._connect() as conn:
             tag = conn.execute(sa.text(
                 "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
@@ -416,23 +454,20 @@ class _PostgresLock:
         parts = (tag or "").split("|", 4)
         if len(parts) != 5 or parts[0] != "kmeans":
             return None
-        since = dt.datetime.fromtimestamp(int(parts[3]), dt.timezone.utc).isoformat()
+        since = dt.datetime.fromtimestamp(int(parts[3]), dt.UTC).isoformat()
         return {"operation": parts[1], "version": parts[2] or None, "since": since,
                 "actor": parts[4]}
 
     def release(self) -> None:
-
-        self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
-        self._conn.close()
-        self._conn = None
+        conn, self._conn = self._conn, None
+        if conn is None:
+            raise RuntimeError("release() of an advisory lock that is not held")
+        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+        conn.close()
 
 
 def _is_postgres(uri: str) -> bool:
     return uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def audit_path(settings: Settings) -> Path:
@@ -450,7 +485,6 @@ def download_model(settings: Settings, alias: str = "champion", *, version: str 
     """Download and verify the artifact of ``version`` (default: the one behind ``alias``);
     returns (SegmentModel, version)."""
     import mlflow
-
 
     if version is None:
         found = alias_version(settings, alias)

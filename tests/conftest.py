@@ -26,8 +26,8 @@ os.environ["KMEANS_HOME"] = str(_SESSION_DIR / "default-home")
 
 START = dt.date(2026, 11, 1)
 DAYS = 3
-END = dt.datetime(2026, 11, 4, tzinfo=dt.timezone.utc)
-BEGIN = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+END = dt.datetime(2026, 11, 4, tzinfo=dt.UTC)
+BEGIN = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
 
 def make_settings(home: Path, **overrides):
@@ -59,8 +59,8 @@ def settings(tmp_path, monkeypatch):
 def lake_home():
     """A small lake (1,500 customers x 3 days), landed, applied and materialized, shared."""
     from pipeline.data import features
-    from pipeline.data.ingest import ingest_lake
     from pipeline.data.datagen import generate_lake
+    from pipeline.data.ingest import ingest_lake
 
     home = _SESSION_DIR / "lake-home"
     s = make_settings(home)

@@ -1,14 +1,24 @@
 """Engine correctness: hand-computed cases, and agreement between in-process, Spark and
 scikit-learn from the same initial centroids."""
 
+import json
+import pickle
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
+from sklearn.base import clone
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from pipeline.engine import KMeans, assign, fit_sweep, partial_stats
 from pipeline.engine.estimator import ArraySource, EmptyClusterWarning, lloyd
+from pipeline.engine.kernel import distances
+from pipeline.engine.spark import BlockSpec, block_key, load_block, load_block_and_weights
 
 
 def test_assign_hand_computed():
@@ -25,7 +35,7 @@ def test_assign_hand_computed():
 
 def test_blobs_are_recovered():
     x, truth = make_blobs(3000, n_features=5, centers=4, cluster_std=0.5, random_state=1)
-    model = KMeans(4, n_init=3, seed=0).fit(x.astype(np.float32))
+    model = KMeans(4, n_init=3, random_state=0).fit(x.astype(np.float32))
     assert adjusted_rand_score(truth, model.predict(x)) >= 0.99
 
 
@@ -43,7 +53,7 @@ def test_digits_inertia_within_one_percent_of_scikit_learn():
     from sklearn.datasets import load_digits
 
     x = load_digits().data.astype(np.float32)
-    ours = KMeans(10, n_init=4, seed=0, max_iter=300).fit(x)
+    ours = KMeans(10, n_init=4, random_state=0, max_iter=300).fit(x)
     sk = SkKMeans(10, n_init=4, random_state=0, max_iter=300).fit(x)
     assert ours.inertia_ <= sk.inertia_ * 1.01
 
@@ -95,11 +105,16 @@ def test_empty_cluster_is_relocated_and_reported():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"n_clusters": 0}, "n_clusters should be >= 1"),
-    ({"n_clusters": 2, "n_init": 0}, "n_init=0 should be >= 1"),
-    ({"n_clusters": 2, "empty_cluster": "drop"}, "empty_cluster='drop' should be one of"),
+    ({"n_clusters": 0}, r"'n_clusters' parameter of KMeans must be an int in the range "
+                        r"\[1, inf\)\. Got 0"),
+    ({"n_clusters": 2, "n_init": 0}, r"'n_init' parameter .* Got 0"),
+    ({"n_clusters": 2, "empty_cluster": "drop"},
+     r"'empty_cluster' parameter .* must be a str among \{.*'farthest'.*\}\. Got 'drop'"),
     ({"n_clusters": 9}, "n_samples=4 should be >= n_clusters=9"),
-    ({"n_clusters": 2, "init": "random"}, "init='random' should be one of"),
+    ({"n_clusters": 2, "init": "random"}, r"'init' parameter .*'k-means\|\|'.* Got 'random'"),
+    ({"n_clusters": 2, "init": np.zeros((3, 2))},
+     r"init shape \(3, 2\) should be \(2, 2\)"),
+    ({"n_clusters": 2, "tol": -1.0}, r"'tol' parameter .* Got -1\.0"),
 ])
 def test_bad_parameters_name_the_value(kwargs, message):
     x = np.zeros((4, 2), dtype=np.float32) + np.arange(4, dtype=np.float32)[:, None]
@@ -107,9 +122,21 @@ def test_bad_parameters_name_the_value(kwargs, message):
         KMeans(**kwargs).fit(x)
 
 
+@pytest.mark.parametrize("ks, message", [
+    ([], r"ks should hold at least one K, got \[\]"),
+    ([2, 0], r"'n_clusters' parameter of fit_sweep must be an int in the range .* Got 0"),
+    ([2, 2.5], r"'n_clusters' parameter of fit_sweep .* Got 2\.5"),
+])
+def test_sweep_checks_every_k_against_the_same_bounds(ks, message):
+    with pytest.raises(ValueError, match=message):
+        fit_sweep(ArraySource(np.eye(4, dtype=np.float32)), ks)
+
+
 def test_nan_input_is_refused():
-    with pytest.raises(ValueError, match="NaN or infinity"):
+    with pytest.raises(ValueError, match="Input X contains NaN"):
         KMeans(2).fit(np.array([[0, np.nan], [1, 1]], dtype=np.float32))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        ArraySource(np.array([[0, np.inf], [1, 1]], dtype=np.float32))
 
 
 def test_kmeans_parallel_draws_respect_weights():
@@ -123,3 +150,150 @@ def test_kmeans_parallel_draws_respect_weights():
     assert 4 <= len(candidates) <= 100
     zero_rows = {tuple(r) for r in x[1000:]}
     assert not any(tuple(c) in zero_rows for c in candidates[1:]), "weight-0 rows never drawn"
+
+
+# ---------------------------------------------------------------- the scikit-learn estimator
+
+def test_estimator_attributes_agree_with_each_other():
+    x, _ = make_blobs(500, n_features=3, centers=3, random_state=5)
+    km = KMeans(3, random_state=0).fit(x)
+    assert km.cluster_centers_.shape == (3, 3) and km.cluster_centers_.dtype == np.float32
+    assert km.labels_.dtype == np.int32
+    np.testing.assert_array_equal(km.labels_, km.predict(x))
+    assert km.score(x) == -km.inertia_, "score is the negative inertia of the same kernel"
+    d = km.transform(x)
+    assert d.shape == (500, 3) and d.dtype == np.float64
+    np.testing.assert_array_equal(d.argmin(axis=1), km.labels_)
+    np.testing.assert_allclose((d.min(axis=1) ** 2).sum(), km.inertia_, rtol=1e-5)
+    assert km.transform(x.astype(np.float32)).dtype == np.float32
+    assert km.n_features_in_ == 3 and km.n_iter_ >= 1
+    assert km.cluster_sizes_.sum() == 500
+    assert list(km.get_feature_names_out()) == ["kmeans0", "kmeans1", "kmeans2"]
+
+
+def test_distances_hand_computed():
+    x = np.array([[0, 0], [3, 4]], dtype=np.float32)
+    c = np.array([[0, 0], [6, 8]], dtype=np.float32)
+    np.testing.assert_allclose(distances(x, c), [[0, 10], [5, 5]])
+
+
+def test_fit_predict_is_fit_then_labels():
+    x, _ = make_blobs(300, n_features=2, centers=3, random_state=0)
+    np.testing.assert_array_equal(KMeans(3, random_state=4).fit_predict(x),
+                                  KMeans(3, random_state=4).fit(x).labels_)
+
+
+def test_random_state_int_is_the_engine_seed_and_instances_are_drawn_from():
+    x, _ = make_blobs(800, n_features=2, centers=5, random_state=2)
+    x = x.astype(np.float32)
+    ours = KMeans(5, random_state=7, max_iter=3).fit(x)
+    sweep = fit_sweep(ArraySource(x), [5], seed=7, max_iter=3).fits[5]
+    np.testing.assert_array_equal(ours.cluster_centers_, sweep.centroids)
+    a = KMeans(5, random_state=np.random.RandomState(1), max_iter=3).fit(x)
+    b = KMeans(5, random_state=np.random.RandomState(1), max_iter=3).fit(x)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+
+
+def test_clone_get_params_and_set_params():
+    km = KMeans(4, init="k-means++", n_init=2, random_state=3, empty_cluster="split")
+    params = km.get_params()
+    assert params == {"n_clusters": 4, "init": "k-means++", "n_init": 2, "max_iter": 100,
+                      "tol": 1e-4, "random_state": 3, "empty_cluster": "split"}
+    twin = clone(km)
+    assert twin is not km and twin.get_params() == params
+    assert twin.set_params(n_clusters=6) is twin and twin.n_clusters == 6
+    with pytest.raises(TypeError):
+        KMeans(4, "k-means++")  # everything after n_clusters is keyword-only
+
+
+def test_dataframe_input_records_feature_names_and_fits_in_a_pipeline():
+    x, _ = make_blobs(300, n_features=3, centers=3, random_state=1)
+    frame = pd.DataFrame(x, columns=["spend", "visits", "tenure"])
+    km = KMeans(3, random_state=0).fit(frame)
+    assert list(km.feature_names_in_) == ["spend", "visits", "tenure"]
+    with pytest.raises(ValueError, match="feature names"):
+        km.predict(frame[["visits", "spend", "tenure"]])
+    pipe = make_pipeline(StandardScaler(), KMeans(3, random_state=0)).fit(frame)
+    assert pipe.predict(frame).shape == (300,)
+    pickle.loads(pickle.dumps(pipe)).predict(frame)
+
+
+def test_sample_weight_with_a_source_is_an_error():
+    x = np.eye(4, dtype=np.float32)
+    with pytest.raises(ValueError, match="sample_weight should be None when X is a data "
+                                         "source, got ndarray.*weight column"):
+        KMeans(2).fit(ArraySource(x), sample_weight=np.ones(4))
+    km = KMeans(2, random_state=0).fit(ArraySource(x, np.ones(4)))
+    assert km.n_features_in_ == 4 and not hasattr(km, "labels_")
+    with pytest.raises(ValueError, match="fit_predict needs an array, got a data source"):
+        km.fit_predict(ArraySource(x))
+
+
+def test_rows_of_weight_zero_never_seed_a_centroid():
+    x, _ = make_blobs(300, n_features=2, centers=3, random_state=8)
+    far = np.full((5, 2), 1000.0) + np.arange(5)[:, None]  # D² seeding loves these
+    x = np.vstack([x, far]).astype(np.float32)
+    w = np.r_[np.ones(300), np.zeros(5)]
+    for init in ("k-means||", "k-means++"):
+        for seed in range(3):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", EmptyClusterWarning)
+                km = KMeans(6, init=init, random_state=seed).fit(x, sample_weight=w)
+            assert np.abs(km.cluster_centers_).max() < 100, (init, seed)
+            assert km.empty_events_ == [] and km.cluster_sizes_.sum() == 300
+    with pytest.raises(ValueError, match="Negative values in data passed to `sample_weight`"):
+        KMeans(2).fit(x, sample_weight=-w)
+
+
+def test_array_init_runs_once_and_says_so():
+    x, _ = make_blobs(200, n_features=2, centers=2, random_state=0)
+    with pytest.warns(RuntimeWarning, match="one initialisation instead of n_init=3"):
+        km = KMeans(2, init=x[:2], n_init=3).fit(x)
+    assert km.n_iter_ >= 1
+
+
+# ---------------------------------------------------------------- staging (no Spark needed)
+
+def _keep_even_ids(frame: pd.DataFrame) -> np.ndarray:
+    return frame["customer_id"].to_numpy() % 2 == 0
+
+
+class _Doubled:
+    """A picklable transform: two columns, doubled."""
+
+    def __call__(self, frame: pd.DataFrame) -> np.ndarray:
+        return 2 * frame[["a", "b"]].to_numpy(dtype=np.float32)
+
+
+def test_staging_filters_rows_then_transforms_them(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    frame = pd.DataFrame({"customer_id": np.arange(10), "a": np.arange(10.0),
+                          "b": -np.arange(10.0), "w": np.linspace(1, 2, 10)})
+    frame.to_parquet(data / "part-0.parquet")
+    frame.iloc[:0].to_parquet(data / "part-1.parquet")  # an empty file: its block is (0, 2)
+    spec = BlockSpec(snapshot_dir=str(data), files=("part-0.parquet", "part-1.parquet"),
+                     stage_dir=str(tmp_path / "stage"), key=block_key("test", "even", 2),
+                     transform=_Doubled(), row_filter=_keep_even_ids, weight_column="w")
+    block, weights = load_block_and_weights(spec, 0)
+    np.testing.assert_array_equal(block, [[0, 0], [4, -4], [8, -8], [12, -12], [16, -16]])
+    np.testing.assert_array_equal(weights, frame.w.to_numpy()[::2])
+    assert load_block(spec, 1).shape == (0, 2)
+    meta = json.loads((tmp_path / "stage" / spec.key / "block-00000.json").read_text())
+    assert meta == {"rows": 5, "cols": 2}
+    assert sorted(p.name for p in (tmp_path / "stage" / spec.key).iterdir()) == [
+        "block-00000.f32", "block-00000.json", "block-00000.w64",
+        "block-00001.f32", "block-00001.json", "block-00001.w64"], "no temporary left behind"
+
+
+def test_staging_refuses_a_row_filter_of_the_wrong_shape(tmp_path):
+    pd.DataFrame({"a": [1.0, 2.0]}).to_parquet(tmp_path / "part-0.parquet")
+    spec = BlockSpec(snapshot_dir=str(tmp_path), files=("part-0.parquet",),
+                     stage_dir=str(tmp_path / "stage"), key="k", columns=("a",),
+                     row_filter=_first_row_only)
+    with pytest.raises(ValueError, match=r"row_filter returned shape \(1,\); expected \(2,\)"):
+        load_block(spec, 0)
+
+
+def _first_row_only(frame: pd.DataFrame) -> np.ndarray:
+    return np.ones(1, dtype=bool)

@@ -1,12 +1,25 @@
 """Feast on the embedded default: apply, point-in-time snapshots, online reads."""
 
 import datetime as dt
+import shutil
+from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
-from pipeline.core.settings import FEATURE_NAMES
-from pipeline.data.features import Snapshot, feature_store, online_features, training_snapshot
+from pipeline.core.settings import FEATURE_NAMES, PROJECT_ROOT
+from pipeline.data.datagen import generate_lake
+from pipeline.data.features import (
+    Snapshot,
+    apply_repo,
+    feature_store,
+    materialize,
+    online_features,
+    repo_config,
+    training_snapshot,
+)
+from pipeline.data.ingest import OFFLINE_TABLE, ingest_lake
 from tests.conftest import BEGIN, END, make_settings
 
 pytestmark = pytest.mark.integration
@@ -31,8 +44,6 @@ def test_snapshot_is_content_addressed_and_repeatable(lake_home, snapshot_path):
 
 def test_snapshot_is_point_in_time(lake_home, snapshot_path):
     """A customer's row holds the latest values before the window end, not later ones."""
-    import pyarrow.parquet as pq
-
     s = make_settings(lake_home)
     offline = pq.read_table(s.offline_dir / "customer_profile").to_pandas()
     frame = Snapshot.load(snapshot_path).frame().set_index("customer_id")
@@ -54,3 +65,64 @@ def test_online_features_in_request_order_with_unknown_ids(lake_home):
     assert frame["customer_id"].tolist() == [100_002, 42, 100_001]
     assert frame.loc[1, FEATURE_NAMES].isna().all()
     assert frame.loc[0, "tenure_days"] >= 0
+
+
+def test_a_home_elsewhere_reads_its_own_offline_table(lake_home):
+    """The lake home is not beside feature_repo/: its source path is the home's own table."""
+    s = make_settings(lake_home)
+    source = feature_store(s).get_data_source("customer_profile_source")
+    assert source.path == str(s.offline_dir / OFFLINE_TABLE)
+    assert repo_config(s).repo_path == PROJECT_ROOT / "feature_repo"
+
+
+def _repo_copy(root: Path) -> Path:
+    repo = root / "feature_repo"
+    shutil.copytree(PROJECT_ROOT / "feature_repo", repo,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return repo
+
+
+def test_source_path_follows_each_home_applied_in_turn(tmp_path):
+    """The declared relative path for the home beside the repo, the absolute table path for a
+    home elsewhere, and back: one process, one repo, no state carried between applies."""
+    repo = _repo_copy(tmp_path)
+    beside = make_settings(tmp_path / ".kmeans", feast_repo=repo)
+    other = make_settings(tmp_path / "elsewhere" / "home", feast_repo=repo)
+    declared = "../.kmeans/offline/customer_profile"
+    for s, expected in [(beside, declared), (other, str(other.offline_dir / OFFLINE_TABLE)),
+                        (beside, declared)]:
+        assert "customer_profile" in apply_repo(s)
+        assert feature_store(s).get_data_source("customer_profile_source").path == expected
+    assert not (repo / "__pycache__").exists()
+
+
+def test_relative_source_outside_an_offline_folder_is_refused(tmp_path):
+    repo = _repo_copy(tmp_path)
+    module = repo / "data_sources.py"
+    module.write_text(module.read_text().replace('"../.kmeans/offline/customer_profile"',
+                                                 '"data/customer_profile.parquet"'))
+    with pytest.raises(ValueError, match=r"'data/customer_profile.parquet'.*allowed: a path"):
+        apply_repo(make_settings(tmp_path / "home", feast_repo=repo))
+
+
+def test_production_profile_serves_from_redis(tmp_path):
+    """Redis on loopback (db 15), as the production profile's online store."""
+    pytest.importorskip("redis", reason="the Redis online store needs feast[redis] (redis, "
+                                        "hiredis), which the project does not install yet")
+    s = make_settings(tmp_path / "home", profile="production", serving_token="token",
+                      mlflow_tracking_uri="http://127.0.0.1:5000",
+                      redis_connection_string="127.0.0.1:6379,db=15")
+    generate_lake(s.lake_dir, n_customers=200, start=BEGIN.date(), days=3, seed=5)
+    ingest_lake(s, BEGIN.date(), END.date())
+    apply_repo(s)
+    store = feature_store(s)
+    assert store.config.online_store.type == "redis"
+    try:
+        materialize(s, BEGIN, END)
+        offline = pq.read_table(s.offline_dir / OFFLINE_TABLE).to_pandas()
+        latest = offline.sort_values("event_timestamp").groupby("customer_id").tail(1)
+        latest = latest.dropna(subset=FEATURE_NAMES).sort_values("customer_id").iloc[0]
+        row = online_features(store, s.feature_service, [int(latest.customer_id)]).iloc[0]
+        assert row[FEATURE_NAMES].astype(float).tolist() == latest[FEATURE_NAMES].tolist()
+    finally:
+        store.teardown()

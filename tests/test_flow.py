@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.orchestration.flow import interval
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def test_window_ends_at_the_data_interval_end():

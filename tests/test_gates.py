@@ -6,15 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.promotion import gates
 from pipeline.core.settings import FEATURE_NAMES, load_settings
 from pipeline.data.features import Snapshot
 from pipeline.data.validation import validate_frame
 from pipeline.engine import KMeans
-from pipeline.model.preprocessing import Preprocessor
-from pipeline.training.split import holdout_mask
+from pipeline.model.preprocessing import LOG_FEATURES, Preprocessor
+from pipeline.promotion import gates
 from pipeline.promotion.drift import column_drift, reference_sample
 from pipeline.training.evaluation import cluster_metrics
+from pipeline.training.split import holdout_mask
 from tests.conftest import shifted
 
 DEFAULTS = load_settings()
@@ -31,7 +31,7 @@ def frame(snapshot_path):
 @pytest.fixture(scope="module")
 def split(frame):
     hold = holdout_mask(frame["customer_id"].to_numpy(), 42)
-    pre = Preprocessor.fit(frame[~hold], FEATURE_NAMES)
+    pre = Preprocessor.fit(frame[~hold], FEATURE_NAMES, log_features=LOG_FEATURES)
     return pre.transform(frame[~hold]), pre.transform(frame[hold])
 
 
@@ -39,7 +39,7 @@ def split(frame):
 def fitted(split):
     """K=5 (the generator's five segments): centroids and training shares."""
     x, _ = split
-    model = KMeans(5, n_init=2, seed=0).fit(x)
+    model = KMeans(5, n_init=2, random_state=0).fit(x)
     return model.cluster_centers_, model.cluster_sizes_ / model.cluster_sizes_.sum()
 
 

@@ -1,5 +1,6 @@
 """Property-based fuzzing of the live server from its own OpenAPI document (schemathesis).
 
+The document derives from the route table the server routes with (pipeline/serving/routes.py).
 Every operation gets generated requests, valid and invalid; the server must never answer 5xx,
 and what it answers must match the document (status codes, content types, response schemas).
 """
@@ -18,6 +19,7 @@ from schemathesis.specs.openapi.checks import (
 from pipeline.serving.app import InferenceApp
 from pipeline.serving.model import SegmentService
 from pipeline.serving.openapi import document
+from pipeline.serving.routes import ROUTES
 from pipeline.serving.server import running
 from tests.test_serving import NAME, make_model
 
@@ -36,8 +38,9 @@ def live(snapshot_path, tmp_path_factory):
         yield url
 
 
-# The document the server serves is built from the model name alone, so the schema is loaded
-# at collection time (schemathesis' lazy fixture loader does not support pytest 9 yet).
+# The document the server serves is built from the route table and the model name alone, so the
+# schema is loaded at collection time (schemathesis' lazy fixture loader does not support pytest
+# 9 yet).
 schema = schemathesis.openapi.from_dict(document(NAME))
 
 
@@ -53,6 +56,7 @@ def test_no_5xx_and_answers_match_the_document(case, live):
 def test_the_document_covers_every_route(live):
     doc = httpx.get(f"{live}/openapi.json").json()
     assert doc == document(NAME)
+    assert sorted(doc["paths"]) == sorted(route.path for route in ROUTES)
     for path in ("/v2/models/{name}/infer", "/v1/models/{name}:predict", "/admin/load",
                  "/admin/traffic", "/admin/promote", "/admin/drop", "/admin/window", "/metrics"):
         assert path in doc["paths"], path

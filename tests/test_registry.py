@@ -157,7 +157,8 @@ def test_lock_held_by_another_process_refuses_promote_and_rollback(settings, ver
     _live(settings, *versions[:2])
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from pipeline import registry; from pipeline.core.settings import load_settings\n"
+         "import sys; from pipeline import registry\n"
+         "from pipeline.core.settings import load_settings\n"
          "with registry.alias_lock(load_settings(), operation='rollback', version=None, "
          "actor='alice'):\n    print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

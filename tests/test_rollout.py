@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from pipeline import registry
-from pipeline.rollout import controller as rollout
+from pipeline.core.settings import FEATURE_NAMES
 from pipeline.data.features import Snapshot
 from pipeline.engine.estimator import KMeans
 from pipeline.model.artifact import SegmentModel
-from pipeline.model.preprocessing import Preprocessor
+from pipeline.model.preprocessing import LOG_FEATURES, Preprocessor
+from pipeline.rollout import controller as rollout
 from pipeline.serving.server import build_app, running
 from pipeline.training.matching import match_clusters, relabel
 from tests.conftest import make_settings
@@ -32,7 +33,7 @@ STEPS = "shadow,10,50,100"
 
 
 def _fit(x, pre, seed, champion=None):
-    km = KMeans(5, seed=seed, n_init=2).fit(x.astype(np.float32))
+    km = KMeans(5, random_state=seed, n_init=2).fit(x.astype(np.float32))
     centroids, ids = km.cluster_centers_, list(range(5))
     if champion is not None:  # stable ids, as registration does
         mapping, _ = match_clusters(champion.assign_scaled(x).cluster,
@@ -53,7 +54,7 @@ def world(tmp_path_factory, snapshot_path):
     home = tmp_path_factory.mktemp("rollout-home")
     s = make_settings(home, admin_token=ADMIN)
     frame = Snapshot.load(snapshot_path).frame()
-    pre = Preprocessor.fit(frame)
+    pre = Preprocessor.fit(frame, FEATURE_NAMES, log_features=LOG_FEATURES)
     x = pre.transform(frame)
     champion = _fit(x, pre, seed=0)
     half = np.random.default_rng(1).permutation(len(x))[: len(x) // 2]

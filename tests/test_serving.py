@@ -11,9 +11,10 @@ import httpx
 import numpy as np
 import pytest
 
+from pipeline.core.settings import FEATURE_NAMES
 from pipeline.data.features import Snapshot, feature_store, online_features
 from pipeline.model.artifact import SegmentModel
-from pipeline.model.preprocessing import Preprocessor
+from pipeline.model.preprocessing import LOG_FEATURES, Preprocessor
 from pipeline.serving.app import InferenceApp
 from pipeline.serving.lookup import OnlineLookup
 from pipeline.serving.model import SegmentService
@@ -29,7 +30,7 @@ SERVICE = "customer_segments_v1"
 
 def make_model(snapshot_path, folder, k=4, seed=0) -> SegmentModel:
     frame = Snapshot.load(snapshot_path).frame()
-    pre = Preprocessor.fit(frame)
+    pre = Preprocessor.fit(frame, FEATURE_NAMES, log_features=LOG_FEATURES)
     x = pre.transform(frame)
     centroids = x[np.random.default_rng(seed).choice(len(x), k, replace=False)]
     return SegmentModel.load(SegmentModel(centroids, pre, {"distance_p99": 4.0}).save(folder))
@@ -151,7 +152,7 @@ def test_lookup_matches_feast_and_flags_rows_older_than_the_ttl(lookup, lake_hom
     assert rows.found.tolist() == [True, False, True, True]
     assert not rows.stale.any()
     # The feature view's TTL is 30 days: 31 days after the newest event every row is stale.
-    later = dt.datetime(2026, 11, 4, tzinfo=dt.timezone.utc) + dt.timedelta(days=31)
+    later = dt.datetime(2026, 11, 4, tzinfo=dt.UTC) + dt.timedelta(days=31)
     aged = lookup.fetch(ids, now=later)
     assert aged.stale.tolist() == [True, False, True, True]
     assert np.nanmin(aged.age_seconds) > 30 * 86400
@@ -202,7 +203,7 @@ BAD = [
      "requested outputs ['score'] are not produced"),
     (INFER, "{}", "text/plain", 415, "content-type 'text/plain' is not supported"),
     (INFER, "{}", J, 400, "body must be an object with 'inputs'"),
-    (f"/v2/models/other/infer", json.dumps(_features([[1.0] * 12])), J, 404,
+    ("/v2/models/other/infer", json.dumps(_features([[1.0] * 12])), J, 404,
      "model 'other' is unknown"),
     ("/v2/nothing/here", "{}", J, 404, "no route '/v2/nothing/here'"),
     (f"/v1/models/{NAME}:explain", "{}", J, 404, "verb 'explain' is not supported"),
@@ -318,7 +319,8 @@ def test_concurrency_limit_answers_503_and_spares_probes(model):
 def test_batch_of_1000_rows(model):
     service = SegmentService(NAME)
     service.load(model, "1")
-    rows = (np.asarray(model.preprocessor.means) + np.random.default_rng(1).normal(size=(1000, 12))).tolist()
+    noise = np.random.default_rng(1).normal(size=(1000, 12))
+    rows = (np.asarray(model.preprocessor.means) + noise).tolist()
     with running(InferenceApp(service, max_body_bytes=4 << 20)) as url:
         reply = httpx.post(f"{url}{INFER}", json=_features(rows))
     assert reply.status_code == 200

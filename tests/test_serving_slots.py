@@ -31,7 +31,7 @@ def reg(tmp_path_factory, snapshot_path):
     registry.configure(s)
     versions = {}
     for seed in (0, 1, 2):
-        model = make_model(snapshot_path, home / f"artifact-{seed}", k=4, seed=seed)
+        make_model(snapshot_path, home / f"artifact-{seed}", k=4, seed=seed)
         with mlflow.start_run(experiment_id=registry.configure(s)) as run:
             pass
         versions[seed] = registry.log_model_version(s, run.info.run_id, home / f"artifact-{seed}",

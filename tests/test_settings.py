@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from pipeline.core.settings import FEATURE_NAMES, load_settings
+from pipeline.core.settings import load_settings
 
 
 def test_defaults_derive_paths_from_home(tmp_path):
@@ -38,7 +38,3 @@ def test_production_needs_tokens_and_server(tmp_path):
     s = load_settings(home=tmp_path, profile="production", serving_token="tok-serving-123",
                       mlflow_tracking_uri="postgresql://mlflow@127.0.0.1/mlflow")
     assert "tok-serving-123" not in repr(s), "tokens must not leak in reprs"
-
-
-def test_twelve_features():
-    assert len(FEATURE_NAMES) == 12

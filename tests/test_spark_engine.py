@@ -1,13 +1,20 @@
 """The Spark path of the engine on real Spark (local[2,4]) against the in-process path."""
 
+import os
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 
+from pipeline.core.settings import FEATURE_NAMES
 from pipeline.data.features import Snapshot
-from pipeline.engine import fit_sweep
+from pipeline.engine import KMeans, fit_sweep
 from pipeline.engine.estimator import ArraySource
 from pipeline.engine.spark import BlockSpec, SparkBlockSource, block_key, load_block
-from pipeline.model.preprocessing import Preprocessor
+from pipeline.model.preprocessing import LOG_FEATURES, Preprocessor
+from pipeline.training.split import holdout_mask
+from pipeline.training.stages import TrainingRows
 
 pytestmark = pytest.mark.integration
 
@@ -15,10 +22,49 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def spec(snapshot_path, tmp_path):
     snap = Snapshot.load(snapshot_path)
-    pre = Preprocessor.fit(snap.frame()).to_dict()
+    pre = Preprocessor.fit(snap.frame(), FEATURE_NAMES, log_features=LOG_FEATURES)
     return BlockSpec(snapshot_dir=snap.path, files=tuple(snap.files), stage_dir=str(tmp_path),
-                     key=block_key(snap.data_hash, pre, "train", 1, 1.0), preprocessor=pre,
-                     holdout_seed=1, side="train", sample_fraction=1.0)
+                     key=block_key(snap.data_hash, pre.to_dict(), "train", 1, 1.0),
+                     transform=pre.transform, row_filter=TrainingRows(1), sample_seed=1)
+
+
+def _dies_once(fn, marker: str):
+    """The task ``fn``, except that the first attempt at partition 0 that finds ``marker``
+    removes it and dies, as a lost executor would, mid-job."""
+    def run(index, rows):
+        if index == 0:
+            try:
+                os.remove(marker)  # atomic: exactly one attempt sees the marker
+            except FileNotFoundError:
+                pass
+            else:
+                raise RuntimeError(f"injected failure in partition {index}")
+        yield from fn(index, rows)
+    return run
+
+
+class FailingOnceSource(SparkBlockSource):
+    """Test-only source: job number ``fail_job`` loses its first attempt at partition 0."""
+
+    fail_job: int | None = None
+    marker = ""
+
+    def _run(self, fn):
+        if self.jobs + 1 == self.fail_job:
+            fn = _dies_once(fn, self.marker)
+        return super()._run(fn)
+
+
+def test_the_staged_rows_are_the_training_side_preprocessed(spec, snapshot_path):
+    snap = Snapshot.load(snapshot_path)
+    expected = []
+    for name in snap.files:
+        frame = pd.read_parquet(Path(snap.path) / name)
+        train = ~holdout_mask(frame["customer_id"].to_numpy(), 1)
+        assert 0 < train.sum() < len(frame)
+        expected.append(spec.transform(frame[train]))
+    staged = np.concatenate([load_block(spec, i) for i in range(len(spec.files))])
+    np.testing.assert_array_equal(staged, np.concatenate(expected))
 
 
 def test_spark_and_in_process_agree(spark, spec):
@@ -50,10 +96,14 @@ def test_failed_task_is_retried_with_the_same_result(spark, spec, tmp_path):
     expected = fit_sweep(clean, [4], init=init, max_iter=8, tol=0).fits[4]
     marker = tmp_path / "fail-once"
     marker.touch()
-    faulty = SparkBlockSource(spark, spec, fail_marker=str(marker))
+    faulty = FailingOnceSource(spark, spec)
+    # jobs of the fit: the init sample, then one step per iteration: the second step dies
+    faulty.fail_job, faulty.marker = faulty.jobs + 3, str(marker)
     got = fit_sweep(faulty, [4], init=init, max_iter=8, tol=0).fits[4]
     assert not marker.exists(), "the injected failure must have fired"
+    assert got.n_iter == expected.n_iter == 8
     np.testing.assert_array_equal(got.centroids, expected.centroids)
+    assert got.inertia == expected.inertia
 
 
 def test_kmeans_parallel_on_spark_is_deterministic(spark, spec):
@@ -66,13 +116,10 @@ def test_kmeans_parallel_on_spark_is_deterministic(spark, spec):
 def test_fit_on_a_spark_dataframe_matches_in_process(spark, tmp_path):
     from sklearn.datasets import make_blobs
 
-    from pipeline.engine import KMeans
     from pipeline.engine.spark import dataframe_source
 
     x, _ = make_blobs(3000, n_features=4, centers=3, random_state=0)
     x = x.astype(np.float32)
-    import pandas as pd
-
     df = spark.createDataFrame(pd.DataFrame(x, columns=list("abcd")))
     source = dataframe_source(df, list("abcd"), tmp_path, partitions=3)
     assert source.n_rows == 3000 and source.n_features == 4
@@ -95,10 +142,8 @@ def test_dataframe_with_missing_column_is_refused(spark, tmp_path):
 
 
 def test_weighted_fit_on_spark_matches_in_process(spark, tmp_path):
-    import pandas as pd
     from sklearn.datasets import make_blobs
 
-    from pipeline.engine import KMeans
     from pipeline.engine.spark import dataframe_source
 
     x, _ = make_blobs(2000, n_features=3, centers=3, random_state=4)
@@ -109,6 +154,9 @@ def test_weighted_fit_on_spark_matches_in_process(spark, tmp_path):
                               partitions=2, weight_column="w")
     init = x[[0, 700, 1400]]
     on_spark = KMeans(3, init=init, max_iter=10, tol=0).fit(source)
+    assert not hasattr(on_spark, "labels_"), "a source's rows stay on the executors"
+    with pytest.raises(ValueError, match="weights come from its weight column"):
+        KMeans(3, init=init).fit(source, sample_weight=w)
     back = source.sample(10_000, 0)  # row order of the staged blocks may differ from x
     assert len(back) == len(x)
     local = KMeans(3, init=init, max_iter=10, tol=0).fit(x, sample_weight=w)
@@ -118,9 +166,7 @@ def test_weighted_fit_on_spark_matches_in_process(spark, tmp_path):
 
 
 def test_staging_streams_and_rejects_nan(spark, tmp_path):
-    import pandas as pd
-
-    from pipeline.engine.spark import SparkBlockSource, parquet_spec
+    from pipeline.engine.spark import parquet_spec
 
     folder = tmp_path / "data"
     folder.mkdir()

@@ -35,7 +35,8 @@ def test_good_batch_passes(good, tmp_path):
     (lambda f: f.drop(columns=["tenure_days"]), "expect_table_columns_to_match_set"),
     (lambda f: f.head(50), "expect_table_row_count_to_be_between"),
     (lambda f: f.assign(customer_id=1), "expect_column_values_to_be_unique"),
-    (lambda f: f.assign(orders_30d=f.orders_30d.astype(str)), "expect_column_values_to_be_in_type_list"),
+    (lambda f: f.assign(orders_30d=f.orders_30d.astype(str)),
+     "expect_column_values_to_be_in_type_list"),
 ])
 def test_bad_batches_fail_with_the_expectation_named(good, tmp_path, mutate, expected):
     result = _run(mutate(good.copy()), tmp_path)

@@ -159,17 +159,17 @@ def feast_home(work: Path) -> Path:
     the ``ours`` server reads it for the requests by customer_id."""
     import datetime as dt
 
-    from pipeline.data import features
-    from pipeline.data.ingest import ingest_lake
     from pipeline.core.settings import load_settings
+    from pipeline.data import features
     from pipeline.data.datagen import generate_lake
+    from pipeline.data.ingest import ingest_lake
 
     home = (work / "feast-home").resolve()
     if (home / ".materialized").exists():
         return home
     settings = load_settings(home=home)
     start = dt.date.today() - dt.timedelta(days=2)
-    begin = dt.datetime(start.year, start.month, start.day, tzinfo=dt.timezone.utc)
+    begin = dt.datetime(start.year, start.month, start.day, tzinfo=dt.UTC)
     end = begin + dt.timedelta(days=2)
     generate_lake(settings.lake_dir, n_customers=len(CUSTOMER_IDS), start=start, days=2, seed=7)
     ingest_lake(settings, begin.date(), end.date())

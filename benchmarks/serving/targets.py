@@ -182,40 +182,53 @@ def _mlserver_repo(target: Target, folder: Path, port: int, centroids: Path) -> 
 
 # ------------------------------------------------------------------ run inside a target's venv
 
-def build_ours(centroids, token: str):
+def build_ours(centroids, token: str, *, with_feast: bool = True, access_log=None):
     """The platform's ASGI app as it runs in production: prediction token, admin token,
     Prometheus metrics, JSON access log on stdout, and a canary (the centroids moved a little)
     answering 10% of keys. ``centroids`` (k x 12) are in model space: the preprocessing is the
     identity. With KMEANS_HOME pointing at a home whose Feast online store is materialized
     (bench_serving.py prepares one), lookups by customer_id go through it. The one place that
-    follows pipeline.serving's API."""
+    follows pipeline.serving's API; it also knows the package's layout before the layers
+    (``pipeline.settings``, ``pipeline.artifact``), so an older commit can be measured."""
+    import importlib
+
     import numpy as np
 
-    from pipeline.core.settings import FEATURE_NAMES, load_settings
-    from pipeline.model.artifact import SegmentModel
-    from pipeline.model.preprocessing import Preprocessor
+    def first(*names):
+        for name in names:
+            try:
+                return importlib.import_module(name)
+            except ModuleNotFoundError:
+                continue
+        raise ModuleNotFoundError(f"none of {names}")
+
+    settings_mod = first("pipeline.core.settings", "pipeline.settings")
+    SegmentModel = first("pipeline.model.artifact", "pipeline.artifact").SegmentModel
+    Preprocessor = first("pipeline.model.preprocessing", "pipeline.preprocessing").Preprocessor
     from pipeline.serving.app import InferenceApp
     from pipeline.serving.model import SegmentService
 
-    d = len(FEATURE_NAMES)
+    names = settings_mod.FEATURE_NAMES
+    d = len(names)
     if centroids.shape[1] != d:
         raise ValueError(f"centroids have {centroids.shape[1]} features, the platform {d}")
-    pre = Preprocessor.from_dict({"feature_names": FEATURE_NAMES, "log_features": [],
+    pre = Preprocessor.from_dict({"feature_names": names, "log_features": [],
                                   "medians": [0.0] * d, "means": [0.0] * d, "stds": [1.0] * d})
     lookup = None
-    if os.environ.get("KMEANS_HOME"):
-        from pipeline.data.features import feature_store
+    if with_feast and os.environ.get("KMEANS_HOME"):
+        features = first("pipeline.data.features", "pipeline.features")
         from pipeline.serving.lookup import OnlineLookup
 
-        settings = load_settings()
-        lookup = OnlineLookup(feature_store(settings), settings.feature_service, FEATURE_NAMES)
+        settings = settings_mod.load_settings()
+        lookup = OnlineLookup(features.feature_store(settings), settings.feature_service, names)
     service = SegmentService(MODEL_NAME, lookup=lookup)
     service.load(SegmentModel(centroids, pre, {}), "1")
     moved = centroids + np.random.default_rng(1).normal(scale=0.01, size=centroids.shape)
     service.load(SegmentModel(moved, pre, {}), "2", "canary")
     service.set_traffic(10, "canary")
     return InferenceApp(service, token=token, admin_token=token + "-admin",
-                        access_log=sys.stdout.buffer, tune_gc=True)  # as `kmeans serve` runs
+                        access_log=access_log or sys.stdout.buffer,
+                        tune_gc=True)  # as `kmeans serve` runs
 
 
 def build_bare(centroids):

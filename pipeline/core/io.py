@@ -1,36 +1,139 @@
-"""Small file helpers shared by the stages: atomic writes and content hashes."""
+"""Small I/O helpers shared by every layer: atomic writes, one file lock, one clock, hashes.
+
+- :func:`atomic_path` is the one temp-then-rename step; :func:`atomic_write_bytes`,
+  :func:`atomic_write_json` and :func:`atomic_write_parquet` are built on it, so readers never
+  see half a file. Temporary names carry host, process, thread and a random part: a folder may
+  be shared by several hosts (a network volume), and two writers must never share a temp file.
+- :func:`file_lock` is the one advisory lock on a file (``fcntl.flock`` on its own open file,
+  so it excludes other processes and other threads of this one).
+- :func:`utc_now` and :func:`utc_now_iso` are the one clock: timezone-aware UTC.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+LOCK_POLL_SECONDS = 0.05
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write to a temporary name beside ``path`` and rename, so readers never see half a file."""
+
+# ---------------------------------------------------------------- clock
+
+
+def utc_now() -> dt.datetime:
+    """The current time, timezone-aware, in UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def utc_now_iso(timespec: str = "seconds") -> str:
+    """The current UTC time as ISO 8601 with its offset, e.g. ``2026-11-30T12:00:05+00:00``."""
+    return utc_now().isoformat(timespec=timespec)
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def temp_name(path: Path) -> Path:
+    """A temporary name beside ``path``, unique per host, process, thread and call."""
+    tag = f"{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:12]}"
+    return path.with_name(f".{path.name}.{tag}.tmp")
+
+
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds, rename it over ``path``.
+
+    If the block raises, the temporary file is removed and ``path`` is left as it was. The
+    parent folder is created if needed.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary name, so readers never see half a file."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return path
 
 
-def atomic_write_json(path: Path, obj: Any) -> Path:
+def atomic_write_json(path: Path | str, obj: Any) -> Path:
     return atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
 
-def atomic_write_parquet(path: Path, table: pa.Table) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+def atomic_write_parquet(path: Path | str, table: pa.Table) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path
+
+
+# ---------------------------------------------------------------- file lock
+
+
+class LockBusy(RuntimeError):
+    """Another process (or thread) holds the file lock."""
+
+    def __init__(self, path: Path, wait: float):
+        self.path = path
+        self.wait = wait
+        super().__init__(f"{path} is locked by another process or thread "
+                         f"(waited {wait:g} s for it)")
+
+
+@contextmanager
+def file_lock(path: Path | str, *, wait: float = 0.0) -> Iterator[IO[str]]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` for the block; :class:`LockBusy` if
+    someone else still holds it after ``wait`` seconds (0: one try).
+
+    The lock is taken on a file object of its own, so it excludes other processes and other
+    threads of this process alike, and the operating system releases it if the holder dies.
+    The lock file is yielded open for reading and writing: a holder may write its name in it
+    for the one who is refused (the file is never deleted; deleting it would let two holders
+    lock two different files).
+    """
+    if wait < 0:
+        raise ValueError(f"wait={wait} should be >= 0 seconds")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait
+    with open(path, "a+", encoding="utf-8") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockBusy(path, wait) from None
+                time.sleep(LOCK_POLL_SECONDS)
+        try:
+            yield fh
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- hashes
 
 
 def table_hash(table: pa.Table) -> str:
@@ -44,7 +147,7 @@ def table_hash(table: pa.Table) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path | str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -19,19 +19,19 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # The behaviour features every stage agrees on: the Feast feature view, the validation suite,
 # the model's preprocessing and the serving schema are all derived from this one table.
-FEATURES: dict[str, dict] = {
-    "total_spend_30d": {"dtype": "float", "min": 0.0, "max": 1e6, "log": True},
-    "avg_order_value": {"dtype": "float", "min": 0.0, "max": 1e5, "log": True},
-    "orders_30d": {"dtype": "float", "min": 0.0, "max": 1000.0, "log": True},
-    "sessions_30d": {"dtype": "float", "min": 0.0, "max": 5000.0, "log": True},
-    "days_since_last_order": {"dtype": "float", "min": 0.0, "max": 3650.0, "log": True},
-    "tenure_days": {"dtype": "float", "min": 0.0, "max": 10000.0, "log": False},
-    "returns_30d": {"dtype": "float", "min": 0.0, "max": 500.0, "log": True},
-    "discount_share": {"dtype": "float", "min": 0.0, "max": 1.0, "log": False},
-    "support_tickets_90d": {"dtype": "float", "min": 0.0, "max": 500.0, "log": True},
-    "mobile_share": {"dtype": "float", "min": 0.0, "max": 1.0, "log": False},
-    "categories_browsed_30d": {"dtype": "float", "min": 0.0, "max": 200.0, "log": False},
-    "email_open_rate": {"dtype": "float", "min": 0.0, "max": 1.0, "log": False},
+FEATURES: dict[str, dict[str, float | bool]] = {
+    "total_spend_30d": {"min": 0.0, "max": 1e6, "log": True},
+    "avg_order_value": {"min": 0.0, "max": 1e5, "log": True},
+    "orders_30d": {"min": 0.0, "max": 1000.0, "log": True},
+    "sessions_30d": {"min": 0.0, "max": 5000.0, "log": True},
+    "days_since_last_order": {"min": 0.0, "max": 3650.0, "log": True},
+    "tenure_days": {"min": 0.0, "max": 10000.0, "log": False},
+    "returns_30d": {"min": 0.0, "max": 500.0, "log": True},
+    "discount_share": {"min": 0.0, "max": 1.0, "log": False},
+    "support_tickets_90d": {"min": 0.0, "max": 500.0, "log": True},
+    "mobile_share": {"min": 0.0, "max": 1.0, "log": False},
+    "categories_browsed_30d": {"min": 0.0, "max": 200.0, "log": False},
+    "email_open_rate": {"min": 0.0, "max": 1.0, "log": False},
 }
 FEATURE_NAMES: list[str] = list(FEATURES)
 
@@ -54,14 +54,16 @@ class Settings(BaseSettings):
         PROJECT_ROOT / ".kmeans",
         description="Working folder of the embedded default: lake, stores, reports, staged blocks.",
     )
-    lake_dir: Path | None = Field(None, description="Data lake root (default: <home>/lake).")
+    # Filled from `home` after validation (typed as the filled value).
+    lake_dir: Path = Field(None, validate_default=False,  # type: ignore[assignment]
+                           description="Data lake root (default: <home>/lake).")
     feast_repo: Path = Field(PROJECT_ROOT / "feature_repo", description="Feast repository folder.")
     feature_service: str = Field("customer_segments_v1", description="Feast feature service.")
     redis_connection_string: str = Field(
         "127.0.0.1:6379", description="Feast online store (Redis) in the production profile."
     )
-    mlflow_tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI (default: sqlite:///<home>/mlflow.db)."
+    mlflow_tracking_uri: str = Field(  # type: ignore[assignment]
+        None, validate_default=False, description="MLflow tracking URI (default: sqlite:///<home>/mlflow.db)."
     )
     mlflow_experiment: str = Field("customer_segments", description="MLflow experiment name.")
     model_name: str = Field("customer_segments", description="MLflow registered model name.")
@@ -69,9 +71,11 @@ class Settings(BaseSettings):
         "local[*]", description="Spark master (k8s://... in production; empty: spark-submit's)."
     )
     spark_driver_memory: str = Field("2g", description="Spark driver memory.")
-    spark_partitions: int = Field(4, ge=1, description="Snapshot files = Spark tasks per iteration.")
-    stage_dir: Path | None = Field(
-        None, description="Executor-local folder for staged float32 blocks (default: <home>/blocks)."
+    spark_partitions: int = Field(
+        4, ge=1, description="Snapshot files = Spark tasks per iteration.")
+    stage_dir: Path = Field(  # type: ignore[assignment]
+        None, validate_default=False,
+        description="Executor-local folder for staged float32 blocks (default: <home>/blocks).",
     )
     min_rows: int = Field(500, ge=1, description="Fewest rows a training snapshot may have.")
     max_null_share: float = Field(0.10, ge=0, le=1, description="Largest null share per feature.")
@@ -182,8 +186,9 @@ class Settings(BaseSettings):
 
     @property
     def offline_dir(self) -> Path:
-        """Offline feature tables; Feast's FileSource paths are relative to ``home``, so this
-        folder is not configurable on its own."""
+        """Offline feature tables. The Feast FileSource's declared path is relative to the
+        feature repo (``../.kmeans/offline/...``, the default home); ``apply_repo`` points it at
+        this folder for any other home."""
         return self.home / "offline"
 
     @property

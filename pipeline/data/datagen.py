@@ -84,7 +84,8 @@ def _day_rows(customers: pd.DataFrame, day: dt.date, rng: np.random.Generator,
             "support_tickets_90d": rng.poisson(p[:, 7]).astype(float),
             "mobile_share": np.clip(rng.beta(p[:, 8] * 6 + 0.5, (1 - p[:, 8]) * 6 + 0.5), 0, 1),
             "categories_browsed_30d": rng.poisson(p[:, 9]).astype(float),
-            "email_open_rate": np.clip(rng.beta(p[:, 10] * 6 + 0.3, (1 - p[:, 10]) * 6 + 0.3), 0, 1),
+            "email_open_rate": np.clip(
+                rng.beta(p[:, 10] * 6 + 0.3, (1 - p[:, 10]) * 6 + 0.3), 0, 1),
         }
     )
     # Missing values: tracking gaps hit a few behaviour columns.

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,13 +56,18 @@ class Snapshot:
 
 
 def repo_config(settings: Settings):
-    """The Feast configuration of this deployment (embedded default or production)."""
+    """The Feast configuration of this deployment (embedded default or production).
+
+    The repo path is the feature repo folder, as under the ``feast`` CLI run there, so a relative
+    FileSource path resolves the same way for both; the stores live under ``settings.home``.
+    """
     from feast.repo_config import RepoConfig
 
+    repo = _repo_dir(settings)
     if settings.profile == "production":
         online = {"type": "redis", "connection_string": settings.redis_connection_string}
     else:
-        online = {"type": "sqlite", "path": str(settings.feast_dir / "online.db")}
+        online = {"type": "sqlite", "path": _beside(settings.feast_dir / "online.db", repo)}
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
     return RepoConfig(
         project=PROJECT,
@@ -69,8 +76,15 @@ def repo_config(settings: Settings):
         online_store=online,
         offline_store={"type": "dask"},
         entity_key_serialization_version=3,
-        repo_path=str(settings.home),
+        repo_path=repo,
     )
+
+
+def _beside(path: Path, repo: Path) -> str:
+    """``path`` relative to the repo when it lies in the repo's parent folder, as
+    feature_store.yaml writes it: the registry records the SQLite table by its path joined to the
+    repo path, and the same string keeps ``feast plan`` from reporting a new table."""
+    return os.path.relpath(path, repo) if path.is_relative_to(repo.parent) else str(path)
 
 
 def feature_store(settings: Settings):
@@ -80,33 +94,95 @@ def feature_store(settings: Settings):
 
 
 def apply_repo(settings: Settings) -> list[str]:
-    """Register the declarations of ``feature_repo/`` (what ``feast apply`` does)."""
-    from feast.repo_operations import parse_repo
+    """Register the declarations of ``feature_repo/``, as ``feast apply`` run there does.
 
+    The same Feast routine as the CLI's: objects no longer declared are removed and the online
+    tables are recorded, so ``feast plan`` in the repo agrees with the registry afterwards. File
+    sources keep their declared path when it already names a table of this home's offline folder
+    (the default home beside the repo); otherwise they are pointed at the table of the same name
+    in ``settings.offline_dir``.
+    """
+    from feast import FileSource, Project
+    from feast.repo_operations import apply_total_with_repo_instance
 
     store = feature_store(settings)
-    repo = str(Path(settings.feast_repo).resolve())
-    # The repo's modules import each other by bare name and parse_repo names modules relative to
-    # the working folder, as under `feast apply` run in the repo.
-    added = repo not in sys.path
-    if added:
-        sys.path.insert(0, repo)
-    try:
-        with contextlib.chdir(repo):
-            contents = parse_repo(Path(repo))
-    finally:
-        if added:
-            sys.path.remove(repo)
+    repo = _repo_dir(settings)
+    contents = _parse_repo(repo)
+    if not contents.projects:  # the CLI's rule: the project named in the configuration
+        contents.projects.append(Project(name=PROJECT))
+    sources = [*contents.data_sources, *(fv.batch_source for fv in contents.feature_views)]
+    for source in sources:
+        if isinstance(source, FileSource):
+            source.file_options.uri = _offline_path(source, repo, settings)
+    # Feast prints its plan on stdout, as the CLI shows it; the pipeline logs it instead.
+    with contextlib.redirect_stdout(io.StringIO()) as plan:
+        apply_total_with_repo_instance(store, PROJECT, store.registry, contents,
+                                       skip_source_validation=False)
+    log.debug("feast apply on %s:\n%s", settings.home, plan.getvalue())
     objects = [
         *contents.entities,
         *contents.data_sources,
         *contents.feature_views,
         *contents.feature_services,
     ]
-    store.apply(objects)
     names = sorted(o.name for o in objects)
     log.info("applied feast objects %s", names)
     return names
+
+
+def _repo_dir(settings: Settings) -> Path:
+    return Path(settings.feast_repo).expanduser().resolve()
+
+
+def _parse_repo(repo: Path):
+    """The repo's objects, as ``feast apply`` run in the repo collects them, built afresh."""
+    from feast.repo_operations import parse_repo
+
+    # The repo's modules import each other by bare name and parse_repo names modules relative to
+    # the working folder. They are imported afresh and dropped afterwards, so the objects that
+    # apply_repo re-points belong to this call alone (another home may be applied next).
+    # Like the CLI, no __pycache__ is left in the repo (it may be read-only in an image).
+    added = str(repo) not in sys.path
+    if added:
+        sys.path.insert(0, str(repo))
+    _forget_modules_in(repo)
+    no_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        with contextlib.chdir(repo):
+            return parse_repo(repo)
+    finally:
+        sys.dont_write_bytecode = no_bytecode
+        _forget_modules_in(repo)
+        if added:
+            sys.path.remove(str(repo))
+
+
+def _forget_modules_in(folder: Path) -> None:
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve().is_relative_to(folder):
+            del sys.modules[name]
+
+
+def _offline_path(source, repo: Path, settings: Settings) -> str:
+    """Where ``source`` (a FileSource) reads from in this deployment.
+
+    Absolute paths and URIs are kept as declared. A relative path names a table of the default
+    home's offline folder; it stays relative when it already resolves to this home's table.
+    """
+    path = source.path
+    if "://" in path or Path(path).is_absolute():
+        return path
+    declared = (repo / path).resolve()
+    target = (settings.offline_dir / declared.name).resolve()
+    if declared == target:
+        return path
+    if declared.parent.name != settings.offline_dir.name:
+        raise ValueError(
+            f"FileSource {source.name!r} has path {path!r}, which resolves to {declared}; allowed: "
+            f"a path relative to the repo {repo} into an '{settings.offline_dir.name}' folder "
+            f"(a table of <home>/{settings.offline_dir.name}), an absolute path or a URI")
+    return str(target)
 
 
 def materialize(settings: Settings, start: dt.datetime, end: dt.datetime) -> None:
@@ -178,5 +254,5 @@ def online_features(store, feature_service: str, customer_ids: list[int]) -> pd.
 
 def _utc(value: dt.datetime) -> dt.datetime:
     if value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)

@@ -57,7 +57,8 @@ def split_valid(frame: pd.DataFrame, day: dt.date) -> tuple[pd.DataFrame, pd.Dat
     """Split one day's rows into accepted rows and rejected rows with a ``reject_reason``."""
     missing = [c for c in [*KEY_COLUMNS, *FEATURE_NAMES] if c not in frame.columns]
     if missing:
-        raise SchemaError(f"partition day={day} lacks columns {missing}; expected {OFFLINE_COLUMNS}")
+        raise SchemaError(f"partition day={day} lacks columns {missing}; "
+                          f"expected {OFFLINE_COLUMNS}")
     raw = frame  # rejected rows keep the values they arrived with
     frame = frame.copy()
     reason = pd.Series("", index=frame.index, dtype=object)

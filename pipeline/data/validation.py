@@ -110,18 +110,22 @@ def validate_snapshot(settings: Settings, snapshot) -> ValidationResult:
 
 
 def _describe(exp: dict) -> str:
-    kwargs = {k: v for k, v in exp["kwargs"].items() if k != "batch_id"}
+    kwargs = _arguments(exp)
     res = exp.get("result") or {}
     seen = res.get("observed_value", res.get("unexpected_percent"))
     what = "observed" if "observed_value" in res else "unexpected %"
     return f"{exp['expectation_type']}({json.dumps(kwargs, default=str)}): {what}={seen}"
 
 
+def _arguments(exp: dict) -> dict:
+    return {k: v for k, v in exp["kwargs"].items() if k != "batch_id"}
+
+
 def _render_html(described: dict, failed: list[str]) -> str:
     rows = "".join(
         f"<tr class={'ok' if e['success'] else 'bad'}><td>{'pass' if e['success'] else 'FAIL'}</td>"
         f"<td>{html.escape(e['expectation_type'])}</td>"
-        f"<td>{html.escape(json.dumps({k: v for k, v in e['kwargs'].items() if k != 'batch_id'}, default=str))}</td>"
+        f"<td>{html.escape(json.dumps(_arguments(e), default=str))}</td>"
         f"<td>{html.escape(json.dumps(e.get('result', {}), default=str)[:300])}</td></tr>"
         for e in described["expectations"]
     )

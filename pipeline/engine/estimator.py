@@ -1,8 +1,7 @@
-"""Lloyd iterations over any data source, and the scikit-learn style estimator.
+"""Lloyd iterations over any data source, and the scikit-learn estimator.
 
-A *source* is anything with ``n_rows``, ``n_features``, ``sample(n, seed)``,
-``sample_with_weights(n, seed)``,
-``sample_d2(centers, scale, seed)`` (k-means|| draws) and
+A *source* (:class:`Source`) is anything with ``n_rows``, ``n_features``,
+``sample_with_weights(n, seed)``, ``sample_d2(centers, scale, seed)`` (k-means|| draws) and
 ``step(centroids_list) -> list[(sums, counts, inertia)]``. :class:`ArraySource` runs the kernel
 in-process; :class:`pipeline.engine.spark.SparkBlockSource` runs it as one Spark job per
 iteration. Every candidate K (and every initialisation) travels in the same pass.
@@ -12,16 +11,63 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral, Real
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    ClusterMixin,
+    TransformerMixin,
+    _fit_context,
+)
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from pipeline.engine.kernel import assign, kmeans_plusplus, partial_stats
+from pipeline.engine.kernel import assign, distances, kmeans_plusplus, partial_stats
 
 log = logging.getLogger(__name__)
 
 EMPTY_POLICIES = ("farthest", "split")
 INIT_METHODS = ("k-means||", "k-means++")
+
+#: The bounds of every parameter, declared once: :class:`KMeans` validates its parameters
+#: against them and :func:`fit_sweep` its arguments.
+PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {
+    "n_clusters": [Interval(Integral, 1, None, closed="left")],
+    "init": [StrOptions(set(INIT_METHODS)), "array-like"],
+    "n_init": [Interval(Integral, 1, None, closed="left")],
+    "max_iter": [Interval(Integral, 1, None, closed="left")],
+    "tol": [Interval(Real, 0, None, closed="left")],
+    "random_state": ["random_state"],
+    "empty_cluster": [StrOptions(set(EMPTY_POLICIES))],
+}
+
+#: Per-K ``(sums (k, d) float64, counts (k,) float64, inertia)`` of one pass.
+Stats = tuple[np.ndarray, np.ndarray, float]
+
+
+class Source(Protocol):
+    """What the engine iterates over: rows it can sample, draw from and pass over."""
+
+    n_rows: int
+    n_features: int
+
+    def sample_with_weights(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """About ``n`` rows drawn uniformly (seeded), with their weights."""
+        ...
+
+    def sample_d2(self, centers: np.ndarray, scale: float, seed: Sequence[int]) -> np.ndarray:
+        """One k-means|| round: each row kept with probability min(1, scale * w * d²)."""
+        ...
+
+    def step(self, centroids: list[np.ndarray]) -> list[Stats]:
+        """One pass: per-K sums, counts and inertia for every entry of ``centroids``."""
+        ...
 
 
 class EmptyClusterWarning(UserWarning):
@@ -29,7 +75,14 @@ class EmptyClusterWarning(UserWarning):
 
 
 class ArraySource:
-    """In-process source over an in-memory (or memory-mapped) float32 array."""
+    """In-process source over an in-memory (or memory-mapped) float32 array.
+
+    Examples
+    --------
+    >>> source = ArraySource(np.array([[0, 0], [2, 0]], np.float32))
+    >>> source.n_rows, source.step([np.array([[1, 0]], np.float32)])[0][2]
+    (2, 2.0)
+    """
 
     def __init__(self, x: np.ndarray, weights: np.ndarray | None = None):
         self.x = np.ascontiguousarray(x, dtype=np.float32)
@@ -45,38 +98,53 @@ class ArraySource:
     def sample(self, n: int, seed: int) -> np.ndarray:
         return self.sample_with_weights(n, seed)[0]
 
-    def sample_with_weights(self, n: int, seed: int):
+    def sample_with_weights(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         idx = (np.arange(self.n_rows) if n >= self.n_rows else
                np.sort(np.random.default_rng(seed).choice(self.n_rows, n, replace=False)))
         w = np.ones(len(idx)) if self.weights is None else self.weights[idx]
         return self.x[idx], w
 
-    def step(self, centroids: list[np.ndarray]):
+    def step(self, centroids: list[np.ndarray]) -> list[Stats]:
         return partial_stats(self.x, centroids, self.weights)
 
-    def sample_d2(self, centers: np.ndarray, scale: float, seed) -> np.ndarray:
-        return draw_d2(self.x, centers, scale, np.random.default_rng(seed), self.weights)
+    def sample_d2(self, centers: np.ndarray, scale: float, seed: Sequence[int]) -> np.ndarray:
+        return draw_d2(self.x, centers, scale, np.random.default_rng(list(seed)), self.weights)
 
 
-def draw_d2(x: np.ndarray, centers: np.ndarray, scale: float, rng,
+def draw_d2(x: np.ndarray, centers: np.ndarray, scale: float, rng: np.random.Generator,
             weights: np.ndarray | None = None) -> np.ndarray:
-    """Keep each row with probability min(1, scale * w * d²(row, centers)), a k-means|| round;
+    """Rows kept with probability min(1, scale * w * d²(row, centers)): a k-means|| round.
+
     ``scale`` is l / cost with the weighted cost, so about l rows are kept whatever the weights
-    sum to, and rows of weight 0 never are."""
+    sum to, and rows of weight 0 never are.
+
+    Examples
+    --------
+    >>> x = np.array([[0, 0], [3, 4]], np.float32)
+    >>> draw_d2(x, x[:1], 1.0, np.random.default_rng(0)).tolist()
+    [[3.0, 4.0]]
+    """
     d2 = assign(x, centers)[1].astype(np.float64)
     if weights is not None:
         d2 *= np.asarray(weights, dtype=np.float64)
     return np.asarray(x[rng.random(len(x)) < scale * d2], dtype=np.float32)
 
 
-def kmeans_parallel(source, k_max: int, *, seed: int, oversampling: float = 2.0,
+def kmeans_parallel(source: Source, k_max: int, *, seed: int, oversampling: float = 2.0,
                     rounds: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """k-means|| candidates (Bahmani et al., 2012) and their weights, over any source.
 
     Each round is one pass that keeps every row with probability ``l * d²(x, C) / cost(C)``,
     ``l = oversampling * k_max``; a last pass weights each candidate by the rows closest to it.
-    The draws are seeded per round (and per partition on Spark), so a seed and a partitioning
-    give the same candidates.
+    The draws are keyed by ``[seed, round]`` (and the partition on Spark), so a seed gives the
+    same candidates.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32)
+    >>> candidates, weights = kmeans_parallel(ArraySource(x), 3, seed=0)
+    >>> bool(len(candidates) == len(weights) and weights.sum() == 300)
+    True
     """
     rng = np.random.default_rng([seed, 0x6B6D])
     first, w = source.sample_with_weights(min(source.n_rows, 1024), seed)
@@ -96,8 +164,8 @@ def kmeans_parallel(source, k_max: int, *, seed: int, oversampling: float = 2.0,
     return centers, counts
 
 
-def init_from_candidates(candidates: np.ndarray, weights: np.ndarray, k: int, rng,
-                         sample: np.ndarray) -> np.ndarray:
+def init_from_candidates(candidates: np.ndarray, weights: np.ndarray, k: int,
+                         rng: np.random.Generator, sample: np.ndarray) -> np.ndarray:
     """Reduce weighted k-means|| candidates to k centres: weighted k-means++ then Lloyd."""
     keep = weights > 0
     cand, w = candidates[keep], weights[keep]
@@ -106,7 +174,7 @@ def init_from_candidates(candidates: np.ndarray, weights: np.ndarray, k: int, rn
         cand, w = np.vstack([cand, extra]), np.concatenate([w, np.ones(len(extra))])
     centers = kmeans_plusplus(cand, k, rng, weights=w)
     fits = lloyd(ArraySource(cand, w), {(k, 0): centers}, max_iter=30, tol=1e-6,
-                 empty_cluster="farthest", sample=cand, warn=False)
+                 empty_cluster="farthest", sample=cand, sample_weight=w, warn=False)
     return fits[(k, 0)].centroids
 
 
@@ -125,6 +193,8 @@ class KFit:
 
 @dataclass
 class SweepResult:
+    """Every K of a sweep, and the passes it took."""
+
     fits: dict[int, KFit]
     n_rows: int
     iterations: int
@@ -136,33 +206,27 @@ class SweepResult:
                 for f in self.fits.values()]
 
 
-def _check_params(ks, n_init, max_iter, tol, empty_cluster):
-    if not ks or min(ks) < 1:
-        raise ValueError(f"n_clusters should be >= 1, got {list(ks)}")
-    if n_init < 1:
-        raise ValueError(f"n_init={n_init} should be >= 1")
-    if max_iter < 1:
-        raise ValueError(f"max_iter={max_iter} should be >= 1")
-    if tol < 0:
-        raise ValueError(f"tol={tol} should be >= 0")
-    if empty_cluster not in EMPTY_POLICIES:
-        raise ValueError(f"empty_cluster={empty_cluster!r} should be one of {EMPTY_POLICIES}")
-
-
 def _relocate(policy: str, centroids: np.ndarray, counts: np.ndarray, empty: np.ndarray,
-              sample: np.ndarray) -> list[dict]:
-    """Move empty centroids in place; return one event per move (reported in the run)."""
+              sample: np.ndarray, sample_weight: np.ndarray | None) -> list[dict]:
+    """Move empty centroids in place; return one event per move (reported in the run).
+
+    Rows of weight 0 are never picked: a centroid on one would stay empty.
+    """
     events = []
     labels, dist2 = assign(sample, centroids)
+    eligible = (np.ones(len(sample), dtype=bool) if sample_weight is None
+                else np.asarray(sample_weight) > 0)
+    if not eligible.any():
+        eligible[:] = True
     taken: set[int] = set()
     for j in np.flatnonzero(empty):
+        donor: int | None = None
         if policy == "split":
             donor = int(np.argmax(counts))
-            members = np.flatnonzero(labels == donor)
-            pool = members if len(members) else np.arange(len(sample))
+            members = np.flatnonzero((labels == donor) & eligible)
+            pool = members if len(members) else np.flatnonzero(eligible)
         else:
-            donor = None
-            pool = np.arange(len(sample))
+            pool = np.flatnonzero(eligible)
         order = pool[np.argsort(-dist2[pool], kind="stable")]
         pick = next((int(i) for i in order if int(i) not in taken), int(order[0]))
         taken.add(pick)
@@ -172,17 +236,30 @@ def _relocate(policy: str, centroids: np.ndarray, counts: np.ndarray, empty: np.
     return events
 
 
-def lloyd(source, inits: dict[tuple[int, int], np.ndarray], *, max_iter: int, tol: float,
-          empty_cluster: str, sample: np.ndarray,
+def lloyd(source: Source, inits: dict[tuple[int, int], np.ndarray], *, max_iter: int,
+          tol: float, empty_cluster: str, sample: np.ndarray,
+          sample_weight: np.ndarray | None = None,
           warn: bool = True) -> dict[tuple[int, int], KFit]:
-    """Run Lloyd's iterations for every (k, init) entry together, one pass per iteration."""
+    """Run Lloyd's iterations for every (k, init) entry together, one pass per iteration.
+
+    ``sample`` (with ``sample_weight``) is where emptied centroids are moved to, and its
+    feature variance scales ``tol``. A last pass scores the final centroids.
+
+    Examples
+    --------
+    >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+    >>> fits = lloyd(ArraySource(x), {(2, 0): x[[0, 2]]}, max_iter=10, tol=0,
+    ...              empty_cluster="farthest", sample=x)
+    >>> fits[(2, 0)].centroids.tolist(), fits[(2, 0)].inertia
+    ([[0.0, 0.5], [10.0, 10.5]], 1.0)
+    """
     centroids = {key: np.array(c, dtype=np.float64) for key, c in inits.items()}
     # Convergence as in scikit-learn: squared centroid shift below tol times the mean variance.
-    tol_abs = tol * float(np.mean(np.var(sample, axis=0))) if len(sample) else tol
+    tol_abs = tol * _mean_variance(sample, sample_weight) if len(sample) else tol
     active = list(centroids)
     n_iter = dict.fromkeys(centroids, 0)
     converged = dict.fromkeys(centroids, False)
-    events: dict = {key: [] for key in centroids}
+    events: dict[tuple[int, int], list[dict]] = {key: [] for key in centroids}
     for it in range(max_iter):
         stats = source.step([centroids[key].astype(np.float32) for key in active])
         still = []
@@ -191,7 +268,7 @@ def lloyd(source, inits: dict[tuple[int, int], np.ndarray], *, max_iter: int, to
             filled = counts > 0
             new[filled] = sums[filled] / counts[filled, None]
             if not filled.all():
-                evs = _relocate(empty_cluster, new, counts, ~filled, sample)
+                evs = _relocate(empty_cluster, new, counts, ~filled, sample, sample_weight)
                 events[key].extend({**e, "iteration": it + 1} for e in evs)
             shift = float(((new - centroids[key]) ** 2).sum())
             centroids[key] = new
@@ -217,15 +294,59 @@ def lloyd(source, inits: dict[tuple[int, int], np.ndarray], *, max_iter: int, to
     return fits
 
 
-def fit_sweep(source, ks, *, init="k-means||", n_init: int = 1, max_iter: int = 100,
-              tol: float = 1e-4, seed: int = 0, empty_cluster: str = "farthest",
-              init_sample: int = 50_000, init_rounds: int = 5) -> SweepResult:
+def _mean_variance(sample: np.ndarray, weights: np.ndarray | None) -> float:
+    """Mean feature variance of the sample, weighted (so that a row of weight 3 counts as
+    three rows) unless every weight is 1."""
+    if weights is None or bool((weights == 1).all()) or weights.sum() <= 0:
+        return float(np.mean(np.var(sample, axis=0)))
+    share = np.asarray(weights, dtype=np.float64) / weights.sum()
+    centred = sample - share @ sample
+    return float(np.mean(share @ (centred * centred)))
+
+
+def _distinct_rows(sample: np.ndarray,
+                   weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sample's distinct rows in sorted order, each with the summed weight of its copies:
+    seeding on them does not depend on the order of the rows, nor on whether a row comes
+    as a weight or as repeated copies."""
+    rows, inverse = np.unique(sample, axis=0, return_inverse=True)
+    return rows, np.bincount(inverse.ravel(), weights=weights, minlength=len(rows))
+
+
+def _check_sweep(ks: list, init: Any, n_init: int, max_iter: int, tol: float,
+                 empty_cluster: str, n_features: int) -> np.ndarray | None:
+    """Validate fit_sweep's arguments against :data:`PARAMETER_CONSTRAINTS`; return the init
+    array (float32, checked), or None for a method name."""
+    if not ks:
+        raise ValueError(f"ks should hold at least one K, got {ks}")
+    for k in ks:
+        validate_parameter_constraints(PARAMETER_CONSTRAINTS, {"n_clusters": k}, "fit_sweep")
+    validate_parameter_constraints(PARAMETER_CONSTRAINTS, {
+        "init": init, "n_init": n_init, "max_iter": max_iter, "tol": tol,
+        "empty_cluster": empty_cluster}, "fit_sweep")
+    if isinstance(init, str):
+        return None
+    arr = np.asarray(init, dtype=np.float32)
+    if len(ks) != 1 or arr.shape != (ks[0], n_features):
+        raise ValueError(f"init shape {arr.shape} should be ({', '.join(map(str, ks))}, "
+                         f"{n_features}): one centre per cluster of the single K")
+    if not np.isfinite(arr).all():
+        raise ValueError("init contains NaN or infinity; give finite centres")
+    return arr
+
+
+def fit_sweep(source: Source, ks: Iterable[int], *, init: str | np.ndarray = "k-means||",
+              n_init: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
+              empty_cluster: str = "farthest", init_sample: int = 50_000,
+              init_rounds: int = 5) -> SweepResult:
     """Fit every K in ``ks`` over ``source`` in one pass per iteration.
 
     Each K gets ``n_init`` seeded initialisations: ``'k-means||'`` draws candidates over the
     whole data in a few passes shared by every K and reduces them per K; ``'k-means++'`` seeds
-    on a sample of ``init_sample`` rows; an array gives the centres. All initialisations of all
-    K iterate together and the one with the lowest inertia per K is kept.
+    on the distinct rows of a sample of ``init_sample`` rows (weighted by their copies and
+    weights, in sorted order, so neither row order nor repetition changes the draws); an
+    array gives the centres of the single K (then one initialisation). All initialisations of
+    all K iterate together and the one with the lowest inertia per K is kept.
 
     Examples
     --------
@@ -233,31 +354,38 @@ def fit_sweep(source, ks, *, init="k-means||", n_init: int = 1, max_iter: int = 
     >>> sorted(fit_sweep(ArraySource(x), [2, 3], seed=1).fits)
     [2, 3]
     """
-    ks = sorted(set(int(k) for k in ks))
-    _check_params(ks, n_init, max_iter, tol, empty_cluster)
-    sample = source.sample(init_sample, seed)
+    ks = list(ks)
+    given = _check_sweep(ks, init, n_init, max_iter, tol, empty_cluster, source.n_features)
+    ks = sorted({int(k) for k in ks})
+    if source.n_rows < max(ks):
+        raise ValueError(f"n_samples={source.n_rows} should be >= n_clusters={max(ks)}")
+    if given is not None and n_init != 1:
+        warnings.warn(f"init is an array: one initialisation instead of n_init={n_init}",
+                      RuntimeWarning, stacklevel=2)
+    sample, sample_w = source.sample_with_weights(init_sample, seed)
     if len(sample) < max(ks):
-        raise ValueError(f"n_samples={len(sample)} should be >= n_clusters={max(ks)}")
-    if isinstance(init, str) and init not in INIT_METHODS:
-        raise ValueError(f"init={init!r} should be one of {INIT_METHODS} or an array")
-    if isinstance(init, str) and init == "k-means||":
+        raise ValueError(f"n_samples={len(sample)} (sampled) should be >= n_clusters={max(ks)}")
+    parallel = given is None and init == "k-means||"
+    if parallel:
         candidates, weights = kmeans_parallel(source, max(ks), seed=seed, rounds=init_rounds)
+    elif given is None:
+        distinct, distinct_w = _distinct_rows(sample, sample_w)
     inits = {}
     for k in ks:
+        if given is not None:
+            inits[(k, 0)] = given
+            continue
         for i in range(n_init):
             rng = np.random.default_rng([seed, k, i])
-            if isinstance(init, str) and init == "k-means||":
+            if parallel:
                 inits[(k, i)] = init_from_candidates(candidates, weights, k, rng, sample)
-            elif isinstance(init, str):
-                inits[(k, i)] = kmeans_plusplus(sample, k, rng)
-            else:
-                arr = np.asarray(init, dtype=np.float32)
-                if arr.shape != (k, source.n_features):
-                    raise ValueError(f"init shape {arr.shape} should be ({k}, {source.n_features})")
-                inits[(k, i)] = arr
+            elif len(distinct) >= k:
+                inits[(k, i)] = kmeans_plusplus(distinct, k, rng, weights=distinct_w)
+            else:  # fewer distinct rows than clusters: some centres coincide, then relocate
+                inits[(k, i)] = kmeans_plusplus(sample, k, rng, weights=sample_w)
     fits = lloyd(source, inits, max_iter=max_iter, tol=tol, empty_cluster=empty_cluster,
-                 sample=sample)
-    best = {}
+                 sample=sample, sample_weight=sample_w)
+    best: dict[int, KFit] = {}
     for (k, _i), fit in fits.items():
         if k not in best or fit.inertia < best[k].inertia:
             best[k] = fit
@@ -265,48 +393,121 @@ def fit_sweep(source, ks, *, init="k-means||", n_init: int = 1, max_iter: int = 
                        iterations=max(f.n_iter for f in fits.values()))
 
 
-class KMeans:
-    """K-means with the platform's engine, in scikit-learn's style.
+def _engine_seed(random_state: Any) -> int:
+    """The engine's integer seed. An int is the seed itself, so ``KMeans(random_state=s)``
+    fits what ``fit_sweep(..., seed=s)`` fits; None or a RandomState draws one."""
+    if isinstance(random_state, Integral):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator):
+    """K-means with the platform's engine, as a scikit-learn estimator.
+
+    Fits in-process on an array, or over a data source such as
+    :class:`pipeline.engine.spark.SparkBlockSource` (one Spark job per iteration). Float32
+    throughout: the data are converted to float32, the sums are accumulated in float64.
 
     Parameters
     ----------
     n_clusters : int, default=8
-    init : {'k-means||', 'k-means++'} or ndarray of shape (n_clusters, n_features), \
+    init : {'k-means||', 'k-means++'} or array-like of shape (n_clusters, n_features), \
 default='k-means||'
-        k-means|| runs over all the data (one pass per round); k-means++ on a sample.
+        k-means|| runs over all the data (one pass per round); k-means++ on a sample of up to
+        50,000 rows; an array gives the centres (then one initialisation).
     n_init : int, default=1
         Number of initialisations; the one with the lowest inertia is kept.
     max_iter : int, default=100
     tol : float, default=1e-4
         Relative tolerance on the squared centroid shift (times the mean feature variance).
-    seed : int, default=0
+    random_state : int, RandomState instance or None, default=None
+        An int is the engine's seed (the same as ``fit_sweep(..., seed=random_state)``);
+        None or a RandomState draws the seed from :func:`sklearn.utils.check_random_state`.
     empty_cluster : {'farthest', 'split'}, default='farthest'
         What happens to a centroid that loses all its points; every move is reported in
         ``empty_events_`` and raises :class:`EmptyClusterWarning`.
 
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features), float32
+    labels_ : ndarray of shape (n_samples,), int32
+        Cluster of each training row; set for array input only (a source's rows stay where
+        they are: call :meth:`predict` on the rows you need).
+    inertia_ : float
+        Weighted sum of squared distances of the training rows to their centroid.
+    n_iter_ : int
+    converged_ : bool
+    cluster_sizes_ : ndarray of shape (n_clusters,), float64
+        Weighted row count of each cluster.
+    empty_events_ : list of dict
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Set when X is a DataFrame with string column names.
+
+    Notes
+    -----
+    It passes scikit-learn's estimator checks (``parametrize_with_checks``) with both
+    initialisations; expected failures: none (``tests/test_estimator_checks.py`` keeps that
+    list, with a reason for any entry). A row of weight w counts as w copies of it exactly
+    when the seeding sees every row (k-means++ on up to 50,000 rows; k-means|| when every row
+    becomes a candidate), and in distribution otherwise: k-means|| keeps each row on its own
+    random draw.
+
     Examples
     --------
     >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], dtype=np.float32)
-    >>> KMeans(2, seed=0).fit(x).predict(np.array([[0, 0.5]], np.float32)).shape
-    (1,)
+    >>> km = KMeans(2, random_state=0).fit(x)
+    >>> sorted(km.labels_.tolist()), km.predict(np.array([[0, 0.5]])).shape, km.score(x)
+    ([0, 0, 1, 1], (1,), -1.0)
     """
 
-    def __init__(self, n_clusters: int = 8, *, init="k-means||", n_init: int = 1,
-                 max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
-                 empty_cluster: str = "farthest"):
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = dict(PARAMETER_CONSTRAINTS)
+
+    def __init__(self, n_clusters: int = 8, *, init: str | np.ndarray = "k-means||",
+                 n_init: int = 1, max_iter: int = 100, tol: float = 1e-4,
+                 random_state: Any = None, empty_cluster: str = "farthest"):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
         self.max_iter = max_iter
         self.tol = tol
-        self.seed = seed
+        self.random_state = random_state
         self.empty_cluster = empty_cluster
 
-    def fit(self, X, sample_weight=None) -> KMeans:
-        """Fit in-process on an array, or over a source (e.g. a Spark block source)."""
-        source = X if hasattr(X, "step") else ArraySource(X, sample_weight)
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: None = None, sample_weight: Any = None) -> KMeans:
+        """Fit in-process on an array, or over a data source.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or a source (anything with ``step``)
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the rows of an array. A source carries its weights
+            itself (its weight column), so giving them here with a source is an error.
+
+        Returns
+        -------
+        self
+        """
+        x: np.ndarray | None = None
+        if hasattr(X, "step"):
+            if sample_weight is not None:
+                raise ValueError(
+                    f"sample_weight should be None when X is a data source, got "
+                    f"{type(sample_weight).__name__}: a source's weights come from its weight "
+                    "column (weight_column= of parquet_spec or dataframe_source)")
+            source: Source = X
+            self.n_features_in_ = int(source.n_features)
+            self.__dict__.pop("feature_names_in_", None)
+        else:
+            x = validate_data(self, X, dtype=np.float32, order="C")
+            weights = (None if sample_weight is None else _check_sample_weight(
+                sample_weight, x, dtype=np.float64, ensure_non_negative=True))
+            source = ArraySource(x, weights)
         fit = fit_sweep(source, [self.n_clusters], init=self.init, n_init=self.n_init,
-                        max_iter=self.max_iter, tol=self.tol, seed=self.seed,
+                        max_iter=self.max_iter, tol=self.tol,
+                        seed=_engine_seed(self.random_state),
                         empty_cluster=self.empty_cluster).fits[self.n_clusters]
         self.cluster_centers_ = fit.centroids
         self.inertia_ = fit.inertia
@@ -314,13 +515,56 @@ default='k-means||'
         self.converged_ = fit.converged
         self.cluster_sizes_ = fit.counts
         self.empty_events_ = fit.empty_events
-        self.n_features_in_ = source.n_features
+        if x is None:
+            self.__dict__.pop("labels_", None)
+        else:
+            self.labels_ = assign(x, fit.centroids)[0]
         return self
 
-    def predict(self, X) -> np.ndarray:
-        if not hasattr(self, "cluster_centers_"):
-            raise RuntimeError("this KMeans instance is not fitted yet; call fit first")
-        x = np.asarray(X, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has shape {x.shape}; expected (n, {self.n_features_in_})")
+    def fit_predict(self, X: Any, y: None = None, sample_weight: Any = None) -> np.ndarray:
+        """Fit on an array and return the cluster of each of its rows (``labels_``).
+
+        Examples
+        --------
+        >>> x = np.array([[0, 0], [0, 1], [10, 10]], np.float32)
+        >>> len(set(KMeans(2, random_state=0).fit_predict(x)[:2]))
+        1
+        """
+        if hasattr(X, "step"):
+            raise ValueError("fit_predict needs an array, got a data source: its rows stay "
+                             "where they are; call fit(source), then predict on the rows you "
+                             "need")
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Nearest centroid of every row (int32), through the engine's float32 kernel."""
+        check_is_fitted(self)
+        x = validate_data(self, X, dtype=np.float32, order="C", reset=False)
         return assign(x, self.cluster_centers_)[0]
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Euclidean distance of every row to every centroid, shape (n_samples, n_clusters),
+        in the float dtype of X (float32 or float64)."""
+        check_is_fitted(self)
+        x = validate_data(self, X, dtype=[np.float64, np.float32], order="C", reset=False)
+        return distances(x, self.cluster_centers_)
+
+    def score(self, X: Any, y: None = None, sample_weight: Any = None) -> float:
+        """Negative inertia of X (weighted sum of squared distances to the nearest centroid),
+        as in scikit-learn: higher is better."""
+        check_is_fitted(self)
+        x = validate_data(self, X, dtype=np.float32, order="C", reset=False)
+        weights = (None if sample_weight is None else _check_sample_weight(
+            sample_weight, x, dtype=np.float64, ensure_non_negative=True))
+        (_sums, _counts, inertia), = partial_stats(x, [self.cluster_centers_], weights)
+        return -inertia
+
+    @property
+    def _n_features_out(self) -> int:
+        """Number of output columns of transform (``get_feature_names_out``)."""
+        return int(self.cluster_centers_.shape[0])
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags

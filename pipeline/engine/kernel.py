@@ -70,7 +70,6 @@ def _blas_limit_one():
     """BLAS limited to one thread (the controller is built once: building it costs ~1.5 ms)."""
     global _CONTROLLER
     if _CONTROLLER is None:
-
         _CONTROLLER = ThreadpoolController()
     return _CONTROLLER.limit(limits=1, user_api="blas")
 
@@ -80,7 +79,8 @@ def _default_threads() -> int:
 
 
 def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
-                  weights: np.ndarray | None = None, *, threads: int | None = None):
+                  weights: np.ndarray | None = None, *,
+                  threads: int | None = None) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """Per-K sums, counts and inertia of one block of rows.
 
     Returns a list with one ``(sums (k, d) float64, counts (k,) float64, inertia float)`` per
@@ -124,7 +124,7 @@ def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
             _fused_chunk(xb, out, c2, offsets, ks, wb, sums, counts, inertia, best, arg)
         return sums, counts, inertia
 
-    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
     if len(spans) == 1 and threads == 1:
         with _blas_limit_one():
             parts = [work(*spans[0])]
@@ -138,10 +138,11 @@ def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
     counts = sum(p[1] for p in parts)
     inertia = sum(p[2] for p in parts)
     return [(sums[o:o + k], counts[o:o + k], float(inertia[j]))
-            for j, (o, k) in enumerate(zip(offsets.tolist(), ks.tolist()))]
+            for j, (o, k) in enumerate(zip(offsets.tolist(), ks.tolist(), strict=True))]
 
 
-def assign(x: np.ndarray, centroids: np.ndarray, *, chunk: int = 32_768):
+def assign(x: np.ndarray, centroids: np.ndarray, *,
+           chunk: int = 32_768) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of every row.
 
     Parameters
@@ -177,14 +178,69 @@ def assign(x: np.ndarray, centroids: np.ndarray, *, chunk: int = 32_768):
     return labels, dist2
 
 
-def add_stats(a, b):
-    """Add two results of :func:`partial_stats` element-wise."""
+def distances(x: np.ndarray, centroids: np.ndarray, *, chunk: int = 32_768) -> np.ndarray:
+    """Euclidean distance of every row to every centroid, in the float dtype of ``x``.
+
+    The same expansion as :func:`assign` (``|x|² - 2 x·c + |c|²`` through one GEMM per chunk,
+    clipped at 0), so for float32 rows the closest centroid agrees with :func:`assign` up to
+    rounding on near ties.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d), float32 or float64
+    centroids : ndarray of shape (k, d)
+
+    Returns
+    -------
+    ndarray of shape (n, k), the dtype of ``x``
+
+    Examples
+    --------
+    >>> distances(np.array([[0.0, 0.0], [3.0, 4.0]]), np.array([[0, 0], [3, 4.0]]))
+    array([[0., 5.],
+           [5., 0.]])
+    """
+    dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    x = np.asarray(x, dtype=dtype)
+    c = np.ascontiguousarray(centroids, dtype=dtype)
+    c2 = np.einsum("ij,ij->i", c, c)
+    out = np.empty((len(x), len(c)), dtype=dtype)
+    for lo in range(0, len(x), chunk):
+        xb = x[lo:lo + chunk]
+        d = out[lo:lo + chunk]
+        np.matmul(xb, c.T, out=d)
+        d *= -2.0
+        d += c2
+        d += np.einsum("ij,ij->i", xb, xb)[:, None]
+        np.maximum(d, 0.0, out=d)
+        np.sqrt(d, out=d)
+    return out
+
+
+def add_stats(a: list[tuple[np.ndarray, np.ndarray, float]],
+              b: list[tuple[np.ndarray, np.ndarray, float]]
+              ) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Add two results of :func:`partial_stats` element-wise.
+
+    Examples
+    --------
+    >>> one = [(np.ones((1, 2)), np.ones(1), 1.0)]
+    >>> add_stats(one, one)[0][2]
+    2.0
+    """
     return [(sa + sb, ca + cb, ia + ib) for (sa, ca, ia), (sb, cb, ib) in zip(a, b, strict=True)]
 
 
 def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator,
                     weights: np.ndarray | None = None) -> np.ndarray:
-    """k-means++ seeding (Arthur and Vassilvitskii, 2007) on an in-memory (weighted) sample."""
+    """k-means++ seeding (Arthur and Vassilvitskii, 2007) on an in-memory (weighted) sample.
+
+    Examples
+    --------
+    >>> x = np.array([[0, 0], [0, 1], [10, 10]], np.float32)
+    >>> kmeans_plusplus(x, 2, np.random.default_rng(0)).shape
+    (2, 2)
+    """
     n = len(x)
     if n < k:
         raise ValueError(f"n_samples={n} should be >= n_clusters={k}")
@@ -201,84 +257,3 @@ def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator,
         centers[i] = x[min(idx, n - 1)]
         closest = np.minimum(closest, assign(x, centers[i:i + 1])[1])
     return centers
-
-
-@njit(nogil=True, cache=True)
-def score_small(raw, log_cols, medians, means, stds, centroids):
-    """Preprocess and assign a few raw rows in one compiled pass (the server's one-row path).
-
-    Same steps as ``Preprocessor.transform`` then nearest and runner-up centroid: log1p of the
-    clipped log columns, NaN imputed by the median, standardised to float32. Returns best and
-    runner-up row positions and their squared distances. No BLAS call: for a handful of rows
-    the fixed cost of NumPy calls, not arithmetic, is the price.
-    """
-    n, d = raw.shape
-    k = centroids.shape[0]
-    best = np.empty(n, np.int64)
-    second = np.empty(n, np.int64)
-    d_best = np.empty(n, np.float64)
-    d_second = np.empty(n, np.float64)
-    z = np.empty(d, np.float32)
-    is_log = np.zeros(d, np.bool_)
-    for j in log_cols:
-        is_log[j] = True
-    for i in range(n):
-        for j in range(d):
-            v = raw[i, j]
-            if is_log[j] and v == v:
-                v = np.log1p(max(v, 0.0))
-            if v != v:
-                v = medians[j]
-            z[j] = np.float32((v - means[j]) / stds[j])
-        b1, b2 = 0, 0
-        s1, s2 = np.inf, np.inf
-        for c in range(k):
-            s = 0.0
-            for j in range(d):
-                diff = np.float64(z[j]) - np.float64(centroids[c, j])
-                s += diff * diff
-            if s < s1:
-                b2, s2 = b1, s1
-                b1, s1 = c, s
-            elif s < s2:
-                b2, s2 = c, s
-        best[i], second[i] = b1, (b2 if k > 1 else b1)
-        d_best[i], d_second[i] = s1, (s2 if k > 1 else s1)
-    return best, second, d_best, d_second
-
-
-@njit(nogil=True, cache=True)
-def _splitmix64(z):
-    z = z + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-@njit(nogil=True, cache=True)
-def id_buckets(ids, buckets):
-    """Stable bucket per integer id: splitmix64 of the id's 64 bits."""
-    out = np.empty(len(ids), np.int64)
-    for i in range(len(ids)):
-        out[i] = np.int64(_splitmix64(np.int64(ids[i]).view(np.uint64)) % np.uint64(buckets))
-    return out
-
-
-@njit(nogil=True, cache=True)
-def row_hash_buckets(rows, buckets):
-    """Stable bucket per row of floats: splitmix64 of sum(bits(value) * odd multiplier of its
-    column), with NaN and -0.0 hashed as 0.0 (the canary split's key for rows without an id)."""
-    n, d = rows.shape
-    mult = np.empty(d, np.uint64)
-    for j in range(d):
-        mult[j] = _splitmix64(np.uint64(j + 1)) | np.uint64(1)
-    out = np.empty(n, np.int64)
-    for i in range(n):
-        total = np.uint64(0)
-        for j in range(d):
-            v = rows[i, j]
-            if v != v or v == 0.0:
-                v = 0.0
-            total += np.float64(v).view(np.uint64) * mult[j]
-        out[i] = np.int64(_splitmix64(total) % np.uint64(buckets))
-    return out

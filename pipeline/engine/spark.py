@@ -1,10 +1,12 @@
 """Spark path of the engine: staged float32 blocks, one Spark job per iteration.
 
 Each task decodes its Parquet file once into a contiguous float32 block in executor-local
-storage (temporary name, then rename; keyed by snapshot hash, preprocessing and split) and
-memory-maps it in every later iteration. The centroids of every candidate K go out together in
-one broadcast; each task returns per-K sums, counts and inertia; the driver adds them up. A
-lost task is re-run by Spark and rebuilds its block from Parquet if it is missing.
+storage (temporary name, then rename; under a key the caller derives from what defines the
+block: snapshot hash, preprocessing, row filter, sampling) and memory-maps it in every later
+iteration. Preprocessing and row selection are passed in as picklable callables, so the engine
+knows nothing of the project's features or splits. The centroids of every candidate K go out
+together in one broadcast; each task returns per-K sums, counts and inertia; the driver adds
+them up. A lost task is re-run by Spark and rebuilds its block from Parquet if it is missing.
 """
 
 from __future__ import annotations
@@ -14,24 +16,32 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 
-from pipeline.engine.estimator import draw_d2
+from pipeline.engine.estimator import Stats, draw_d2
 from pipeline.engine.kernel import add_stats, partial_stats
-from pipeline.model.preprocessing import Preprocessor
-from pipeline.training.split import holdout_mask
 
 log = logging.getLogger(__name__)
 
 
 def spark_session(master: str = "local[*]", *, app_name: str = "kmeans", driver_memory: str = "2g",
-                  extra: dict | None = None):
-    """A SparkSession whose Python workers run this interpreter (not `python3` from PATH)."""
+                  extra: dict | None = None) -> Any:
+    """A SparkSession whose Python workers run this interpreter (not `python3` from PATH).
+
+    Examples
+    --------
+    >>> spark = spark_session("local[2]", app_name="doc")  # doctest: +SKIP
+    >>> spark.sparkContext.master  # doctest: +SKIP
+    'local[2]'
+    """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if master and master.startswith("local"):
@@ -58,34 +68,77 @@ def spark_session(master: str = "local[*]", *, app_name: str = "kmeans", driver_
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """What a task needs to build its block: plain data, shipped with the closure."""
+    """What a task needs to build its block, shipped with the task closure (so every field,
+    the callables included, must pickle: module-level functions, ``functools.partial`` of them,
+    or bound methods of picklable objects).
+
+    Attributes
+    ----------
+    snapshot_dir : str
+        Folder (or ``pyarrow.fs`` URI) of the Parquet files.
+    files : tuple
+        Per task: a file name, or a tuple of file names staged into one block.
+    stage_dir : str
+        Executor-local folder of the staged blocks.
+    key : str
+        Sub-folder of ``stage_dir`` for these blocks; the caller derives it (:func:`block_key`)
+        from everything that defines their content, callables included.
+    columns : tuple of str
+        The columns taken as they are when ``transform`` is None.
+    transform : callable DataFrame -> ndarray (n, d) float32, or None
+        Preprocessing of each batch of kept rows (e.g. a bound ``transform`` method).
+    row_filter : callable DataFrame -> bool ndarray (n,), or None
+        Rows to keep of each batch (e.g. one side of a train/holdout split); None keeps all.
+    sample_fraction : float
+        Share of the rows kept at random, drawn per batch from a generator keyed by
+        ``[sample_seed, task index]``.
+    sample_seed : int
+    threads : int
+        Kernel threads per task; Spark already runs one task per core.
+    weight_column : str or None
+        Column of non-negative row weights.
+    """
 
     snapshot_dir: str
-    files: tuple  # per task: a file name, or a tuple of file names staged into one block
+    files: tuple
     stage_dir: str
     key: str
-    preprocessor: dict | None  # None: take ``columns`` as they are
-    holdout_seed: int = 0
-    side: str = "all"  # "train", "holdout" or "all"
-    sample_fraction: float = 1.0
     columns: tuple[str, ...] = ()
-    threads: int = 1  # kernel threads per task; Spark already runs one task per core
-    weight_column: str | None = None  # optional sample weights
+    transform: Callable[[pd.DataFrame], np.ndarray] | None = None
+    row_filter: Callable[[pd.DataFrame], np.ndarray] | None = None
+    sample_fraction: float = 1.0
+    sample_seed: int = 0
+    threads: int = 1
+    weight_column: str | None = None
 
 
-def block_key(snapshot_hash: str, preprocessor: dict | None, side: str = "all", seed: int = 0,
-              fraction: float = 1.0, columns: tuple[str, ...] = ()) -> str:
-    blob = json.dumps([snapshot_hash, preprocessor, side, seed, fraction, list(columns)],
-                      sort_keys=True)
+def block_key(*parts: Any) -> str:
+    """A short, stable key for a set of staged blocks, from the JSON-serialisable values that
+    define their content (snapshot hash, preprocessing, row selection, sampling, ...).
+
+    Examples
+    --------
+    >>> block_key("snapshot-hash", {"scale": 2}, "train", 42) == block_key(
+    ...     "snapshot-hash", {"scale": 2}, "train", 42)
+    True
+    """
+    blob = json.dumps(list(parts), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def load_block(spec: BlockSpec, index: int) -> np.ndarray:
-    """The staged float32 block of partition ``index`` (memory-mapped), built if missing."""
+    """The staged float32 block of partition ``index`` (memory-mapped), built if missing.
+
+    Examples
+    --------
+    >>> spec = parquet_spec("snapshot/", ["a", "b"], "/tmp/stage")  # doctest: +SKIP
+    >>> load_block(spec, 0).shape  # doctest: +SKIP
+    (1000, 2)
+    """
     return load_block_and_weights(spec, index)[0]
 
 
-def load_block_and_weights(spec: BlockSpec, index: int):
+def load_block_and_weights(spec: BlockSpec, index: int) -> tuple[np.ndarray, np.ndarray | None]:
     """``(block, weights or None)`` of partition ``index``, staged from Parquet if this executor
     lacks them.
 
@@ -108,40 +161,56 @@ def load_block_and_weights(spec: BlockSpec, index: int):
     return block, weights
 
 
+def _rows_of(spec: BlockSpec, frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray:
+    """The float32 rows of one (filtered) batch: ``transform`` or the ``columns`` as they are."""
+    if spec.transform is not None:
+        x = np.asarray(spec.transform(frame), dtype=np.float32)
+        what = "the transform's output"
+    else:
+        missing = [c for c in spec.columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{names} lack columns {missing}; they have {list(frame.columns)}")
+        x = frame[list(spec.columns)].to_numpy(dtype=np.float32)
+        what = f"columns {list(spec.columns)}"
+    if x.ndim != 2 or len(x) != len(frame):
+        raise ValueError(f"{names}: {what} has shape {x.shape}; expected ({len(frame)}, d)")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{names}: {what} hold NaN or infinity; impute or drop those rows "
+                         "first")
+    return x
+
+
+def _keep(spec: BlockSpec, frame: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
+    """Rows of a batch to stage: the row filter's, then a ``sample_fraction`` draw over every
+    row of the batch (so the draws do not depend on the filter)."""
+    keep = np.ones(len(frame), dtype=bool)
+    if spec.row_filter is not None:
+        keep = np.asarray(spec.row_filter(frame), dtype=bool)
+        if keep.shape != (len(frame),):
+            raise ValueError(f"row_filter returned shape {keep.shape}; expected ({len(frame)},)")
+    if spec.sample_fraction < 1.0:
+        keep = keep & (rng.random(len(frame)) < spec.sample_fraction)  # not the filter's array
+    return keep
+
+
 def _stage(spec: BlockSpec, index: int, base: Path) -> None:
-
-
     base.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}.tmp"
     tmp_x, tmp_w = base.with_suffix(f".f32.{tag}"), base.with_suffix(f".w64.{tag}")
-    pre = None if spec.preprocessor is None else Preprocessor.from_dict(spec.preprocessor)
-    names = spec.files[index]
-    names = (names,) if isinstance(names, str) else tuple(names)
-    rng = np.random.default_rng([spec.holdout_seed, index])
-    rows, cols = 0, len(pre.feature_names) if pre else len(spec.columns)
+    entry = spec.files[index]
+    names = (entry,) if isinstance(entry, str) else tuple(entry)
+    rng = np.random.default_rng([spec.sample_seed, index])
+    rows = 0
+    cols: int | None = len(spec.columns) if spec.transform is None else None
     batches = (batch for name in names
                for batch in pq.ParquetFile(Path(spec.snapshot_dir) / name).iter_batches(
                    batch_size=262_144))
     with open(tmp_x, "wb") as fx, open(tmp_w, "wb") as fw:
         for batch in batches:
             frame = batch.to_pandas()
-            keep = np.ones(len(frame), dtype=bool)
-            if spec.side != "all":
-                hold = holdout_mask(frame["customer_id"].to_numpy(), spec.holdout_seed)
-                keep = hold if spec.side == "holdout" else ~hold
-            if spec.sample_fraction < 1.0:
-                keep &= rng.random(len(frame)) < spec.sample_fraction
-            frame = frame.loc[keep]
-            if pre is None:
-                missing = [c for c in spec.columns if c not in frame.columns]
-                if missing:
-                    raise ValueError(f"{names} lack columns {missing}")
-                x = frame[list(spec.columns)].to_numpy(dtype=np.float32)
-                if not np.isfinite(x).all():
-                    raise ValueError(f"{names}: columns {list(spec.columns)} hold "
-                                     "NaN or infinity; impute or drop those rows first")
-            else:
-                x = pre.transform(frame)
+            frame = frame.loc[_keep(spec, frame, rng)]
+            x = _rows_of(spec, frame, names)
+            cols = x.shape[1]
             fx.write(np.ascontiguousarray(x, dtype=np.float32).tobytes())
             if spec.weight_column:
                 w = frame[spec.weight_column].to_numpy(dtype=np.float64)
@@ -150,6 +219,9 @@ def _stage(spec: BlockSpec, index: int, base: Path) -> None:
                                      f"{spec.weight_column!r} must be finite and >= 0")
                 fw.write(w.tobytes())
             rows += len(x)
+    if cols is None:  # no batch at all: the transform's width, from an empty frame
+        empty = pq.ParquetFile(Path(spec.snapshot_dir) / names[0]).schema_arrow.empty_table()
+        cols = _rows_of(spec, empty.to_pandas(), names).shape[1]
     meta = base.with_suffix(".json")
     meta_tmp = base.with_suffix(f".json.{tag}")
     meta_tmp.write_text(json.dumps({"rows": rows, "cols": cols}))
@@ -161,39 +233,33 @@ def _stage(spec: BlockSpec, index: int, base: Path) -> None:
     os.replace(tmp_x, base.with_suffix(".f32"))  # last: its presence means the block is whole
 
 
-def _stage_task(spec: BlockSpec):
-    def run(index, _rows):
+TaskFn = Callable[[int, Iterator[Any]], Iterator[Any]]
+
+
+def _stage_task(spec: BlockSpec) -> TaskFn:
+    def run(index: int, _rows: Iterator[Any]) -> Iterator[tuple[int, int, int]]:
         block = load_block(spec, index)
         yield index, int(block.shape[0]), int(block.shape[1])
     return run
 
 
-def _step_task(spec: BlockSpec, centroids_bc, fail_marker: str | None):
-    def run(index, _rows):
-        # Fault injection for tests: the first attempt that sees the marker file dies mid-job.
-        if fail_marker and index == 0:
-            try:
-                os.remove(fail_marker)  # atomic: exactly one attempt sees the marker
-            except FileNotFoundError:
-                pass
-            else:
-                raise RuntimeError(f"injected failure in partition {index}")
+def _step_task(spec: BlockSpec, centroids_bc: Any) -> TaskFn:
+    def run(index: int, _rows: Iterator[Any]) -> Iterator[list[Stats]]:
         block, weights = load_block_and_weights(spec, index)
         yield partial_stats(block, centroids_bc.value, weights, threads=spec.threads)
     return run
 
 
-def _d2_task(spec: BlockSpec, centers_bc, scale: float, seed):
-    def run(index, _rows):
-
+def _d2_task(spec: BlockSpec, centers_bc: Any, scale: float, seed: list[int]) -> TaskFn:
+    def run(index: int, _rows: Iterator[Any]) -> Iterator[np.ndarray]:
         block, weights = load_block_and_weights(spec, index)
         yield draw_d2(block, centers_bc.value, scale, np.random.default_rng([*seed, index]),
                       weights)
     return run
 
 
-def _sample_task(spec: BlockSpec, fraction: float, seed: int):
-    def run(index, _rows):
+def _sample_task(spec: BlockSpec, fraction: float, seed: int) -> TaskFn:
+    def run(index: int, _rows: Iterator[Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         block, weights = load_block_and_weights(spec, index)
         keep = np.random.default_rng([seed, index]).random(len(block)) < fraction
         yield (np.asarray(block[keep]),
@@ -202,47 +268,58 @@ def _sample_task(spec: BlockSpec, fraction: float, seed: int):
 
 
 class SparkBlockSource:
-    """Engine source over a snapshot's Parquet files, one Spark task per file."""
+    """Engine source over Parquet files, one Spark task per block (a file or a group of files).
 
-    def __init__(self, spark, spec: BlockSpec, *, fail_marker: str | None = None):
+    The blocks are staged when the source is built (one job); every later call is one job
+    over the staged blocks.
+
+    Examples
+    --------
+    >>> source = SparkBlockSource(spark, parquet_spec("data/", ["a", "b"], "/tmp/stage"))
+    ... # doctest: +SKIP
+    >>> fit_sweep(source, [3, 4], seed=0).fits[3].centroids.shape  # doctest: +SKIP
+    (3, 2)
+    """
+
+    def __init__(self, spark: Any, spec: BlockSpec):
         self.spark = spark
         self.sc = spark.sparkContext
         self.spec = spec
         self.parts = len(spec.files)
-        self.fail_marker = fail_marker
         self.jobs = 0
         shapes = self._run(_stage_task(spec)).collect()
         self.rows_per_part = {i: n for i, n, _d in shapes}
         self.n_rows = sum(self.rows_per_part.values())
         self.n_features = shapes[0][2]
         if self.n_rows == 0:
-            raise ValueError(f"snapshot {spec.snapshot_dir} has no rows on side {spec.side!r}")
+            raise ValueError(f"{spec.snapshot_dir} has no rows left after the row filter and "
+                             f"sample_fraction={spec.sample_fraction}")
 
-    def _run(self, fn):
+    def _run(self, fn: TaskFn) -> Any:
+        """One Spark job running ``fn(index, rows)`` once per block."""
         self.jobs += 1
         return self.sc.parallelize(range(self.parts), self.parts).mapPartitionsWithIndex(fn)
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         return self.sample_with_weights(n, seed)[0]
 
-    def sample_with_weights(self, n: int, seed: int):
+    def sample_with_weights(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         fraction = min(1.0, n / self.n_rows)
         parts = self._run(_sample_task(self.spec, fraction, seed)).collect()
         return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
-    def sample_d2(self, centers: np.ndarray, scale: float, seed) -> np.ndarray:
+    def sample_d2(self, centers: np.ndarray, scale: float, seed: Sequence[int]) -> np.ndarray:
         bc = self.sc.broadcast(np.asarray(centers, dtype=np.float32))
         try:
-            seed = list(np.atleast_1d(seed).tolist())
-            parts = self._run(_d2_task(self.spec, bc, scale, seed)).collect()
+            parts = self._run(_d2_task(self.spec, bc, scale, [int(s) for s in seed])).collect()
         finally:
             bc.unpersist()
         return np.concatenate(parts)
 
-    def step(self, centroids: list[np.ndarray]):
+    def step(self, centroids: list[np.ndarray]) -> list[Stats]:
         bc = self.sc.broadcast([np.asarray(c, dtype=np.float32) for c in centroids])
         try:
-            results = self._run(_step_task(self.spec, bc, self.fail_marker)).collect()
+            results = self._run(_step_task(self.spec, bc)).collect()
         finally:
             bc.unpersist()
         return reduce(add_stats, results)
@@ -255,7 +332,14 @@ def parquet_spec(path: str | Path, columns: list[str], stage_dir: str | Path, *,
 
     One task per file, or ``partitions`` tasks each staging a group of files into one block:
     fewer, larger tasks cut the fixed cost of every iteration's job (give each ``threads``
-    kernel threads and set ``spark.task.cpus`` to match).
+    kernel threads and set ``spark.task.cpus`` to match). The key covers the folder, each
+    file's size and modification time, the grouping, the columns and the weight column.
+
+    Examples
+    --------
+    >>> spec = parquet_spec("data/", ["a", "b"], "/tmp/stage", partitions=2)  # doctest: +SKIP
+    >>> len(spec.files)  # doctest: +SKIP
+    2
     """
     folder = Path(path)
     names = sorted(p.name for p in folder.glob("*.parquet"))
@@ -271,16 +355,22 @@ def parquet_spec(path: str | Path, columns: list[str], stage_dir: str | Path, *,
     stamp.append(["groups", [list(g) if isinstance(g, tuple) else g for g in files]])
     digest = hashlib.sha256(json.dumps([str(folder.resolve()), stamp]).encode()).hexdigest()
     return BlockSpec(snapshot_dir=str(folder), files=files, stage_dir=str(stage_dir),
-                     key=block_key(digest, None, columns=(*columns, f"w={weight_column}")),
-                     preprocessor=None, columns=tuple(columns), threads=threads,
-                     weight_column=weight_column)
+                     key=block_key(digest, list(columns), weight_column),
+                     columns=tuple(columns), threads=threads, weight_column=weight_column)
 
 
 def dataframe_source(df, columns: list[str], stage_dir: str | Path, *,
                      partitions: int | None = None, threads: int = 1,
                      weight_column: str | None = None) -> SparkBlockSource:
     """Engine source over a Spark DataFrame: written once as Parquet (one file per partition)
-    under ``stage_dir``, then staged and iterated like a snapshot."""
+    under ``stage_dir``, then staged and iterated like a snapshot.
+
+    Examples
+    --------
+    >>> df = spark.createDataFrame([(0.0, 1.0), (5.0, 5.0)], ["a", "b"])  # doctest: +SKIP
+    >>> dataframe_source(df, ["a", "b"], "/tmp/stage").n_rows  # doctest: +SKIP
+    2
+    """
     missing = [c for c in [*columns, *([weight_column] if weight_column else [])]
                if c not in df.columns]
     if missing:

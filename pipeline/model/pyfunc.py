@@ -1,27 +1,38 @@
 """MLflow models-from-code definition of the segment model (no pickle is written).
 
-MLflow copies this file into the logged model; the artifact folder ``segment_model`` holds the
-centroids (NPY) and metadata (JSON) that :class:`pipeline.model.artifact.SegmentModel` loads.
+MLflow copies this file into the logged model and logs ``kmeans_segments.py`` beside it
+(``code_paths``); the artifact folder ``segment_model`` holds the centroids (NPY) and the
+metadata (JSON). The logged model needs MLflow, NumPy and pandas only, not this project: it
+loads and serves wherever those are installed (``mlflow.pyfunc.load_model``,
+``mlflow models serve``, ``mlflow.pyfunc.spark_udf``).
+
+Input: a DataFrame with the feature columns (double; a missing column or NaN is a missing value,
+imputed with the training median). Output: one row per input row with ``cluster``,
+``distance``, ``runner_up``, ``margin`` and ``ood``.
 """
 
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from pipeline.model.artifact import SegmentModel
+try:  # the logged model: MLflow puts its code_paths folder on sys.path
+    import kmeans_segments
+except ModuleNotFoundError:  # logging from the project, where the module lives in the package
+    from pipeline.model import kmeans_segments
 
 
 class SegmentPyfunc(PythonModel):
-    def load_context(self, context):
+    def load_context(self, context) -> None:
+        self.model = kmeans_segments.SegmentModel.load(context.artifacts["segment_model"])
 
-        self.model = SegmentModel.load(context.artifacts["segment_model"])
-
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame,
+                params: dict | None = None) -> pd.DataFrame:
         frame = pd.DataFrame(model_input)
-        result = self.model.assign(frame[self.model.feature_names])
-        return pd.DataFrame({"cluster": result.cluster, "distance": result.distance,
-                             "runner_up": result.runner_up, "margin": result.margin,
-                             "ood": result.ood})
+        # A feature column the caller left out is missing in every row (the signature marks
+        # every feature optional); reindex adds it as NaN and drops columns the model ignores.
+        result = self.model.assign(frame.reindex(columns=self.model.feature_names))
+        return pd.DataFrame({name: getattr(result, name)
+                             for name in kmeans_segments.OUTPUTS}, index=frame.index)
 
 
 mlflow.models.set_model(SegmentPyfunc())

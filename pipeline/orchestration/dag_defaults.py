@@ -1,4 +1,6 @@
-"""Defaults shared by the project's DAGs (owner, retries). Standard library only: DAG files import it at parse time."""
+"""Defaults shared by the project's DAGs (owner, retries).
+
+Standard library only: DAG files import it at parse time."""
 
 import datetime as dt
 

@@ -24,7 +24,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from pipeline import registry
 from pipeline.core.settings import Settings
@@ -160,7 +160,8 @@ def comparison_gate(evaluation: dict, *, tolerance: float) -> GateResult:
 
 def drift_gate(drift: dict | None, *, note: str = "") -> GateResult:
     """Review needed when the drift share is over its threshold (``drift``: the figures of
-    :func:`pipeline.promotion.drift.column_drift`, or None when there is nothing to compare with)."""
+    :func:`pipeline.promotion.drift.column_drift`, or None when there is nothing to compare
+    with)."""
     if drift is None:
         return GateResult("drift", "passed", f"drift gate passed: {note}", {"note": note})
     share, limit = drift["drift_share"], drift["share_threshold"]
@@ -319,9 +320,8 @@ def _validation(settings: Settings, snap, report: str | None) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _finite(value) -> bool:
-
-    return isinstance(value, (int, float)) and math.isfinite(value)
+def _finite(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def _num(value) -> str:

@@ -70,6 +70,7 @@ def analyse(window: dict, stable: str, canary: str, t: Thresholds) -> dict:
     if seen < t.min_rows:
         return {"verdict": "wait", "reason": f"{seen} rows scored by the canary, {t.min_rows} "
                                              f"needed", "checks": {}}
+    assert c is not None  # seen > 0
     s = s or {"error_rate": 0.0, "latency_ms": {"p99": None}, "distance": {"p50": None}}
     checks = {}
     limit = s["error_rate"] + t.max_error_rate_increase

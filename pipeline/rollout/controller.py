@@ -23,8 +23,6 @@ nobody owns. A file lock keeps two controllers off the same model.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import fcntl
 import json
 import logging
 import os
@@ -34,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline import registry
-from pipeline.core.io import atomic_write_json
+from pipeline.core.io import LockBusy, atomic_write_json, file_lock, utc_now_iso
 from pipeline.core.settings import Settings
 from pipeline.rollout.backends.kubernetes import KServeBackend
 from pipeline.rollout.backends.local import LocalBackend
@@ -82,8 +80,9 @@ def read_state(settings: Settings) -> RolloutState | None:
 
 class RolloutController:
     def __init__(self, settings: Settings, backend, *, steps: list[Step],
-                 interval_s: float = 60.0, thresholds: Thresholds = Thresholds(),
+                 interval_s: float = 60.0, thresholds: Thresholds | None = None,
                  max_extensions: int = 3):
+        thresholds = thresholds or Thresholds()
         self.settings = settings
         self.backend = backend
         self.steps = steps
@@ -109,7 +108,7 @@ class RolloutController:
                                    f"registry's champion is {champion}; fix that first")
             if version == stable:
                 raise RolloutError(f"version {version} is already the stable version")
-            now = _now()
+            now = utc_now_iso()
             state = RolloutState(self.settings.model_name, version, stable,
                                  [str(s) for s in self.steps], started_at=now,
                                  controller=f"{socket.gethostname()}:{os.getpid()}")
@@ -139,7 +138,7 @@ class RolloutController:
                     return self._promote(state, routing)
                 return self._roll_back(state, f"resumed after a restart; the server's canary is "
                                               f"{routing['canary']}, not {state.version}")
-            state.history.append({"at": _now(), "event": "resumed", "step": state.step})
+            state.history.append({"at": utc_now_iso(), "event": "resumed", "step": state.step})
             return self._drive(state)
 
     # ---- the loop ------------------------------------------------------------------------
@@ -150,7 +149,7 @@ class RolloutController:
             self._save(state)
             self.backend.traffic(step)
             verdict = self._analyse_step(state, step)
-            state.history.append({"at": _now(), "step": str(step), **verdict})
+            state.history.append({"at": utc_now_iso(), "step": str(step), **verdict})
             if verdict["verdict"] != "pass":
                 return self._roll_back(state, f"step {step} failed: {verdict['reason']}")
             log.info("rollout of %s: step %s passed", state.version, step)
@@ -210,30 +209,20 @@ class RolloutController:
         return str(found.version) if found is not None else None
 
     def _save(self, state: RolloutState) -> None:
-        state.updated_at = _now()
+        state.updated_at = utc_now_iso()
         path = state_path(self.settings)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, asdict(state))
 
     @contextlib.contextmanager
     def _locked(self):
-        path = state_path(self.settings).with_suffix(".lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as fh:
+        with contextlib.ExitStack() as held:
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                held.enter_context(file_lock(state_path(self.settings).with_suffix(".lock")))
+            except LockBusy:
                 raise RolloutError(f"another rollout controller is running for "
                                    f"{self.settings.model_name!r}") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
-
+            yield
 
 # ---- wiring from settings --------------------------------------------------------------------
 

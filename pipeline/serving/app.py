@@ -6,9 +6,10 @@ OpenAPI document, and the admin API the rollout controller drives (load, traffic
 drop, analysis window).
 
 Why not Starlette or the kserve SDK: the single-row request is ~60 µs of work, so per-request
-framework cost decides the throughput (benchmarks/serving/RESULTS.md). This app routes with a
-dict and string splits, parses with orjson, scores on the event loop when the batch is small,
-and moves only lookups and big batches to a thread.
+framework cost decides the throughput (benchmarks/serving/RESULTS.md). This app routes with
+dict lookups (:class:`~pipeline.serving.routes.Router`, compiled once from the route table that
+the OpenAPI document derives from too), parses with orjson, scores on the event loop when the
+batch is small, and moves only lookups and big batches to a thread.
 
 Every error is a typed :class:`ServingError` turned into JSON ``{"error": ...}`` with its
 status; bad input never becomes a 500.
@@ -23,8 +24,9 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Awaitable, BinaryIO, Callable
+from typing import BinaryIO
 
 import numpy as np
 import orjson
@@ -54,12 +56,12 @@ from pipeline.serving.errors import (
 from pipeline.serving.model import MODES, Prediction, SegmentService
 from pipeline.serving.openapi import document
 from pipeline.serving.protocol import BINARY_DTYPES, OUTPUTS
+from pipeline.serving.routes import ROUTES, Route, Router
 
 log = logging.getLogger("pipeline.serving")
 
 JSON_TYPES = (b"application/json",)
 INLINE_ROWS = 256  # bigger batches and every lookup by id run in a worker thread
-UNLIMITED_ROUTES = frozenset({"live", "ready", "metrics"})  # probes must answer under load
 
 # loader(version=None, alias=None) -> (SegmentModel, version); blocking (MLflow download)
 Loader = Callable[..., tuple]
@@ -124,7 +126,7 @@ class Metrics:
             if len(clusters) == 1:
                 self.child(self.assignments, v, str(int(clusters[0]))).inc()
             else:
-                for c, n in zip(*np.unique(clusters, return_counts=True)):
+                for c, n in zip(*np.unique(clusters, return_counts=True), strict=True):
                     self.child(self.assignments, v, str(int(c))).inc(int(n))
             hist = self.child(self.distance, v)
             for d in dist[:256].tolist():  # a sample per request keeps big batches cheap
@@ -147,16 +149,19 @@ class Request:
     method: str
     path: str
     headers: dict[bytes, bytes]
-    params: dict
+    params: Mapping[str, str]  # path parameters; shared between requests, read-only
     body: bytes = b""
 
 
-@dataclass
-class Route:
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A :class:`Route` bound to the app's handler: what the router hands each request."""
+
     name: str
     handler: Callable[[Request], Awaitable[tuple]]
-    methods: tuple[str, ...] = ("GET",)
-    guard: str | None = None  # "predict" or "admin"
+    methods: tuple[str, ...]
+    guard: str | None
+    limited: bool
 
 
 class InferenceApp:
@@ -183,29 +188,14 @@ class InferenceApp:
         self._ids = itertools.count(1)
         self._boot = os.urandom(4).hex()
         self._load_lock = asyncio.Lock()
-        self._static = {
-            "/v2": Route("server_metadata", self.server_metadata),
-            "/v2/health/live": Route("live", self.live),
-            "/v2/health/ready": Route("ready", self.ready),
-            "/v1/models": Route("list_models", self.list_models),
-            "/metrics": Route("metrics", self.prometheus),
-            "/openapi.json": Route("openapi", self.openapi),
-            "/admin/state": Route("admin_state", self.admin_state, guard="admin"),
-            "/admin/load": Route("admin_load", self.admin_load, ("POST",), "admin"),
-            "/admin/traffic": Route("admin_traffic", self.admin_traffic, ("POST",), "admin"),
-            "/admin/promote": Route("admin_promote", self.admin_promote, ("POST",), "admin"),
-            "/admin/drop": Route("admin_drop", self.admin_drop, ("POST",), "admin"),
-            "/admin/window": Route("admin_window", self.admin_window, ("POST",), "admin"),
-        }
-        self._model_routes = {
-            "": Route("model_metadata", self.model_metadata),
-            "ready": Route("model_ready", self.model_ready),
-            "infer": Route("infer", self.infer, ("POST",), "predict"),
-        }
-        self._v1_model = Route("model_ready_v1", self.model_ready)
-        self._v1_predict = Route("predict", self.predict_v1, ("POST",), "predict")
+        self.router = Router(ROUTES, self._bind)
+        self._openapi = orjson.dumps(document(service.name))  # built once, served as is
         self.metrics.routing(service.routing.describe())
         self.metrics.inflight.set_function(lambda: self.inflight)
+
+    def _bind(self, route: Route) -> Endpoint:
+        return Endpoint(route.name, getattr(self, route.handler), route.methods, route.guard,
+                        route.limited)
 
     # ---- ASGI ----------------------------------------------------------------------------
     async def __call__(self, scope, receive, send):
@@ -214,25 +204,21 @@ class InferenceApp:
             await self._http(scope, receive, send)
         elif kind == "lifespan":
             flusher = None
+            stream = self.access_log
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
                     if self.tune_gc:
                         _tune_gc()
-                    if self.access_log is not None:
-                        flusher = asyncio.create_task(self._flush_access_log())
+                    if stream is not None:
+                        flusher = asyncio.create_task(_flush_every(stream, 0.5))
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
-                    if flusher is not None:
+                    if flusher is not None and stream is not None:
                         flusher.cancel()
-                        self.access_log.flush()
+                        stream.flush()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
-
-    async def _flush_access_log(self):
-        while True:
-            await asyncio.sleep(0.5)
-            self.access_log.flush()
 
     async def _http(self, scope, receive, send):
         start = time.perf_counter()
@@ -240,14 +226,16 @@ class InferenceApp:
         request_id = (headers.get(b"x-request-id", b"").decode("latin-1")[:64]
                       or f"{self._boot}-{next(self._ids)}")
         method, path = scope["method"], scope["path"]
-        route_name, limited, versions = "unknown", False, ()
+        route_name, limited = "unknown", False
+        versions: tuple[str, ...] = ()
+        extra: tuple[tuple[bytes, bytes], ...] = ()
         try:
-            route, params = self._resolve(path)
+            route, params = self.router.resolve(path)
             route_name = route.name
             if method not in route.methods and not (method == "HEAD" and "GET" in route.methods):
                 raise MethodNotAllowed(f"{method} is not allowed on {path}; allowed: "
                                        f"{', '.join(route.methods)}")
-            if route_name not in UNLIMITED_ROUTES:
+            if route.limited:
                 if self.inflight >= self.max_concurrency:
                     self.metrics.limited.inc()
                     raise TooBusy(f"the server is at its limit of {self.max_concurrency} "
@@ -260,7 +248,6 @@ class InferenceApp:
             if method == "POST":
                 request.body = await self._read_body(headers, receive)
             status, body, ctype, versions = await route.handler(request)
-            extra = ()
         except ServingError as err:
             status, body, ctype = err.status, orjson.dumps({"error": str(err)}), JSON_TYPES[0]
             extra = tuple((k.encode(), v.encode()) for k, v in err.headers.items())
@@ -290,32 +277,6 @@ class InferenceApp:
                 {"ts": time.time(), "request_id": request_id, "method": method, "path": path,
                  "route": route_name, "status": status, "ms": round(elapsed * 1000, 3),
                  "versions": versions}, option=orjson.OPT_APPEND_NEWLINE))
-
-    def _resolve(self, path: str) -> tuple[Route, dict]:
-        route = self._static.get(path.rstrip("/") or "/")
-        if route is not None:
-            return route, {}
-        parts = path.strip("/").split("/")
-        if len(parts) >= 3 and parts[0] == "v2" and parts[1] == "models":
-            params = {"name": parts[2]}
-            rest = parts[3:]
-            if len(rest) >= 2 and rest[0] == "versions":
-                params["version"] = rest[1]
-                rest = rest[2:]
-            if len(rest) <= 1:
-                route = self._model_routes.get(rest[0] if rest else "")
-                if route is not None:
-                    return route, params
-        if len(parts) == 3 and parts[0] == "v1" and parts[1] == "models":
-            name, _, verb = parts[2].partition(":")
-            if verb == "":
-                return self._v1_model, {"name": name}
-            if verb == "predict":
-                return self._v1_predict, {"name": name}
-            raise ModelNotFound(f"verb {verb!r} is not supported; use "
-                                f"/v1/models/{name}:predict")
-        raise ModelNotFound(f"no route {path!r}; see /openapi.json for the routes "
-                            "(/v2/models/{name}/infer, /v1/models/{name}:predict, ...)")
 
     def _check_token(self, headers: dict, guard: str) -> None:
         expected = self.token if guard == "predict" else self.admin_token
@@ -369,7 +330,7 @@ class InferenceApp:
         return _json({"name": "kmeans-platform", "version": self.server_version,
                       "extensions": ["binary_tensor_data_input", "model_versions"]})
 
-    def _check_model(self, params: dict) -> None:
+    def _check_model(self, params: Mapping[str, str]) -> None:
         if params["name"] != self.service.name:
             raise ModelNotFound(f"model {params['name']!r} is unknown; this server serves "
                                 f"[{self.service.name!r}]")
@@ -413,8 +374,7 @@ class InferenceApp:
         return 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode(), ()
 
     async def openapi(self, request):
-
-        return _json(document(self.service.name))
+        return 200, self._openapi, JSON_TYPES[0], ()
 
     # ---- predictions ---------------------------------------------------------------------
     async def infer(self, request):
@@ -540,6 +500,12 @@ class InferenceApp:
         return _json({"routing": describe})
 
 
+async def _flush_every(stream: BinaryIO, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        stream.flush()
+
+
 def _tune_gc() -> None:
     """Garbage collection for a serving process, measured at 8,000 req/s open loop on one
     core: p99 9.9 ms with the defaults, 3.6 ms with this. Everything loaded at startup (models,
@@ -623,6 +589,7 @@ def _parse_v2(request: Request) -> tuple[dict, tuple[str, object]]:
         raise InvalidInput(f"{name} has datatype {dtype!r}; allowed: {', '.join(allowed)}")
     params = tensor.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
+    data: list | np.ndarray | None
     if size is not None:
         data = _binary_tensor(blob, size, dtype, shape)
     else:

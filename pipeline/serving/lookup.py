@@ -68,7 +68,7 @@ class OnlineLookup:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         n = len(ids)
         values = np.full((n, len(self.feature_names)), np.nan)
         found = np.zeros(n, dtype=bool)

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.engine.kernel import id_buckets, row_hash_buckets
 from pipeline.model.artifact import SegmentModel
 from pipeline.serving.errors import Conflict, InvalidInput, ModelNotFound, NotReady
+from pipeline.serving.kernels import assign, id_buckets, row_hash_buckets
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Prediction:
     def rows(self) -> list[dict]:
         out = []
         for i in range(len(self)):
-            row = {"model_version": self.model_version[i]}
+            row: dict[str, object] = {"model_version": self.model_version[i]}
             if self.error and self.error[i]:
                 row["error"] = self.error[i]
             else:
@@ -109,7 +109,7 @@ class Window:
         lat = np.fromiter(self.latency_ms, float)
         dist = np.fromiter(self.distance, float)
         ref = np.fromiter(self.stable_distance, float)
-        q = (lambda a, p: round(float(np.percentile(a, p)), 4) if len(a) else None)
+        q = _quantile
         total = sum(self.clusters.values())
         return {
             "requests": self.requests, "errors": self.errors, "rows": self.rows,
@@ -122,6 +122,10 @@ class Window:
             "stable_distance_on_same_rows": {"p50": q(ref, 50), "p90": q(ref, 90),
                                              "p99": q(ref, 99)},
         }
+
+
+def _quantile(values: np.ndarray, percent: float) -> float | None:
+    return round(float(np.percentile(values, percent)), 4) if len(values) else None
 
 
 @dataclass
@@ -159,7 +163,7 @@ class SegmentService:
         """Put ``model`` in ``slot`` (stable or canary). A new canary starts at weight 0."""
         version = str(version)
         warm = np.zeros((1, len(model.feature_names)))
-        model.assign(warm)  # compile and warm the one-row path before serving
+        assign(model, warm)  # compile and warm the one-row path before serving
         bucket(warm)
         with self._admin:
             r = self.routing
@@ -206,7 +210,7 @@ class SegmentService:
                 raise Conflict(f"the canary is version {r.canary.version}, not {version}")
             self.routing = Routing(r.canary, None, 0.0, "canary")
             log.info("model %s: canary %s promoted over %s", self.name, r.canary.version,
-                     r.stable.version)
+                     r.stable.version if r.stable else None)
             return self.routing
 
     def drop(self, version: str | None = None) -> Routing:
@@ -258,7 +262,7 @@ class SegmentService:
                                "numbers (null marks a missing value)")
         if version is not None:
             return self._pinned(routing, x, str(version))
-        base = stable.model.assign(x)
+        base = assign(stable.model, x)
         n = len(x)
         canary = routing.canary
         if canary is None:
@@ -276,7 +280,7 @@ class SegmentService:
             return Prediction(base.cluster, base.distance, base.runner_up, base.margin, base.ood,
                               [stable.version] * n, versions_used=(stable.version,))
         every = n_chosen == n
-        ca = canary.model.assign(x if every else x[chosen])
+        ca = assign(canary.model, x if every else x[chosen])
         ref_cluster = base.cluster if every else base.cluster[chosen]
         ref_distance = base.distance if every else base.distance[chosen]
         self._record(canary.version, ca.cluster, ca.distance, ref_cluster, ref_distance)
@@ -305,7 +309,7 @@ class SegmentService:
             loaded = [s.version for s in (routing.stable, routing.canary) if s]
             raise ModelNotFound(f"version {version!r} of {self.name!r} is not loaded; "
                                 f"loaded: {loaded}")
-        a = slot.model.assign(x)
+        a = assign(slot.model, x)
         self._record(version, a.cluster, a.distance)
         return Prediction(a.cluster, a.distance, a.runner_up, a.margin, a.ood,
                           [version] * len(x), versions_used=(version,))
@@ -325,9 +329,9 @@ class SegmentService:
             for c in clusters:
                 w.clusters[c] = w.clusters.get(c, 0) + 1
         else:
-            for c, k in zip(*np.unique(cluster, return_counts=True)):
+            for c, k in zip(*np.unique(cluster, return_counts=True), strict=True):
                 w.clusters[int(c)] = w.clusters.get(int(c), 0) + int(k)
-        if stable_cluster is not None:
+        if stable_cluster is not None and stable_distance is not None:
             w.compared += len(cluster)
             w.agreed += int((cluster == stable_cluster).sum())
             w.stable_distance.extend(stable_distance[:256].tolist())
@@ -362,7 +366,6 @@ class SegmentService:
 def bucket(keys: np.ndarray) -> np.ndarray:
     """A stable bucket in [0, 10,000) per key: an integer id, or a row of floats. The same
     key gets the same bucket in every process and replica, whatever batch it comes in."""
-
     if keys.ndim == 1:
         return id_buckets(np.ascontiguousarray(keys, dtype=np.int64), BUCKETS)
     return row_hash_buckets(np.ascontiguousarray(keys, dtype=np.float64), BUCKETS)

@@ -1,4 +1,8 @@
-"""Start the server: load the champion (and the challenger as canary) from MLflow, bind, serve."""
+"""Start the server: load the champion (and the challenger as canary) from MLflow, bind, serve.
+
+Run on its own by ``kmeans-serve`` or ``python -m pipeline.serving`` (what the serving image
+runs, :mod:`pipeline.serving.__main__`), and by the platform's ``kmeans serve``.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +34,20 @@ def registry_loader(settings: Settings):
     return load
 
 
+def online_lookup(settings: Settings, feature_names: list[str]) -> OnlineLookup:
+    """Lookups by customer id through the feature service of ``settings`` (LookupError, naming
+    the way out, when the online store does not hold it)."""
+    from feast.errors import FeastObjectNotFoundException
+
+    try:
+        return OnlineLookup(feature_store(settings), settings.feature_service, feature_names)
+    except FeastObjectNotFoundException as err:
+        raise LookupError(f"{err}: lookups by customer_id need feature service "
+                          f"{settings.feature_service!r} in the Feast online store; apply the "
+                          "feature repo and materialize (`kmeans apply`, `kmeans materialize`), "
+                          "or serve feature vectors only (--no-feast)") from err
+
+
 def build_app(settings: Settings, *, alias: str = "champion", version: str | None = None,
               canary_alias: str | None = "challenger", canary_mode: str = "shadow",
               canary_weight: float = 0.0, with_feast: bool = True, access_log=None):
@@ -38,11 +56,9 @@ def build_app(settings: Settings, *, alias: str = "champion", version: str | Non
 
     loader = registry_loader(settings)
     model, version = loader(version=version, alias=None if version else alias)
-    lookup = None
+    lookup = None  # without it, lookups by customer_id answer 503
     if with_feast:
-
-        lookup = OnlineLookup(feature_store(settings), settings.feature_service,
-                              model.feature_names)
+        lookup = online_lookup(settings, model.feature_names)
     service = SegmentService(settings.model_name, lookup=lookup,
                              max_batch_rows=settings.max_batch_rows)
     service.load(model, version, "stable")
@@ -61,7 +77,7 @@ def build_app(settings: Settings, *, alias: str = "champion", version: str | Non
 
 
 def serve(settings: Settings, **kwargs) -> None:
-
+    """Serve until SIGINT or SIGTERM; ``kwargs`` go to :func:`build_app`."""
     app = build_app(settings, access_log=sys.stdout.buffer, **kwargs)  # JSON lines on stdout
     app.tune_gc = True  # a process of its own
     uvicorn.run(app, host=settings.serving_host, port=settings.serving_port, log_level="warning",
@@ -71,8 +87,6 @@ def serve(settings: Settings, **kwargs) -> None:
 @contextlib.contextmanager
 def running(app, host: str = "127.0.0.1", port: int = 0):
     """Run ``app`` on loopback in a background thread; yields the base URL."""
-
-
     sock = socket.socket()
     sock.bind((host, port))
     port = sock.getsockname()[1]

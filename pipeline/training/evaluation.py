@@ -23,7 +23,6 @@ def cluster_metrics(x: np.ndarray, centroids: np.ndarray, *, seed: int = 0,
     stability (mean adjusted Rand index of refits on bootstrap resamples) and cluster shares, all
     on a seeded sample of ``x``.
     """
-
     rng = np.random.default_rng(seed)
     x = np.asarray(x, dtype=np.float32)
     if len(x) > sample_size:
@@ -42,7 +41,8 @@ def cluster_metrics(x: np.ndarray, centroids: np.ndarray, *, seed: int = 0,
     sil = silhouette_samples(x, labels, metric="euclidean")
     boots = np.array([sil[rng.integers(0, len(sil), len(sil))].mean() for _ in range(n_boot)])
     out["silhouette"] = float(sil.mean())
-    out["silhouette_lo"], out["silhouette_hi"] = (float(v) for v in np.percentile(boots, [2.5, 97.5]))
+    low, high = np.percentile(boots, [2.5, 97.5])
+    out["silhouette_lo"], out["silhouette_hi"] = float(low), float(high)
     out["davies_bouldin"] = float(davies_bouldin_score(x, labels))
     out["calinski_harabasz"] = float(calinski_harabasz_score(x, labels))
     aris = []
@@ -56,7 +56,7 @@ def cluster_metrics(x: np.ndarray, centroids: np.ndarray, *, seed: int = 0,
 
 
 def _quick_lloyd(x: np.ndarray, centroids: np.ndarray, iters: int = 30) -> np.ndarray:
-
+    """Lloyd from ``centroids`` on an in-memory sample (a stability refit)."""
     fits = lloyd(ArraySource(x), {(len(centroids), 0): centroids}, max_iter=iters, tol=1e-4,
                  empty_cluster="farthest", sample=x)
     return next(iter(fits.values())).centroids

@@ -14,7 +14,8 @@ SHARE = 0.2  # a cluster "takes part" in another when it holds at least this sha
 
 
 def match_clusters(champion_labels: np.ndarray, challenger_labels: np.ndarray,
-                   champion_ids, k_challenger: int) -> tuple[np.ndarray, dict]:
+                   champion_ids: int | np.ndarray | list[int],
+                   k_challenger: int) -> tuple[np.ndarray, dict]:
     """Map each challenger cluster (by row position) to a stable id and describe the changes.
 
     ``champion_labels`` are the champion's stable ids of the holdout rows, ``champion_ids`` all
@@ -30,7 +31,8 @@ def match_clusters(champion_labels: np.ndarray, challenger_labels: np.ndarray,
     ([1, 0], 1.0)
     """
 
-    ids = np.arange(champion_ids) if np.isscalar(champion_ids) else np.asarray(champion_ids)
+    ids = (np.arange(champion_ids) if isinstance(champion_ids, int | np.integer)
+           else np.asarray(champion_ids))
     k_champion = len(ids)
     column = {int(v): j for j, v in enumerate(ids)}
     old = np.array([column[int(v)] for v in np.asarray(champion_labels)], dtype=np.int64)
@@ -43,8 +45,8 @@ def match_clusters(champion_labels: np.ndarray, challenger_labels: np.ndarray,
     mapping = np.full(k_challenger, -1, dtype=np.int64)
     mapping[rows] = ids[cols]
     fresh = iter(range(int(ids.max()) + 1, int(ids.max()) + 1 + k_challenger))
-    for i in np.flatnonzero(mapping < 0):
-        mapping[i] = next(fresh)
+    for unmatched in np.flatnonzero(mapping < 0):
+        mapping[unmatched] = next(fresh)
     matched = table[rows, cols].sum()
     old_sizes = table.sum(axis=0)
     new_sizes = table.sum(axis=1)

@@ -39,7 +39,7 @@ class TrainParams(BaseModel):
 def window(end: dt.datetime, lookback_days: int) -> tuple[dt.datetime, dt.datetime]:
     """The training window that ends at ``end`` (exclusive)."""
     if end.tzinfo is None:
-        end = end.replace(tzinfo=dt.timezone.utc)
+        end = end.replace(tzinfo=dt.UTC)
     return end - dt.timedelta(days=lookback_days), end
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from pipeline import __version__, registry
 from pipeline.core.settings import FEATURE_NAMES, PROJECT_ROOT, Settings
@@ -30,27 +29,39 @@ from pipeline.engine.spark import (
     spark_session,
 )
 from pipeline.model.artifact import SegmentModel
-from pipeline.model.preprocessing import Preprocessor
-from pipeline.training.split import holdout_mask, read_split
+from pipeline.model.preprocessing import LOG_FEATURES, Preprocessor
 from pipeline.training.evaluation import K_RULE, choose_k, cluster_metrics
 from pipeline.training.matching import match_clusters, relabel
 from pipeline.training.params import TrainParams
+from pipeline.training.split import holdout_mask, read_split
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- stage 4: train
 
-def _source(settings: Settings, snap, pre, params: TrainParams):
+class TrainingRows:
+    """Row filter of the training blocks: the rows outside the holdout. Picklable, so it
+    travels to the Spark tasks that stage the blocks."""
 
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __call__(self, frame: pd.DataFrame) -> np.ndarray:
+        return ~holdout_mask(frame["customer_id"].to_numpy(), self.seed)
+
+
+def _source(settings: Settings, snap, pre: Preprocessor, params: TrainParams):
+    """The training rows of the snapshot, preprocessed, as an engine source: staged blocks
+    (the same on both engines), iterated in-process or by Spark."""
     spec = BlockSpec(
         snapshot_dir=snap.path, files=tuple(snap.files), stage_dir=str(settings.stage_dir),
+        # the key names everything the blocks depend on: data, preprocessing, side, sampling
         key=block_key(f"{snap.data_hash}:{','.join(snap.files)}", pre.to_dict(), "train",
                       params.seed, params.sample_fraction),
-        preprocessor=pre.to_dict(), holdout_seed=params.seed, side="train",
-        sample_fraction=params.sample_fraction)
+        transform=pre.transform, row_filter=TrainingRows(params.seed),
+        sample_fraction=params.sample_fraction, sample_seed=params.seed)
     if params.engine == "local":
-
         return ArraySource(np.concatenate([load_block(spec, i) for i in range(len(snap.files))]))
     spark = spark_session(settings.spark_master, app_name="kmeans-train",
                           driver_memory=settings.spark_driver_memory)
@@ -70,7 +81,7 @@ def train(settings: Settings, snapshot_path: str, params: TrainParams | dict,
     snap = Snapshot.load(snapshot_path)
 
     train_sample, holdout = read_split(snap, params.seed)
-    pre = Preprocessor.fit(train_sample, FEATURE_NAMES)
+    pre = Preprocessor.fit(train_sample, FEATURE_NAMES, log_features=LOG_FEATURES)
     x_hold = pre.transform(holdout)
     source = _source(settings, snap, pre, params)
     ks = list(range(params.k_min, params.k_max + 1))
@@ -103,8 +114,8 @@ def train(settings: Settings, snapshot_path: str, params: TrainParams | dict,
         mlflow.log_metric("k", chosen)
         mlflow.set_tag("k_rule", K_RULE)
         distances = source_distance_quantile(x_hold, sweep.fits[chosen].centroids)
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
             (tmp / "sweep.json").write_text(json.dumps(
                 {"rule": K_RULE, "chosen_k": chosen, "rows": rows}, indent=2, default=float))
             _plot_sweep(rows, chosen, tmp / "sweep.png")

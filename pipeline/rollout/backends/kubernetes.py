@@ -129,7 +129,7 @@ def _with_version(predictor: dict, version: str) -> dict:
     containers = copy.deepcopy(predictor.get("containers") or [])
     if not containers:
         raise RolloutError("the predictor has no containers; expected the kserve-container "
-                           "running `kmeans serve`")
+                           "running `kmeans-serve`")
     args = [a for a in containers[0].get("args", [])]
     if "--version" in args:
         i = args.index("--version")

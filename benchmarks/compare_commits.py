@@ -1,0 +1,186 @@
+"""The engine's 1M suite and the one-row serving path, this tree against another commit, side
+by side in one run (alternating rounds, medians), to show a change did not slow them down.
+
+    .venv/bin/python benchmarks/compare_commits.py --base <commit> [--rounds 3]
+
+Each round runs one child process per tree, in turn, with that tree's ``pipeline`` first on
+``PYTHONPATH`` (the other commit is exported with ``git archive`` under
+``.kmeans/bench/src/<commit>``), on the same data (1M x 32 float32, K=50, the same initial
+centroids) and the same machine:
+
+- ``engine in-process``: ms per Lloyd pass of the in-process source (``ArraySource.step``);
+- ``engine spark``: ms per pass of the Spark block source (``local[2]``, one task with two
+  kernel threads, blocks staged once; ``SparkBlockSource.step``), the 1M suite's setting;
+- ``serving``: microseconds per one-row v2 infer through the server's ASGI app, called in
+  process (no sockets: the app's own cost), K=8, 12 features, bearer token and metrics on.
+
+Writes ``results/compare-<base>.json`` and prints a Markdown table; ratios are this tree over
+the base (below 1.05 is within noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # see bench_engine.py
+    os.environ.pop(_var, None)
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+PASSES = 20
+DIM, K = 32, 50
+
+
+def _git(*cmd: str) -> str:
+    return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def export(ref: str) -> tuple[Path, str]:
+    commit = _git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    dest = ROOT / ".kmeans" / "bench" / "src" / commit
+    if not (dest / "pipeline").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", commit, "pipeline"], cwd=ROOT,
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest, commit[:12]
+
+
+# ------------------------------------------------------------------ child: one tree
+
+def _timed_passes(step, centroids, passes: int) -> float:
+    step([centroids])  # warm: compile, page in, stage
+    times = []
+    for _ in range(passes):
+        t = time.perf_counter()
+        step([centroids])
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def child_engine(data: Path, stage: Path) -> dict:
+    sys.path.insert(0, str(HERE))
+    from bench_engine import initial_centroids, load_array, spark_session
+
+    from pipeline.engine.estimator import ArraySource
+    from pipeline.engine.spark import SparkBlockSource, parquet_spec
+
+    x, init = load_array(data), initial_centroids(data, K)
+    out = {"inprocess_ms": _timed_passes(ArraySource(x).step, init, PASSES)}
+    spark = spark_session("6g", task_cpus=2)
+    spec = parquet_spec(data, [f"f{j}" for j in range(DIM)], stage, partitions=1, threads=2)
+    out["spark_ms"] = _timed_passes(SparkBlockSource(spark, spec).step, init, PASSES)
+    spark.stop()
+    return out
+
+
+def child_serving(requests: int) -> dict:
+    sys.path.insert(0, str(HERE / "serving"))
+    import numpy as np
+    import orjson
+    import targets
+
+    rng = np.random.default_rng(1)
+    centroids = rng.normal(size=(8, 12)).astype(np.float32)
+    app = targets.build_ours(centroids, "token", with_feast=False,
+                             access_log=open(os.devnull, "wb"))  # noqa: SIM115
+    bodies = [orjson.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 12],
+                                         "data": rng.normal(size=12).tolist()}]})
+              for _ in range(256)]
+    headers = [(b"content-type", b"application/json"), (b"authorization", b"Bearer token")]
+    scope = {"type": "http", "method": "POST", "path": "/v2/models/segments/infer",
+             "headers": headers, "query_string": b""}
+    status = []
+
+    async def run(n: int) -> float:
+        async def send(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        t = time.perf_counter()
+        for i in range(n):
+            body = bodies[i % len(bodies)]
+
+            async def receive(body=body):
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await app(scope, receive, send)
+        return (time.perf_counter() - t) / n
+
+    asyncio.run(run(2000))  # warm
+    per = [asyncio.run(run(requests)) for _ in range(5)]
+    assert set(status) == {200}, sorted(set(status))
+    return {"serving_us": 1e6 * statistics.median(per)}
+
+
+# ------------------------------------------------------------------ parent
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="the commit to compare with")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/kmeans-bench"))
+    parser.add_argument("--child", choices=["engine", "serving"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    data = args.work / "data-1m"
+    if args.child == "engine":
+        print(json.dumps(child_engine(data, args.work / f"stage-{os.getpid()}")))
+        return
+    if args.child == "serving":
+        print(json.dumps(child_serving(args.requests)))
+        return
+
+    sys.path.insert(0, str(HERE))
+    from bench_engine import make_data
+
+    make_data(data, 1_000_000, 2)
+    base_dir, base = export(args.base)
+    head = _git("rev-parse", "--short=12", "HEAD")
+    dirty = " + uncommitted changes" if _git("status", "--porcelain", "pipeline") else ""
+    trees = {"base": base_dir, "this": ROOT}
+    runs: dict[str, list[dict]] = {"base": [], "this": []}
+    for r in range(args.rounds):
+        for name in (("base", "this") if r % 2 == 0 else ("this", "base")):
+            figures = {}
+            for kind in ("engine", "serving"):
+                env = {**os.environ, "PYTHONPATH": str(trees[name])}
+                done = subprocess.run([sys.executable, __file__, "--child", kind,
+                                       "--work", str(args.work), "--requests",
+                                       str(args.requests)],
+                                      env=env, capture_output=True, text=True, cwd=trees[name])
+                if done.returncode:
+                    raise SystemExit(f"{name} {kind} failed:\n{done.stderr[-3000:]}")
+                figures.update(json.loads(done.stdout.strip().splitlines()[-1]))
+            runs[name].append(figures)
+            print(f"round {r + 1} {name}: {figures}", flush=True)
+    keys = ("inprocess_ms", "spark_ms", "serving_us")
+    med = {n: {k: statistics.median(f[k] for f in runs[n]) for k in keys} for n in runs}
+    ratio = {k: med["this"][k] / med["base"][k] for k in keys}
+    result = {"base": base, "this": f"{head}{dirty}", "rounds": args.rounds,
+              "medians": med, "ratio_this_over_base": ratio, "runs": runs,
+              "machine": f"{os.cpu_count()} cores"}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"compare-{base}.json").write_text(json.dumps(result, indent=2))
+    labels = {"inprocess_ms": "engine in-process, ms per pass (1M x 32, K=50)",
+              "spark_ms": "engine on Spark local[2], ms per pass (1M x 32, K=50)",
+              "serving_us": "one-row v2 infer through the ASGI app, µs per request"}
+    print(f"\n| measure | base {base} | this {head}{dirty} | this / base |\n|---|---:|---:|---:|")
+    for k in keys:
+        print(f"| {labels[k]} | {med['base'][k]:.1f} | {med['this'][k]:.1f} | {ratio[k]:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Compiled kernels of the server's hot path (numba, no GIL): the one-row scoring pass and the
+canary split's stable buckets.
+
+:func:`score_small` is a second, compiled copy of the model's arithmetic, kept because for a
+handful of rows the fixed cost of NumPy calls, not arithmetic, is the price (one pass, no BLAS,
+no temporaries). It must give what the model's own NumPy path gives
+(:meth:`~pipeline.model.kmeans_segments.Preprocessor.transform` then
+:meth:`~pipeline.model.kmeans_segments.SegmentModel.assign_scaled`): the same steps in the same
+order, squared distances summed feature by feature in float64. A property test
+(``tests/test_preprocessing_property.py``) checks the two against each other on random input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from pipeline.model.artifact import Assignment, SegmentModel
+
+#: Up to this many rows, the compiled pass beats the NumPy path.
+SMALL_BATCH = 16
+
+
+def assign(model: SegmentModel, raw: np.ndarray) -> Assignment:
+    """What the server answers for raw feature rows (NaN = missing): the compiled pass for a
+    small batch, :meth:`SegmentModel.assign` otherwise."""
+    if raw.ndim == 2 and len(raw) <= SMALL_BATCH and raw.shape[1] == len(model.feature_names):
+        return assign_small(model, raw)
+    return model.assign(raw)
+
+
+def assign_small(model: SegmentModel, raw: np.ndarray) -> Assignment:
+    """:meth:`SegmentModel.assign` of a few raw rows, in one compiled pass."""
+    pre = model.preprocessor.arrays
+    best, second, d1, d2 = score_small(np.ascontiguousarray(raw, dtype=np.float64),
+                                       pre.log_cols, pre.medians, pre.means, pre.stds,
+                                       model.centroids)
+    dist, dist2nd = np.sqrt(d1), np.sqrt(d2)
+    ids = model.cluster_ids
+    return Assignment(ids[best], dist, ids[second], dist2nd - dist, dist > model.ood_threshold)
+
+
+@njit(nogil=True, cache=True)
+def score_small(raw, log_cols, medians, means, stds, centroids):
+    """Preprocess and assign a few raw rows in one compiled pass (the server's one-row path).
+
+    Same steps as ``Preprocessor.transform`` then nearest and runner-up centroid: log1p of the
+    clipped log columns, NaN imputed by the median, standardised to float32. Returns best and
+    runner-up row positions and their squared distances. No BLAS call: for a handful of rows
+    the fixed cost of NumPy calls, not arithmetic, is the price.
+    """
+    n, d = raw.shape
+    k = centroids.shape[0]
+    best = np.empty(n, np.int64)
+    second = np.empty(n, np.int64)
+    d_best = np.empty(n, np.float64)
+    d_second = np.empty(n, np.float64)
+    z = np.empty(d, np.float32)
+    is_log = np.zeros(d, np.bool_)
+    for j in log_cols:
+        is_log[j] = True
+    for i in range(n):
+        for j in range(d):
+            v = raw[i, j]
+            if is_log[j] and v == v:
+                v = np.log1p(max(v, 0.0))
+            if v != v:
+                v = medians[j]
+            z[j] = np.float32((v - means[j]) / stds[j])
+        b1, b2 = 0, 0
+        s1, s2 = np.inf, np.inf
+        for c in range(k):
+            s = 0.0
+            for j in range(d):
+                diff = np.float64(z[j]) - np.float64(centroids[c, j])
+                s += diff * diff
+            if s < s1:
+                b2, s2 = b1, s1
+                b1, s1 = c, s
+            elif s < s2:
+                b2, s2 = c, s
+        best[i], second[i] = b1, (b2 if k > 1 else b1)
+        d_best[i], d_second[i] = s1, (s2 if k > 1 else s1)
+    return best, second, d_best, d_second
+
+
+@njit(nogil=True, cache=True)
+def _splitmix64(z):
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(nogil=True, cache=True)
+def id_buckets(ids, buckets):
+    """Stable bucket per integer id: splitmix64 of the id's 64 bits."""
+    out = np.empty(len(ids), np.int64)
+    for i in range(len(ids)):
+        out[i] = np.int64(_splitmix64(np.int64(ids[i]).view(np.uint64)) % np.uint64(buckets))
+    return out
+
+
+@njit(nogil=True, cache=True)
+def row_hash_buckets(rows, buckets):
+    """Stable bucket per row of floats: splitmix64 of sum(bits(value) * odd multiplier of its
+    column), with NaN and -0.0 hashed as 0.0 (the canary split's key for rows without an id)."""
+    n, d = rows.shape
+    mult = np.empty(d, np.uint64)
+    for j in range(d):
+        mult[j] = _splitmix64(np.uint64(j + 1)) | np.uint64(1)
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        total = np.uint64(0)
+        for j in range(d):
+            v = rows[i, j]
+            if v != v or v == 0.0:
+                v = 0.0
+            total += np.float64(v).view(np.uint64) * mult[j]
+        out[i] = np.int64(_splitmix64(total) % np.uint64(buckets))
+    return out
