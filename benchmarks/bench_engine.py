@@ -139,7 +139,7 @@ class Timed:
 
 
 def run_engine(source, ks, init=None, *, label=""):
-    from pipeline.engine import fit_sweep
+    from pipeline.engine.estimator import fit_sweep
 
     timed = Timed(source)
     t = time.perf_counter()

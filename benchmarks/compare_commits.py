@@ -12,7 +12,10 @@ centroids) and the same machine:
 - ``engine spark``: ms per pass of the Spark block source (``local[2]``, one task with two
   kernel threads, blocks staged once; ``SparkBlockSource.step``), the 1M suite's setting;
 - ``serving``: microseconds per one-row v2 infer through the server's ASGI app, called in
-  process (no sockets: the app's own cost), K=8, 12 features, bearer token and metrics on.
+  process (no sockets: the app's own cost), K=8, 12 features, bearer token and metrics on;
+- ``http``: the serving benchmark's ``ours`` server (``serving/targets.py``: uvicorn, pinned
+  to CPU 0, token, metrics, access log, 10% canary) under the open-loop load generator on
+  CPU 1: p99 latency at 2,000 and 8,000 one-row requests per second.
 
 Writes ``results/compare-<base>.json`` and prints a Markdown table; ratios are this tree over
 the base (below 1.05 is within noise).
@@ -70,6 +73,18 @@ def _timed_passes(step, centroids, passes: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def _check_tree() -> None:
+    """Every ``pipeline`` module came from the tree on PYTHONPATH (an editable install's
+    finder could answer a module the tree lacks from the working tree)."""
+    tree = Path(os.environ["PYTHONPATH"]).resolve()
+    leaked = sorted({m.__file__ for m in list(sys.modules.values())
+                     if getattr(m, "__name__", "").startswith("pipeline")
+                     and getattr(m, "__file__", None)
+                     and not Path(m.__file__).resolve().is_relative_to(tree)})
+    if leaked:
+        raise SystemExit(f"modules from another tree than {tree}: {leaked}")
+
+
 def child_engine(data: Path, stage: Path) -> dict:
     sys.path.insert(0, str(HERE))
     from bench_engine import initial_centroids, load_array, spark_session
@@ -77,6 +92,7 @@ def child_engine(data: Path, stage: Path) -> dict:
     from pipeline.engine.estimator import ArraySource
     from pipeline.engine.spark import SparkBlockSource, parquet_spec
 
+    _check_tree()
     x, init = load_array(data), initial_centroids(data, K)
     out = {"inprocess_ms": _timed_passes(ArraySource(x).step, init, PASSES)}
     spark = spark_session("6g", task_cpus=2)
@@ -119,20 +135,42 @@ def child_serving(requests: int) -> dict:
             await app(scope, receive, send)
         return (time.perf_counter() - t) / n
 
+    _check_tree()
     asyncio.run(run(2000))  # warm
     per = [asyncio.run(run(requests)) for _ in range(5)]
     assert set(status) == {200}, sorted(set(status))
     return {"serving_us": 1e6 * statistics.median(per)}
 
 
+def http_serving(tree: Path, work: Path, duration: float) -> dict:
+    """p99 of the ``ours`` server running ``tree``'s pipeline at two open-loop rates."""
+    sys.path.insert(0, str(HERE / "serving"))
+    import bench_serving as bs
+    import targets
+
+    inputs = bs.make_inputs(work / "serving")
+    bs.build_loadgen()
+    out = {}
+    with targets.start("ours", bs.free_port(), work / "servers", inputs["centroids"], bs.TOKEN,
+                       inputs["probe"], {"PYTHONPATH": str(tree)}) as server:
+        port = int(server.args[server.args.index("--port") + 1])
+        for rate in (2000, 8000):
+            point = bs.at_rate(port, inputs["bodies"], rate, 1, duration, 1.0)
+            out[f"p99_ms_at_{rate}"] = point["p99_ms"]
+            out[f"achieved_at_{rate}"] = point["achieved_rate"]
+    return out
+
+
 # ------------------------------------------------------------------ parent
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="the commit to compare with")
+    parser.add_argument("--base", help="the commit to compare with (required)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/kmeans-bench"))
+    parser.add_argument("--http-seconds", type=float, default=5.0,
+                        help="seconds per open-loop run of the HTTP server")
     parser.add_argument("--child", choices=["engine", "serving"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     data = args.work / "data-1m"
@@ -143,6 +181,8 @@ def main() -> None:
         print(json.dumps(child_serving(args.requests)))
         return
 
+    if not args.base:
+        parser.error("--base is required")
     sys.path.insert(0, str(HERE))
     from bench_engine import make_data
 
@@ -164,9 +204,10 @@ def main() -> None:
                 if done.returncode:
                     raise SystemExit(f"{name} {kind} failed:\n{done.stderr[-3000:]}")
                 figures.update(json.loads(done.stdout.strip().splitlines()[-1]))
+            figures.update(http_serving(trees[name], args.work, args.http_seconds))
             runs[name].append(figures)
             print(f"round {r + 1} {name}: {figures}", flush=True)
-    keys = ("inprocess_ms", "spark_ms", "serving_us")
+    keys = ("inprocess_ms", "spark_ms", "serving_us", "p99_ms_at_2000", "p99_ms_at_8000")
     med = {n: {k: statistics.median(f[k] for f in runs[n]) for k in keys} for n in runs}
     ratio = {k: med["this"][k] / med["base"][k] for k in keys}
     result = {"base": base, "this": f"{head}{dirty}", "rounds": args.rounds,
@@ -176,10 +217,12 @@ def main() -> None:
     (RESULTS / f"compare-{base}.json").write_text(json.dumps(result, indent=2))
     labels = {"inprocess_ms": "engine in-process, ms per pass (1M x 32, K=50)",
               "spark_ms": "engine on Spark local[2], ms per pass (1M x 32, K=50)",
-              "serving_us": "one-row v2 infer through the ASGI app, µs per request"}
+              "serving_us": "one-row v2 infer through the ASGI app, µs per request",
+              "p99_ms_at_2000": "HTTP server, p99 ms at 2,000 one-row req/s (open loop)",
+              "p99_ms_at_8000": "HTTP server, p99 ms at 8,000 one-row req/s (open loop)"}
     print(f"\n| measure | base {base} | this {head}{dirty} | this / base |\n|---|---:|---:|---:|")
     for k in keys:
-        print(f"| {labels[k]} | {med['base'][k]:.1f} | {med['this'][k]:.1f} | {ratio[k]:.3f} |")
+        print(f"| {labels[k]} | {med['base'][k]:.2f} | {med['this'][k]:.2f} | {ratio[k]:.3f} |")
 
 
 if __name__ == "__main__":

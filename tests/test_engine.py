@@ -15,9 +15,8 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.engine import KMeans, assign, fit_sweep, partial_stats
-from pipeline.engine.estimator import ArraySource, EmptyClusterWarning, lloyd
-from pipeline.engine.kernel import distances
+from pipeline.engine.estimator import ArraySource, EmptyClusterWarning, KMeans, fit_sweep, lloyd
+from pipeline.engine.kernel import assign, distances, partial_stats
 from pipeline.engine.spark import BlockSpec, block_key, load_block, load_block_and_weights
 
 

@@ -8,7 +8,7 @@ from sklearn.datasets import make_blobs
 from sklearn.utils import shuffle
 from sklearn.utils.estimator_checks import check_param_validation, parametrize_with_checks
 
-from pipeline.engine import KMeans
+from pipeline.engine.estimator import KMeans
 
 #: The checks KMeans is expected to fail, as ``{check name: reason}``; the KMeans docstring
 #: (Notes) names the same list. Empty: the float32 engine preserves float32 and float64 in

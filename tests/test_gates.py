@@ -9,7 +9,7 @@ import pytest
 from pipeline.core.settings import FEATURE_NAMES, load_settings
 from pipeline.data.features import Snapshot
 from pipeline.data.validation import validate_frame
-from pipeline.engine import KMeans
+from pipeline.engine.estimator import KMeans
 from pipeline.model.preprocessing import LOG_FEATURES, Preprocessor
 from pipeline.promotion import gates
 from pipeline.promotion.drift import column_drift, reference_sample

@@ -9,12 +9,10 @@ import pytest
 
 from pipeline.core.settings import FEATURE_NAMES
 from pipeline.data.features import Snapshot
-from pipeline.engine import KMeans, fit_sweep
-from pipeline.engine.estimator import ArraySource
+from pipeline.engine.estimator import ArraySource, KMeans, fit_sweep
 from pipeline.engine.spark import BlockSpec, SparkBlockSource, block_key, load_block
 from pipeline.model.preprocessing import LOG_FEATURES, Preprocessor
-from pipeline.training.split import holdout_mask
-from pipeline.training.stages import TrainingRows
+from pipeline.training.split import TrainingRows, holdout_mask
 
 pytestmark = pytest.mark.integration
 
@@ -173,3 +171,23 @@ def test_staging_streams_and_rejects_nan(spark, tmp_path):
     pd.DataFrame({"a": [1.0, np.nan], "b": [2.0, 3.0]}).to_parquet(folder / "part-0.parquet")
     with pytest.raises(Exception, match=r"hold NaN or infinity"):
         SparkBlockSource(spark, parquet_spec(folder, ["a", "b"], tmp_path / "stage"))
+
+
+def test_workers_are_reused_and_stay_lean(spark, spec):
+    """Each iteration is one Spark job: its tasks must run in reused Python workers (a task
+    that does not read its input makes PySpark start a new worker) that never imported the
+    training stack or scikit-learn (a worker that did paid about 30 ms more per task)."""
+    def worker_state(index, rows):  # nested: pickled by value, as tests are not on workers
+        import sys
+
+        for _ in rows:
+            pass
+        yield os.getpid(), sorted(m for m in ("sklearn", "mlflow", "pyspark.ml",
+                                              "pipeline.training.stages") if m in sys.modules)
+
+    source = SparkBlockSource(spark, spec)
+    fit_sweep(source, [3], init=np.asarray(load_block(spec, 0)[:3]), max_iter=4, tol=0)
+    seen = [source._run(worker_state).collect() for _ in range(6)]
+    pids = {pid for job in seen for pid, _mods in job}
+    assert len(pids) <= 2, f"{len(pids)} Python workers for 6 jobs of {source.parts} tasks"
+    assert all(not mods for job in seen for _pid, mods in job), seen

@@ -194,13 +194,14 @@ def build_ours(centroids, token: str, *, with_feast: bool = True, access_log=Non
 
     import numpy as np
 
-    def first(*names):
-        for name in names:
-            try:
-                return importlib.import_module(name)
-            except ModuleNotFoundError:
-                continue
-        raise ModuleNotFoundError(f"none of {names}")
+    import pipeline
+
+    # Decided by the files of the `pipeline` actually imported (an editable install's finder
+    # could otherwise answer a missing module from another tree).
+    layered = (Path(pipeline.__file__).parent / "core").is_dir()
+
+    def first(new: str, old: str):
+        return importlib.import_module(new if layered else old)
 
     settings_mod = first("pipeline.core.settings", "pipeline.settings")
     SegmentModel = first("pipeline.model.artifact", "pipeline.artifact").SegmentModel

@@ -28,7 +28,14 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from pipeline.engine.kernel import assign, distances, kmeans_plusplus, partial_stats
+from pipeline.engine.kernel import (
+    Stats,
+    assign,
+    distances,
+    draw_d2,
+    kmeans_plusplus,
+    partial_stats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +55,6 @@ PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {
 }
 
 #: Per-K ``(sums (k, d) float64, counts (k,) float64, inertia)`` of one pass.
-Stats = tuple[np.ndarray, np.ndarray, float]
 
 
 class Source(Protocol):
@@ -109,25 +115,6 @@ class ArraySource:
 
     def sample_d2(self, centers: np.ndarray, scale: float, seed: Sequence[int]) -> np.ndarray:
         return draw_d2(self.x, centers, scale, np.random.default_rng(list(seed)), self.weights)
-
-
-def draw_d2(x: np.ndarray, centers: np.ndarray, scale: float, rng: np.random.Generator,
-            weights: np.ndarray | None = None) -> np.ndarray:
-    """Rows kept with probability min(1, scale * w * d²(row, centers)): a k-means|| round.
-
-    ``scale`` is l / cost with the weighted cost, so about l rows are kept whatever the weights
-    sum to, and rows of weight 0 never are.
-
-    Examples
-    --------
-    >>> x = np.array([[0, 0], [3, 4]], np.float32)
-    >>> draw_d2(x, x[:1], 1.0, np.random.default_rng(0)).tolist()
-    [[3.0, 4.0]]
-    """
-    d2 = assign(x, centers)[1].astype(np.float64)
-    if weights is not None:
-        d2 *= np.asarray(weights, dtype=np.float64)
-    return np.asarray(x[rng.random(len(x)) < scale * d2], dtype=np.float32)
 
 
 def kmeans_parallel(source: Source, k_max: int, *, seed: int, oversampling: float = 2.0,

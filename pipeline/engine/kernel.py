@@ -18,6 +18,9 @@ from threadpoolctl import ThreadpoolController
 
 CHUNK_ROWS = 4096  # largest chunk; see chunk_rows
 
+#: Per-K partial statistics of a block: (sums (k, d) float64, counts (k,) float64, inertia).
+Stats = tuple[np.ndarray, np.ndarray, float]
+
 
 def chunk_rows(total_k: int) -> int:
     """Rows per chunk so that the chunk's distance matrix (total_k x rows float32, about
@@ -257,3 +260,22 @@ def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator,
         centers[i] = x[min(idx, n - 1)]
         closest = np.minimum(closest, assign(x, centers[i:i + 1])[1])
     return centers
+
+
+def draw_d2(x: np.ndarray, centers: np.ndarray, scale: float, rng: np.random.Generator,
+            weights: np.ndarray | None = None) -> np.ndarray:
+    """Rows kept with probability min(1, scale * w * d²(row, centers)): a k-means|| round.
+
+    ``scale`` is l / cost with the weighted cost, so about l rows are kept whatever the weights
+    sum to, and rows of weight 0 never are.
+
+    Examples
+    --------
+    >>> x = np.array([[0, 0], [3, 4]], np.float32)
+    >>> draw_d2(x, x[:1], 1.0, np.random.default_rng(0)).tolist()
+    [[3.0, 4.0]]
+    """
+    d2 = assign(x, centers)[1].astype(np.float64)
+    if weights is not None:
+        d2 *= np.asarray(weights, dtype=np.float64)
+    return np.asarray(x[rng.random(len(x)) < scale * d2], dtype=np.float32)

@@ -26,8 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipeline.engine.estimator import Stats, draw_d2
-from pipeline.engine.kernel import add_stats, partial_stats
+from pipeline.engine.kernel import Stats, add_stats, draw_d2, partial_stats
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +235,17 @@ def _stage(spec: BlockSpec, index: int, base: Path) -> None:
 TaskFn = Callable[[int, Iterator[Any]], Iterator[Any]]
 
 
+def _drain(rows: Iterator[Any]) -> None:
+    """Consume a task's input iterator. PySpark reuses a Python worker only when the task read
+    its whole input; otherwise it starts a new worker (and re-imports the engine) for every
+    task, which costs more per iteration than the kernel on small blocks."""
+    for _ in rows:
+        pass
+
+
 def _stage_task(spec: BlockSpec) -> TaskFn:
     def run(index: int, _rows: Iterator[Any]) -> Iterator[tuple[int, int, int]]:
+        _drain(_rows)
         block = load_block(spec, index)
         yield index, int(block.shape[0]), int(block.shape[1])
     return run
@@ -245,6 +253,7 @@ def _stage_task(spec: BlockSpec) -> TaskFn:
 
 def _step_task(spec: BlockSpec, centroids_bc: Any) -> TaskFn:
     def run(index: int, _rows: Iterator[Any]) -> Iterator[list[Stats]]:
+        _drain(_rows)
         block, weights = load_block_and_weights(spec, index)
         yield partial_stats(block, centroids_bc.value, weights, threads=spec.threads)
     return run
@@ -252,6 +261,7 @@ def _step_task(spec: BlockSpec, centroids_bc: Any) -> TaskFn:
 
 def _d2_task(spec: BlockSpec, centers_bc: Any, scale: float, seed: list[int]) -> TaskFn:
     def run(index: int, _rows: Iterator[Any]) -> Iterator[np.ndarray]:
+        _drain(_rows)
         block, weights = load_block_and_weights(spec, index)
         yield draw_d2(block, centers_bc.value, scale, np.random.default_rng([*seed, index]),
                       weights)
@@ -260,6 +270,7 @@ def _d2_task(spec: BlockSpec, centers_bc: Any, scale: float, seed: list[int]) ->
 
 def _sample_task(spec: BlockSpec, fraction: float, seed: int) -> TaskFn:
     def run(index: int, _rows: Iterator[Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        _drain(_rows)
         block, weights = load_block_and_weights(spec, index)
         keep = np.random.default_rng([seed, index]).random(len(block)) < fraction
         yield (np.asarray(block[keep]),

@@ -40,3 +40,16 @@ def read_split(snap, seed: int, *, holdout_rows: int = 4000, train_rows: int = 2
     if len(holdout) > holdout_rows:
         holdout = holdout.sample(holdout_rows, random_state=seed).sort_values("customer_id")
     return pd.concat(train_parts, ignore_index=True), holdout.reset_index(drop=True)
+
+
+class TrainingRows:
+    """Row filter of the training blocks: the rows outside the holdout. Picklable, so it
+    travels to the Spark tasks that stage the blocks; it lives here, in a module that imports
+    only NumPy, pandas and pyarrow, because a Spark worker imports the module of every object
+    it unpickles."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __call__(self, frame: pd.DataFrame) -> np.ndarray:
+        return ~holdout_mask(frame["customer_id"].to_numpy(), self.seed)

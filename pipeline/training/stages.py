@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipeline import __version__, registry
 from pipeline.core.settings import FEATURE_NAMES, PROJECT_ROOT, Settings
@@ -33,23 +32,12 @@ from pipeline.model.preprocessing import LOG_FEATURES, Preprocessor
 from pipeline.training.evaluation import K_RULE, choose_k, cluster_metrics
 from pipeline.training.matching import match_clusters, relabel
 from pipeline.training.params import TrainParams
-from pipeline.training.split import holdout_mask, read_split
+from pipeline.training.split import TrainingRows, read_split
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- stage 4: train
-
-class TrainingRows:
-    """Row filter of the training blocks: the rows outside the holdout. Picklable, so it
-    travels to the Spark tasks that stage the blocks."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def __call__(self, frame: pd.DataFrame) -> np.ndarray:
-        return ~holdout_mask(frame["customer_id"].to_numpy(), self.seed)
-
 
 def _source(settings: Settings, snap, pre: Preprocessor, params: TrainParams):
     """The training rows of the snapshot, preprocessed, as an engine source: staged blocks
