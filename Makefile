@@ -16,7 +16,7 @@ export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export NO_PROXY := *
 export no_proxy := *
 
-.PHONY: install demo test test-unit airflow-ui mlflow-ui feast-plan feast-serve feast-ui bench clean
+.PHONY: install demo test test-unit airflow-ui mlflow-ui feast-plan feast-serve feast-ui bench bench-compare clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -66,6 +66,13 @@ bench: install
 	$(PY) benchmarks/bench_engine.py --suite 1m
 	$(PY) benchmarks/bench_engine.py --suite 10m
 	$(PY) benchmarks/bench_engine.py --suite sweep
+
+# This tree against another commit, side by side (1M engine passes, in-process and on Spark;
+# the server's one-row path in process and over HTTP): make bench-compare BASE=<commit>.
+# Writes benchmarks/COMPARE.md. About 12 minutes.
+BASE ?= HEAD~1
+bench-compare: install
+	$(PY) benchmarks/compare_commits.py --base $(BASE) --rounds 5
 
 clean:
 	rm -rf .kmeans

@@ -17,8 +17,8 @@ centroids) and the same machine:
   to CPU 0, token, metrics, access log, 10% canary) under the open-loop load generator on
   CPU 1: p99 latency at 2,000 and 8,000 one-row requests per second.
 
-Writes ``results/compare-<base>.json`` and prints a Markdown table; ratios are this tree over
-the base (below 1.05 is within noise).
+Writes ``results/compare-<base>.json`` and ``COMPARE.md`` (a Markdown table); ratios are this
+tree over the base (0.95-1.05 is noise).
 """
 
 from __future__ import annotations
@@ -161,19 +161,46 @@ def http_serving(tree: Path, work: Path, duration: float) -> dict:
     return out
 
 
+LABELS = {"inprocess_ms": "engine in-process, ms per pass (1M x 32, K=50)",
+          "spark_ms": "engine on Spark local[2], ms per pass (1M x 32, K=50)",
+          "serving_us": "one-row v2 infer through the ASGI app, µs per request",
+          "p99_ms_at_2000": "HTTP server, p99 ms at 2,000 one-row req/s (open loop)",
+          "p99_ms_at_8000": "HTTP server, p99 ms at 8,000 one-row req/s (open loop)"}
+
+
+def render(result: dict, base_ref: str) -> str:
+    """COMPARE.md from a result (``results/compare-<base>.json``)."""
+    med, ratio = result["medians"], result["ratio_this_over_base"]
+    table = [f"| measure | base {result['base']} | this {result['this']} | this / base |",
+             "|---|---:|---:|---:|"]
+    table += [f"| {LABELS[k]} | {med['base'][k]:.2f} | {med['this'][k]:.2f} | {ratio[k]:.3f} |"
+              for k in LABELS if k in ratio]
+    return (f"# This tree against another commit\n\nWritten by `benchmarks/compare_commits.py "
+            f"--base {base_ref}`; raw figures in `results/compare-{result['base']}.json`. "
+            f"{result['rounds']} alternating rounds on one machine ({result['machine']}), "
+            f"medians; ratios below 1 mean this tree is faster, 0.95-1.05 is noise.\n\n"
+            + "\n".join(table) + "\n")
+
+
 # ------------------------------------------------------------------ parent
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", help="the commit to compare with (required)")
+    parser.add_argument("--this", help="measure this commit instead of the working tree")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/kmeans-bench"))
     parser.add_argument("--http-seconds", type=float, default=5.0,
                         help="seconds per open-loop run of the HTTP server")
+    parser.add_argument("--report", type=Path, help="rewrite COMPARE.md from this JSON")
     parser.add_argument("--child", choices=["engine", "serving"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     data = args.work / "data-1m"
+    if args.report:
+        result = json.loads(args.report.read_text())
+        (HERE / "COMPARE.md").write_text(render(result, result["base"]))
+        return
     if args.child == "engine":
         print(json.dumps(child_engine(data, args.work / f"stage-{os.getpid()}")))
         return
@@ -188,9 +215,13 @@ def main() -> None:
 
     make_data(data, 1_000_000, 2)
     base_dir, base = export(args.base)
-    head = _git("rev-parse", "--short=12", "HEAD")
-    dirty = " + uncommitted changes" if _git("status", "--porcelain", "pipeline") else ""
-    trees = {"base": base_dir, "this": ROOT}
+    if args.this:
+        this_dir, head = export(args.this)
+        dirty = ""
+    else:
+        this_dir, head = ROOT, _git("rev-parse", "--short=12", "HEAD")
+        dirty = " + uncommitted changes" if _git("status", "--porcelain", "pipeline") else ""
+    trees = {"base": base_dir, "this": this_dir}
     runs: dict[str, list[dict]] = {"base": [], "this": []}
     for r in range(args.rounds):
         for name in (("base", "this") if r % 2 == 0 else ("this", "base")):
@@ -215,14 +246,8 @@ def main() -> None:
               "machine": f"{os.cpu_count()} cores"}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"compare-{base}.json").write_text(json.dumps(result, indent=2))
-    labels = {"inprocess_ms": "engine in-process, ms per pass (1M x 32, K=50)",
-              "spark_ms": "engine on Spark local[2], ms per pass (1M x 32, K=50)",
-              "serving_us": "one-row v2 infer through the ASGI app, µs per request",
-              "p99_ms_at_2000": "HTTP server, p99 ms at 2,000 one-row req/s (open loop)",
-              "p99_ms_at_8000": "HTTP server, p99 ms at 8,000 one-row req/s (open loop)"}
-    print(f"\n| measure | base {base} | this {head}{dirty} | this / base |\n|---|---:|---:|---:|")
-    for k in keys:
-        print(f"| {labels[k]} | {med['base'][k]:.2f} | {med['this'][k]:.2f} | {ratio[k]:.3f} |")
+    (HERE / "COMPARE.md").write_text(render(result, args.base))
+    print("\n" + render(result, args.base))
 
 
 if __name__ == "__main__":

@@ -8,9 +8,7 @@ import functools
 import inspect
 import json
 import logging
-import os
 import sys
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +18,7 @@ import typer.core
 from pydantic import BaseModel, ValidationError
 
 from pipeline import registry
+from pipeline.core.logs import quiet_dependencies
 from pipeline.core.settings import load_settings
 from pipeline.data import features
 from pipeline.data.datagen import generate_lake
@@ -40,11 +39,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="K-means segmentation platform: one command per pipeline stage.")
 
 Day = Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Day (YYYY-MM-DD), UTC.")]
-
-# Loggers and warnings of dependencies that are noise to a CLI user; `-v` shows them all.
-NOISY_LOGGERS = ("py4j", "feast", "mlflow", "great_expectations", "alembic", "urllib3",
-                 "pipeline.serving.access", "httpx", "numba")
-
 
 def _settings():
     return load_settings()
@@ -118,19 +112,6 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:
         quiet_dependencies()
-
-
-def quiet_dependencies() -> None:
-    """Dependencies' known, harmless chatter off: their warnings (FutureWarning,
-    DeprecationWarning and the like), INFO logs and Great Expectations' progress bars."""
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(mlflow|feast|pydantic|"
-                            r"great_expectations|evidently|airflow|pyspark|sklearn)\b")
-    for noisy in NOISY_LOGGERS:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 @app.command(cls=_Command)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import time
 
 import httpx
 
 from pipeline import registry
+from pipeline.core.logs import quiet_dependencies
 from pipeline.core.settings import Settings
 from pipeline.data import features, ingest
 from pipeline.data.datagen import generate_lake
@@ -24,10 +26,11 @@ def _say(step: str, text: str) -> None:
 
 
 def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed: int = 7) -> None:
-
     t0 = time.monotonic()
     airflow_env.prepare(settings)  # before anything imports airflow
-
+    quiet = logging.getLogger().getEffectiveLevel() > logging.DEBUG  # not `kmeans -v demo`
+    if quiet:  # the demo prints its own progress: the stages' INFO lines would say it twice
+        logging.getLogger("pipeline").setLevel(logging.WARNING)
 
     _say("1/5", f"generating {customers} customers x {days} days into {settings.lake_dir}")
     lake = generate_lake(settings.lake_dir, n_customers=customers, start=START, days=days,
@@ -44,6 +47,8 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
 
     _say("3/5", f"running DAG kmeans_training with dag.test() for the window ending {end:%Y-%m-%d}")
     dag = airflow_env.load_dag("kmeans_training")
+    if quiet:
+        quiet_dependencies()  # again: importing Airflow reset the warning filters
     run = dag.test(logical_date=end, run_conf={"lookback_days": days, "k_min": 2, "k_max": 8})
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     print(f"   run {run.run_id}: {run.state}; tasks {json.dumps(states)}")
@@ -70,7 +75,6 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
 
 
 def _latest_registration(settings: Settings) -> dict:
-
     version = registry.alias_version(settings, "challenger")
     tags = version.tags or {}
     return {"run_id": version.run_id, "version": version.version, "k": tags.get("k"),
@@ -78,8 +82,6 @@ def _latest_registration(settings: Settings) -> dict:
 
 
 def _serve_examples(settings: Settings) -> None:
-
-
     app = build_app(settings)
     feature_names = app.service.feature_names
     headers = {}

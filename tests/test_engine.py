@@ -1,5 +1,5 @@
-"""Engine correctness: hand-computed cases, and agreement between in-process, Spark and
-scikit-learn from the same initial centroids."""
+"""Engine correctness: hand-computed cases, and agreement of the in-process engine with
+scikit-learn from the same initial centroids (Spark's agreement: test_spark_engine.py)."""
 
 import json
 import pickle

@@ -17,8 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
-# The behaviour features every stage agrees on: the Feast feature view, the validation suite,
-# the model's preprocessing and the serving schema are all derived from this one table.
+# The behaviour features every stage agrees on: the validation suite, the ingest rules, the
+# model's preprocessing and the serving schema derive from this one table; the Feast feature
+# view (feature_repo/, declarations only) names the same features, and a test checks it.
 FEATURES: dict[str, dict[str, float | bool]] = {
     "total_spend_30d": {"min": 0.0, "max": 1e6, "log": True},
     "avg_order_value": {"min": 0.0, "max": 1e5, "log": True},
@@ -79,6 +80,10 @@ class Settings(BaseSettings):
     )
     min_rows: int = Field(500, ge=1, description="Fewest rows a training snapshot may have.")
     max_null_share: float = Field(0.10, ge=0, le=1, description="Largest null share per feature.")
+    ingest_max_reject_share: float = Field(
+        0.2, ge=0, le=1,
+        description="Largest share of a lake day's rows ingest may reject; above it the day "
+                    "fails and its previous landing is kept.")
     serving_host: str = Field("127.0.0.1", description="Inference server bind address.")
     serving_port: int = Field(8080, ge=0, le=65535, description="Inference server port.")
     serving_token: SecretStr | None = Field(

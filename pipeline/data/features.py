@@ -187,7 +187,11 @@ def _offline_path(source, repo: Path, settings: Settings) -> str:
 
 def materialize(settings: Settings, start: dt.datetime, end: dt.datetime) -> None:
     """Load the latest feature values of [start, end) into the online store."""
-    feature_store(settings).materialize(start_date=start, end_date=end)
+    # Feast prints its progress to stdout; it goes to the debug log instead (the CLI's stdout
+    # carries only its JSON result).
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        feature_store(settings).materialize(start_date=start, end_date=end)
+    log.debug("feast materialize: %s", said.getvalue().strip())
 
 
 def _entities(settings: Settings, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:

@@ -65,8 +65,12 @@ def validate_frame(frame: pd.DataFrame, report_dir: Path, *, name: str, min_rows
                    max_null_share: float) -> ValidationResult:
     """Run the suite on ``frame``; write ``<name>.json`` and ``<name>.html`` under report_dir."""
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
+    # A batch report, not an interactive session: no progress bars on the console.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False,
+                                                         metric_calculations=False)
     batch = (
         context.data_sources.add_pandas("snapshot")
         .add_dataframe_asset("training_snapshot")

@@ -54,8 +54,6 @@ PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {
     "empty_cluster": [StrOptions(set(EMPTY_POLICIES))],
 }
 
-#: Per-K ``(sums (k, d) float64, counts (k,) float64, inertia)`` of one pass.
-
 
 class Source(Protocol):
     """What the engine iterates over: rows it can sample, draw from and pass over."""

@@ -52,7 +52,6 @@ def load_reference(settings: Settings, run_id: str) -> pd.DataFrame | None:
     before reference samples were kept)."""
     import mlflow
 
-
     names = {a.path for a in registry.client(settings).list_artifacts(run_id, REFERENCE_DIR)}
     if f"{REFERENCE_DIR}/{REFERENCE_FILE}" not in names:
         return None

@@ -34,7 +34,6 @@ from pipeline.training import stages as training
 
 log = logging.getLogger(__name__)
 
-GATES = ("data", "quality", "comparison", "drift")
 SUMMARY_ARTIFACT = "gates.json"
 
 
@@ -211,7 +210,6 @@ def load_summary(settings: Settings, run_id: str) -> dict | None:
     """The ``gates.json`` summary logged with a run, or None if its gates never ran."""
     import mlflow
 
-
     names = {a.path for a in registry.client(settings).list_artifacts(run_id)}
     if SUMMARY_ARTIFACT not in names:
         return None
@@ -227,7 +225,6 @@ def figures_of(summary: dict | None) -> dict:
 
 
 def _drift(settings: Settings, run_id: str, snap) -> GateResult:
-
     champion = registry.alias_version(settings, "champion")
     if champion is None:
         return drift_gate(None, note="no champion yet, nothing to compare the snapshot with")
@@ -285,7 +282,6 @@ def _review_body(settings: Settings, summary: dict) -> str:
 def _log(settings: Settings, run_id: str, results: list[GateResult], summary: dict) -> None:
     import mlflow
 
-
     registry.configure(settings)
     with mlflow.start_run(run_id=run_id):
         for r in results:
@@ -300,7 +296,6 @@ def _log(settings: Settings, run_id: str, results: list[GateResult], summary: di
 
 def _evaluation(settings: Settings, run_id: str) -> dict:
     import mlflow
-
 
     names = {a.path for a in registry.client(settings).list_artifacts(run_id, "evaluation")}
     if "evaluation/holdout.json" not in names:

@@ -172,7 +172,6 @@ class RolloutController:
                           f"intervals ({verdict['reason']})"}
 
     def _promote(self, state: RolloutState, routing: dict) -> RolloutState:
-
         state.phase = "promoting"
         self._save(state)
         if routing["canary"] == state.version:
@@ -185,7 +184,6 @@ class RolloutController:
         return self._finish(state, "promoted", "every step passed")
 
     def _roll_back(self, state: RolloutState, reason: str) -> RolloutState:
-
         log.warning("rollout of %s rolled back: %s", state.version, reason)
         state.phase, state.reason = "rolling_back", reason
         self._save(state)
@@ -204,7 +202,6 @@ class RolloutController:
 
     # ---- plumbing ------------------------------------------------------------------------
     def _champion(self) -> str | None:
-
         found = registry.alias_version(self.settings, "champion")
         return str(found.version) if found is not None else None
 

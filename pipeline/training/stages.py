@@ -64,7 +64,6 @@ def train(settings: Settings, snapshot_path: str, params: TrainParams | dict,
     """
     import mlflow
 
-
     params = TrainParams.model_validate(params)
     snap = Snapshot.load(snapshot_path)
 
@@ -143,7 +142,6 @@ def evaluate(settings: Settings, run_id: str, snapshot_path: str, seed: int | No
     """
     import mlflow
 
-
     c = registry.client(settings)
     if seed is None:
         seed = int(c.get_run(run_id).data.params.get("seed", 42))
@@ -186,7 +184,6 @@ def download_candidate(settings: Settings, run_id: str, dest: Path, *,
     """The run's model: ``matched`` (stable ids, written by evaluate) if asked and present,
     else the ``candidate`` written by train."""
     import mlflow
-
 
     c = registry.client(settings)
     names = {a.path for a in c.list_artifacts(run_id)}
