@@ -16,7 +16,7 @@ export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export NO_PROXY := *
 export no_proxy := *
 
-.PHONY: install demo test test-unit airflow-ui mlflow-ui feast-plan feast-serve feast-ui bench bench-compare clean
+.PHONY: install demo test test-unit airflow-ui airflow-stop mlflow-ui feast-plan feast-serve feast-ui bench bench-compare clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -39,8 +39,15 @@ test-unit: install
 	$(PY) -m pytest -m "not integration"
 
 # standalone starts its components as `airflow ...` subprocesses: the venv must be on PATH.
+# Sized for a small machine (standalone's default is 32 LocalExecutor workers), in a process group
+# of its own that Ctrl-C or `make airflow-stop` (from another shell) ends as a whole: its
+# scheduler can ignore SIGTERM for minutes (pipeline/orchestration/airflow_env.py).
+AIRFLOW_PARALLELISM ?= 4
 airflow-ui: install
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/airflow standalone
+	AIRFLOW_PARALLELISM=$(AIRFLOW_PARALLELISM) $(PY) -m pipeline.orchestration.airflow_env
+
+airflow-stop:
+	@$(PY) -m pipeline.orchestration.airflow_env stop
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath .kmeans/mlflow.db) --port 5000

@@ -45,7 +45,7 @@ from pipeline.training.params import TrainParams
     },
 )
 def kmeans_training():
-    @task
+    @task(retries=0)  # a configuration error fails once, at once: a retry cannot fix it
     def window(**context) -> tuple[str, str]:
         from pipeline.orchestration import flow
 

@@ -128,9 +128,17 @@ def generate(
 
 
 @app.command(cls=_Command)
-def ingest(start: Day, end: Day):
+def ingest(
+    start: Day,
+    end: Day,
+    delete_missing: Annotated[bool, typer.Option(
+        "--delete-missing",
+        help="Delete the landed data of a day gone from the lake (without it, the landing is "
+             "kept and the day reported in missing_days).")] = False,
+):
     """Land the lake's days in [start, end) in the offline feature table."""
-    _echo(ingest_lake(_settings(), start.date(), end.date()).to_dict())
+    _echo(ingest_lake(_settings(), start.date(), end.date(),
+                      delete_missing=delete_missing).to_dict())
 
 
 @app.command(cls=_Command)

@@ -20,7 +20,9 @@ import shutil
 import socket
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+import urllib.parse
+import urllib.request
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,15 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from pipeline.core.io import LockBusy, file_lock, utc_now_iso
+from pipeline.core.io import (
+    PRIVATE_FILE_MODE,
+    LockBusy,
+    append_line,
+    file_lock,
+    make_private,
+    private_dir,
+    utc_now_iso,
+)
 from pipeline.core.settings import Settings
 from pipeline.model import kmeans_segments
 from pipeline.model.artifact import SegmentModel
@@ -47,22 +57,43 @@ ALIASES = ("champion", "challenger", "previous")
 
 
 def configure(settings: Settings) -> str:
-    """Point MLflow at this deployment's store and make sure the experiment exists."""
+    """Point MLflow at this deployment's store and make sure the experiment exists.
+
+    The embedded default's SQLite store and local artifact folder are owner-only (0600 and
+    0700): they hold every run's parameters, metrics, tags and model files.
+    """
     import mlflow
 
-    if settings.mlflow_tracking_uri.startswith("sqlite:///"):
-        Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
-            parents=True, exist_ok=True)
+    db = sqlite_store(settings)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with suppress(FileExistsError):
+            # An empty file is an empty SQLite database: MLflow creates its tables in it, and
+            # the store is owner-only from its first byte (SQLite gives its journal the same
+            # mode).
+            os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     exp = mlflow.get_experiment_by_name(settings.mlflow_experiment)
+    if db is not None:
+        make_private(db)  # a store created by an earlier version, or by MLflow itself
+    if settings.profile == "local" and settings.artifact_root.exists():
+        make_private(settings.artifact_root)
     if exp is None:
         location = None
         if settings.profile == "local":
-            settings.artifact_root.mkdir(parents=True, exist_ok=True)
-            location = settings.artifact_root.as_uri()
+            location = private_dir(settings.artifact_root).as_uri()
         return mlflow.create_experiment(settings.mlflow_experiment, artifact_location=location)
     return exp.experiment_id
+
+
+def sqlite_store(settings: Settings) -> Path | None:
+    """The file of the MLflow store when it is SQLite (the embedded default), else None."""
+    uri = settings.mlflow_tracking_uri
+    if not uri.startswith("sqlite:///"):
+        return None
+    name = uri.removeprefix("sqlite:///").split("?", 1)[0]  # without ?timeout=... options
+    return None if name in ("", ":memory:") else Path(name)
 
 
 def client(settings: Settings):
@@ -114,11 +145,24 @@ def log_model_version(settings: Settings, run_id: str, artifact_dir: Path, tags:
             input_example=input_example(model),
             pip_requirements=pinned_requirements(),
         )
+    _make_local_tree_private(mlflow.get_logged_model(info.model_id).artifact_location)
     version = str(info.registered_model_version)
     c = client(settings)
     for key, value in tags.items():
         c.set_model_version_tag(settings.model_name, version, key, str(value))
     return version
+
+
+def _make_local_tree_private(uri: str | None) -> None:
+    """Owner-only modes on a logged model's files when they are in a local folder (MLflow
+    copies artifacts without their modes, so they get the umask's)."""
+    if not uri or not uri.startswith("file:"):
+        return
+    root = Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
+    for folder, _, names in os.walk(root):
+        make_private(folder)
+        for name in names:
+            make_private(Path(folder) / name)
 
 
 def model_signature(feature_names: list[str]):
@@ -294,9 +338,9 @@ def _move_alias(settings: Settings, alias: str, version: str | None, *, operatio
         "to_version": None if version is None else str(version),
         "actor": actor, "reason": reason, "figures": figures or {},
     }
-    audit_path(settings).parent.mkdir(parents=True, exist_ok=True)
-    with open(audit_path(settings), "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+    # Owner-only: the trail names who moved which model and why, with the gates' figures.
+    private_dir(audit_path(settings).parent)
+    append_line(audit_path(settings), json.dumps(entry, sort_keys=True, default=str))
     log.info("alias %s: %s -> %s (%s: %s)", alias, before, entry["to_version"], operation, reason)
     return entry
 
@@ -353,9 +397,8 @@ def alias_lock(settings: Settings, *, operation: str, version: str | None, actor
 def lock_path(settings: Settings) -> Path:
     """The lock file of the embedded default: beside the SQLite store, so every home that
     shares the store shares the lock."""
-    uri = settings.mlflow_tracking_uri
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
+    db = sqlite_store(settings)
+    if db is not None:
         return db.with_name(f"{db.name}.{settings.model_name}.aliases.lock")
     return settings.home / "locks" / f"{settings.model_name}.aliases.lock"
 

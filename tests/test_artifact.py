@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.core.settings import FEATURE_NAMES
 from pipeline.model.artifact import ArtifactError, SegmentModel
+from pipeline.model.kmeans_segments import artifact_checksums
 from pipeline.model.preprocessing import LOG_FEATURES, Preprocessor
 from pipeline.training.split import holdout_mask
 
@@ -118,3 +119,146 @@ def test_holdout_split_is_stable_and_about_a_fifth():
     mask = holdout_mask(ids, 42)
     assert 0.18 < mask.mean() < 0.22
     assert (holdout_mask(ids[::-1], 42)[::-1] == mask).all()
+
+
+# ---- tampered artifacts whose checksums were rewritten to match ---------------------------
+
+def tamper(folder, *, meta=None, centroids=None, checksums=None):
+    """Edit an artifact behind the loader's back and rewrite checksums.json to match, as
+    someone with write access to the artifact store could: the checksums then hold, and only
+    the loader's own checks stand between the files and the server."""
+    if meta is not None:
+        data = json.loads((folder / "model.json").read_text())
+        meta(data)
+        (folder / "model.json").write_text(json.dumps(data))
+    if centroids is not None:
+        with open(folder / "centroids.npy", "wb") as fh:
+            centroids(fh)
+    sums = artifact_checksums(folder)
+    (folder / "checksums.json").write_text(json.dumps(checksums(sums) if checksums else sums))
+    return folder
+
+
+def _set(path, value):
+    def edit(meta):
+        *parents, last = path.split(".")
+        for key in parents:
+            meta = meta[key]
+        meta[last] = value
+    return edit
+
+
+def _pop(key):
+    return lambda meta: meta.pop(key)
+
+
+TAMPERED = [
+    ({"checksums": lambda sums: list(sums.values())},
+     "checksums.json must be an object with a sha256 string for each of ['centroids.npy', "
+     "'model.json'], got list"),
+    ({"checksums": lambda sums: {**sums, "model.json": 7}}, "checksums.json must be an object"),
+    ({"centroids": lambda fh: np.save(fh, np.array([[None] * 12] * 4, dtype=object),
+                                      allow_pickle=True)},
+     "centroids.npy has dtype object; centroids must be floating point (float16/32/64), never "
+     "objects (pickle)"),
+    ({"centroids": lambda fh: np.save(fh, np.ones((4, 12), dtype=np.int64))},
+     "centroids.npy has dtype int64; centroids must be floating point"),
+    ({"centroids": lambda fh: np.save(fh, np.ones((4, 12), dtype=np.complex128))},
+     "centroids.npy has dtype complex128"),
+    ({"centroids": lambda fh: np.save(fh, np.full((4, 12), np.nan))},
+     "centroids rows [0, 1, 2, 3] hold values that are not finite float32 numbers"),
+    ({"centroids": lambda fh: np.save(fh, np.full((4, 12), 1e39))},
+     "centroids rows [0, 1, 2, 3] hold values that are not finite float32 numbers"),
+    ({"centroids": lambda fh: np.savez(fh, a=np.ones((4, 12)))},
+     "centroids.npy is not an NPY array: the magic string is not correct"),
+    ({"centroids": lambda fh: np.lib.format.write_array_header_1_0(
+        fh, {"descr": "<f8", "fortran_order": False, "shape": (10**12, 12)})},
+     "centroids.npy has shape (1000000000000, 12); model.json says k=4 and 12 features"),
+    ({"centroids": lambda fh: fh.write(np.lib.format.magic(1, 0))}, "centroids.npy is not an "
+                                                                    "NPY array"),
+    ({"centroids": lambda fh: (np.save(fh, np.ones((4, 12))), fh.truncate(200))},
+     "centroids.npy is not a plain numeric NPY array"),
+    ({"centroids": lambda fh: np.save(fh, np.ones((3, 12)))},
+     "centroids.npy has shape (3, 12); model.json says k=4 and 12 features"),
+    ({"meta": _set("preprocessing.stds", [0.0] * 12)},
+     "preprocessing.stds of feature 'total_spend_30d' is 0.0; a standard deviation must be > 0"),
+    ({"meta": _set("preprocessing.stds", [-1.0] * 12)}, "must be > 0"),
+    ({"meta": _set("preprocessing.medians", [float("nan")] * 12)},
+     "preprocessing.medians of feature 'total_spend_30d' is float nan; it must be a finite "
+     "number"),
+    ({"meta": _set("preprocessing.means", ["1"] * 12)},
+     "preprocessing.means of feature 'total_spend_30d' is str '1'; it must be a finite number"),
+    ({"meta": _set("preprocessing.means", [1.0] * 11)},
+     "preprocessing.means must be a list of 12 numbers (one per feature)"),
+    ({"meta": _set("preprocessing.stds", [10**400] * 12)}, "it must be a finite number"),
+    ({"meta": _set("preprocessing.feature_names", ["a"] * 12)},
+     "preprocessing.feature_names repeats a name"),
+    ({"meta": _set("preprocessing.log_features", ["nope"])},
+     "preprocessing.log_features ['nope'] are not among feature_names"),
+    ({"meta": _set("preprocessing.extra", 1)}, "preprocessing has fields"),
+    ({"meta": _pop("preprocessing")},
+     "preprocessing must be an object with ['feature_names', 'log_features', 'means', "
+     "'medians', 'stds'], got NoneType None"),
+    ({"meta": _set("cluster_ids", ["a", "b", "c", "d"])},
+     "cluster_ids must be 4 integers (one per centroid), got list ['a', 'b', 'c', 'd']"),
+    ({"meta": _set("cluster_ids", [1, 1, 2, 3])}, "cluster_ids must be unique, got [1, 1, 2, 3]"),
+    ({"meta": _set("cluster_ids", [True, False, True, False])}, "cluster_ids must be 4 integers"),
+    ({"meta": _set("cluster_ids", [1.5, 2, 3, 4])}, "cluster_ids must be 4 integers"),
+    ({"meta": _set("cluster_ids", [1, 2])}, "cluster_ids must be 4 integers"),
+    ({"meta": _set("cluster_ids", [10**30, 1, 2, 3])}, "cluster_ids must be 4 integers"),
+    ({"meta": _set("k", "4")}, "model.json field k must be an integer >= 1, got str '4'"),
+    ({"meta": _set("k", 0)}, "model.json field k must be an integer >= 1"),
+    ({"meta": _set("distance_p99", float("nan"))},
+     "distance_p99 must be a finite number >= 0 (the out-of-distribution threshold), got "
+     "float nan"),
+    ({"meta": _set("distance_p99", "3")}, "distance_p99 must be a finite number >= 0"),
+    ({"meta": _set("format_version", "1")},
+     "model.json has format_version str '1'; this code reads 1"),
+]
+
+
+@pytest.mark.parametrize("edits, message", TAMPERED)
+def test_a_tampered_artifact_with_matching_checksums_is_refused_naming_the_problem(
+        model, tmp_path, edits, message):
+    folder = tamper(model.save(tmp_path / "m"), **edits)
+    with pytest.raises(ArtifactError) as err:
+        SegmentModel.load(folder)
+    assert message in str(err.value)
+    assert str(folder) in str(err.value), "the error names the artifact"
+
+
+def test_model_json_that_is_not_an_object_is_refused(model, tmp_path):
+    folder = model.save(tmp_path / "m")
+    (folder / "model.json").write_text("[1, 2]")
+    tamper(folder)
+    with pytest.raises(ArtifactError, match=r"model.json must be an object, got list \[1, 2\]"):
+        SegmentModel.load(folder)
+    (folder / "model.json").write_text("{not json")
+    tamper(folder)
+    with pytest.raises(ArtifactError, match="model.json is not readable JSON"):
+        SegmentModel.load(folder)
+
+
+def test_the_loader_never_unpickles(model, tmp_path, monkeypatch):
+    """An object array is refused from its header, before its data is read (and np.load has
+    allow_pickle=False): the pickle inside is never run."""
+    import pickle
+
+    ran = []
+
+    class Payload:
+        def __reduce__(self):
+            return (ran.append, ("unpickled",))
+
+    folder = tamper(model.save(tmp_path / "m"), centroids=lambda fh: np.save(
+        fh, np.array([Payload()], dtype=object), allow_pickle=True))
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: ran.append("pickle.loads"))
+    with pytest.raises(ArtifactError, match="centroids.npy has dtype object"):
+        SegmentModel.load(folder)
+    assert ran == []
+
+
+def test_the_valid_artifact_still_loads_after_the_checks(model, tmp_path):
+    loaded = SegmentModel.load(tamper(model.save(tmp_path / "m")))
+    assert loaded.cluster_ids.tolist() == [0, 1, 2, 3] and loaded.ood_threshold == 3.0
+    assert SegmentModel(model.centroids, model.preprocessor, {}).ood_threshold == np.inf

@@ -2,10 +2,12 @@
 
 import json
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.data.datagen import LAKE_TABLE
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -55,9 +57,32 @@ def test_stages_end_to_end(settings):
     (["ingest", "--start", "2020-01-01", "--end", "2020-01-02"], "no lake partitions"),
     (["ingest", "--start", "2026-11-03", "--end", "2026-11-01"],
      "interval end=2026-11-01 must be after start=2026-11-03"),
+    (["ingest", "--start", "2020-01-01", "--end", "2020-01-02", "--delete-missing"],
+     "no lake partitions for [2020-01-01, 2020-01-02)"),
+    (["ingest", "--start", "2026-11-01", "--end", "2026-11-02", "--delete-missing", "yes"],
+     "Got unexpected extra argument(s) (yes)"),
     (["register", "no-such-run"], "error:"),
 ])
 def test_bad_input_is_one_clear_line(settings, args, message):
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_a_type_changed_lake_day_is_refused_in_one_line(settings):
+    """A day whose event_timestamp arrives as int64 epoch seconds: exit 2 and one line naming
+    the day, the reason, the share and the threshold; the other day is landed."""
+    _ok("generate", "--customers", "300", "--days", "2", "--seed", "3")
+    part = settings.lake_dir / LAKE_TABLE / "day=2026-11-02" / "part-00000.parquet"
+    frame = pd.read_parquet(part)
+    frame["event_timestamp"] = ((frame["event_timestamp"] - pd.Timestamp(0, tz="UTC"))
+                                // pd.Timedelta(seconds=1))
+    frame.to_parquet(part, index=False)
+    result = runner.invoke(app, ["ingest", "--start", "2026-11-01", "--end", "2026-11-03"])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: ingest refused 1 day of [2026-11-01, 2026-11-03) (1 landed): "
+                           f"day=2026-11-02: {len(frame)} of {len(frame)} rows rejected, share 1 "
+                           f"exceeds ingest_max_reject_share=0.2 (reasons: {{'event_timestamp "
+                           f"has type int64, expected a timestamp': {len(frame)}}})")
+    assert "Traceback" not in result.output

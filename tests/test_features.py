@@ -107,9 +107,8 @@ def test_relative_source_outside_an_offline_folder_is_refused(tmp_path):
 
 def test_production_profile_serves_from_redis(tmp_path):
     """Redis on loopback (db 15), as the production profile's online store."""
-    pytest.importorskip("redis", reason="the Redis online store needs feast[redis] (redis, "
-                                        "hiredis), which the project does not install yet")
     s = make_settings(tmp_path / "home", profile="production", serving_token="token",
+                      admin_token="admin-token",
                       mlflow_tracking_uri="http://127.0.0.1:5000",
                       redis_connection_string="127.0.0.1:6379,db=15")
     generate_lake(s.lake_dir, n_customers=200, start=BEGIN.date(), days=3, seed=5)

@@ -32,6 +32,7 @@ def test_end_date_param_wins():
     ({"end_date": "next tuesday"}, "end_date='next tuesday' is not a date"),
     ({"k_min": 6, "k_max": 3}, "k_max=3 should be >= k_min=6"),
     ({"sample_fraction": 0}, "sample_fraction: Input should be greater than 0"),
+    ({"kmax": 3}, r"unknown params \['kmax'\]; this DAG takes \[.*'k_max'"),
 ])
 def test_bad_params_fail_before_any_work(params, message):
     ctx = {"params": params, "data_interval_end": dt.datetime(2026, 11, 8, tzinfo=UTC)}

@@ -83,17 +83,38 @@ def test_ingest_is_idempotent_and_quarantines(settings):
     assert len(rejected) == 3 and (rejected["mobile_share"] == 7.0).all()
 
 
-def test_a_day_gone_from_the_lake_leaves_the_offline_table(settings):
+def test_a_day_gone_from_the_lake_keeps_its_landing_unless_told(settings, caplog):
     generate_lake(settings.lake_dir, n_customers=100, days=2, seed=5)
     ingest_lake(settings, dt.date(2026, 11, 1), dt.date(2026, 11, 3))
+    landed = settings.offline_dir / OFFLINE_TABLE / "day=2026-11-02" / "part-00000.parquet"
+    before = file_sha256(landed)
     gone = settings.lake_dir / LAKE_TABLE / "day=2026-11-02" / "part-00000.parquet"
     gone.unlink()
     result = ingest_lake(settings, dt.date(2026, 11, 1), dt.date(2026, 11, 3))
-    assert result.missing_days == ["2026-11-02"]
-    assert not (settings.offline_dir / OFFLINE_TABLE / "day=2026-11-02" /
-                "part-00000.parquet").exists()
+    assert result.missing_days == ["2026-11-02"] and result.deleted_days == []
+    assert result.days == ["2026-11-01"]
+    assert file_sha256(landed) == before, "a transient outage must not delete landed data"
+    assert any("2026-11-02" in r.message and "--delete-missing" in r.message
+               for r in caplog.records if r.levelname == "WARNING")
+    deleted = ingest_lake(settings, dt.date(2026, 11, 1), dt.date(2026, 11, 3),
+                          delete_missing=True)
+    assert deleted.missing_days == ["2026-11-02"] and deleted.deleted_days == ["2026-11-02"]
+    assert not landed.exists()
+    assert (settings.offline_dir / OFFLINE_TABLE / "day=2026-11-01" / "part-00000.parquet").exists()
 
 
 def test_ingest_without_data_names_the_folder(settings):
     with pytest.raises(FileNotFoundError, match="no lake partitions"):
         ingest_lake(settings, dt.date(2020, 1, 1), dt.date(2020, 1, 2))
+
+
+def test_an_unreachable_lake_deletes_nothing_even_when_told(settings):
+    """Every day of the interval gone at once is an outage (an unmounted volume), not a
+    deletion: even --delete-missing leaves the landing alone."""
+    generate_lake(settings.lake_dir, n_customers=100, days=2, seed=5)
+    ingest_lake(settings, dt.date(2026, 11, 1), dt.date(2026, 11, 3))
+    landed = sorted((settings.offline_dir / OFFLINE_TABLE).rglob("*.parquet"))
+    (settings.lake_dir / LAKE_TABLE).rename(settings.lake_dir / "unmounted")
+    with pytest.raises(FileNotFoundError, match="nothing was landed or deleted"):
+        ingest_lake(settings, dt.date(2026, 11, 1), dt.date(2026, 11, 3), delete_missing=True)
+    assert len(landed) == 2 and all(p.exists() for p in landed)

@@ -245,6 +245,10 @@ def test_step_parsing_and_analysis_thresholds():
     assert "distance shift 0.9608 > 0.25" in rollout.analyse({"2": far, "1": stable}, "1", "2",
                                                              t)["reason"]
     assert rollout.analyse({"2": {**good, "rows": 3}}, "1", "2", t)["verdict"] == "wait"
+    blind = {**good, "distance": {"p50": None, "p90": None, "p99": None}}
+    verdict = rollout.analyse({"2": blind, "1": stable}, "1", "2", t)
+    assert verdict["verdict"] == "fail" and verdict["failed"] == ["distance_shift"]
+    assert "not measurable" in verdict["reason"]
 
 
 def test_training_dags_rollout_task(world, monkeypatch):

@@ -1,11 +1,11 @@
 """The inference server on a real loopback socket: both protocols, Feast lookups, bad input,
 tokens, limits, access logs, and a v2 client library written by others (tritonclient)."""
 
+import concurrent.futures
 import datetime as dt
 import io
 import json
-import socket
-import time
+import threading
 
 import httpx
 import numpy as np
@@ -16,7 +16,7 @@ from pipeline.data.features import Snapshot, feature_store, online_features
 from pipeline.model.artifact import SegmentModel
 from pipeline.model.preprocessing import LOG_FEATURES, Preprocessor
 from pipeline.serving.app import InferenceApp
-from pipeline.serving.lookup import OnlineLookup
+from pipeline.serving.lookup import OnlineLookup, OnlineRows
 from pipeline.serving.model import SegmentService
 from pipeline.serving.server import running
 from tests.conftest import make_settings
@@ -86,7 +86,7 @@ def test_health_and_metadata(http):
     assert meta["versions"] == ["7"] and meta["inputs"][0]["shape"] == [-1, 12]
     assert meta["parameters"]["routing"] == {"stable": "7", "canary": None, "weight": 0.0,
                                              "mode": "canary"}
-    assert http.get(f"/v2/models/{NAME}/versions/7/ready").status_code == 200
+    assert http.get(f"/v2/models/{NAME}/versions/7/ready").json() == {"name": NAME, "ready": True}
 
 
 def test_v2_infer_by_vector_matches_the_model(http, model):
@@ -158,10 +158,17 @@ def test_lookup_matches_feast_and_flags_rows_older_than_the_ttl(lookup, lake_hom
     assert np.nanmin(aged.age_seconds) > 30 * 86400
 
 
-def test_v1_named_features_with_nulls(http):
+def test_v1_named_features_with_nulls(http, model):
     row = {"total_spend_30d": 120.0, "orders_30d": 3, "email_open_rate": None}
     reply = http.post(f"/v1/models/{NAME}:predict", json={"instances": [row]})
-    assert reply.status_code == 200 and "cluster" in reply.json()["predictions"][0]
+    assert reply.status_code == 200, reply.text
+    # A null and an absent name are both missing values, imputed by the model.
+    expected = model.assign(np.array([[row.get(n) for n in model.feature_names]], dtype=float))
+    assert reply.json()["predictions"] == [{
+        "model_version": "7", "cluster": int(expected.cluster[0]),
+        "distance": pytest.approx(float(expected.distance[0])),
+        "runner_up": int(expected.runner_up[0]),
+        "margin": pytest.approx(float(expected.margin[0])), "ood": bool(expected.ood[0])}]
 
 
 INFER = f"/v2/models/{NAME}/infer"
@@ -231,7 +238,10 @@ def test_bad_input_gets_a_4xx_that_names_the_problem(http, path, body, ctype, st
 def test_wrong_method_and_head(http):
     reply = http.get(INFER)
     assert reply.status_code == 405 and "allowed: POST" in reply.json()["error"]
-    assert http.head("/v2/health/live").status_code == 200
+    live, head = http.get("/v2/health/live"), http.head("/v2/health/live")
+    assert head.status_code == 200 and head.content == b"", "HEAD: GET's headers, no body"
+    assert head.headers["content-length"] == str(len(live.content))
+    assert head.headers["content-type"] == live.headers["content-type"] == "application/json"
 
 
 def test_tokens(server):
@@ -240,12 +250,14 @@ def test_tokens(server):
     missing = httpx.post(url, json=body)
     assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
     assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 403
-    assert httpx.get(f"{server}/v2/health/ready").status_code == 200, "probes need no token"
+    probe = httpx.get(f"{server}/v2/health/ready")
+    assert probe.status_code == 200 and probe.json() == {"ready": True}, "probes need no token"
     # The admin API takes its own token: the prediction token does not open it.
     state = f"{server}/admin/state"
     assert httpx.get(state).status_code == 401
     assert httpx.get(state, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 403
-    assert httpx.get(state, headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+    admin = httpx.get(state, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert admin.status_code == 200 and admin.json()["loaded"] == ["7"]
 
 
 def test_admin_api_is_off_without_an_admin_token(model):
@@ -286,32 +298,45 @@ def test_access_log_is_json_with_the_request_id(model):
 
 def test_not_ready_is_503():
     with running(InferenceApp(SegmentService(NAME))) as url:
-        assert httpx.get(f"{url}/v2/health/ready").status_code == 503
+        ready = httpx.get(f"{url}/v2/health/ready")
+        assert ready.status_code == 503 and ready.json() == {"ready": False}
         reply = httpx.post(f"{url}{INFER}", json=_features([[1.0] * 12]))
         assert reply.status_code == 503 and "not loaded yet" in reply.json()["error"]
 
 
+class GatedLookup:
+    """An online store whose reads wait for a gate: a request by customer_id then holds its
+    concurrency slot (the slot is taken once the body is read, in the handler) for as long as
+    the test wants."""
+
+    def __init__(self, row):
+        self.row = np.asarray(row, dtype=np.float64)
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def fetch(self, ids):
+        self.entered.set()
+        assert self.gate.wait(30), "the gate was never opened"
+        n = len(ids)
+        return OnlineRows(np.tile(self.row, (n, 1)), np.ones(n, bool), np.zeros(n, bool),
+                          np.zeros(n))
+
+
 def test_concurrency_limit_answers_503_and_spares_probes(model):
-    service = SegmentService(NAME)
+    lookup = GatedLookup(model.preprocessor.means)
+    service = SegmentService(NAME, lookup=lookup)
     service.load(model, "1")
-    with running(InferenceApp(service, max_concurrency=1)) as url:
-        host, port = url.removeprefix("http://").split(":")
-        body = json.dumps(_features([[1.0] * 12])).encode()
-        # A request whose body has not fully arrived holds the only slot.
-        slow = socket.create_connection((host, int(port)))
-        slow.sendall(f"POST {INFER} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                     f"content-length: {len(body)}\r\n\r\n".encode() + body[:10])
-        deadline = time.monotonic() + 10
-        while "kmeans_inflight_requests 1.0" not in httpx.get(f"{url}/metrics").text:
-            assert time.monotonic() < deadline, "the slow request never started"
-            time.sleep(0.02)
+    by_id = {"inputs": [{"name": "customer_id", "datatype": "INT64", "shape": [1],
+                         "data": [7]}]}
+    with running(InferenceApp(service, max_concurrency=1)) as url, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(httpx.post, f"{url}{INFER}", json=by_id, timeout=30)
+        assert lookup.entered.wait(10), "the first request never reached the store"
         busy = httpx.post(f"{url}{INFER}", json=_features([[1.0] * 12]))
         assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
         assert "limit of 1 concurrent requests" in busy.json()["error"]
         assert httpx.get(f"{url}/v2/health/live").status_code == 200
-        slow.sendall(body[10:])
-        assert b"200 OK" in slow.recv(65536)
-        slow.close()
+        lookup.gate.set()
+        assert held.result().status_code == 200
         assert httpx.post(f"{url}{INFER}", json=_features([[1.0] * 12])).status_code == 200
         assert "kmeans_rejected_busy_total 1.0" in httpx.get(f"{url}/metrics").text
 

@@ -83,8 +83,9 @@ def test_weighted_split_is_sticky_and_only_moves_keys_forward(two_models):
     x = _rows(a, 4000)
     with running(InferenceApp(service, admin_token=ADMIN)) as url, \
             httpx.Client(base_url=url, timeout=10) as http:
-        assert http.post("/admin/traffic", json={"weight": 30, "mode": "canary"},
-                         headers=AUTH).status_code == 200
+        set_to = http.post("/admin/traffic", json={"weight": 30, "mode": "canary"}, headers=AUTH)
+        assert set_to.json() == {"routing": {"stable": "1", "canary": "2", "weight": 30.0,
+                                             "mode": "canary"}}, set_to.text
         first = np.array(_infer(http, x)["model_version"])
         again = np.array(_infer(http, x)["model_version"])
         assert np.array_equal(first, again), "the same rows must see the same version"
@@ -149,16 +150,18 @@ def test_admin_lifecycle_and_conflicts(reg):
         assert wrong.status_code == 409 and f"not {versions[2]}" in wrong.json()["error"]
         bad = http.post("/admin/traffic", json={"weight": 150})
         assert bad.status_code == 400 and "[0, 100]" in bad.json()["error"]
-        assert http.post("/admin/traffic", json={"weight": 50}).status_code == 200
+        assert http.post("/admin/traffic", json={"weight": 50}).json()["routing"] == {
+            "stable": versions[0], "canary": versions[1], "weight": 50.0, "mode": "canary"}
         routing = http.post("/admin/promote", json={"version": versions[1]}).json()["routing"]
         assert routing == {"stable": versions[1], "canary": None, "weight": 0.0, "mode": "canary"}
         unknown = http.post("/admin/load", json={"version": "999"})
         assert unknown.status_code == 404 and "999" in unknown.json()["error"]
         both = http.post("/admin/load", json={"version": "1", "alias": "champion"})
         assert both.status_code == 400 and "exactly one" in both.json()["error"]
-        http.post("/admin/load", json={"version": versions[0]})
-        assert http.post("/admin/drop", json={"version": versions[0]}).json()["routing"][
-            "canary"] is None
+        reloaded = http.post("/admin/load", json={"version": versions[0]}).json()["routing"]
+        assert (reloaded["stable"], reloaded["canary"]) == (versions[1], versions[0])
+        assert http.post("/admin/drop", json={"version": versions[0]}).json()["routing"] == {
+            "stable": versions[1], "canary": None, "weight": 0.0, "mode": "canary"}
 
 
 def test_tampered_artifact_is_refused_and_serving_goes_on(reg, tmp_path):

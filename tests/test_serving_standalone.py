@@ -79,11 +79,12 @@ def test_every_route_is_documented_with_its_methods_guard_and_errors():
                             if route.request else None)
     # Every schema the table names exists; the error statuses follow the route's shape.
     by_path = {r.path: r for r in ROUTES}
-    assert by_path["/v2/models/{name}/infer"].error_statuses == (400, 401, 403, 404, 413, 415,
-                                                                  503)
+    assert by_path["/v2/models/{name}/infer"].error_statuses == (400, 401, 403, 404, 408, 413,
+                                                                  415, 503)
     assert by_path["/v2/health/live"].error_statuses == ()
-    assert by_path["/admin/load"].error_statuses == (400, 401, 403, 404, 409, 413, 415, 422,
-                                                     503)
+    assert by_path["/"].error_statuses == ()
+    assert by_path["/admin/load"].error_statuses == (400, 401, 403, 404, 408, 409, 413, 415,
+                                                     422, 503)
 
 
 def test_every_documented_path_resolves_to_its_route_in_the_app():
@@ -99,7 +100,7 @@ def test_every_documented_path_resolves_to_its_route_in_the_app():
             assert params == {p: SAMPLE[p] for p in route.params}, path
     # Probes and metrics answer under load; everything else counts toward the limit.
     unlimited = {r.name for r in ROUTES if not r.limited}
-    assert unlimited == {"live", "ready", "metrics"}
+    assert unlimited == {"live", "live_v1", "ready", "metrics"}
 
 
 @pytest.mark.parametrize("path, message", [
@@ -108,7 +109,8 @@ def test_every_documented_path_resolves_to_its_route_in_the_app():
     ("/v2/nothing/here", "no route '/v2/nothing/here'; see /openapi.json"),
     ("/v2/models/m/versions", "no route '/v2/models/m/versions'"),
     ("/v2/models/m/versions/3/explain", "no route"),
-    ("/", "no route '/'"),
+    ("/v3", "no route '/v3'"),
+    ("/v1", "no route '/v1'"),
 ])
 def test_unknown_paths_and_verbs_are_404_naming_the_way(path, message):
     router = Router(ROUTES, lambda r: r)

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from pipeline import registry
-from pipeline.core.settings import FEATURE_NAMES
+from pipeline.core.settings import FEATURE_NAMES, FEATURES
 from pipeline.model.artifact import SegmentModel
 from pipeline.model.preprocessing import LOG_FEATURES, Preprocessor
 from pipeline.serving.server import build_app, running
@@ -71,6 +71,10 @@ def world(tmp_path_factory):
     settings = make_settings(home)
     rng = np.random.default_rng(4)
     raw = rng.lognormal(2, 1, (300, len(FEATURE_NAMES)))
+    for j, name in enumerate(FEATURE_NAMES):  # within each feature's valid range, as served
+        spec = FEATURES[name]
+        raw[:, j] = (rng.beta(2, 5, len(raw)) if spec["max"] <= 1
+                     else np.minimum(raw[:, j], spec["max"]))
     raw[rng.random(raw.shape) < 0.05] = np.nan
     pre = Preprocessor.fit(pd.DataFrame(raw, columns=FEATURE_NAMES), FEATURE_NAMES,
                            log_features=LOG_FEATURES)

@@ -7,6 +7,11 @@
 - :func:`file_lock` is the one advisory lock on a file (``fcntl.flock`` on its own open file,
   so it excludes other processes and other threads of this one).
 - :func:`utc_now` and :func:`utc_now_iso` are the one clock: timezone-aware UTC.
+- Owner-only modes (:data:`PRIVATE_FILE_MODE`, :data:`PRIVATE_DIR_MODE`) for what holds data or
+  state other users of the machine must not read: the atomic writes take ``mode=``,
+  :func:`private_dir` and :func:`make_private` set them, :func:`append_line` appends to an
+  owner-only file (the audit trail). Not a default: files a process of another user reads
+  (snapshots read by Spark executors on a shared volume) keep the umask's mode.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -29,6 +35,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 LOCK_POLL_SECONDS = 0.05
+#: Mode of a file only its owner may read and write.
+PRIVATE_FILE_MODE = 0o600
+#: Mode of a folder only its owner may list and enter.
+PRIVATE_DIR_MODE = 0o700
 
 
 # ---------------------------------------------------------------- clock
@@ -54,38 +64,101 @@ def temp_name(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
+def atomic_path(path: Path | str, *, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds, rename it over ``path``.
 
     If the block raises, the temporary file is removed and ``path`` is left as it was. The
-    parent folder is created if needed.
+    parent folder is created if needed. ``mode`` (e.g. :data:`PRIVATE_FILE_MODE`) is set on the
+    temporary file before the rename, so the file never appears at ``path`` with another mode.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:
+        if mode is not None:
+            # Created empty with the mode first: the data is never readable by others, not
+            # even for the moment between writing and chmod.
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+            os.chmod(tmp, mode)  # the umask may have taken bits away
         yield tmp
+        if mode is not None:
+            os.chmod(tmp, mode)  # a writer that replaced the file got the umask's mode
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int | None = None) -> Path:
     """Write ``data`` to ``path`` through a temporary name, so readers never see half a file."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, mode=mode) as tmp:
         tmp.write_bytes(data)
     return path
 
 
-def atomic_write_json(path: Path | str, obj: Any) -> Path:
-    return atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+def atomic_write_json(path: Path | str, obj: Any, *, mode: int | None = None) -> Path:
+    return atomic_write_bytes(
+        path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), mode=mode)
 
 
-def atomic_write_parquet(path: Path | str, table: pa.Table) -> Path:
+def atomic_write_parquet(path: Path | str, table: pa.Table, *, mode: int | None = None) -> Path:
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, mode=mode) as tmp:
         pq.write_table(table, tmp)
+    return path
+
+
+# ---------------------------------------------------------------- owner-only files
+
+
+def make_private(path: Path | str) -> bool:
+    """Give an existing file mode 0600 (a folder 0700), owner-only.
+
+    Returns False, changing nothing, when ``path`` does not exist or belongs to another user
+    (only the owner may change a mode).
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    if st.st_uid != os.getuid():
+        return False
+    wanted = PRIVATE_DIR_MODE if stat.S_ISDIR(st.st_mode) else PRIVATE_FILE_MODE
+    if stat.S_IMODE(st.st_mode) != wanted:
+        os.chmod(path, wanted)
+    return True
+
+
+def private_dir(path: Path | str) -> Path:
+    """Create the folder ``path`` owner-only (0700), or make an existing one so.
+
+    Missing parents are created with the usual mode; only ``path`` itself is made private,
+    which is enough to keep everything below it from other users.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    make_private(path)
+    return path
+
+
+def append_line(path: Path | str, line: str, *, mode: int = PRIVATE_FILE_MODE) -> Path:
+    """Append ``line`` and a newline to ``path`` with one ``O_APPEND`` write (appenders in other
+    processes do not interleave within a line); the file is created with ``mode``, and an
+    existing file of this user is brought to ``mode``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (line.rstrip("\n") + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
     return path
 
 
@@ -118,7 +191,9 @@ def file_lock(path: Path | str, *, wait: float = 0.0) -> Iterator[IO[str]]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait
-    with open(path, "a+", encoding="utf-8") as fh:
+    # Owner-only when created here: the holder writes its name, host and pid in it.
+    with open(path, "a+", encoding="utf-8",
+              opener=lambda name, flags: os.open(name, flags, PRIVATE_FILE_MODE)) as fh:
         while True:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="KMEANS_", env_file=PROJECT_ROOT / ".env", extra="forbid",
-        validate_default=True
+        validate_default=True,
+        # A refused value is named by its setting, never echoed: it may be a token.
+        hide_input_in_errors=True,
     )
 
     profile: Literal["local", "production"] = Field(
@@ -87,16 +89,40 @@ class Settings(BaseSettings):
     serving_host: str = Field("127.0.0.1", description="Inference server bind address.")
     serving_port: int = Field(8080, ge=0, le=65535, description="Inference server port.")
     serving_token: SecretStr | None = Field(
-        None, description="Bearer token for predictions; required in the production profile."
-    )
+        None, description="Bearer token for predictions (printable ASCII, no spaces); unset: "
+                          "predictions need no token (local profile only). Required in the "
+                          "production profile; an empty value is refused, not taken as unset.")
     admin_token: SecretStr | None = Field(
-        None, description="Bearer token for the admin endpoints that change state."
-    )
+        None, description="Bearer token for the admin endpoints that change state (printable "
+                          "ASCII, no spaces, not the serving token); unset: the admin API is "
+                          "off. Required in the production profile.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
     max_batch_rows: int = Field(10_000, ge=1, description="Largest batch in one request.")
     max_concurrency: int = Field(
         256, ge=1, description="Requests in flight before the server answers 503 (probes exempt)."
     )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=1024 * 1024,
+        description="Largest request line plus headers; larger heads get 431 and the "
+                    "connection is closed.")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, le=3600,
+        description="Time a request's line and headers may take to arrive (and an idle new "
+                    "connection may wait); then 408 and the connection is closed.")
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600,
+        description="Time a request's body may take to arrive once its headers did; then 408 "
+                    "and the connection is closed. A request takes a concurrency slot only "
+                    "once its body is read.")
+    admin_max_concurrency: int = Field(
+        4, ge=1, description="Admin API requests in flight before it answers 503: a budget of "
+                             "its own, apart from max_concurrency.")
+    range_tolerance: float = Field(
+        10.0, ge=0, le=1000,
+        description="How far outside a feature's valid range (FEATURES min and max) a served "
+                    "value may lie, in widths of that range: with 10 a share in [0, 1] is "
+                    "accepted in [-10, 11]. Farther values, and values beyond float32, get a "
+                    "400 naming the row and the feature.")
 
     # promotion gates
     # Defaults sit below what the generated demo data gives (silhouette interval lower bound
@@ -155,7 +181,6 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _no_unknown_env(cls, data):
-
         known = {f"KMEANS_{name.upper()}" for name in cls.model_fields}
         unknown = sorted(k for k in os.environ if k.startswith("KMEANS_") and k not in known
                          and k not in _NOT_SETTINGS)
@@ -164,6 +189,17 @@ class Settings(BaseSettings):
                              f"{sorted(known)}")
         return data
 
+    @field_validator("serving_token", "admin_token")
+    @classmethod
+    def _token_is_usable(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None:
+            return None
+        name = f"KMEANS_{(info.field_name or '').upper()}"
+        problem = token_problem(value.get_secret_value())
+        if problem:
+            raise ValueError(f"{name} {problem}")
+        return value
+
     @model_validator(mode="after")
     def _fill_and_check(self) -> Settings:
         self.home = self.home.expanduser().resolve()
@@ -171,8 +207,12 @@ class Settings(BaseSettings):
         self.stage_dir = (self.stage_dir or self.home / "blocks").expanduser().resolve()
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"sqlite:///{self.home / 'mlflow.db'}"
+        if (self.serving_token is not None and self.admin_token is not None
+                and self.serving_token.get_secret_value() == self.admin_token.get_secret_value()):
+            raise ValueError("KMEANS_ADMIN_TOKEN equals KMEANS_SERVING_TOKEN: every prediction "
+                             "client could drive the admin API; use two different tokens")
         if self.profile == "production":
-            missing = [n for n in ("serving_token",) if getattr(self, n) is None]
+            missing = [n for n in ("serving_token", "admin_token") if getattr(self, n) is None]
             if missing:
                 raise ValueError(
                     "profile=production needs " + ", ".join(f"KMEANS_{m.upper()}" for m in missing)
@@ -211,6 +251,18 @@ class Settings(BaseSettings):
     @property
     def artifact_root(self) -> Path:
         return self.home / "mlartifacts"
+
+
+def token_problem(token: str) -> str | None:
+    """What makes ``token`` unusable as a bearer token, or None. Never quotes the token."""
+    if not token:
+        return ("is set but empty, which is not the same as unset: set a non-empty token, or "
+                "unset it to run without one (local profile only)")
+    bad = next((i for i, c in enumerate(token) if not 33 <= ord(c) <= 126), None)
+    if bad is not None:
+        return (f"has a space, control or non-ASCII character at position {bad} (of "
+                f"{len(token)}); a bearer token is printable ASCII without spaces")
+    return None
 
 
 def load_settings(**overrides) -> Settings:

@@ -18,14 +18,19 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.core.io import atomic_write_json, atomic_write_parquet, table_hash
+from pipeline.core.io import (
+    atomic_write_json,
+    atomic_write_parquet,
+    make_private,
+    private_dir,
+    table_hash,
+)
 from pipeline.core.settings import FEATURE_NAMES, Settings
 from pipeline.data.ingest import OFFLINE_TABLE
 
 log = logging.getLogger(__name__)
 
 PROJECT = "customer_segments"
-FEATURE_VIEW = "customer_profile"
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,6 @@ class Snapshot:
 
     @classmethod
     def load(cls, path: str | Path) -> Snapshot:
-
         data = json.loads((Path(path) / "snapshot.json").read_text())
         # The folder it was loaded from wins over the recorded path (moved or re-mounted).
         return cls(**{**data, "path": str(Path(path).resolve())})
@@ -67,8 +71,8 @@ def repo_config(settings: Settings):
     if settings.profile == "production":
         online = {"type": "redis", "connection_string": settings.redis_connection_string}
     else:
-        online = {"type": "sqlite", "path": _beside(settings.feast_dir / "online.db", repo)}
-    settings.feast_dir.mkdir(parents=True, exist_ok=True)
+        online = {"type": "sqlite", "path": _beside(online_db(settings), repo)}
+    private_dir(settings.feast_dir)  # the stores below hold every customer's latest features
     return RepoConfig(
         project=PROJECT,
         provider="local",
@@ -78,6 +82,17 @@ def repo_config(settings: Settings):
         entity_key_serialization_version=3,
         repo_path=repo,
     )
+
+
+def online_db(settings: Settings) -> Path:
+    """The SQLite online store of the embedded default."""
+    return settings.feast_dir / "online.db"
+
+
+def _make_stores_private(settings: Settings) -> None:
+    """Owner-only modes (0600) on the SQLite files Feast created with the umask's mode."""
+    for path in (online_db(settings), settings.feast_dir / "registry.db"):
+        make_private(path)
 
 
 def _beside(path: Path, repo: Path) -> str:
@@ -118,6 +133,7 @@ def apply_repo(settings: Settings) -> list[str]:
     with contextlib.redirect_stdout(io.StringIO()) as plan:
         apply_total_with_repo_instance(store, PROJECT, store.registry, contents,
                                        skip_source_validation=False)
+    _make_stores_private(settings)
     log.debug("feast apply on %s:\n%s", settings.home, plan.getvalue())
     objects = [
         *contents.entities,
@@ -192,6 +208,7 @@ def materialize(settings: Settings, start: dt.datetime, end: dt.datetime) -> Non
     with contextlib.redirect_stdout(io.StringIO()) as said:
         feature_store(settings).materialize(start_date=start, end_date=end)
     log.debug("feast materialize: %s", said.getvalue().strip())
+    _make_stores_private(settings)
 
 
 def _entities(settings: Settings, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:

@@ -3,6 +3,25 @@
 Rows that break a rule are not dropped silently: they go to ``<home>/rejected/<table>/day=...``
 with a ``reject_reason`` column. Every partition is overwritten as a whole, so re-running an
 interval gives the same files.
+
+A day replaces its earlier landing only when it can be trusted:
+
+- A column of the wrong type (``event_timestamp`` stored as int64 epoch seconds, a feature stored
+  as strings) rejects the rows of its file with a reason naming the type received and the type
+  expected, not a misleading one about the values.
+- When more than ``Settings.ingest_max_reject_share`` of a day's rows are rejected, or one of its
+  files is not readable Parquet, the day is refused: its landed partition and rejected rows stay
+  as they were, the rejected rows of the attempt are kept with their reasons under
+  ``<home>/rejected/failed/<table>/day=.../``, the other days are landed, and
+  :class:`IngestRefused` names each refused day, its share and the threshold.
+- A day gone from the lake (no files, or files without rows) keeps its landing, with a warning
+  and the day in ``missing_days``: an outage of the lake must not delete data. Only
+  ``delete_missing=True`` (``kmeans ingest --delete-missing``) deletes it. An interval of which
+  no day has files is an error and deletes nothing.
+- Rows dated in the future (beyond this host's clock plus :data:`FUTURE_TOLERANCE`) and rows
+  whose features are all missing are rejected with their reasons.
+
+Landed partitions and rejected rows hold customer data: they are written owner-only (0600).
 """
 
 from __future__ import annotations
@@ -17,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core.io import atomic_write_parquet
+from pipeline.core.io import PRIVATE_FILE_MODE, atomic_write_parquet, table_hash, utc_now
 from pipeline.core.settings import FEATURE_NAMES, FEATURES, Settings
 from pipeline.data.datagen import LAKE_TABLE
 
@@ -26,6 +45,12 @@ log = logging.getLogger(__name__)
 OFFLINE_TABLE = "customer_profile"
 KEY_COLUMNS = ["customer_id", "event_timestamp"]
 OFFLINE_COLUMNS = [*KEY_COLUMNS, *FEATURE_NAMES, "created_timestamp"]
+TIMESTAMP_COLUMNS = ("event_timestamp", "created_timestamp")
+PART = "part-00000.parquet"
+#: Clock skew allowed between the lake's writers and this host before a row counts as future.
+FUTURE_TOLERANCE = pd.Timedelta(minutes=5)
+#: Folder of ``rejected_dir`` that keeps the rejected rows of refused days.
+FAILED_FOLDER = "failed"
 
 
 class SchemaError(ValueError):
@@ -41,9 +66,27 @@ class IngestResult:
     rejected: int = 0
     missing_days: list[str] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
+    #: Days refused (reject share over the threshold, unreadable file): landing kept.
+    failed_days: list[str] = field(default_factory=list)
+    #: Missing days whose landing was deleted (``delete_missing=True`` only).
+    deleted_days: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class IngestRefused(ValueError):
+    """Some days of the interval were refused and kept their previous landing; the other days
+    were landed. ``result`` is what was landed, ``failures`` maps each refused day to why."""
+
+    def __init__(self, result: IngestResult, failures: dict[str, str]):
+        self.result = result
+        self.failures = failures
+        days = len(failures)
+        super().__init__(
+            f"ingest refused {days} day{'s' if days > 1 else ''} of [{result.start}, "
+            f"{result.end}) ({len(result.days)} landed): "
+            + "; ".join(f"day={day}: {why}" for day, why in failures.items()))
 
 
 def days_in(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -53,9 +96,85 @@ def days_in(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((end - start).days)]
 
 
-def split_valid(frame: pd.DataFrame, day: dt.date) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split one day's rows into accepted rows and rejected rows with a ``reject_reason``."""
-    missing = [c for c in [*KEY_COLUMNS, *FEATURE_NAMES] if c not in frame.columns]
+# ---------------------------------------------------------------- column types
+
+
+def _expected_type(column: str) -> str | None:
+    if column in TIMESTAMP_COLUMNS:
+        return "a timestamp"
+    if column == "customer_id":
+        return "an integer"
+    if column in FEATURES:
+        return "a number"
+    return None
+
+
+# The kinds of values each expected type accepts. Strings may hold timestamps (parsed row by
+# row); numbers stored as strings are a type change, as are booleans for a number.
+_FITS = {"a timestamp": {"timestamp", "string"}, "an integer": {"number"},
+         "a number": {"number"}}
+_INFERRED_KIND = {"string": "string", "integer": "number", "floating": "number",
+                  "mixed-integer-float": "number", "decimal": "number", "boolean": "other",
+                  "datetime": "timestamp", "datetime64": "timestamp", "date": "timestamp",
+                  "bytes": "other", "timedelta": "other", "time": "other", "period": "other",
+                  "interval": "other", "complex": "other", "categorical": "other"}
+
+
+def _received_type(series: pd.Series) -> tuple[str, str] | None:
+    """(name, kind) of a column's type; None when its values are judged row by row (no values,
+    or an object column of mixed scalars)."""
+    dtype = series.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return "category", "other"
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool", "other"
+    if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype):
+        return str(dtype), "number"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return str(dtype), "timestamp"
+    if not (pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)):
+        return str(dtype), "other"
+    inferred = pd.api.types.infer_dtype(series, skipna=True)
+    if inferred == "empty":
+        return None
+    if inferred in _INFERRED_KIND:
+        return ("bool" if inferred == "boolean" else inferred), _INFERRED_KIND[inferred]
+    first = series.dropna().iloc[0]
+    if isinstance(first, dict):
+        return "struct", "other"
+    if isinstance(first, list | tuple | np.ndarray):
+        return "list", "other"
+    return None  # mixed scalars (e.g. numbers and text): each row gets its own reason
+
+
+def type_problems(frame: pd.DataFrame) -> dict[str, str]:
+    """Columns whose type cannot hold what they should, each with a reason naming the type
+    received and the type expected, e.g. ``event_timestamp has type int64, expected a
+    timestamp``."""
+    problems = {}
+    for column in frame.columns:
+        expected = _expected_type(str(column))
+        received = None if expected is None else _received_type(frame[column])
+        if expected is not None and received is not None and received[1] not in _FITS[expected]:
+            problems[str(column)] = f"{column} has type {received[0]}, expected {expected}"
+    return problems
+
+
+def _missing_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in [*KEY_COLUMNS, *FEATURE_NAMES] if c not in frame.columns]
+
+
+# ---------------------------------------------------------------- rows
+
+
+def split_valid(frame: pd.DataFrame, day: dt.date, *,
+                now: dt.datetime | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split one day's rows into accepted rows and rejected rows with a ``reject_reason``.
+
+    ``now`` (default: the clock) is the time after which (plus :data:`FUTURE_TOLERANCE`) a row's
+    timestamps count as future.
+    """
+    missing = _missing_columns(frame)
     if missing:
         raise SchemaError(f"partition day={day} lacks columns {missing}; "
                           f"expected {OFFLINE_COLUMNS}")
@@ -67,27 +186,47 @@ def split_valid(frame: pd.DataFrame, day: dt.date) -> tuple[pd.DataFrame, pd.Dat
         mask = mask.fillna(False).astype(bool) & (reason == "")
         reason[mask] = text
 
+    problems = type_problems(frame)
+    if problems:
+        flag(pd.Series(True, index=frame.index), "; ".join(problems.values()))
+        for column in problems:  # its values mean nothing as the expected type
+            frame[column] = np.nan
+    latest = pd.Timestamp(now if now is not None else utc_now())
+    if latest.tzinfo is None:
+        latest = latest.tz_localize("UTC")
+    latest += FUTURE_TOLERANCE
+
     ids = pd.to_numeric(frame["customer_id"], errors="coerce")
     flag(ids.isna() | (ids <= 0) | (ids % 1 != 0) | (ids >= 2**63),
          "customer_id missing or not a positive integer")
     ts = pd.to_datetime(frame["event_timestamp"], utc=True, errors="coerce")
     flag(ts.isna(), "event_timestamp missing or not a timestamp")
+    flag(ts > latest, "event_timestamp in the future")
     day_start = pd.Timestamp(day, tz="UTC")
     flag((ts < day_start) | (ts >= day_start + pd.Timedelta(days=1)),
          f"event_timestamp outside partition day={day}")
+    values: dict[str, pd.Series] = {}
     for name, spec in FEATURES.items():
-        values = pd.to_numeric(frame[name], errors="coerce")
-        flag(frame[name].notna() & values.isna(), f"{name} is not numeric")
-        flag(~np.isfinite(values.fillna(0.0)), f"{name} is not finite")
-        flag((values < spec["min"]) | (values > spec["max"]),
+        values[name] = pd.to_numeric(frame[name], errors="coerce")
+        flag(frame[name].notna() & values[name].isna(), f"{name} is not numeric")
+        flag(~np.isfinite(values[name].fillna(0.0)), f"{name} is not finite")
+        flag((values[name] < spec["min"]) | (values[name] > spec["max"]),
              f"{name} outside [{spec['min']:g}, {spec['max']:g}]")
-        frame[name] = values.astype("float64")
-    dup = frame.assign(_id=ids, _ts=ts).duplicated(subset=["_id", "_ts"], keep="first")
-    flag(dup, "duplicate (customer_id, event_timestamp)")
+        frame[name] = values[name].astype("float64")
+    # A row that says nothing about the customer would be imputed into an average customer.
+    flag(pd.DataFrame(values).isna().all(axis=1), "every feature is missing")
+    # Among rows still accepted only: a rejected row must not shadow its corrected resend.
+    keys = frame.assign(_id=ids, _ts=ts).loc[reason == "", ["_id", "_ts"]]
+    flag(keys.duplicated(keep="first").reindex(frame.index, fill_value=False),
+         "duplicate (customer_id, event_timestamp)")
     if "created_timestamp" in frame.columns:
         created = pd.to_datetime(frame["created_timestamp"], utc=True, errors="coerce")
         flag(frame["created_timestamp"].notna() & created.isna(),
              "created_timestamp is not a timestamp")
+        # Feast breaks ties by creation time: a future one would win over every later fix. The
+        # end of the row's day is allowed even if still ahead (the landing time of a day).
+        flag(created > max(latest, day_start + pd.Timedelta(days=1)),
+             "created_timestamp in the future")
     else:
         created = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
 
@@ -102,45 +241,167 @@ def split_valid(frame: pd.DataFrame, day: dt.date) -> tuple[pd.DataFrame, pd.Dat
     return accepted[OFFLINE_COLUMNS], rejected
 
 
-def ingest_lake(settings: Settings, start: dt.date, end: dt.date) -> IngestResult:
+@dataclass
+class _Day:
+    """One lake day as read: rows to check, rows already rejected by file, unreadable files."""
+
+    frames: list[pd.DataFrame] = field(default_factory=list)
+    rejected: list[pd.DataFrame] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    rows: int = 0
+
+
+def _read_day(files: list[Path]) -> _Day:
+    """Read a day's files one by one: a file whose columns are missing or of the wrong type has
+    all its rows rejected with that reason, before files are combined (combining an int64
+    column with a timestamp column would hide the type change)."""
+    day = _Day()
+    for path in files:
+        try:
+            frame = pq.read_table(path).to_pandas()
+        except (OSError, pa.ArrowException) as err:
+            # One line, of bounded length: Arrow's messages may hold the whole schema.
+            detail = " ".join(str(err).split())
+            detail = detail if len(detail) <= 200 else detail[:200] + "..."
+            day.unreadable.append(f"{path} ({type(err).__name__}: {detail})")
+            continue
+        day.rows += len(frame)
+        missing = _missing_columns(frame)
+        problems = list(type_problems(frame).values())
+        if missing:
+            problems.insert(0, f"file lacks columns {missing}")
+        if problems:
+            day.rejected.append(frame.assign(reject_reason="; ".join(problems)))
+        else:
+            day.frames.append(frame)
+    return day
+
+
+def _empty_offline() -> pd.DataFrame:
+    return pd.DataFrame({
+        "customer_id": pd.Series(dtype="int64"),
+        "event_timestamp": pd.Series(dtype="datetime64[ns, UTC]"),
+        **{name: pd.Series(dtype="float64") for name in FEATURE_NAMES},
+        "created_timestamp": pd.Series(dtype="datetime64[ns, UTC]"),
+    })
+
+
+def _rejected_table(rejected: pd.DataFrame) -> pa.Table:
+    # Object columns may mix types (files of one day that disagree): their values as text.
+    rejected = rejected.astype({c: "string" for c in rejected.columns
+                                if rejected[c].dtype == object})
+    return pa.Table.from_pandas(rejected, preserve_index=False)
+
+
+def _reason_counts(rejected: pd.DataFrame) -> dict[str, int]:
+    if rejected.empty:
+        return {}
+    return {str(k): int(v) for k, v in rejected["reject_reason"].value_counts().items()}
+
+
+# ---------------------------------------------------------------- ingest
+
+
+def ingest_lake(settings: Settings, start: dt.date, end: dt.date, *,
+                delete_missing: bool = False, now: dt.datetime | None = None) -> IngestResult:
     """Land the lake's days in [start, end) in the offline feature table.
+
+    Days are independent: a refused day keeps its previous landing while the others land, and
+    :class:`IngestRefused` is raised at the end. ``delete_missing`` deletes the landing of a
+    day gone from the lake (otherwise it is kept, with a warning). ``now`` (default: the
+    clock) decides which rows are dated in the future.
 
     Examples
     --------
     >>> ingest_lake(load_settings(), dt.date(2026, 11, 1), dt.date(2026, 11, 8))  # doctest: +SKIP
     """
+    now = now if now is not None else utc_now()
     result = IngestResult(start=start.isoformat(), end=end.isoformat())
-    for day in days_in(start, end):
-        src = Path(settings.lake_dir) / LAKE_TABLE / f"day={day.isoformat()}"
-        files = sorted(src.glob("*.parquet"))
-        out = Path(settings.offline_dir) / OFFLINE_TABLE / f"day={day.isoformat()}"
-        bad_dir = settings.rejected_dir / OFFLINE_TABLE / f"day={day.isoformat()}"
-        if not files:
-            # The lake is the source of truth: a day it no longer has must not keep feeding
-            # snapshots from an earlier landing.
-            for stale in (out / "part-00000.parquet", bad_dir / "part-00000.parquet"):
-                stale.unlink(missing_ok=True)
-            result.missing_days.append(day.isoformat())
+    lake = Path(settings.lake_dir) / LAKE_TABLE
+    sources = {day: sorted((lake / f"day={day.isoformat()}").glob("*.parquet"))
+               for day in days_in(start, end)}
+    if not any(sources.values()):
+        # Nothing at all: more likely an unmounted or unreachable lake than a deletion.
+        raise FileNotFoundError(f"no lake partitions for [{start}, {end}) under {lake}; "
+                                f"nothing was landed or deleted")
+    failures: dict[str, str] = {}
+    for day, files in sources.items():
+        key = day.isoformat()
+        out = Path(settings.offline_dir) / OFFLINE_TABLE / f"day={key}" / PART
+        bad_file = settings.rejected_dir / OFFLINE_TABLE / f"day={key}" / PART
+        read = _read_day(files)
+        if read.unreadable:
+            failures[key] = (f"{len(read.unreadable)} of {len(files)} files are not readable "
+                             f"Parquet: {', '.join(read.unreadable)}; the previous landing is "
+                             f"kept")
+            result.failed_days.append(key)
             continue
-        frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
-        accepted, rejected = split_valid(frame, day)
-        atomic_write_parquet(out / "part-00000.parquet",
-                             pa.Table.from_pandas(accepted, preserve_index=False))
-        bad_file = bad_dir / "part-00000.parquet"
+        if read.rows == 0:
+            _missing_day(result, key, [out, bad_file], delete_missing=delete_missing,
+                         what="has no Parquet files" if not files else "holds no rows")
+            continue
+        if read.frames:
+            accepted, rejected = split_valid(pd.concat(read.frames, ignore_index=True), day,
+                                             now=now)
+        else:
+            accepted, rejected = _empty_offline(), pd.DataFrame({"reject_reason": []})
+        parts = [f for f in [*read.rejected, rejected] if len(f)]
+        if parts:
+            rejected = pd.concat(parts, ignore_index=True)
+        share = len(rejected) / read.rows
+        if share > settings.ingest_max_reject_share:
+            kept = _keep_failed_attempt(settings, key, rejected)
+            failures[key] = (
+                f"{len(rejected)} of {read.rows} rows rejected, share {share:.3g} exceeds "
+                f"ingest_max_reject_share={settings.ingest_max_reject_share:g} (reasons: "
+                f"{_reason_counts(rejected)}); the previous landing is kept, the rejected rows "
+                f"and their reasons are in {kept}")
+            result.failed_days.append(key)
+            continue
+        atomic_write_parquet(out, pa.Table.from_pandas(accepted, preserve_index=False),
+                             mode=PRIVATE_FILE_MODE)
         if len(rejected):
-            rejected = rejected.astype({c: "string" for c in rejected.columns
-                                        if rejected[c].dtype == object})
-            atomic_write_parquet(bad_file, pa.Table.from_pandas(rejected, preserve_index=False))
-            for text, count in rejected["reject_reason"].value_counts().items():
-                result.reasons[str(text)] = result.reasons.get(str(text), 0) + int(count)
-        elif bad_file.exists():
-            bad_file.unlink()  # a re-run with clean data leaves no stale rejects behind
-        result.days.append(day.isoformat())
+            atomic_write_parquet(bad_file, _rejected_table(rejected), mode=PRIVATE_FILE_MODE)
+            for text, count in _reason_counts(rejected).items():
+                result.reasons[text] = result.reasons.get(text, 0) + count
+        else:
+            bad_file.unlink(missing_ok=True)  # a re-run with clean data leaves no stale rejects
+        result.days.append(key)
         result.accepted += len(accepted)
         result.rejected += len(rejected)
-    if not result.days:
-        raise FileNotFoundError(
-            f"no lake partitions for [{start}, {end}) under {Path(settings.lake_dir) / LAKE_TABLE}"
-        )
+    if failures:
+        raise IngestRefused(result, failures)
     log.info("ingested %s", result.to_dict())
     return result
+
+
+def _missing_day(result: IngestResult, key: str, landed: list[Path], *, delete_missing: bool,
+                 what: str) -> None:
+    result.missing_days.append(key)
+    present = [p for p in landed if p.exists()]
+    if delete_missing:
+        # The lake is the source of truth: a day it no longer has must not keep feeding
+        # snapshots from an earlier landing.
+        for path in present:
+            path.unlink()
+        if present:
+            result.deleted_days.append(key)
+            log.warning("lake day %s %s: deleted its landing %s (delete_missing)", key, what,
+                        [str(p) for p in present])
+    elif present:
+        log.warning("lake day %s %s: its landing %s is kept; if the day was removed on "
+                    "purpose, re-run with delete_missing=True (kmeans ingest --delete-missing)",
+                    key, what, [str(p) for p in present])
+    else:
+        log.warning("lake day %s %s and was never landed", key, what)
+
+
+def _keep_failed_attempt(settings: Settings, key: str, rejected: pd.DataFrame) -> Path:
+    """Keep a refused day's rejected rows, with their reasons, beside the rejected table; named
+    by content, so re-running the same refused data writes the same file."""
+    table = _rejected_table(rejected)
+    path = (settings.rejected_dir / FAILED_FOLDER / OFFLINE_TABLE / f"day={key}"
+            / f"attempt-{table_hash(table)[:16]}.parquet")
+    if not path.exists():
+        atomic_write_parquet(path, table, mode=PRIVATE_FILE_MODE)
+    return path

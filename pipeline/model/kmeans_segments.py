@@ -9,8 +9,12 @@ An artifact is a folder: ``centroids.npy`` (no pickle), ``model.json`` (metadata
 preprocessing) and ``checksums.json`` (SHA-256 of the other two). :meth:`SegmentModel.load`
 verifies every checksum and refuses a modified or incomplete artifact. (The checksums travel
 with the files: they catch corruption and edits of one file, not someone who rewrites the
-checksums too; that needs the registry's access control.) Writing lives in the project
-(``pipeline.model.artifact``).
+checksums too; that needs the registry's access control.) It then checks what the files hold,
+so an artifact whose checksums were rewritten still cannot load what the model cannot score:
+the schema of both JSON files and their types, float centroids only (never a pickle or an
+object array), one unique integer id per cluster, and finite centroids, medians, means and
+standard deviations (each > 0). Every refusal is an :class:`ArtifactError` naming the file,
+the field and what it held. Writing lives in the project (``pipeline.model.artifact``).
 
 Example
 -------
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,8 +174,67 @@ class Preprocessor:
                 "means": list(self.means), "stds": list(self.stds)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, list]) -> Preprocessor:
-        return cls(**data)
+    def from_dict(cls, data: Any) -> Preprocessor:
+        """The preprocessing stored by :meth:`to_dict`, checked: :class:`ArtifactError` names
+        the first field that is missing, of the wrong type or length, or not finite."""
+        if not isinstance(data, dict):
+            raise ArtifactError(f"preprocessing must be an object with {sorted(_PRE_FIELDS)}, "
+                                f"got {_kind(data)}")
+        missing, extra = sorted(_PRE_FIELDS - set(data)), sorted(set(data) - _PRE_FIELDS)
+        if missing or extra:
+            raise ArtifactError(f"preprocessing has fields {sorted(data)}; expected exactly "
+                                f"{sorted(_PRE_FIELDS)} (missing {missing}, unknown {extra})")
+        names = data["feature_names"]
+        if (not isinstance(names, list) or not names
+                or not all(isinstance(n, str) and n for n in names)):
+            raise ArtifactError(f"preprocessing.feature_names must be a non-empty list of "
+                                f"names, got {_kind(names)}")
+        if len(set(names)) != len(names):
+            raise ArtifactError(f"preprocessing.feature_names repeats a name: {names}")
+        logs = data["log_features"]
+        if not isinstance(logs, list) or not all(isinstance(n, str) for n in logs):
+            raise ArtifactError(f"preprocessing.log_features must be a list of names, got "
+                                f"{_kind(logs)}")
+        if set(logs) - set(names):
+            raise ArtifactError(f"preprocessing.log_features {sorted(set(logs) - set(names))} "
+                                f"are not among feature_names {names}")
+        columns = {}
+        for key in ("medians", "means", "stds"):
+            values = data[key]
+            if not isinstance(values, list) or len(values) != len(names):
+                raise ArtifactError(f"preprocessing.{key} must be a list of {len(names)} "
+                                    f"numbers (one per feature), got {_kind(values)}")
+            for name, v in zip(names, values, strict=True):
+                if not _finite_number(v):
+                    raise ArtifactError(f"preprocessing.{key} of feature {name!r} is "
+                                        f"{_kind(v)}; it must be a finite number")
+                if key == "stds" and v <= 0:
+                    raise ArtifactError(f"preprocessing.stds of feature {name!r} is {v!r}; a "
+                                        "standard deviation must be > 0 (it divides)")
+            columns[key] = [float(v) for v in values]
+        return cls(list(names), [n for n in names if n in set(logs)], columns["medians"],
+                   columns["means"], columns["stds"])
+
+
+_PRE_FIELDS = frozenset({"feature_names", "log_features", "medians", "means", "stds"})
+
+
+def _finite_number(value: Any) -> bool:
+    """A JSON number (not a bool) that is a finite float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer beyond float's range
+        return False
+
+
+def _kind(value: Any) -> str:
+    """What a refused value was, short: its type and a clipped repr."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:60] + "…"
+    return f"{type(value).__name__} {text}"
 
 
 def _positions(names: Sequence[str], chosen: Collection[str]) -> np.ndarray:
@@ -211,20 +275,40 @@ class SegmentModel:
 
     def __init__(self, centroids: np.ndarray, preprocessor: Preprocessor,
                  metadata: dict[str, Any]):
-        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        raw = np.asarray(centroids)
+        if raw.dtype.kind not in "fiu":
+            raise ArtifactError(f"centroids have dtype {raw.dtype}; expected real numbers")
+        with np.errstate(over="ignore", invalid="ignore"):  # refused below, not warned about
+            self.centroids = np.ascontiguousarray(raw, dtype=np.float32)
         self.preprocessor = preprocessor
         self.metadata = metadata
         self.feature_names = preprocessor.feature_names
         self.k = len(self.centroids)
-        if self.centroids.ndim != 2 or self.centroids.shape[1] != len(self.feature_names):
+        if (self.centroids.ndim != 2 or self.k == 0
+                or self.centroids.shape[1] != len(self.feature_names)):
             raise ArtifactError(f"centroids have shape {self.centroids.shape}; expected "
-                                f"(k, {len(self.feature_names)}) for features "
+                                f"(k, {len(self.feature_names)}) with k >= 1 for features "
                                 f"{self.feature_names}")
+        finite = np.isfinite(self.centroids).all(axis=1)
+        if not finite.all():  # NaN or infinity, or a float64 value beyond float32
+            raise ArtifactError(f"centroids rows {np.flatnonzero(~finite)[:10].tolist()} hold "
+                                "values that are not finite float32 numbers")
         # Stable cluster ids (matched to the previous champion); row i answers as cluster_ids[i].
-        self.cluster_ids = np.asarray(metadata.get("cluster_ids", range(self.k)), dtype=np.int64)
-        if self.cluster_ids.shape != (self.k,):
-            raise ArtifactError(f"cluster_ids has {len(self.cluster_ids)} entries for k={self.k}")
-        self.ood_threshold = float(metadata.get("distance_p99", np.inf))
+        ids = metadata.get("cluster_ids")
+        ids = np.arange(self.k) if ids is None else np.asarray(ids)
+        if ids.dtype.kind not in "iu" or ids.shape != (self.k,):
+            raise ArtifactError(f"cluster_ids must be {self.k} integers (one per centroid), got "
+                                f"{_kind(metadata.get('cluster_ids'))}")
+        if len(np.unique(ids)) != self.k:
+            raise ArtifactError(f"cluster_ids must be unique, got {ids.tolist()}")
+        if ids.min() < -(2**63) or ids.max() >= 2**63:
+            raise ArtifactError(f"cluster_ids must fit 64-bit integers, got {ids.tolist()}")
+        self.cluster_ids = ids.astype(np.int64)
+        threshold = metadata.get("distance_p99")  # absent: no row is out of distribution
+        if threshold is not None and (not _finite_number(threshold) or threshold < 0):
+            raise ArtifactError(f"distance_p99 must be a finite number >= 0 (the "
+                                f"out-of-distribution threshold), got {_kind(threshold)}")
+        self.ood_threshold = math.inf if threshold is None else float(threshold)
         self._centroids64_t = np.ascontiguousarray(self.centroids.T, dtype=np.float64)
 
     @classmethod
@@ -236,24 +320,70 @@ class SegmentModel:
             expected = json.loads((folder / CHECKSUMS).read_text())
         except (OSError, ValueError) as err:
             raise ArtifactError(f"artifact {folder} has no readable {CHECKSUMS}") from err
+        if not isinstance(expected, dict) or not all(
+                isinstance(expected.get(name), str) for name in FILES):
+            raise ArtifactError(f"artifact {folder}: {CHECKSUMS} must be an object with a "
+                                f"sha256 string for each of {list(FILES)}, got "
+                                f"{_kind(expected)}")
         for name in FILES:
-            if not (folder / name).exists():
+            if not (folder / name).is_file():
                 raise ArtifactError(f"artifact {folder} lacks {name}")
         for name, actual in artifact_checksums(folder).items():
-            if actual != expected.get(name):
+            if actual != expected[name]:
                 raise ArtifactError(
                     f"artifact {folder}: {name} has sha256 {actual[:12]}…, {CHECKSUMS} says "
-                    f"{str(expected.get(name))[:12]}…; refusing a modified artifact")
-        meta = json.loads((folder / METADATA).read_text())
+                    f"{expected[name][:12]}…; refusing a modified artifact")
+        try:
+            return cls._read(folder)
+        except ArtifactError as err:
+            raise ArtifactError(f"artifact {folder}: {err}") from err
+
+    @classmethod
+    def _read(cls, folder: Path) -> Self:
+        """The checked files of a verified folder (errors name the file, not the folder)."""
+        try:
+            meta = json.loads((folder / METADATA).read_text())
+        except (OSError, ValueError) as err:
+            raise ArtifactError(f"{METADATA} is not readable JSON: {err}") from err
+        if not isinstance(meta, dict):
+            raise ArtifactError(f"{METADATA} must be an object, got {_kind(meta)}")
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ArtifactError(f"artifact format_version={meta.get('format_version')}, "
-                                f"this code reads {FORMAT_VERSION}")
-        centroids = np.load(folder / CENTROIDS, allow_pickle=False)
-        pre = Preprocessor.from_dict(meta.pop("preprocessing"))
-        if centroids.shape != (meta["k"], len(pre.feature_names)):
-            raise ArtifactError(f"centroids shape {centroids.shape} does not match "
-                                f"k={meta['k']} and {len(pre.feature_names)} features")
-        return cls(centroids, pre, meta)
+            raise ArtifactError(f"{METADATA} has format_version "
+                                f"{_kind(meta.get('format_version'))}; this code reads "
+                                f"{FORMAT_VERSION}")
+        k = meta.get("k")
+        if type(k) is not int or k < 1:
+            raise ArtifactError(f"{METADATA} field k must be an integer >= 1, got {_kind(k)}")
+        try:
+            pre = Preprocessor.from_dict(meta.pop("preprocessing", None))
+        except ArtifactError as err:
+            raise ArtifactError(f"{METADATA}: {err}") from err
+        # The header first: a dtype or shape that is refused is never read (an object array
+        # would need pickle; a shape rewritten to 10^12 rows would exhaust memory).
+        try:
+            with open(folder / CENTROIDS, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                if version not in ((1, 0), (2, 0)):
+                    raise ValueError(f"NPY format version {version} is not read here")
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(fh)
+        except (OSError, ValueError, EOFError) as err:
+            raise ArtifactError(f"{CENTROIDS} is not an NPY array: {err}") from err
+        if dtype.kind != "f":
+            raise ArtifactError(f"{CENTROIDS} has dtype {dtype}; centroids must be floating "
+                                "point (float16/32/64), never objects (pickle)")
+        if shape != (k, len(pre.feature_names)):
+            raise ArtifactError(f"{CENTROIDS} has shape {shape}; {METADATA} says k={k} and "
+                                f"{len(pre.feature_names)} features")
+        try:  # never a pickle
+            centroids = np.load(folder / CENTROIDS, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise ArtifactError(f"{CENTROIDS} is not a plain numeric NPY array: {err}") from err
+        try:
+            return cls(centroids, pre, meta)
+        except ArtifactError as err:
+            raise ArtifactError(f"{METADATA} or {CENTROIDS}: {err}") from err
 
     def assign(self, raw: Any) -> Assignment:
         """Assign raw feature rows (DataFrame or (n, d) array; NaN = missing, imputed)."""

@@ -33,6 +33,7 @@ def interval(context: dict) -> tuple[str, str]:
     with no logical date) the day the run was queued for, at midnight UTC.
     """
     params = context.get("params") or {}
+    _known_only(params, {*TrainParams.model_fields, *WINDOW_PARAMS})
     train_params(params)  # a bad K range fails here, before ingest and snapshot run
     if params.get("end_date"):
         try:
@@ -48,6 +49,19 @@ def interval(context: dict) -> tuple[str, str]:
     return start.isoformat(), end.isoformat()
 
 
+# The training DAG's params beside TrainParams' fields: the window.
+WINDOW_PARAMS = ("lookback_days", "end_date")
+ROLLBACK_PARAMS = ("reason", "to_version")
+
+
+def _known_only(params: dict, known: set[str]) -> None:
+    """A run's conf may not carry keys the DAG does not know: a misspelt key (``kmax``) would
+    otherwise be ignored and the run go ahead with the default."""
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"unknown params {unknown}; this DAG takes {sorted(known)}")
+
+
 def train_params(params: dict) -> TrainParams:
     """The run's training params, validated (ValueError naming each bad value)."""
     return parse_params(params)
@@ -58,9 +72,10 @@ def _days(window: tuple[str, str]) -> tuple[dt.datetime, dt.datetime]:
     return start, end
 
 
-def ingest(window: tuple[str, str]) -> dict:
+def ingest(window: tuple[str, str], *, delete_missing: bool = False) -> dict:
     start, end = _days(window)
-    return ingest_lake(load_settings(), start.date(), end.date()).to_dict()
+    return ingest_lake(load_settings(), start.date(), end.date(),
+                       delete_missing=delete_missing).to_dict()
 
 
 def materialize(window: tuple[str, str]) -> dict:
@@ -113,6 +128,7 @@ def ready_to_serve(registered: dict) -> dict:
 def rollback(params: dict, actor: str) -> dict:
     """Move ``champion`` back (to ``previous``, or the ``to_version`` param) for the given
     reason."""
+    _known_only(params, set(ROLLBACK_PARAMS))
     return registry.rollback(load_settings(), reason=str(params.get("reason") or ""),
                              to_version=params.get("to_version") or None, actor=actor)
 

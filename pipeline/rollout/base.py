@@ -86,7 +86,11 @@ def analyse(window: dict, stable: str, canary: str, t: Thresholds) -> dict:
                                "ok": c["agreement"] >= t.min_agreement}
     mine = c["distance"]["p50"]
     ref = (c.get("stable_distance_on_same_rows") or {}).get("p50") or s["distance"]["p50"]
-    if mine is not None and ref:
+    if mine is None:
+        # The canary scored rows but reported no distance to judge: that is not a pass.
+        checks["distance_shift"] = {"canary_p50": None, "stable_p50": ref, "shift": None,
+                                    "max": t.max_distance_shift, "ok": False}
+    elif ref:
         shift = abs(mine / ref - 1)
         checks["distance_shift"] = {"canary_p50": mine, "stable_p50": ref,
                                     "shift": round(shift, 4), "max": t.max_distance_shift,
@@ -97,6 +101,9 @@ def analyse(window: dict, stable: str, canary: str, t: Thresholds) -> dict:
 
 
 def _explain(name: str, check: dict) -> str:
+    if name == "distance_shift" and check["canary_p50"] is None:
+        return ("distance shift not measurable: the canary scored rows but reported no finite "
+                "distance")
     if name == "distance_shift":
         return (f"distance shift {check['shift']} > {check['max']} (median distance "
                 f"{check['canary_p50']} against the stable's {check['stable_p50']})")

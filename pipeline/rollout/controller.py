@@ -32,7 +32,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline import registry
-from pipeline.core.io import LockBusy, atomic_write_json, file_lock, utc_now_iso
+from pipeline.core.io import (
+    PRIVATE_FILE_MODE,
+    LockBusy,
+    atomic_write_json,
+    file_lock,
+    private_dir,
+    utc_now_iso,
+)
 from pipeline.core.settings import Settings
 from pipeline.rollout.backends.kubernetes import KServeBackend
 from pipeline.rollout.backends.local import LocalBackend
@@ -208,8 +215,8 @@ class RolloutController:
     def _save(self, state: RolloutState) -> None:
         state.updated_at = utc_now_iso()
         path = state_path(self.settings)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, asdict(state))
+        private_dir(path.parent)  # owner-only, like the audit trail
+        atomic_write_json(path, asdict(state), mode=PRIVATE_FILE_MODE)
 
     @contextlib.contextmanager
     def _locked(self):

@@ -22,7 +22,9 @@ import gc
 import hmac
 import itertools
 import logging
+import math
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from pipeline.core.settings import token_problem
 from pipeline.model.artifact import ArtifactError
 from pipeline.serving.errors import (
     Conflict,
@@ -47,11 +50,13 @@ from pipeline.serving.errors import (
     MethodNotAllowed,
     ModelNotFound,
     PayloadTooLarge,
+    RequestTimeout,
     ServingError,
     TooBusy,
     Unauthorized,
     Unprocessable,
     UnsupportedMediaType,
+    brief,
 )
 from pipeline.serving.model import MODES, Prediction, SegmentService
 from pipeline.serving.openapi import document
@@ -61,7 +66,12 @@ from pipeline.serving.routes import ROUTES, Route, Router
 log = logging.getLogger("pipeline.serving")
 
 JSON_TYPES = (b"application/json",)
-INLINE_ROWS = 256  # bigger batches and every lookup by id run in a worker thread
+INLINE_ROWS = 256  # bigger batches, their answers and every lookup by id run in a worker thread
+INLINE_BODY = 64 * 1024  # bigger bodies are parsed in a worker thread: probes go on meanwhile
+#: Aliases and versions the admin API loads: MLflow's alias characters, a positive version.
+ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
+VERSION = re.compile(r"[1-9][0-9]{0,17}")
+REQUEST_ID = re.compile(rb"[!-~]{1,64}")
 
 # loader(version=None, alias=None) -> (SegmentModel, version); blocking (MLflow download)
 Loader = Callable[..., tuple]
@@ -107,7 +117,9 @@ class Metrics:
         if len(pred) == 1 and pred.error is None:  # the common case, kept cheap
             version = pred.model_version[0]
             self.child(self.assignments, version, str(int(pred.cluster[0]))).inc()
-            self.child(self.distance, version).observe(float(pred.distance[0]))
+            distance = float(pred.distance[0])
+            if math.isfinite(distance):  # a non-finite figure would poison the sum for good
+                self.child(self.distance, version).observe(distance)
             if pred.ood[0]:
                 self.child(self.ood, version).inc()
             if pred.stale is not None and pred.stale[0]:
@@ -129,7 +141,8 @@ class Metrics:
                 for c, n in zip(*np.unique(clusters, return_counts=True), strict=True):
                     self.child(self.assignments, v, str(int(c))).inc(int(n))
             hist = self.child(self.distance, v)
-            for d in dist[:256].tolist():  # a sample per request keeps big batches cheap
+            sample = dist[:256]  # a sample per request keeps big batches cheap
+            for d in sample[np.isfinite(sample)].tolist():
                 hist.observe(d)
             n_ood = int(ood.sum())
             if n_ood:
@@ -171,12 +184,30 @@ class InferenceApp:
                  admin_token: str | None = None, max_body_bytes: int = 4 * 1024 * 1024,
                  max_concurrency: int = 256, loader: Loader | None = None,
                  access_log: BinaryIO | None = None, tune_gc: bool = False,
-                 server_version: str = "0.1.0"):
+                 server_version: str = "0.1.0", body_timeout: float = 30.0,
+                 max_admin_concurrency: int = 4, max_header_bytes: int = 32 * 1024,
+                 header_timeout: float = 10.0):
+        for what, value in (("token", token), ("admin_token", admin_token)):
+            problem = None if value is None else token_problem(value)
+            if problem:  # an empty token must not read as "no token": that opens the route
+                raise ValueError(f"{what} {problem}")
+        if token is not None and token == admin_token:
+            raise ValueError("admin_token equals token: every prediction client could drive "
+                             "the admin API; use two different tokens")
         self.service = service
-        self.token = token.encode() if token else None
-        self.admin_token = admin_token.encode() if admin_token else None
+        self.token = token.encode() if token is not None else None
+        self.admin_token = admin_token.encode() if admin_token is not None else None
+        for what, seconds in (("body_timeout", body_timeout),
+                              ("header_timeout", header_timeout)):
+            if not 0 < seconds < math.inf:
+                raise ValueError(f"{what}={seconds!r} should be a number of seconds > 0")
         self.max_body_bytes = max_body_bytes
         self.max_concurrency = max_concurrency
+        self.max_admin_concurrency = max_admin_concurrency
+        self.body_timeout = body_timeout
+        # Enforced by the HTTP protocol, before this app sees a request (server.running/serve).
+        self.max_header_bytes = max_header_bytes
+        self.header_timeout = header_timeout
         self.loader = loader
         # One JSON line per request, written straight to a binary stream (no logging module:
         # a LogRecord per request costs more than scoring the row); flushed twice a second.
@@ -185,6 +216,7 @@ class InferenceApp:
         self.server_version = server_version
         self.metrics = Metrics()
         self.inflight = 0
+        self.admin_inflight = 0
         self._ids = itertools.count(1)
         self._boot = os.urandom(4).hex()
         self._load_lock = asyncio.Lock()
@@ -223,10 +255,12 @@ class InferenceApp:
     async def _http(self, scope, receive, send):
         start = time.perf_counter()
         headers = dict(scope["headers"])
-        request_id = (headers.get(b"x-request-id", b"").decode("latin-1")[:64]
-                      or f"{self._boot}-{next(self._ids)}")
+        given = headers.get(b"x-request-id")
+        # Echoed in a response header and the access log: printable ASCII only, or our own.
+        request_id = (given.decode() if given is not None and REQUEST_ID.fullmatch(given)
+                      else f"{self._boot}-{next(self._ids)}")
         method, path = scope["method"], scope["path"]
-        route_name, limited = "unknown", False
+        route_name, budget = "unknown", ""
         versions: tuple[str, ...] = ()
         extra: tuple[tuple[bytes, bytes], ...] = ()
         try:
@@ -235,18 +269,18 @@ class InferenceApp:
             if method not in route.methods and not (method == "HEAD" and "GET" in route.methods):
                 raise MethodNotAllowed(f"{method} is not allowed on {path}; allowed: "
                                        f"{', '.join(route.methods)}")
-            if route.limited:
-                if self.inflight >= self.max_concurrency:
-                    self.metrics.limited.inc()
-                    raise TooBusy(f"the server is at its limit of {self.max_concurrency} "
-                                  "concurrent requests; retry after a moment")
-                self.inflight += 1
-                limited = True
             if route.guard:
                 self._check_token(headers, route.guard)
             request = Request(method, path, headers, params)
             if method == "POST":
+                # Before a slot is taken: a client that stalls its body holds no slot, and
+                # gets a 408 after body_timeout.
                 request.body = await self._read_body(headers, receive)
+            if route.limited:
+                # The admin API has a budget of its own: a flood of predictions cannot refuse
+                # the rollout controller's rollback, nor the other way round.
+                budget = "admin" if route.guard == "admin" else "predict"
+                self._take_slot(budget)
             status, body, ctype, versions = await route.handler(request)
         except ServingError as err:
             status, body, ctype = err.status, orjson.dumps({"error": str(err)}), JSON_TYPES[0]
@@ -256,8 +290,10 @@ class InferenceApp:
             status, ctype, extra = 500, JSON_TYPES[0], ()
             body = orjson.dumps({"error": f"internal error (request id {request_id})"})
         finally:
-            if limited:
+            if budget == "predict":
                 self.inflight -= 1
+            elif budget == "admin":
+                self.admin_inflight -= 1
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", ctype),
                                 (b"content-length", str(len(body)).encode()),
@@ -277,6 +313,31 @@ class InferenceApp:
                 {"ts": time.time(), "request_id": request_id, "method": method, "path": path,
                  "route": route_name, "status": status, "ms": round(elapsed * 1000, 3),
                  "versions": versions}, option=orjson.OPT_APPEND_NEWLINE))
+
+    def _take_slot(self, budget: str) -> None:
+        if budget == "admin":
+            if self.admin_inflight >= self.max_admin_concurrency:
+                self.metrics.limited.inc()
+                raise TooBusy(f"the admin API is at its limit of {self.max_admin_concurrency} "
+                              "concurrent requests; retry after a moment")
+            self.admin_inflight += 1
+            return
+        if self.inflight >= self.max_concurrency:
+            self.metrics.limited.inc()
+            raise TooBusy(f"the server is at its limit of {self.max_concurrency} "
+                          "concurrent requests; retry after a moment")
+        self.inflight += 1
+
+    def transport_refused(self, status: int, reason: str) -> None:
+        """A request the HTTP protocol refused before this app saw it (its head too big or
+        too slow, :mod:`pipeline.serving.transport`): counted and access-logged."""
+        m = self.metrics
+        m.child(m.requests, "unknown", str(status)).inc()
+        if self.access_log is not None:
+            self.access_log.write(orjson.dumps(
+                {"ts": time.time(), "request_id": f"{self._boot}-{next(self._ids)}",
+                 "method": None, "path": None, "route": "unknown", "status": status, "ms": None,
+                 "versions": [], "error": reason}, option=orjson.OPT_APPEND_NEWLINE))
 
     def _check_token(self, headers: dict, guard: str) -> None:
         expected = self.token if guard == "predict" else self.admin_token
@@ -302,25 +363,38 @@ class InferenceApp:
                 "application/json (or application/octet-stream with "
                 "Inference-Header-Content-Length for binary tensors)")
         length = headers.get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_body_bytes:
-            raise PayloadTooLarge(f"body of {int(length)} bytes exceeds the limit of "
+        if length.isdigit() and (len(length) > 18 or int(length) > self.max_body_bytes):
+            declared = length.decode() if len(length) <= 18 else f"{length[:18].decode()}…"
+            raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of "
                                   f"{self.max_body_bytes} bytes")
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise InvalidInput("the client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise PayloadTooLarge(f"body exceeds the limit of {self.max_body_bytes} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            async with asyncio.timeout(self.body_timeout):  # no task: a timer on this one
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise InvalidInput("the client disconnected before sending the whole "
+                                           "body")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        raise PayloadTooLarge(f"body exceeds the limit of {self.max_body_bytes} "
+                                              "bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body"):
+                        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except TimeoutError:
+            promised = f" of {length.decode()}" if length.isdigit() else ""
+            raise RequestTimeout(f"the body did not arrive within {self.body_timeout:g} s "
+                                 f"(KMEANS_BODY_TIMEOUT_SECONDS): {size}{promised} bytes "
+                                 "received") from None
 
     # ---- health and metadata -------------------------------------------------------------
     async def live(self, request):
         return _json({"live": True})
+
+    async def live_v1(self, request):
+        return _json({"status": "alive"})
 
     async def ready(self, request):
         ready = self.service.ready
@@ -379,16 +453,23 @@ class InferenceApp:
     # ---- predictions ---------------------------------------------------------------------
     async def infer(self, request):
         self._check_model(request.params)
-        body, tensors = _parse_v2(request)
+        if len(request.body) > INLINE_BODY:
+            body, tensors = await asyncio.to_thread(_parse_v2, request, self.service)
+        else:
+            body, tensors = _parse_v2(request, self.service)
+        wanted = _requested(body.get("outputs"))  # refused before any scoring
         pred = await self._score(*tensors, version=request.params.get("version"))
-        wanted = body.get("outputs")
         names = [n for n in OUTPUTS if n not in ("stale", "error")]
         if pred.stale is not None:
             names.append("stale")
         if pred.error is not None:
             names.append("error")
         if wanted is not None:
-            names = _requested(wanted, names)
+            absent = [n for n in wanted if n not in names]
+            if absent:
+                raise InvalidInput(f"requested outputs {absent} are not produced for this "
+                                   f"input; available: {names}")
+            names = wanted
         n = len(pred)
         outputs = []
         for name in names:
@@ -398,24 +479,37 @@ class InferenceApp:
                  "model_version": ",".join(pred.versions_used), "outputs": outputs}
         if isinstance(body.get("id"), str):
             reply["id"] = body["id"]
+        if n > INLINE_ROWS:  # a big answer is serialised off the event loop: probes go on
+            return await asyncio.to_thread(_json, reply, 200, pred.versions_used)
         return _json(reply, versions=pred.versions_used)
 
     async def predict_v1(self, request):
         self._check_model(request.params)
-        body = _loads(request.body)
+        if len(request.body) > INLINE_BODY:
+            kind, data = await asyncio.to_thread(self._parse_v1, request.body)
+        else:
+            kind, data = self._parse_v1(request.body)
+        pred = await self._score(kind, data)
+        if len(pred) > INLINE_ROWS:  # one dict per row: built and serialised off the loop
+            return await asyncio.to_thread(
+                lambda: _json({"predictions": pred.rows()}, versions=pred.versions_used))
+        return _json({"predictions": pred.rows()}, versions=pred.versions_used)
+
+    def _parse_v1(self, raw: bytes) -> tuple[str, object]:
+        """The v1 body's instances as (kind, data): customer ids, or a float feature matrix."""
+        body = _loads(raw)
         if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
             raise InvalidInput("body must be an object with 'instances': a list of feature "
                                "vectors, of {feature: value} objects, or of {'customer_id': id}")
         instances = body["instances"]
         if not instances:
             raise InvalidInput("instances is empty; send at least 1 row")
+        self.service.check_rows(len(instances))
         if all(isinstance(r, dict) and set(r) == {"customer_id"} for r in instances):
-            pred = await self._score("customer_id", [r["customer_id"] for r in instances])
-        else:
-            if all(isinstance(r, dict) for r in instances):
-                instances = self._rows_from_objects(instances)
-            pred = await self._score("features", _float_matrix(instances, None))
-        return _json({"predictions": pred.rows()}, versions=pred.versions_used)
+            return "customer_id", [r["customer_id"] for r in instances]
+        if all(isinstance(r, dict) for r in instances):
+            instances = self._rows_from_objects(instances)
+        return "features", _float_matrix(instances, None)
 
     def _rows_from_objects(self, instances: list[dict]) -> list[list]:
         names = self.service.feature_names
@@ -423,7 +517,7 @@ class InferenceApp:
         for i, row in enumerate(instances):
             unknown = sorted(set(row) - allowed)
             if unknown:
-                raise InvalidInput(f"instance {i} has unknown features {unknown}; "
+                raise InvalidInput(f"instance {i} has unknown features {brief(unknown, 200)}; "
                                    f"allowed: {names}")
         return [[row.get(n) for n in names] for row in instances]
 
@@ -446,24 +540,38 @@ class InferenceApp:
         s = self.service
         return _json({"routing": s.routing.describe(), "loaded": self._loaded(),
                       "inflight": self.inflight, "max_concurrency": self.max_concurrency,
+                      "admin_inflight": self.admin_inflight,
+                      "max_admin_concurrency": self.max_admin_concurrency,
                       "window": {v: w.summary() for v, w in s.stats.windows.items()}})
 
     async def admin_load(self, request):
         body = _object(request.body, "load", "{'version': '3'} or {'alias': 'challenger'}, "
                                              "optional 'slot': 'canary' (default) or 'stable'")
+        unknown = sorted(set(body) - {"version", "alias", "slot"})
+        if unknown:
+            raise InvalidInput(f"the load body has unknown keys {brief(unknown)}; allowed: "
+                               "'version' or 'alias', and 'slot'")
         version, alias = body.get("version"), body.get("alias")
         if (version is None) == (alias is None):
             raise InvalidInput("send exactly one of 'version' and 'alias'")
+        if version is not None:
+            if type(version) is int and version > 0:
+                version = str(version)
+            if not isinstance(version, str) or not VERSION.fullmatch(version):
+                raise InvalidInput(f"version {brief(version)} is not a registry version; "
+                                   "allowed: a positive integer like 3 or '3'")
+        if alias is not None and (not isinstance(alias, str) or not ALIAS.fullmatch(alias)):
+            raise InvalidInput(f"alias {brief(alias)} is not a model alias; allowed: a letter "
+                               "then up to 62 letters, digits, '_' or '-' (like 'challenger')")
         slot = body.get("slot", "canary")
         if slot not in ("canary", "stable"):
-            raise InvalidInput(f"slot {slot!r} is not known; use 'canary' or 'stable'")
+            raise InvalidInput(f"slot {brief(slot)} is not known; use 'canary' or 'stable'")
         if self.loader is None:
             raise Conflict("this server has no model registry to load from")
 
         async with self._load_lock:  # one download at a time; serving goes on meanwhile
             try:
-                model, got = await asyncio.to_thread(
-                    self.loader, version=None if version is None else str(version), alias=alias)
+                model, got = await asyncio.to_thread(self.loader, version=version, alias=alias)
             except LookupError as err:
                 raise ModelNotFound(str(err)) from err
             except ArtifactError as err:
@@ -475,10 +583,10 @@ class InferenceApp:
         body = _object(request.body, "traffic", "{'weight': 10, 'mode': 'canary' or 'shadow'}")
         weight = body.get("weight")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise InvalidInput(f"weight must be a number in [0, 100], got {weight!r}")
+            raise InvalidInput(f"weight must be a number in [0, 100], got {brief(weight)}")
         mode = body.get("mode")
         if mode is not None and mode not in MODES:
-            raise InvalidInput(f"mode {mode!r} is not known; use one of {list(MODES)}")
+            raise InvalidInput(f"mode {brief(mode)} is not known; use one of {list(MODES)}")
         return self._routing_reply(self.service.set_traffic(float(weight), mode))
 
     async def admin_promote(self, request):
@@ -544,30 +652,49 @@ def _opt_str(body: dict, key: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise InvalidInput(f"{key} must be a string, got {value!r}")
+        raise InvalidInput(f"{key} must be a string, got {brief(value)}")
     return str(value)
 
 
-def _requested(wanted, available: list[str]) -> list[str]:
+def _requested(wanted) -> list[str] | None:
+    """The outputs a v2 request asks for, each once, in the order asked; None: all. More
+    entries than there are outputs, or a name that is not an output, is refused: an answer
+    never grows with the number of entries."""
+    if wanted is None:
+        return None
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise InvalidInput("outputs must be a list of objects like {'name': 'cluster'}")
-    names = [o.get("name") for o in wanted]
-    unknown = [n for n in names if n not in available]
+    if len(wanted) > len(OUTPUTS):
+        raise InvalidInput(f"outputs lists {len(wanted)} entries; at most {len(OUTPUTS)} "
+                           f"allowed, each output at most once: {list(OUTPUTS)}")
+    names: list[str] = []
+    unknown: list[str] = []
+    for o in wanted:
+        name = o.get("name")
+        if isinstance(name, str) and name in OUTPUTS:
+            if name not in names:  # asked twice, answered once
+                names.append(name)
+        else:
+            unknown.append(brief(name, 40))
     if unknown:
-        raise InvalidInput(f"requested outputs {unknown} are not produced; available: "
-                           f"{available}")
+        raise InvalidInput(f"requested outputs [{', '.join(unknown)}] are not produced; "
+                           f"available: {list(OUTPUTS)}")
     return names
 
 
-def _parse_v2(request: Request) -> tuple[dict, tuple[str, object]]:
-    """The v2 body and its one input as (kind, data): JSON, or the binary tensor extension."""
+def _parse_v2(request: Request, service: SegmentService) -> tuple[dict, tuple[str, object]]:
+    """The v2 body and its one input as (kind, data): JSON, or the binary tensor extension.
+    The declared shape is checked against the model and the batch limit first, in Python
+    integers, so no array is ever sized from what a client declares."""
     raw = request.body
     header_len = request.headers.get(b"inference-header-content-length")
     blob = b""
     if header_len is not None:
-        if not header_len.isdigit() or int(header_len) > len(raw):
-            raise InvalidInput(f"Inference-Header-Content-Length {header_len.decode('latin-1')!r}"
-                               f" must be an integer no larger than the body ({len(raw)} bytes)")
+        # At most 18 digits: int() of thousands of digits raises, and no body is that long.
+        if not (header_len.isdigit() and len(header_len) <= 18) or int(header_len) > len(raw):
+            raise InvalidInput(f"Inference-Header-Content-Length "
+                               f"{brief(header_len.decode('latin-1'))} must be an integer no "
+                               f"larger than the body ({len(raw)} bytes)")
         raw, blob = raw[:int(header_len)], raw[int(header_len):]
     body = _loads(raw)
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) \
@@ -580,13 +707,21 @@ def _parse_v2(request: Request) -> tuple[dict, tuple[str, object]]:
         raise InvalidInput("each input must be an object with name, shape, datatype and data")
     name, dtype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if name not in ("features", "customer_id"):
-        raise InvalidInput(f"input name {name!r} is not known; use 'features' or 'customer_id'")
+        raise InvalidInput(f"input name {brief(name)} is not known; use 'features' or "
+                           "'customer_id'")
     if not isinstance(shape, list) or not all(
             type(s) is int and s >= 0 for s in shape):
-        raise InvalidInput(f"shape {shape!r} must be a list of non-negative integers")
+        raise InvalidInput(f"shape {brief(shape)} must be a list of non-negative integers")
     allowed = ("INT64", "INT32") if name == "customer_id" else ("FP32", "FP64")
     if dtype not in allowed:
-        raise InvalidInput(f"{name} has datatype {dtype!r}; allowed: {', '.join(allowed)}")
+        raise InvalidInput(f"{name} has datatype {brief(dtype)}; allowed: "
+                           f"{', '.join(allowed)}")
+    if name == "features":
+        service.check_shape(shape)
+    else:
+        if len(shape) not in (1, 2) or shape[1:] not in ([], [1]):
+            raise InvalidInput(f"customer_id has shape {brief(shape)}; allowed: [n] or [n, 1]")
+        service.check_rows(shape[0], shape)
     params = tensor.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     data: list | np.ndarray | None
@@ -606,10 +741,10 @@ def _parse_v2(request: Request) -> tuple[dict, tuple[str, object]]:
 
 def _binary_tensor(blob: bytes, size, dtype: str, shape: list[int]) -> np.ndarray:
     if type(size) is not int or size != len(blob):
-        raise InvalidInput(f"binary_data_size {size!r} does not match the {len(blob)} bytes "
+        raise InvalidInput(f"binary_data_size {brief(size)} does not match the {len(blob)} bytes "
                            "after the JSON header (one binary input is supported)")
     item = np.dtype(BINARY_DTYPES[dtype]).itemsize
-    if size != int(np.prod(shape)) * item:
+    if size != math.prod(shape) * item:  # Python integers: a declared shape cannot overflow
         raise InvalidInput(f"binary_data_size {size} does not match shape {shape} of {dtype} "
                            f"({item} bytes each)")
     arr = np.frombuffer(blob, dtype=BINARY_DTYPES[dtype]).reshape(shape)
@@ -630,7 +765,7 @@ def _float_matrix(data, shape: list[int] | None) -> np.ndarray:
         for v in flat:
             t = type(v)
             if t is not float and t is not int and v is not None:
-                raise InvalidInput(f"feature values must be numbers or null, got {v!r} "
+                raise InvalidInput(f"feature values must be numbers or null, got {brief(v)} "
                                    f"({t.__name__})")
         try:
             x = np.array(data, dtype=np.float64)  # None becomes NaN
@@ -655,7 +790,8 @@ def _int_list(values, nested_ok: bool = False) -> list[int]:
     out = []
     for v in values:
         if type(v) is not int:
-            raise InvalidInput(f"customer_id must be an integer, got {v!r} ({type(v).__name__})")
+            raise InvalidInput(f"customer_id must be an integer, got {brief(v)} "
+                               f"({type(v).__name__})")
         if not -(2**63) <= v < 2**63:
             raise InvalidInput(f"customer_id {v} is outside the 64-bit integer range")
         out.append(v)

@@ -27,6 +27,11 @@ class MethodNotAllowed(ServingError):
     status = 405
 
 
+class RequestTimeout(ServingError):
+    status = 408
+    headers = {"connection": "close"}  # the rest of the body may still come: drop it
+
+
 class Conflict(ServingError):
     status = 409
 
@@ -50,3 +55,10 @@ class NotReady(ServingError):
 class TooBusy(ServingError):
     status = 503
     headers = {"retry-after": "1"}
+
+
+def brief(value, limit: int = 80) -> str:
+    """``repr(value)``, clipped: an error message names what it got without echoing a huge
+    input back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"

@@ -84,6 +84,35 @@ def score_small(raw, log_cols, medians, means, stds, centroids):
     return best, second, d_best, d_second
 
 
+#: What :func:`row_flags` finds in a row.
+ROW_OK, ROW_OUTSIDE, ROW_EMPTY = 0, 1, 2
+
+
+@njit(nogil=True, cache=True)
+def row_flags(raw, lo, hi):
+    """Per raw row: ``ROW_OUTSIDE`` when a value lies outside ``[lo, hi]`` of its column
+    (infinity included), ``ROW_EMPTY`` when every value is missing (NaN), else ``ROW_OK``; and
+    how many rows are not OK. One compiled pass: it runs before every request is scored."""
+    n, d = raw.shape
+    flags = np.zeros(n, np.int8)
+    bad = 0
+    for i in range(n):
+        present = False
+        for j in range(d):
+            v = raw[i, j]
+            if v != v:
+                continue
+            present = True
+            if v < lo[j] or v > hi[j]:
+                flags[i] = ROW_OUTSIDE
+                break
+        if flags[i] == ROW_OK and not present:
+            flags[i] = ROW_EMPTY
+        if flags[i] != ROW_OK:
+            bad += 1
+    return flags, bad
+
+
 @njit(nogil=True, cache=True)
 def _splitmix64(z):
     z = z + np.uint64(0x9E3779B97F4A7C15)

@@ -11,25 +11,38 @@ the rollout controller gets assignment agreement and the distance shift on the s
 
 A swap (load, weight, promote, drop) replaces one immutable :class:`Routing` object, so a
 request in flight finishes on the routing it started with and none fails during a reload.
+
+Every row is checked before any model scores it, so the one-row compiled path, a small batch
+and the vectorised path give the same answer: a row needs at least one known value, and each
+value must be finite and lie within its feature's valid range (``FEATURES`` in the settings)
+widened by ``range_tolerance`` times that range's width (features the table does not name: the
+float32 range). A row that fails gets a 400 naming the row and the feature; by ``customer_id``,
+a per-row error. No non-finite figure reaches an answer, a metric or the analysis window.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.model.artifact import SegmentModel
-from pipeline.serving.errors import Conflict, InvalidInput, ModelNotFound, NotReady
-from pipeline.serving.kernels import assign, id_buckets, row_hash_buckets
+from pipeline.core.settings import FEATURES
+from pipeline.model.artifact import Assignment, SegmentModel
+from pipeline.serving.errors import Conflict, InvalidInput, ModelNotFound, NotReady, brief
+from pipeline.serving.kernels import ROW_EMPTY, assign, id_buckets, row_flags, row_hash_buckets
 
 log = logging.getLogger(__name__)
 
 BUCKETS = 10_000
 MODES = ("canary", "shadow")
+#: Bound of a value of a feature the settings' table does not name: what float32 holds.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: How many bad rows an error message names.
+NAMED_ROWS = 5
 
 
 @dataclass(frozen=True)
@@ -106,9 +119,9 @@ class Window:
         self.stable_distance: deque[float] = deque(maxlen=keep)  # the stable's, same rows
 
     def summary(self) -> dict:
-        lat = np.fromiter(self.latency_ms, float)
-        dist = np.fromiter(self.distance, float)
-        ref = np.fromiter(self.stable_distance, float)
+        lat = _finite(np.fromiter(self.latency_ms, float))
+        dist = _finite(np.fromiter(self.distance, float))
+        ref = _finite(np.fromiter(self.stable_distance, float))
         q = _quantile
         total = sum(self.clusters.values())
         return {
@@ -122,6 +135,11 @@ class Window:
             "stable_distance_on_same_rows": {"p50": q(ref, 50), "p90": q(ref, 90),
                                              "p99": q(ref, 99)},
         }
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    ok = np.isfinite(values)
+    return values if ok.all() else values[ok]
 
 
 def _quantile(values: np.ndarray, percent: float) -> float | None:
@@ -142,10 +160,16 @@ class Stats:
 class SegmentService:
     """One named model: stable and canary slots, routing, vectorized scoring, lookups by id."""
 
-    def __init__(self, name: str, *, lookup=None, max_batch_rows: int = 10_000):
+    def __init__(self, name: str, *, lookup=None, max_batch_rows: int = 10_000,
+                 range_tolerance: float = 10.0):
+        if not 0 <= range_tolerance < float("inf"):
+            raise ValueError(f"range_tolerance={range_tolerance!r} should be a finite number "
+                             ">= 0")
         self.name = name
         self.lookup = lookup  # OnlineLookup, or None when no online store is configured
         self.max_batch_rows = max_batch_rows
+        self.range_tolerance = range_tolerance
+        self._limits_of: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
         self.routing = Routing()
         self.stats = Stats()
         self._admin = threading.Lock()  # serializes state changes; reads never take it
@@ -165,6 +189,7 @@ class SegmentService:
         warm = np.zeros((1, len(model.feature_names)))
         assign(model, warm)  # compile and warm the one-row path before serving
         bucket(warm)
+        self.value_flags(warm, model.feature_names)
         with self._admin:
             r = self.routing
             if r.stable is not None and model.feature_names != r.stable.model.feature_names:
@@ -237,11 +262,91 @@ class SegmentService:
             raise NotReady(f"model {self.name!r} is not loaded yet")
         return stable
 
-    def check_rows(self, n: int) -> None:
+    def check_rows(self, n: int, shape: list[int] | None = None) -> None:
         if n == 0:
             raise InvalidInput("the batch is empty; send at least 1 row")
         if n > self.max_batch_rows:
-            raise InvalidInput(f"the batch has {n} rows; at most {self.max_batch_rows} allowed")
+            declared = "" if shape is None else f" (input shape {brief(shape)})"
+            raise InvalidInput(f"the batch has {n} rows; at most {self.max_batch_rows} "
+                               f"allowed{declared}")
+
+    def check_shape(self, shape: list[int]) -> None:
+        """Refuse a features tensor's declared shape before any array is built from it (Python
+        integers: no overflow, whatever the client declares)."""
+        names = self.feature_names
+        if len(shape) != 2:
+            raise InvalidInput(f"features have shape {brief(shape)}; this model takes "
+                               f"[n, {len(names)}] in the order {names}")
+        rows, width = shape
+        if width != len(names):
+            raise InvalidInput(f"features have shape {brief(shape)}; this model takes "
+                               f"[n, {len(names)}] in the order {names}")
+        self.check_rows(rows, shape)
+
+    # ---- the values a row may hold -------------------------------------------------------
+    def limits(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The lowest and highest accepted raw value of each feature."""
+        key = tuple(names)
+        found = self._limits_of.get(key)
+        if found is None:
+            lo = np.full(len(names), -FLOAT32_MAX)
+            hi = np.full(len(names), FLOAT32_MAX)
+            for j, name in enumerate(names):
+                spec = FEATURES.get(name)
+                if spec is not None:
+                    low, high = float(spec["min"]), float(spec["max"])
+                    slack = self.range_tolerance * (high - low)
+                    lo[j], hi[j] = max(low - slack, -FLOAT32_MAX), min(high + slack, FLOAT32_MAX)
+            found = self._limits_of[key] = (lo, hi)
+        return found
+
+    def value_flags(self, x: np.ndarray, names: list[str]) -> tuple[np.ndarray, int]:
+        """Per row: usable, a value out of range, or no value at all (kernels.row_flags)."""
+        lo, hi = self.limits(names)
+        return row_flags(np.ascontiguousarray(x, dtype=np.float64), lo, hi)
+
+    def value_problem(self, row: np.ndarray, flag: int, names: list[str]) -> str:
+        """Why one row cannot be scored, naming the feature, its value and what is accepted."""
+        if flag == ROW_EMPTY:
+            return ("no feature value (all null); a row needs at least one known value of "
+                    f"{names}")
+        lo, hi = self.limits(names)
+        with np.errstate(invalid="ignore"):
+            j = int(np.flatnonzero((row < lo) | (row > hi))[0])
+        value = float(row[j])
+        spec = FEATURES.get(names[j])
+        if not np.isfinite(value):
+            return f"feature {names[j]}: {value} is not a finite number"
+        valid = (f"valid range [{spec['min']:g}, {spec['max']:g}] widened by "
+                 f"{self.range_tolerance:g} times its width (KMEANS_RANGE_TOLERANCE)"
+                 if spec is not None else "float32's range")
+        return (f"feature {names[j]}: {value:.6g} is outside the accepted range "
+                f"[{lo[j]:.6g}, {hi[j]:.6g}] ({valid})")
+
+    def check_values(self, x: np.ndarray, names: list[str]) -> None:
+        flags, bad = self.value_flags(x, names)
+        if bad:
+            rows = np.flatnonzero(flags)
+            problems = [f"row {i}: {self.value_problem(x[i], flags[i], names)}"
+                        for i in rows[:NAMED_ROWS].tolist()]
+            more = f" (and {bad - NAMED_ROWS} more rows)" if bad > NAMED_ROWS else ""
+            raise InvalidInput("; ".join(problems) + more)
+
+    def _assign(self, slot: Slot, x: np.ndarray) -> Assignment:
+        """The slot's assignment of rows that passed :meth:`check_values`; refuses rows whose
+        distance is not finite (values too far from this model's training data for float32),
+        so no such figure reaches an answer, a metric or the analysis window."""
+        a = assign(slot.model, x)
+        if len(a.distance) == 1:
+            finite = math.isfinite(a.distance[0]) and math.isfinite(a.margin[0])
+        else:
+            finite = bool(np.isfinite(a.distance).all() and np.isfinite(a.margin).all())
+        if not finite:
+            bad = np.flatnonzero(~(np.isfinite(a.distance) & np.isfinite(a.margin)))
+            raise InvalidInput(f"rows {bad[:NAMED_ROWS].tolist()} lie too far from the training "
+                               f"data of version {slot.version} to be scored (their distance "
+                               "overflows float32)")
+        return a
 
     def predict_vectors(self, x: np.ndarray, *, keys: np.ndarray | None = None,
                         version: str | None = None) -> Prediction:
@@ -251,18 +356,16 @@ class SegmentService:
         stable = routing.stable
         if stable is None:
             raise NotReady(f"model {self.name!r} is not loaded yet")
-        width = len(stable.model.feature_names)
+        names = stable.model.feature_names
+        width = len(names)
         if x.ndim != 2 or x.shape[1] != width:
             raise InvalidInput(f"features have shape {list(x.shape)}; this model takes "
-                               f"[n, {width}] in the order {stable.model.feature_names}")
+                               f"[n, {width}] in the order {names}")
         self.check_rows(len(x))
-        if np.isinf(x).any():
-            bad = sorted({int(i) for i in np.argwhere(np.isinf(x))[:, 0]})[:5]
-            raise InvalidInput(f"features contain infinity in rows {bad}; values must be finite "
-                               "numbers (null marks a missing value)")
+        self.check_values(x, names)
         if version is not None:
             return self._pinned(routing, x, str(version))
-        base = assign(stable.model, x)
+        base = self._assign(stable, x)
         n = len(x)
         canary = routing.canary
         if canary is None:
@@ -280,7 +383,7 @@ class SegmentService:
             return Prediction(base.cluster, base.distance, base.runner_up, base.margin, base.ood,
                               [stable.version] * n, versions_used=(stable.version,))
         every = n_chosen == n
-        ca = assign(canary.model, x if every else x[chosen])
+        ca = self._assign(canary, x if every else x[chosen])
         ref_cluster = base.cluster if every else base.cluster[chosen]
         ref_distance = base.distance if every else base.distance[chosen]
         self._record(canary.version, ca.cluster, ca.distance, ref_cluster, ref_distance)
@@ -309,7 +412,7 @@ class SegmentService:
             loaded = [s.version for s in (routing.stable, routing.canary) if s]
             raise ModelNotFound(f"version {version!r} of {self.name!r} is not loaded; "
                                 f"loaded: {loaded}")
-        a = assign(slot.model, x)
+        a = self._assign(slot, x)
         self._record(version, a.cluster, a.distance)
         return Prediction(a.cluster, a.distance, a.runner_up, a.margin, a.ood,
                           [version] * len(x), versions_used=(version,))
@@ -324,7 +427,7 @@ class SegmentService:
         w = self.stats.get(version)
         w.rows += len(cluster)
         clusters = cluster[:256].tolist() if len(cluster) <= 256 else None
-        w.distance.extend(distance[:256].tolist())
+        w.distance.extend(_finite(distance[:256]).tolist())
         if clusters is not None:  # small batches: plain Python beats np.unique
             for c in clusters:
                 w.clusters[c] = w.clusters.get(c, 0) + 1
@@ -334,32 +437,45 @@ class SegmentService:
         if stable_cluster is not None and stable_distance is not None:
             w.compared += len(cluster)
             w.agreed += int((cluster == stable_cluster).sum())
-            w.stable_distance.extend(stable_distance[:256].tolist())
+            w.stable_distance.extend(_finite(stable_distance[:256]).tolist())
 
     def predict_entities(self, ids: list[int], *, version: str | None = None) -> Prediction:
-        """Score customers by id through the online store; an unknown id is a per-row error."""
-        self._stable()
+        """Score customers by id through the online store. An unknown id, or stored features
+        that cannot be scored (no value at all, or a value out of range), is a per-row error;
+        only the rows that can be scored reach the model and the analysis window."""
+        stable = self._stable()
         self.check_rows(len(ids))
         if self.lookup is None:
             raise NotReady("no Feast online store is configured for lookups by customer_id")
         rows = self.lookup.fetch(ids)
-        keys = np.asarray(ids, dtype=np.int64)
-        x = np.where(rows.found[:, None], rows.values, 0.0)
-        if rows.found.any():
-            pred = self.predict_vectors(x, keys=keys, version=version)
-        else:  # nothing to score: every row is an error
-            n = len(ids)
-            pred = Prediction(np.full(n, -1), np.full(n, np.nan), np.full(n, -1),
-                              np.full(n, np.nan), np.zeros(n, dtype=bool),
-                              [self._stable().version] * n)
+        names = stable.model.feature_names
+        n = len(ids)
+        errors = ["" if ok else f"customer_id {ids[i]} has no online features"
+                  for i, ok in enumerate(rows.found.tolist())]
+        values = np.asarray(rows.values, dtype=np.float64)
+        flags, _ = self.value_flags(values, names)
+        for i in np.flatnonzero(rows.found & (flags != 0)).tolist():
+            errors[i] = (f"customer_id {ids[i]}'s online features cannot be scored: "
+                         f"{self.value_problem(values[i], flags[i], names)}")
+        usable = np.array([not e for e in errors], dtype=bool)
+        pred = Prediction(np.full(n, -1), np.full(n, np.nan), np.full(n, -1),
+                          np.full(n, np.nan), np.zeros(n, dtype=bool),
+                          [str(version) if version is not None else stable.version] * n)
+        if usable.any():
+            every = bool(usable.all())
+            keys = np.asarray(ids, dtype=np.int64)
+            sub = self.predict_vectors(values if every else values[usable],
+                                       keys=keys if every else keys[usable], version=version)
+            if every:
+                sub.stale = rows.stale
+                return sub
+            for name in ("cluster", "distance", "runner_up", "margin", "ood"):
+                getattr(pred, name)[usable] = getattr(sub, name)
+            for i, v in zip(np.flatnonzero(usable).tolist(), sub.model_version, strict=True):
+                pred.model_version[i] = v
+            pred.versions_used = sub.versions_used
         pred.stale = rows.stale
-        if not rows.found.all():
-            pred.error = ["" if ok else f"customer_id {ids[i]} has no online features"
-                          for i, ok in enumerate(rows.found)]
-            missing = ~rows.found
-            pred.cluster[missing] = pred.runner_up[missing] = -1
-            pred.distance[missing] = pred.margin[missing] = np.nan
-            pred.ood[missing] = False
+        pred.error = errors
         return pred
 
 

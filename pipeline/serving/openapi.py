@@ -42,6 +42,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": {"type": "object", "required": ["error"],
               "properties": {"error": {"type": "string"}}},
     "Live": {"type": "object", "properties": {"live": {"type": "boolean"}}},
+    "LiveV1": {"type": "object", "required": ["status"],
+               "properties": {"status": {"type": "string", "enum": ["alive"]}}},
     "Ready": {"type": "object", "properties": {"ready": {"type": "boolean"}}},
     "ModelReady": {"type": "object", "properties": {"name": {"type": "string"},
                                                     "ready": {"type": "boolean"}}},
@@ -94,9 +96,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {"oneOf": [
                 {"$ref": "#/components/schemas/FeaturesTensor"},
                 {"$ref": "#/components/schemas/CustomerIdTensor"}]}},
-            "outputs": {"type": "array", "items": {
-                "type": "object", "required": ["name"],
-                "properties": {"name": {"type": "string", "enum": list(OUTPUTS)}}}},
+            "outputs": {
+                "type": "array", "maxItems": len(OUTPUTS),
+                "description": "Each output at most once (a repeated name is answered once); "
+                               "absent: every output",
+                "items": {"type": "object", "required": ["name"], "properties": {
+                    "name": {"type": "string", "enum": list(OUTPUTS)}}}},
             "parameters": {"type": "object"}}},
     "InferResponse": {
         "type": "object", "required": ["model_name", "outputs"],
@@ -136,14 +141,17 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "routing": {"$ref": "#/components/schemas/Routing"},
         "loaded": {"type": "array", "items": {"type": "string"}},
         "inflight": {"type": "integer"}, "max_concurrency": {"type": "integer"},
+        "admin_inflight": {"type": "integer"}, "max_admin_concurrency": {"type": "integer"},
         "window": {"type": "object"}}},
     "AdminWindow": {"type": "object", "properties": {
         "routing": {"$ref": "#/components/schemas/Routing"},
         "versions": {"type": "object", "description": "Per version: requests, errors, "
                                                       "error_rate, latency_ms, distance, "
                                                       "cluster_share, agreement"}}},
-    "LoadRequest": {"type": "object", "properties": {
-        "version": {"type": "string"}, "alias": {"type": "string"},
+    "LoadRequest": {"type": "object", "additionalProperties": False, "properties": {
+        "version": {"type": "string", "pattern": "^[1-9][0-9]{0,17}$",
+                    "description": "A registry version (exactly one of version and alias)"},
+        "alias": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_-]{0,62}$"},
         "slot": {"type": "string", "enum": ["canary", "stable"]}}},
     "TrafficRequest": {"type": "object", "required": ["weight"], "properties": {
         "weight": {"type": "number", "minimum": 0, "maximum": 100},

@@ -63,7 +63,7 @@ class Route:
     def error_statuses(self) -> tuple[int, ...]:
         """Every error status the route can answer: its own, plus those that follow from its
         shape (a path parameter names a model: 404; a guard: 401 and 403; a JSON body: 400;
-        any body read: 413 and 415; the concurrency limit: 503)."""
+        any body read: 408, 413 and 415; the concurrency limit: 503)."""
         found = set(self.errors)
         if self.params:
             found.add(404)
@@ -72,7 +72,7 @@ class Route:
         if self.request:
             found.add(400)
         if "POST" in self.methods:
-            found |= {413, 415}
+            found |= {408, 413, 415}
         if self.limited:
             found.add(503)
         return tuple(sorted(found))
@@ -99,7 +99,9 @@ ROUTES: tuple[Route, ...] = (
     *_model_routes("/infer", name="infer", handler="infer", methods=("POST",), guard="predict",
                    summary="Assign clusters (Open Inference Protocol v2)",
                    request="InferRequest", response="InferResponse"),
-    # KServe v1
+    # KServe v1 (its liveness probe, the kserve SDK's `is_server_live`, asks `GET /`)
+    Route(path="/", name="live_v1", handler="live_v1", tag="v1",
+          summary="Liveness (KServe v1)", response="LiveV1", limited=False),
     Route(path="/v1/models", name="list_models", handler="list_models", tag="v1",
           summary="List models (KServe v1)", response="ModelList"),
     Route(path="/v1/models/{name}", name="model_ready_v1", handler="model_ready", tag="v1",

@@ -21,6 +21,7 @@ from pipeline.data.features import feature_store
 from pipeline.serving.app import InferenceApp
 from pipeline.serving.lookup import OnlineLookup
 from pipeline.serving.model import SegmentService
+from pipeline.serving.transport import limited_protocol
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def build_app(settings: Settings, *, alias: str = "champion", version: str | Non
     if with_feast:
         lookup = online_lookup(settings, model.feature_names)
     service = SegmentService(settings.model_name, lookup=lookup,
-                             max_batch_rows=settings.max_batch_rows)
+                             max_batch_rows=settings.max_batch_rows,
+                             range_tolerance=settings.range_tolerance)
     service.load(model, version, "stable")
     if canary_alias:
         found = registry.alias_version(settings, canary_alias)
@@ -73,15 +75,21 @@ def build_app(settings: Settings, *, alias: str = "champion", version: str | Non
     return InferenceApp(service, token=token, admin_token=admin,
                         max_body_bytes=settings.max_body_bytes,
                         max_concurrency=settings.max_concurrency, loader=loader,
-                        access_log=access_log)
+                        access_log=access_log, body_timeout=settings.body_timeout_seconds,
+                        max_admin_concurrency=settings.admin_max_concurrency,
+                        max_header_bytes=settings.max_header_bytes,
+                        header_timeout=settings.header_timeout_seconds)
 
 
 def serve(settings: Settings, **kwargs) -> None:
     """Serve until SIGINT or SIGTERM; ``kwargs`` go to :func:`build_app`."""
-    app = build_app(settings, access_log=sys.stdout.buffer, **kwargs)  # JSON lines on stdout
+    # JSON lines on the process's standard output: `kmeans serve` runs its commands with
+    # sys.stdout redirected to stderr (stdout is kept for a command's JSON result).
+    stdout = sys.__stdout__ if sys.__stdout__ is not None else sys.stdout
+    app = build_app(settings, access_log=stdout.buffer, **kwargs)
     app.tune_gc = True  # a process of its own
     uvicorn.run(app, host=settings.serving_host, port=settings.serving_port, log_level="warning",
-                access_log=False, loop="uvloop", http="httptools", lifespan="on")
+                access_log=False, loop="uvloop", http=limited_protocol(app), lifespan="on")
 
 
 @contextlib.contextmanager
@@ -91,7 +99,7 @@ def running(app, host: str = "127.0.0.1", port: int = 0):
     sock.bind((host, port))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, loop="uvloop",
-                            http="httptools", lifespan="on")
+                            http=limited_protocol(app), lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
