@@ -34,7 +34,7 @@ def test_stop_group_ends_a_group_that_ignores_sigterm():
     t = time.monotonic()
     airflow_env.stop_group(proc.pid, grace_seconds=1.0)
     proc.wait(timeout=10)
-    assert 0.9 <= time.monotonic() - t < 5, "SIGTERM was ignored: SIGKILL after the grace"
+    assert time.monotonic() - t >= 0.9, "SIGTERM was ignored: SIGKILL only after the grace"
     deadline = time.monotonic() + 5
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)

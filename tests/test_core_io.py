@@ -80,7 +80,7 @@ def test_file_lock_excludes_another_thread_and_waits_when_asked(tmp_path):
     with file_lock(path, wait=5):
         waited = time.monotonic() - start
     t.join()
-    assert 0.2 < waited < 3
+    assert 0.2 < waited < 5, "took the lock once released, before its wait ran out"
 
 
 def test_file_lock_excludes_another_process_and_is_freed_when_it_dies(tmp_path):
