@@ -17,7 +17,7 @@ centroids) and the same machine:
   to CPU 0, token, metrics, access log, 10% canary) under the open-loop load generator on
   CPU 1: p99 latency at 2,000 and 8,000 one-row requests per second.
 
-Writes ``results/compare-<base>.json`` and ``COMPARE.md`` (a Markdown table); ratios are this
+Writes ``results/compare-<base>-vs-<this>.json`` and ``COMPARE.md`` (a Markdown table); ratios are this
 tree over the base (0.95-1.05 is noise).
 """
 
@@ -176,7 +176,8 @@ def render(result: dict, base_ref: str) -> str:
     table += [f"| {LABELS[k]} | {med['base'][k]:.2f} | {med['this'][k]:.2f} | {ratio[k]:.3f} |"
               for k in LABELS if k in ratio]
     return (f"# This tree against another commit\n\nWritten by `benchmarks/compare_commits.py "
-            f"--base {base_ref}`; raw figures in `results/compare-{result['base']}.json`. "
+            f"--base {base_ref}`; raw figures in `results/compare-{result['base']}-vs-"
+            f"{result['this'].split()[0]}.json`. "
             f"{result['rounds']} alternating rounds on one machine ({result['machine']}), "
             f"medians; ratios below 1 mean this tree is faster, 0.95-1.05 is noise.\n\n"
             + "\n".join(table) + "\n")
@@ -245,7 +246,7 @@ def main() -> None:
               "medians": med, "ratio_this_over_base": ratio, "runs": runs,
               "machine": f"{os.cpu_count()} cores"}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"compare-{base}.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"compare-{base}-vs-{head}.json").write_text(json.dumps(result, indent=2))
     (HERE / "COMPARE.md").write_text(render(result, args.base))
     print("\n" + render(result, args.base))
 
