@@ -17,8 +17,8 @@ centroids) and the same machine:
   to CPU 0, token, metrics, access log, 10% canary) under the open-loop load generator on
   CPU 1: p99 latency at 2,000 and 8,000 one-row requests per second.
 
-Writes ``results/compare-<base>-vs-<this>.json`` and ``COMPARE.md`` (a Markdown table); ratios are this
-tree over the base (0.95-1.05 is noise).
+Writes ``results/compare-<base>-vs-<this>.json`` and ``COMPARE.md`` (a Markdown table); ratios
+are this tree over the base (0.95-1.05 is noise).
 """
 
 from __future__ import annotations
