@@ -6,7 +6,6 @@ import datetime as dt
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -92,20 +91,3 @@ def airflow_db():
     from pipeline.orchestration import airflow_env
 
     return airflow_env.prepare(make_settings(_SESSION_DIR / "airflow-settings"))
-
-
-def wait_ready(url: str, proc, stderr_path: Path, timeout: float = 240.0) -> None:
-    """Poll ``url``'s /v2/health/ready until 200; fail with the server's stderr if it exits
-    first or is not ready within ``timeout`` seconds."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, stderr_path.read_text()[-4000:]
-        assert time.monotonic() < deadline, f"not ready in {timeout:g} s"
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)

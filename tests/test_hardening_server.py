@@ -27,7 +27,6 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import wait_ready
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -556,7 +555,16 @@ def test_the_access_log_goes_to_stdout_when_served_like_kmeans_serve(tmp_path):
         proc = subprocess.Popen([sys.executable, "-c", SERVE_LIKE_THE_CLI], cwd=ROOT, env=env,
                                 stdout=out, stderr=err)
         try:
-            wait_ready(url, proc, tmp_path / "stderr")
+            deadline = time.monotonic() + 240
+            while True:
+                assert proc.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
+                assert time.monotonic() < deadline, "not ready in 240 s"
+                try:
+                    if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.25)
             reply = httpx.post(f"{url}{INFER}", json=features(valid_rows(2)),
                                headers={"x-request-id": "stdout-check"}, timeout=10)
             assert reply.status_code == 200, reply.text

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import tomllib
 from pathlib import Path
 
@@ -27,7 +28,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import wait_ready
 
 from pipeline import registry
 from pipeline.core.settings import FEATURE_NAMES
@@ -326,7 +326,16 @@ def test_the_images_command_serves_a_registered_model_without_the_platform(tmp_p
         server = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=out,
                                   stderr=err)
         try:
-            wait_ready(url, server, tmp_path / "stderr")
+            deadline = time.monotonic() + 240
+            while True:
+                assert server.poll() is None, (tmp_path / "stderr").read_text()[-4000:]
+                assert time.monotonic() < deadline, "not ready in 240 s"
+                try:
+                    if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.25)
             rows = np.asarray(model.preprocessor.means)[None, :] + np.eye(12)[:3]
             reply = httpx.post(f"{url}/v2/models/{NAME}/infer", timeout=10, json={
                 "id": "standalone", "inputs": [{"name": "features", "datatype": "FP64",
