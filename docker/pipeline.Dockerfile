@@ -19,10 +19,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 # Compilers only for dependencies without a wheel for this platform; they
-# stay in this stage.
-# hadolint ignore=DL3008
+# stay in this stage. Debian packages are pinned to a release series, not to a
+# point version (see the runtime stage).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential \
+ && apt-get install -y --no-install-recommends 'build-essential=12.9*' \
  && rm -rf /var/lib/apt/lists/*
 
 RUN python -m venv /opt/venv
@@ -46,16 +46,19 @@ FROM ${PYTHON_IMAGE} AS runtime
 # /opt/java                architecture-independent JAVA_HOME (amd64/arm64 paths differ).
 # (man1 must exist: the JRE's postinst registers man-page alternatives and
 # slim images ship without /usr/share/man.)
-# Debian packages are not version-pinned on purpose: the base image tag fixes the
-# release, and pinned point versions vanish from the mirror with each security update.
-# hadolint ignore=DL3008
+# Versions are pinned to the bookworm release series (apt's `pkg=version*`
+# prefix match), not to a point version: a point version vanishes from the
+# mirror with the next security update and the build would break, while the
+# series still takes that update. A base image from another Debian release, or
+# a package moving to a new upstream series, fails the build here instead of
+# changing the image silently.
 RUN mkdir -p /usr/share/man/man1 \
  && apt-get update \
  && apt-get install -y --no-install-recommends \
-      openjdk-17-jre-headless \
-      libopenblas0-pthread \
-      tini \
-      procps \
+      'openjdk-17-jre-headless=17.0.*' \
+      'libopenblas0-pthread=0.3.21*' \
+      'tini=0.19.*' \
+      'procps=2:4.0.2*' \
  && rm -rf /var/lib/apt/lists/* \
  && ln -s "$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")" /opt/java
 

@@ -3,7 +3,7 @@
 # Inference server image: `kmeans-serve` (the server alone, on uvicorn)
 # exposing the Open Inference Protocol v2 REST API, KServe v1 :predict and
 # /metrics on 8080. Used by the KServe InferenceService
-# (k8s/inferenceservice.yaml), which runs it with a read-only root filesystem
+# (k8s/base/inferenceservice.yaml), which runs it with a read-only root filesystem
 # as uid 10001.
 #
 # Only the project's `serving` extra is installed (the light core, MLflow,
@@ -23,9 +23,10 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# hadolint ignore=DL3008
+# Compilers only for dependencies without a wheel for this platform; they stay
+# in this stage. Pinned to bookworm's release series (see pipeline.Dockerfile).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential \
+ && apt-get install -y --no-install-recommends 'build-essential=12.9*' \
  && rm -rf /var/lib/apt/lists/*
 
 RUN python -m venv /opt/venv

@@ -1,8 +1,8 @@
 """The rollout controller's KServe backend, through the real kubernetes client.
 
 No Kubernetes API server runs on this machine, so this test stands one in at the client's REST
-layer: it keeps the InferenceService of k8s/inferenceservice.yaml in memory, answers GET, and
-applies PATCH as a JSON merge patch (RFC 7386), as the API server does for custom resources.
+layer: it keeps the InferenceService of k8s/base/inferenceservice.yaml in memory, answers GET,
+and applies PATCH as a JSON merge patch (RFC 7386), as the API server does for custom resources.
 Everything above that layer (CustomObjectsApi, serialization, content types, URLs) is the real
 client, and the test checks the exact requests the backend sends.
 """
@@ -17,7 +17,7 @@ from kubernetes import client
 from pipeline.rollout.backends.kubernetes import MODEL_ANNOTATION, STABLE_ANNOTATION, KServeBackend
 from pipeline.rollout.base import RolloutError, Step
 
-MANIFEST = Path(__file__).parents[1] / "k8s" / "inferenceservice.yaml"
+MANIFEST = Path(__file__).parents[1] / "k8s" / "base" / "inferenceservice.yaml"
 PATH = "/apis/serving.kserve.io/v1beta1/namespaces/kmeans/inferenceservices/customer-segments"
 
 

@@ -119,7 +119,7 @@ def _template_version(predictor: dict) -> str:
     version = (predictor.get("annotations") or {}).get(MODEL_ANNOTATION)
     if version is None:
         raise RolloutError(f"the predictor has no {MODEL_ANNOTATION} annotation; apply "
-                           "k8s/inferenceservice.yaml from this repository")
+                           "k8s/base/inferenceservice.yaml from this repository")
     return version
 
 
