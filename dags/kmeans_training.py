@@ -7,9 +7,14 @@ parses this file fast.
 
 After evaluate, the gates (data, quality, comparison, drift) run; a refusal fails ``gates`` and
 nothing is registered. When the snapshot drifted from the champion's reference over the
-threshold, ``drift_review`` waits for a person (Required Actions in the Airflow UI, the Evidently
-report linked): Approve registers the model, Reject skips the rest and the run ends cleanly.
-Under the threshold ``drift_review`` is skipped.
+threshold, ``drift_review`` waits for a person (Required Actions in the Airflow UI): its body
+links the Evidently report, served by the project's Airflow plugin at ``/kmeans/reports/`` (all
+reports, newest first: "K-means reports" in the navigation). Approve registers the model, Reject
+skips the rest and the run ends cleanly. Under the threshold ``drift_review`` is skipped.
+
+A task waits for what it reads: snapshot after ingest, materialize after snapshot (Feast refuses
+reads of a view while it materializes), ready_to_serve after register and materialize. A
+misspelt conf key or ``k_min > k_max`` fails ``window`` at once, without retries.
 """
 
 from __future__ import annotations
@@ -114,7 +119,7 @@ def kmeans_training():
         return flow.register(gated, ti.xcom_pull(task_ids="drift_review"))
 
     @task
-    def ready_to_serve(registered: dict) -> dict:
+    def ready_to_serve(registered: dict, materialized: dict) -> dict:
         from pipeline.orchestration import flow
 
         return flow.ready_to_serve(registered)
@@ -125,17 +130,22 @@ def kmeans_training():
 
         return flow.rollout(registered)
 
+    # A task waits for what it reads: snapshot reads the offline table ingest wrote; materialize
+    # then refreshes the online store (Feast refuses reads of a view while it materializes, so
+    # it waits for snapshot) beside validate and train; serving by customer id reads it.
     span = window()
     landed = ingest(span)
     snap = snapshot(span)
-    landed >> [snap, materialize(span)]
+    landed >> snap
+    online = materialize(span)
+    snap >> online
     report = validate(snap)
     trained = train(snap, report)
     gated = gates(evaluate(trained, snap), snap, report)
     registered = register(gated)
     needs_review(gated) >> [drift_review, registered]
     drift_review >> registered
-    ready_to_serve(registered) >> rollout(registered)
+    ready_to_serve(registered, online) >> rollout(registered)
 
 
 kmeans_training()

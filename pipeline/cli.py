@@ -18,6 +18,7 @@ import typer.core
 from pydantic import BaseModel, ValidationError
 
 from pipeline import registry
+from pipeline.core import preflight
 from pipeline.core.logs import quiet_dependencies
 from pipeline.core.settings import load_settings
 from pipeline.data import features
@@ -40,8 +41,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 Day = Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Day (YYYY-MM-DD), UTC.")]
 
-def _settings():
-    return load_settings()
+def _settings(**overrides):
+    """The settings; under the production profile only once every server they name answers
+    (:mod:`pipeline.core.preflight`: one line naming each missing piece, exit code 2)."""
+    settings = load_settings(**overrides)
+    preflight.check(settings)
+    return settings
 
 
 _result_stream = None  # the command's real stdout, kept while libraries' prints go to stderr
@@ -118,12 +123,15 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v",
 def generate(
     customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 20_000,
     days: Annotated[int, typer.Option(min=1, help="Number of daily partitions.")] = 7,
-    start: Day = dt.datetime(2026, 11, 1),
+    start: Annotated[dt.datetime | None, typer.Option(
+        formats=["%Y-%m-%d"],
+        help="First day (YYYY-MM-DD), UTC; default: the days end yesterday, so a daily run "
+             "scheduled today finds its window.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
 ):
     """Write synthetic customer behaviour to the data lake (Parquet, one partition a day)."""
-    out = generate_lake(_settings().lake_dir, n_customers=customers, start=start.date(),
-                        days=days, seed=seed)
+    out = generate_lake(_settings().lake_dir, n_customers=customers,
+                        start=start.date() if start else None, days=days, seed=seed)
     _echo({"path": str(out.path), "days": out.days, "rows": out.rows})
 
 
@@ -231,12 +239,15 @@ def rollback(
     reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")],
     to_version: Annotated[str | None, typer.Option(
         help="Version to return to (default: the one behind 'previous').")] = None,
+    drop_challenger: Annotated[bool, typer.Option(
+        help="Also remove a pending challenger (kept by default).")] = False,
     actor: Annotated[str | None, typer.Option(help="Who (default: your user name).")] = None,
 ):
-    """Make previous (or --to-version) champion again; challenger removed. Refused if another
-    promotion or rollback is in progress."""
+    """Make previous (or --to-version) champion again; a pending challenger is kept unless
+    --drop-challenger. Refused if another promotion or rollback is in progress."""
     settings = _settings()
-    _echo({**registry.rollback(settings, reason=reason, to_version=to_version, actor=actor),
+    _echo({**registry.rollback(settings, reason=reason, to_version=to_version, actor=actor,
+                               drop_challenger=drop_challenger),
            "server": ro.sync_stable(settings)})
 
 
@@ -295,7 +306,7 @@ def serve(
     if canary_mode not in ("shadow", "canary"):
         raise ValueError(f"--canary-mode {canary_mode!r} should be 'shadow' or 'canary'")
     overrides = {k: v for k, v in (("serving_host", host), ("serving_port", port)) if v is not None}
-    run_server(load_settings(**overrides), alias=alias, version=version,
+    run_server(_settings(**overrides), alias=alias, version=version,
                canary_alias=canary_alias or None, canary_mode=canary_mode,
                canary_weight=canary_weight)
 

@@ -13,12 +13,14 @@ from pipeline import registry
 from pipeline.core.logs import quiet_dependencies
 from pipeline.core.settings import Settings
 from pipeline.data import features, ingest
-from pipeline.data.datagen import generate_lake
+from pipeline.data.datagen import default_start, generate_lake
 from pipeline.data.features import feature_store, online_features
 from pipeline.orchestration import airflow_env
 from pipeline.serving.server import build_app, running
 
-START = dt.date(2026, 11, 1)
+# The demo's dag.test() run keeps its Airflow state apart from the scheduler's (airflow.db):
+# `make airflow-ui` afterwards shows only the runs its own scheduler made.
+DAG_TEST_DB = "demo-dag-test.db"
 
 
 def _say(step: str, text: str) -> None:
@@ -27,17 +29,20 @@ def _say(step: str, text: str) -> None:
 
 def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed: int = 7) -> None:
     t0 = time.monotonic()
-    airflow_env.prepare(settings)  # before anything imports airflow
+    airflow_env.prepare(settings, database=DAG_TEST_DB)  # before anything imports airflow
     quiet = logging.getLogger().getEffectiveLevel() > logging.DEBUG  # not `kmeans -v demo`
     if quiet:  # the demo prints its own progress: the stages' INFO lines would say it twice
         logging.getLogger("pipeline").setLevel(logging.WARNING)
 
-    _say("1/5", f"generating {customers} customers x {days} days into {settings.lake_dir}")
-    lake = generate_lake(settings.lake_dir, n_customers=customers, start=START, days=days,
+    # The data ends yesterday: unpausing kmeans_training today finds its whole window.
+    first = default_start(days)
+    _say("1/5", f"generating {customers} customers x {days} days ({first} on) into "
+                f"{settings.lake_dir}")
+    lake = generate_lake(settings.lake_dir, n_customers=customers, start=first, days=days,
                          seed=seed)
     print(f"   {lake.rows} rows in {len(lake.days)} daily partitions")
 
-    end = dt.datetime.combine(START + dt.timedelta(days=days), dt.time(), dt.UTC)
+    end = dt.datetime.combine(first + dt.timedelta(days=days), dt.time(), dt.UTC)
     start = end - dt.timedelta(days=days)
     _say("2/5", "landing the lake in the feature table, feast apply, materialize (SQLite)")
     landed = ingest.ingest_lake(settings, start.date(), end.date()).to_dict()
@@ -70,7 +75,8 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
     print(f"   rejected rows:      {settings.rejected_dir}")
     print(f"   alias audit trail:  {settings.home / 'audit' / 'aliases.jsonl'} (kmeans audit)")
     print("   Airflow UI:         make airflow-ui   (airflow standalone on dags/; drift reviews "
-          "wait there)")
+          "wait there; this demo's dag.test() run is kept apart, in "
+          f"airflow/{DAG_TEST_DB})")
     print("   serve and roll out: kmeans serve; kmeans rollout  (README: Serving, Promotion)")
 
 

@@ -279,15 +279,20 @@ def reject_challenger(settings: Settings, version: str, *, reason: str,
 
 
 def rollback(settings: Settings, *, reason: str, actor: str | None = None,
-             to_version: str | None = None, figures: dict | None = None) -> dict:
-    """``champion`` <- ``previous`` (or ``to_version``), ``challenger`` removed.
+             to_version: str | None = None, figures: dict | None = None,
+             drop_challenger: bool = False) -> dict:
+    """``champion`` <- ``previous`` (or ``to_version``); a pending ``challenger`` is kept.
 
     ``previous`` is never pointed at the version rolled back from: that version is known bad
     and must not be one rollback away. So a plain rollback consumes ``previous`` (removed, its
     version is the champion now) and a second rollback is refused until a promotion sets it
     again; a rollback to an explicit ``to_version`` leaves ``previous`` as it was. The version
-    rolled back from gets the tags ``rolled_back_at`` and ``rollback_reason``. The challenger
-    is removed because a rollback ends whatever rollout was in progress.
+    rolled back from gets the tags ``rolled_back_at`` and ``rollback_reason``.
+
+    A ``challenger`` waiting for its rollout (registered, perhaps approved by a person at a
+    drift review) stays, unless ``drop_challenger`` asks for its removal, or it is the version
+    rolled back from (known bad) or the one rolled back to (champion now). The result says
+    which, in ``challenger`` and in one ``summary`` line.
     """
     actor = actor or _actor()
     to_version = None if to_version in (None, "") else str(to_version)
@@ -311,13 +316,36 @@ def rollback(settings: Settings, *, reason: str, actor: str | None = None,
         moves = [_move_alias(settings, "champion", target, **common)]
         if previous == target:
             moves.append(_move_alias(settings, "previous", None, **common))
-        if _alias_number(settings, "challenger") is not None:
+        challenger = _alias_number(settings, "challenger")
+        why = _challenger_goes(challenger, bad=bad, target=target, drop=drop_challenger)
+        if challenger is not None and why:
             moves.append(_move_alias(settings, "challenger", None, **common))
         c = client(settings)
         c.set_model_version_tag(settings.model_name, bad, "rolled_back_at", moves[0]["at"])
         c.set_model_version_tag(settings.model_name, bad, "rollback_reason", reason)
+    if challenger is None:
+        pending = {"version": None, "kept": False, "why": "there was no challenger"}
+    else:
+        pending = {"version": challenger, "kept": not why,
+                   "why": why or "a pending challenger is kept (drop_challenger to remove it)"}
+    summary = f"champion {bad} -> {target}; " + (
+        "no challenger" if challenger is None else
+        f"challenger {challenger} {'kept' if pending['kept'] else 'removed'}: {pending['why']}")
     return {"model": settings.model_name, "operation": "rollback", "champion": target,
-            "rolled_back_from": bad, "moves": moves}
+            "rolled_back_from": bad, "challenger": pending, "summary": summary, "moves": moves}
+
+
+def _challenger_goes(challenger: str | None, *, bad: str, target: str, drop: bool) -> str:
+    """Why a rollback removes the challenger ("" when it stays)."""
+    if challenger is None:
+        return ""
+    if drop:
+        return "removed as asked (drop_challenger)"
+    if challenger == bad:
+        return f"it is version {bad}, the one rolled back from"
+    if challenger == target:
+        return f"it is version {target}, the champion now"
+    return ""
 
 
 def _move_alias(settings: Settings, alias: str, version: str | None, *, operation: str,

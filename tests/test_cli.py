@@ -1,5 +1,6 @@
 """The kmeans CLI: each stage on a small lake, in-process (typer's runner), and clear errors."""
 
+import datetime as dt
 import json
 
 import pandas as pd
@@ -20,7 +21,8 @@ def _ok(*args) -> dict | list:
 
 
 def test_stages_end_to_end(settings):
-    gen = _ok("generate", "--customers", "800", "--days", "2", "--seed", "3")
+    gen = _ok("generate", "--customers", "800", "--days", "2", "--seed", "3",
+              "--start", "2026-11-01")
     assert gen["days"] == ["2026-11-01", "2026-11-02"]
     landed = _ok("ingest", "--start", "2026-11-01", "--end", "2026-11-03")
     assert landed["accepted"] == gen["rows"] and landed["rejected"] == 0
@@ -51,6 +53,13 @@ def test_stages_end_to_end(settings):
     assert [e["alias"] for e in _ok("audit")] == ["challenger", "champion"]
 
 
+def test_generated_data_ends_yesterday_by_default(settings):
+    """So that unpausing the daily DAG today finds its whole window in the lake."""
+    today = dt.datetime.now(dt.UTC).date()
+    gen = _ok("generate", "--customers", "50", "--days", "3")
+    assert gen["days"] == [str(today - dt.timedelta(days=d)) for d in (3, 2, 1)]
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "/nonexistent", "--k-min", "5", "--k-max", "3"],
      "k_max=3 should be >= k_min=5"),
@@ -72,7 +81,7 @@ def test_bad_input_is_one_clear_line(settings, args, message):
 def test_a_type_changed_lake_day_is_refused_in_one_line(settings):
     """A day whose event_timestamp arrives as int64 epoch seconds: exit 2 and one line naming
     the day, the reason, the share and the threshold; the other day is landed."""
-    _ok("generate", "--customers", "300", "--days", "2", "--seed", "3")
+    _ok("generate", "--customers", "300", "--days", "2", "--seed", "3", "--start", "2026-11-01")
     part = settings.lake_dir / LAKE_TABLE / "day=2026-11-02" / "part-00000.parquet"
     frame = pd.read_parquet(part)
     frame["event_timestamp"] = ((frame["event_timestamp"] - pd.Timestamp(0, tz="UTC"))

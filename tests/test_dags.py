@@ -53,7 +53,10 @@ def test_rollback_dag_is_manual_with_a_reason(airflow_db):
 
     dag = load_dag("kmeans_rollback")
     assert dag.schedule is None
-    assert {"reason", "to_version"} <= set(dag.params)
+    assert {"reason", "to_version", "drop_challenger"} <= set(dag.params)
+    # Every param has a default the trigger form accepts: a plain "Trigger" works.
+    dag.params.validate()
+    assert dag.params["drop_challenger"] is False
 
 
 def test_training_dag_gates_then_reviews_drift_before_registering(airflow_db):
@@ -65,7 +68,17 @@ def test_training_dag_gates_then_reviews_drift_before_registering(airflow_db):
     assert dag.get_task("register").upstream_task_ids == {"gates", "needs_review",
                                                           "drift_review"}
     assert type(dag.get_task("drift_review")).__name__ == "ApprovalOperator"
-    assert dag.get_task("ready_to_serve").upstream_task_ids == {"register"}
+    assert dag.get_task("ready_to_serve").upstream_task_ids == {"register", "materialize"}
+
+
+def test_training_dag_tasks_wait_for_what_they_read(airflow_db):
+    """No races: snapshot reads what ingest landed, and Feast refuses reads of a feature view
+    while it materializes, so materialize waits for snapshot (it once raced it)."""
+    from pipeline.orchestration.airflow_env import load_dag
+
+    dag = load_dag("kmeans_training")
+    assert dag.get_task("snapshot").upstream_task_ids == {"window", "ingest"}
+    assert dag.get_task("materialize").upstream_task_ids == {"window", "snapshot"}
 
 
 def _lake(home: Path, **kw):

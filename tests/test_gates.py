@@ -157,3 +157,18 @@ def test_reference_sample_keeps_features_only_and_is_seeded(frame):
     assert list(a.columns) == FEATURE_NAMES and len(a) == 300
     assert a.equals(reference_sample(frame, 300, seed=1))
     assert len(reference_sample(frame, 10**6, seed=1)) == len(frame)
+
+
+def test_review_links_the_report_where_the_reports_are_served(settings):
+    """With reports_url (set for Airflow's components to the plugin's /kmeans/reports), the
+    drift review body carries a link a reviewer opens in one click; without it, the path."""
+    report = settings.reports_dir / "drift" / "run 1-vs-v1.html"
+    assert gates.report_url(settings, report) is None
+    served = settings.model_copy(update={"reports_url": "http://127.0.0.1:8080/kmeans/reports/"})
+    assert gates.report_url(served, report) == (
+        "http://127.0.0.1:8080/kmeans/reports/drift/run%201-vs-v1.html")
+    assert gates.report_url(served, settings.home / "elsewhere.html") is None
+    assert gates._report_link(served, str(report)) == (
+        "**[Open the Evidently drift report](http://127.0.0.1:8080/kmeans/reports/drift/"
+        f"run%201-vs-v1.html)** (`{report}`)")
+    assert gates._report_link(settings, str(report)) == f"Evidently report: `{report}`"

@@ -90,7 +90,7 @@ def _day_frame(n=4, day="2026-11-01"):
 
 def test_a_type_change_gets_its_own_reason_and_keeps_the_previous_landing(settings):
     """The reproducer: event_timestamp as int64 epoch seconds in one day's Parquet."""
-    generate_lake(settings.lake_dir, n_customers=300, days=2, seed=5)
+    generate_lake(settings.lake_dir, n_customers=300, days=2, start=START, seed=5)
     frame = pq.read_table(_lake_part(settings)).to_pandas()
     frame.loc[:1, "mobile_share"] = 7.0  # so the first landing has rejected rows too
     frame.to_parquet(_lake_part(settings), index=False)
@@ -130,7 +130,7 @@ def test_a_file_of_another_type_is_rejected_alone_and_the_day_lands_under_the_th
         settings):
     """Two files for one day, one with a feature stored as strings (10% of the rows): only that
     file's rows are rejected, with a type reason, and the rest of the day lands."""
-    generate_lake(settings.lake_dir, n_customers=300, days=2, seed=5)
+    generate_lake(settings.lake_dir, n_customers=300, days=2, start=START, seed=5)
     frame = pq.read_table(_lake_part(settings)).to_pandas()
     n_bad = len(frame) // 10
     good, bad = frame.iloc[n_bad:], frame.iloc[:n_bad].copy()
@@ -152,7 +152,7 @@ def test_a_file_of_another_type_is_rejected_alone_and_the_day_lands_under_the_th
 def test_a_column_stored_twice_refuses_the_day_in_one_line(settings):
     """Arrow will not read a file with a column twice: the day is refused as unreadable, with a
     one-line message (Arrow's own message spans the whole schema)."""
-    generate_lake(settings.lake_dir, n_customers=200, days=2, seed=5)
+    generate_lake(settings.lake_dir, n_customers=200, days=2, start=START, seed=5)
     table = pq.read_table(_lake_part(settings))
     epoch = pa.array(_epoch_seconds(table["event_timestamp"].to_pandas()))
     pq.write_table(table.append_column("event_timestamp", epoch), _lake_part(settings))
@@ -204,7 +204,7 @@ def test_two_type_changes_are_both_named_and_timestamps_as_text_are_parsed():
 @pytest.mark.parametrize("extra, lands", [(0, True), (1, False)])
 def test_the_reject_share_threshold_is_a_setting_and_inclusive(settings, extra, lands):
     strict = load_settings(home=settings.home, ingest_max_reject_share=0.1)
-    generate_lake(strict.lake_dir, n_customers=300, days=2, seed=5)
+    generate_lake(strict.lake_dir, n_customers=300, days=2, start=START, seed=5)
     frame = pq.read_table(_lake_part(strict)).to_pandas()
     allowed = int(len(frame) * 0.1)
     assert allowed / len(frame) <= 0.1 < (allowed + 1) / len(frame)
@@ -224,7 +224,7 @@ def test_the_reject_share_threshold_is_a_setting_and_inclusive(settings, extra, 
 
 
 def test_an_unreadable_file_refuses_its_day_and_names_the_file(settings):
-    generate_lake(settings.lake_dir, n_customers=200, days=2, seed=5)
+    generate_lake(settings.lake_dir, n_customers=200, days=2, start=START, seed=5)
     ingest_lake(settings, START, END)
     before = file_sha256(_landed(settings))
     _lake_part(settings).write_bytes(b"PAR1 not really parquet")
@@ -238,7 +238,7 @@ def test_an_unreadable_file_refuses_its_day_and_names_the_file(settings):
 
 
 def test_the_cli_keeps_a_missing_days_landing_and_deletes_it_only_with_the_flag(settings):
-    generate_lake(settings.lake_dir, n_customers=200, days=2, seed=5)
+    generate_lake(settings.lake_dir, n_customers=200, days=2, start=START, seed=5)
     args = ["ingest", "--start", str(START), "--end", str(END)]
     assert runner.invoke(app, args).exit_code == 0
     before = file_sha256(_landed(settings))
@@ -263,7 +263,7 @@ def test_the_cli_keeps_a_missing_days_landing_and_deletes_it_only_with_the_flag(
 
 
 def test_a_day_emptied_in_the_lake_counts_as_missing(settings):
-    generate_lake(settings.lake_dir, n_customers=200, days=2, seed=5)
+    generate_lake(settings.lake_dir, n_customers=200, days=2, start=START, seed=5)
     ingest_lake(settings, START, END)
     before = file_sha256(_landed(settings))
     frame = pq.read_table(_lake_part(settings)).to_pandas()
@@ -305,7 +305,7 @@ def test_future_rows_are_rejected_against_the_clock():
 
 
 def test_rows_without_any_feature_are_rejected(settings):
-    generate_lake(settings.lake_dir, n_customers=300, days=2, seed=5)
+    generate_lake(settings.lake_dir, n_customers=300, days=2, start=START, seed=5)
     frame = pq.read_table(_lake_part(settings)).to_pandas()
     frame.loc[:2, FEATURE_NAMES] = np.nan
     frame.loc[3, FEATURE_NAMES[1:]] = np.nan  # one feature left: still a customer
@@ -345,7 +345,7 @@ def test_owner_only_helpers(tmp_path, umask_022):
 
 
 def test_landed_rejected_and_refused_rows_are_owner_only(settings, umask_022):
-    generate_lake(settings.lake_dir, n_customers=200, days=2, seed=5)
+    generate_lake(settings.lake_dir, n_customers=200, days=2, start=START, seed=5)
     frame = pq.read_table(_lake_part(settings)).to_pandas()
     frame.loc[:1, "mobile_share"] = 7.0
     frame.to_parquet(_lake_part(settings), index=False)
@@ -387,7 +387,7 @@ def test_mlflow_store_artifacts_audit_trail_and_lock_are_owner_only(settings, tm
 
 @pytest.mark.integration
 def test_feast_online_store_and_registry_are_owner_only(settings, umask_022):
-    generate_lake(settings.lake_dir, n_customers=200, days=1, seed=5)
+    generate_lake(settings.lake_dir, n_customers=200, days=1, start=START, seed=5)
     ingest_lake(settings, START, START + dt.timedelta(days=1))
     features.apply_repo(settings)
     features.materialize(settings, dt.datetime(2026, 10, 1, tzinfo=dt.UTC),

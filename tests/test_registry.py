@@ -68,18 +68,39 @@ def test_rollback_returns_to_previous_clears_it_and_tags_the_bad_version(setting
     registry.register_challenger(settings, v3, reason="registered", actor="run-3")
     out = registry.rollback(settings, reason="silhouette fell", actor="monitor")
     assert out["champion"] == v1 and out["rolled_back_from"] == v2
-    assert _aliases(settings) == {"champion": v1, "previous": None, "challenger": None}
+    # The pending challenger (v3, waiting for its rollout) is kept, and the result says so.
+    assert _aliases(settings) == {"champion": v1, "previous": None, "challenger": v3}
+    assert out["challenger"] == {"version": v3, "kept": True, "why": (
+        "a pending challenger is kept (drop_challenger to remove it)")}
+    assert out["summary"] == f"champion {v2} -> {v1}; challenger {v3} kept: " + out[
+        "challenger"]["why"]
     tags = registry.model_version(settings, v2).tags
     assert tags["rollback_reason"] == "silhouette fell" and tags["rolled_back_at"]
     moves = [(e["alias"], e["from_version"], e["to_version"])
              for e in registry.read_audit(settings) if e["operation"] == "rollback"]
-    assert moves == [("champion", v2, v1), ("previous", v1, None), ("challenger", v3, None)]
+    assert moves == [("champion", v2, v1), ("previous", v1, None)]
 
     # The bad version is never one rollback away: a second rollback needs a named version.
     with pytest.raises(LookupError, match="no 'previous' alias to roll back to"):
         registry.rollback(settings, reason="again", actor="monitor")
-    registry.rollback(settings, reason="back to 3", to_version=v3, actor="ops")
-    assert _aliases(settings)["champion"] == v3
+    # Back to the challenger itself: it is the champion now, so the alias goes.
+    out = registry.rollback(settings, reason="back to 3", to_version=v3, actor="ops")
+    assert _aliases(settings) == {"champion": v3, "previous": None, "challenger": None}
+    assert out["challenger"] == {"version": v3, "kept": False,
+                                 "why": f"it is version {v3}, the champion now"}
+
+
+def test_rollback_drops_the_challenger_only_when_asked(settings, versions):
+    v1, v2, v3 = versions
+    _live(settings, v1, v2)
+    registry.promote(settings, v2, reason="canary passed", actor="rollout")
+    registry.register_challenger(settings, v3, reason="registered", actor="run-3")
+    out = registry.rollback(settings, reason="bad week", actor="ops", drop_challenger=True)
+    assert _aliases(settings) == {"champion": v1, "previous": None, "challenger": None}
+    assert out["summary"] == (f"champion {v2} -> {v1}; challenger {v3} removed: removed as "
+                              "asked (drop_challenger)")
+    assert [(e["alias"], e["to_version"]) for e in registry.read_audit(settings)][-1] == (
+        "challenger", None)
 
 
 def test_rejected_challenger_leaves_champion_and_previous_alone(settings, versions):

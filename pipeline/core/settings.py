@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     redis_connection_string: str = Field(
         "127.0.0.1:6379", description="Feast online store (Redis) in the production profile."
     )
+    feast_project: str = Field(
+        "customer_segments", pattern=r"^[A-Za-z0-9][A-Za-z0-9_]*$",
+        description="Feast project: names the registry's objects and ends every key of the "
+                    "online store, so deployments sharing one Redis keep apart.")
+    postgres_url: SecretStr | None = Field(
+        None, description="PostgreSQL server of the production stack on one machine "
+                          "(`make prod-up`: MLflow's backend store, Airflow's metadata), e.g. "
+                          "postgresql://postgres@127.0.0.1:5432; when set, the production "
+                          "profile checks at start that it answers.")
     mlflow_tracking_uri: str = Field(  # type: ignore[assignment]
         None, validate_default=False, description="MLflow tracking URI (default: sqlite:///<home>/mlflow.db)."
     )
@@ -86,6 +95,10 @@ class Settings(BaseSettings):
         0.2, ge=0, le=1,
         description="Largest share of a lake day's rows ingest may reject; above it the day "
                     "fails and its previous landing is kept.")
+    reports_url: str | None = Field(
+        None, description="Base URL that serves the reports folder (the Airflow plugin's "
+                          "<Airflow URL>/kmeans/reports); the drift review links the Evidently "
+                          "report there. Unset: the review names the report's path.")
     serving_host: str = Field("127.0.0.1", description="Inference server bind address.")
     serving_port: int = Field(8080, ge=0, le=65535, description="Inference server port.")
     serving_token: SecretStr | None = Field(

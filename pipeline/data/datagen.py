@@ -99,11 +99,16 @@ def _day_rows(customers: pd.DataFrame, day: dt.date, rng: np.random.Generator,
                   "segment_truth"]]
 
 
+def default_start(days: int) -> dt.date:
+    """The first of the ``days`` days that end yesterday (UTC): the generated data ends today."""
+    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)
+
+
 def generate_lake(
     lake_dir: Path,
     *,
     n_customers: int = 20_000,
-    start: dt.date = dt.date(2026, 11, 1),
+    start: dt.date | None = None,
     days: int = 7,
     active_share: float = 0.6,
     missing_share: float = 0.02,
@@ -111,6 +116,8 @@ def generate_lake(
 ) -> GeneratedLake:
     """Write ``days`` daily partitions of customer activity under ``lake_dir``.
 
+    The days are ``start`` and the ``days - 1`` after it; without ``start``, the ``days`` days
+    that end yesterday (UTC), so a daily training run scheduled today finds its whole window.
     Re-running with the same arguments rewrites the same files with the same content.
 
     Examples
@@ -119,6 +126,8 @@ def generate_lake(
     """
     if n_customers < 1 or days < 1:
         raise ValueError(f"n_customers={n_customers} and days={days} must both be >= 1")
+    if start is None:
+        start = default_start(days)
     rng = np.random.default_rng(seed)
     customers = generate_customers(n_customers, rng)
     table_dir = Path(lake_dir) / LAKE_TABLE

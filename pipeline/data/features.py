@@ -30,6 +30,8 @@ from pipeline.data.ingest import OFFLINE_TABLE
 
 log = logging.getLogger(__name__)
 
+#: The Feast project of the default settings (``KMEANS_FEAST_PROJECT``), as feature_store.yaml
+#: names it for the stock CLI.
 PROJECT = "customer_segments"
 
 
@@ -74,7 +76,7 @@ def repo_config(settings: Settings):
         online = {"type": "sqlite", "path": _beside(online_db(settings), repo)}
     private_dir(settings.feast_dir)  # the stores below hold every customer's latest features
     return RepoConfig(
-        project=PROJECT,
+        project=settings.feast_project,
         provider="local",
         registry=str(settings.feast_dir / "registry.db"),
         online_store=online,
@@ -124,14 +126,14 @@ def apply_repo(settings: Settings) -> list[str]:
     repo = _repo_dir(settings)
     contents = _parse_repo(repo)
     if not contents.projects:  # the CLI's rule: the project named in the configuration
-        contents.projects.append(Project(name=PROJECT))
+        contents.projects.append(Project(name=settings.feast_project))
     sources = [*contents.data_sources, *(fv.batch_source for fv in contents.feature_views)]
     for source in sources:
         if isinstance(source, FileSource):
             source.file_options.uri = _offline_path(source, repo, settings)
     # Feast prints its plan on stdout, as the CLI shows it; the pipeline logs it instead.
     with contextlib.redirect_stdout(io.StringIO()) as plan:
-        apply_total_with_repo_instance(store, PROJECT, store.registry, contents,
+        apply_total_with_repo_instance(store, settings.feast_project, store.registry, contents,
                                        skip_source_validation=False)
     _make_stores_private(settings)
     log.debug("feast apply on %s:\n%s", settings.home, plan.getvalue())

@@ -3,30 +3,44 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core.io import PRIVATE_FILE_MODE, atomic_write_json
 from pipeline.core.settings import PROJECT_ROOT, Settings
 
 DAGS_FOLDER = PROJECT_ROOT / "dags"
 
 
-def prepare(settings: Settings, *, quiet: bool = True) -> Path:
-    """Set Airflow's environment (before airflow is imported) and migrate its metadata DB."""
+def prepare(settings: Settings, *, quiet: bool = True, database: str = "airflow.db") -> Path:
+    """Set Airflow's environment (before airflow is imported) and migrate its metadata DB.
+
+    ``database`` is the SQLite file under AIRFLOW_HOME (unless AIRFLOW__DATABASE__SQL_ALCHEMY_CONN
+    names another): the demo's ``dag.test()`` runs keep their state in a file of their own, so
+    the scheduler's history (``make airflow-ui``, airflow.db) holds only its own runs."""
     home = Path(os.environ.setdefault("AIRFLOW_HOME", str(settings.home / "airflow")))
     os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(DAGS_FOLDER))
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    db = home / database
+    os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{db}")
     if quiet:
         os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "airflow.db").exists() or not (home / ".migrated").exists():
+    marker = home / f".migrated-{database}"
+    if not db.exists() or not marker.exists():
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
                        env=os.environ.copy(), stdout=subprocess.DEVNULL if quiet else None)
-        (home / ".migrated").touch()
+        marker.touch()
     return home
 
 
@@ -58,7 +72,9 @@ def standalone(parallelism: int = 4) -> int:
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(parallelism),
-           "AIRFLOW__API__WORKERS": "1", "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1"}
+           "AIRFLOW__API__WORKERS": "1", "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+           "KMEANS_REPORTS_URL": os.environ.get("KMEANS_REPORTS_URL")
+           or "http://localhost:8080/kmeans/reports"}
     _pgid_file().parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([str(bin_dir / "airflow"), "standalone"], env=env,
                             start_new_session=True)
@@ -101,6 +117,152 @@ def stop_group(pgid: int, grace_seconds: float = 10.0) -> None:
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+# ---- the real components: scheduler, API server, dag-processor, triggerer -------------------
+
+# The components of a LocalExecutor deployment; the triggerer runs the drift review's wait.
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+@dataclass
+class Airflow:
+    """A running Airflow (its components in one process group), as :func:`start` returns it."""
+
+    home: Path
+    url: str
+    username: str
+    password: str = field(repr=False)
+    pgid: int
+    logs: Path
+
+    def token(self, timeout: float = 10.0) -> str:
+        """A JWT for the REST API (``Authorization: Bearer ...``), from the simple auth
+        manager's ``/auth/token``."""
+        body = json.dumps({"username": self.username, "password": self.password}).encode()
+        req = urllib.request.Request(f"{self.url}/auth/token", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as reply:
+            return str(json.load(reply)["access_token"])
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        stop_group(self.pgid, grace_seconds)
+
+
+def component_env(home: Path, *, sql_alchemy_conn: str, port: int, parallelism: int = 2,
+                  base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every component (and every task process) of one deployment shares.
+
+    The JWT and API secrets are generated once per AIRFLOW_HOME and kept in a private file
+    there: components that disagree on them reject each other's tokens.
+    """
+    secrets_file = home / "secrets.json"
+    if secrets_file.exists():
+        keys = json.loads(secrets_file.read_text())
+    else:
+        keys = {"jwt": secrets.token_urlsafe(32), "api": secrets.token_urlsafe(32)}
+        atomic_write_json(secrets_file, keys, mode=PRIVATE_FILE_MODE)
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ if base is None else base)
+    url = f"http://127.0.0.1:{port}"
+    env.update({
+        "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        # Sized for a small machine: one task process per core, not 32.
+        "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(parallelism),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn,
+        # Airflow derives its async engine's URL as asyncpg's; psycopg 3 is async itself.
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": sql_alchemy_conn.replace(
+            "postgresql+psycopg://", "postgresql+psycopg_async://", 1),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": url,
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API__SECRET_KEY": keys["api"],
+        "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt"],
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
+        # The drift review links its report where the plugin serves it (airflow_plugin.py).
+        "KMEANS_REPORTS_URL": env.get("KMEANS_REPORTS_URL") or f"{url}/kmeans/reports",
+    })
+    env.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
+    return env
+
+
+def start(home: Path, *, sql_alchemy_conn: str, port: int = 8080, parallelism: int = 2,
+          base_env: dict[str, str] | None = None, ready_timeout: float = 180.0) -> Airflow:
+    """Migrate the metadata DB, then start the scheduler, API server, dag-processor and
+    triggerer (LocalExecutor) as one process group, logging to ``<home>/components/``; return
+    once the API server answers and the DAGs are parsed. :meth:`Airflow.stop` ends them all.
+
+    The admin password is generated into a private file (``<home>/passwords.json``, the simple
+    auth manager's), never printed.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    env = component_env(home, sql_alchemy_conn=sql_alchemy_conn, port=port,
+                        parallelism=parallelism, base=base_env)
+    passwords = home / "passwords.json"
+    if not passwords.exists():
+        atomic_write_json(passwords, {"admin": secrets.token_urlsafe(16)},
+                          mode=PRIVATE_FILE_MODE)
+    logs = home / "components"
+    logs.mkdir(exist_ok=True)
+    airflow_bin = str(Path(sys.executable).parent / "airflow")
+    with open(logs / "db-migrate.log", "ab") as out:
+        subprocess.run([airflow_bin, "db", "migrate"], env=env, check=True, stdout=out,
+                       stderr=subprocess.STDOUT, timeout=600)
+    leader = 0  # the first component leads a new process group; the others join it
+    for name in COMPONENTS:
+        with open(logs / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen([airflow_bin, name], env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    process_group=leader)
+        leader = leader or proc.pid
+        (logs / f"{name}.pid").write_text(str(proc.pid))
+        # Reap each component when it ends, while this process lives (a test's): a zombie
+        # leader would keep the group looking alive. After this process, init does.
+        threading.Thread(target=proc.wait, name=f"reap-airflow-{name}", daemon=True).start()
+    (home / "components.pgid").write_text(str(leader))
+    running = Airflow(home=home, url=f"http://127.0.0.1:{port}", username="admin",
+                      password=json.loads(passwords.read_text())["admin"], pgid=leader,
+                      logs=logs)
+    try:
+        _wait_ready(running, ready_timeout)
+    except BaseException:
+        running.stop()
+        raise
+    return running
+
+
+def _wait_ready(airflow: Airflow, timeout: float) -> None:
+    """Until the API server answers and the dag-processor has parsed the project's DAGs."""
+    deadline, last = time.monotonic() + timeout, "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(airflow.pgid, 0)
+        except ProcessLookupError:
+            raise RuntimeError(f"Airflow's components exited; see {airflow.logs}") from None
+        try:
+            req = urllib.request.Request(f"{airflow.url}/api/v2/dags?limit=100", headers={
+                "Authorization": f"Bearer {airflow.token()}"})
+            with urllib.request.urlopen(req, timeout=5) as reply:
+                found = {d["dag_id"] for d in json.load(reply)["dags"]}
+            wanted = {p.stem for p in DAGS_FOLDER.glob("*.py")}
+            if wanted <= found:
+                return
+            last = f"DAGs parsed so far: {sorted(found)}"
+        except (OSError, urllib.error.URLError, KeyError, ValueError) as err:
+            last = str(err)
+        time.sleep(1.0)
+    raise TimeoutError(f"Airflow not ready after {timeout:.0f} s ({last}); see {airflow.logs}")
 
 
 if __name__ == "__main__":  # the Makefile's airflow-ui and airflow-stop

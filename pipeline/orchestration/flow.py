@@ -51,7 +51,7 @@ def interval(context: dict) -> tuple[str, str]:
 
 # The training DAG's params beside TrainParams' fields: the window.
 WINDOW_PARAMS = ("lookback_days", "end_date")
-ROLLBACK_PARAMS = ("reason", "to_version")
+ROLLBACK_PARAMS = ("reason", "to_version", "drop_challenger")
 
 
 def _known_only(params: dict, known: set[str]) -> None:
@@ -129,8 +129,11 @@ def rollback(params: dict, actor: str) -> dict:
     """Move ``champion`` back (to ``previous``, or the ``to_version`` param) for the given
     reason."""
     _known_only(params, set(ROLLBACK_PARAMS))
-    return registry.rollback(load_settings(), reason=str(params.get("reason") or ""),
-                             to_version=params.get("to_version") or None, actor=actor)
+    done = registry.rollback(load_settings(), reason=str(params.get("reason") or ""),
+                             to_version=params.get("to_version") or None, actor=actor,
+                             drop_challenger=bool(params.get("drop_challenger")))
+    log.warning("rollback: %s", done["summary"])
+    return done
 
 
 def rollout(registered: dict) -> dict:

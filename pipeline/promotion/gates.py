@@ -25,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, TypeGuard
+from urllib.parse import quote
 
 from pipeline import registry
 from pipeline.core.settings import Settings
@@ -271,12 +272,32 @@ def _review_body(settings: Settings, summary: dict) -> str:
         f"{drift['columns']} feature columns with normalised Wasserstein distance over "
         f"{drift['column_threshold']:g}) is over the threshold {drift['share_threshold']:g}.\n\n"
         f"| drifted column | distance |\n|---|---|\n{rows}\n\n"
-        f"Evidently report: `{drift['report']}` (MLflow: `{drift['report_artifact']}`, store "
-        f"`{settings.mlflow_tracking_uri}`)\n\n"
+        f"{_report_link(settings, drift['report'])} (MLflow: `{drift['report_artifact']}`, "
+        f"store `{settings.mlflow_tracking_uri}`)\n\n"
         f"Other gates:\n{others}\n\n"
         f"**Approve** registers the model as challenger; **Reject** ends this run without "
         f"registering anything."
     )
+
+
+def report_url(settings: Settings, report: str | Path) -> str | None:
+    """Where a report under the reports folder is served (``reports_url``), or None."""
+    if not settings.reports_url:
+        return None
+    try:
+        relative = Path(report).resolve().relative_to(settings.reports_dir.resolve())
+    except ValueError:
+        return None
+    return f"{settings.reports_url.rstrip('/')}/{quote(relative.as_posix())}"
+
+
+def _report_link(settings: Settings, report: str) -> str:
+    """A Markdown link the reviewer opens in one click, when the reports are served; else the
+    report's path."""
+    url = report_url(settings, report)
+    if url is None:
+        return f"Evidently report: `{report}`"
+    return f"**[Open the Evidently drift report]({url})** (`{report}`)"
 
 
 def _log(settings: Settings, run_id: str, results: list[GateResult], summary: dict) -> None:

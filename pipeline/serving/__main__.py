@@ -1,6 +1,6 @@
 """``kmeans-serve`` (or ``python -m pipeline.serving``): the inference server on its own.
 
-What the serving image runs (docker/serving.Dockerfile, k8s/inferenceservice.yaml). It imports
+What the serving image runs (docker/serving.Dockerfile, k8s/base/inferenceservice.yaml). It imports
 the server and what the server needs (settings, the model artifact, the MLflow registry, the
 Feast online store), never the rest of the platform, so it runs from the ``serving`` extra
 alone: no Airflow, Spark, Great Expectations or Evidently. The options are those of the
@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from pipeline.core import preflight
 from pipeline.core.settings import load_settings
 from pipeline.serving.model import MODES
 from pipeline.serving.server import serve
@@ -79,7 +80,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, load the settings and the model, serve until SIGINT or SIGTERM. Returns
-    the exit code: 0 after SIGINT, or 2 for an error the user can fix (named on one line).
+    the exit code: 0 after SIGINT, or 2 for an error the user can fix (named on one line),
+    a server of the production profile that does not answer included.
     After SIGTERM (what Kubernetes sends) the process ends by that signal once the server has
     shut down gracefully, as uvicorn arranges."""
     args = parser().parse_args(argv)
@@ -100,6 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
                              for e in err.errors())
         print(f"error: {problems}", file=sys.stderr)
+        return 2
+    try:  # the production profile's servers: MLflow, Redis unless --no-feast, PostgreSQL if set
+        preflight.check(settings, needs=("postgres", "mlflow", *(("redis",) if args.feast else ())))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     from mlflow.exceptions import MlflowException  # the registry's errors
 

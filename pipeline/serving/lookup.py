@@ -77,8 +77,10 @@ class OnlineLookup:
         keys = [EntityKey(join_keys=[self.join_key], entity_values=[Value(int64_val=i)])
                 for i in ids]
         for v in self._views:
+            # A copy: Feast's Redis store appends its timestamp field to the list it is given.
             rows = self._provider.online_read(config=self.store.config, table=v.view,
-                                              entity_keys=keys, requested_features=v.features)
+                                              entity_keys=keys,
+                                              requested_features=list(v.features))
             for i, (ts, feats) in enumerate(rows):
                 if not feats:
                     continue

@@ -1,0 +1,45 @@
+"""The Airflow plugin that serves the reports folder: what it serves, and what it refuses."""
+
+import pytest
+from starlette.testclient import TestClient
+
+from pipeline.orchestration import airflow_plugin
+
+
+@pytest.fixture
+def client(settings):
+    drift = settings.reports_dir / "drift"
+    drift.mkdir(parents=True)
+    (drift / "a-vs-v1.html").write_text("<html>evidently</html>")
+    (drift / "a-vs-v1.json").write_text("{}")
+    (settings.reports_dir / "notes.txt").write_text("not a report")
+    (settings.home / "secret.html").write_text("outside the reports folder")
+    return TestClient(airflow_plugin.reports_app)
+
+
+def test_serves_a_report_and_lists_every_report(client):
+    reply = client.get("/reports/drift/a-vs-v1.html")
+    assert reply.status_code == 200 and reply.text == "<html>evidently</html>"
+    assert reply.headers["content-type"].startswith("text/html")
+    assert reply.headers["x-content-type-options"] == "nosniff"
+    index = client.get("/reports/")
+    assert index.status_code == 200
+    assert 'href="drift/a-vs-v1.html"' in index.text and 'href="drift/a-vs-v1.json"' in index.text
+    assert "notes.txt" not in index.text and "2 reports" in index.text
+
+
+@pytest.mark.parametrize("path", [
+    "/reports/../secret.html", "/reports/%2e%2e/secret.html", "/reports/drift/../../secret.html",
+    "/reports/notes.txt", "/reports/drift/missing.html", "/reports/drift/a-vs-v1.html%00.txt",
+    "/reports//etc/passwd",
+])
+def test_refuses_what_is_not_a_report_inside_the_folder(client, path):
+    reply = client.get(path)
+    assert reply.status_code == 404, path
+    assert "outside the reports folder" not in reply.text
+
+
+def test_the_plugin_mounts_the_app_and_links_it_in_the_ui():
+    plugin = airflow_plugin.KMeansPlugin
+    assert plugin.fastapi_apps[0]["url_prefix"] == "/kmeans"
+    assert plugin.external_views[0]["href"] == "/kmeans/reports/"

@@ -1,0 +1,215 @@
+"""The DAGs as Airflow's users meet them: the real scheduler, API server, dag-processor and
+triggerer (LocalExecutor, one process per task), with the metadata in the local PostgreSQL, every
+action through the REST API or the UI in Debian's Chromium (Playwright); not ``dag.test()``.
+
+One deployment serves the whole module, in order:
+
+1. unpausing ``kmeans_training`` gives a green scheduled run on data that ends yesterday;
+2. a run triggered through the REST API with default params, on drifted data, waits at
+   ``drift_review``; in the browser, the Required Actions page links the Evidently report
+   (served by the project's Airflow plugin) and it opens; the approval, through the REST API,
+   registers the challenger; the grid shows the run green;
+3. ``kmeans_rollback``, triggered from the UI's form with every param at its default, rolls a
+   promotion back; the grid shows it green and its return value says what it did.
+
+The screenshots are kept in ``test-artifacts/airflow-ui/`` (git ignores the folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+import pytest
+
+from tests import airflow_ui
+from tests.conftest import make_settings, shifted
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
+
+PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+RUN_TIMEOUT = 600.0
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "airflow-ui"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Rest:
+    """Airflow's REST API as a user's script calls it: a token from /auth/token, then JSON."""
+
+    def __init__(self, airflow):
+        self.airflow, self.url = airflow, airflow.url
+
+    def __call__(self, method: str, path: str, body: dict | None = None) -> dict:
+        req = urllib.request.Request(
+            self.url + path, method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self.airflow.token()}",
+                     "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as reply:
+                return json.load(reply)
+        except urllib.error.HTTPError as err:
+            raise AssertionError(f"{method} {path}: {err.code} {err.read()[:500]!r}") from None
+
+    def tasks(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        found = self("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        return {t["task_id"]: t["state"] for t in found["task_instances"]}
+
+    def wait_run(self, dag_id: str, run_id: str, *, until=("success", "failed"),
+                 task: tuple[str, str] | None = None) -> str:
+        """Poll a run until its state is in ``until`` (or ``task`` = (task_id, state) holds);
+        a failed task ends the wait at once with the states."""
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while time.monotonic() < deadline:
+            state = self("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            tasks = self.tasks(dag_id, run_id)
+            if task is not None and tasks.get(task[0]) == task[1]:
+                return state
+            if state in until or "failed" in tasks.values():
+                return state if task is None else f"{state} {tasks}"
+            time.sleep(2)
+        raise AssertionError(f"{dag_id} {run_id} not done in {RUN_TIMEOUT:.0f} s: "
+                             f"{self.tasks(dag_id, run_id)}")
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """A fresh PostgreSQL database for Airflow's metadata, a KMEANS_HOME with data that ends
+    yesterday, and Airflow's components started on it; everything stopped and dropped after."""
+    from pipeline.data.datagen import generate_lake
+    from pipeline.orchestration import airflow_env
+
+    root = tmp_path_factory.mktemp("scheduler")
+    database = f"kmeans_airflow_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    settings = make_settings(root / "home")
+    generate_lake(settings.lake_dir, n_customers=1500, days=7, seed=21)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "KMEANS_"))}
+    env.update({"KMEANS_HOME": str(settings.home), "KMEANS_SPARK_MASTER": "local[2,4]",
+                "KMEANS_SPARK_DRIVER_MEMORY": "1g", "KMEANS_ROLLOUT_BACKEND": "none",
+                # The drifted population's clusters are looser than the champion's: the
+                # comparison gate would refuse the challenger, and it is not what this is about.
+                "KMEANS_GATE_COMPARISON_TOLERANCE": "1.0",
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"})
+    airflow = airflow_env.start(
+        root / "airflow", port=_free_port(), parallelism=2, base_env=env,
+        sql_alchemy_conn=f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
+    try:
+        yield airflow, settings
+    finally:
+        airflow.stop()
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def ui(deployment):
+    """Debian's Chromium, logged in to the deployment's UI as admin."""
+    airflow, _ = deployment
+    with airflow_ui.browser(SCREENSHOTS) as page:
+        airflow_ui.log_in(page, airflow.url, airflow.username, airflow.password)
+        yield page
+
+
+def test_unpausing_gives_a_green_scheduled_run(deployment, ui):
+    airflow, settings = deployment
+    rest = Rest(airflow)
+    # The trigger form accepts every default (no field flagged, Trigger enabled).
+    airflow_ui.trigger_with_defaults(ui, airflow.url, "kmeans_training", submit=False)
+    assert rest("GET", "/api/v2/dags/kmeans_training")["is_paused"] is True
+    rest("PATCH", "/api/v2/dags/kmeans_training", {"is_paused": False})
+    deadline = time.monotonic() + 120
+    runs: list = []
+    while not runs and time.monotonic() < deadline:
+        runs = rest("GET", "/api/v2/dags/kmeans_training/dagRuns")["dag_runs"]
+        time.sleep(1)
+    assert [r["run_type"] for r in runs] == ["scheduled"], runs
+    run_id = runs[0]["dag_run_id"]
+    assert rest.wait_run("kmeans_training", run_id) == "success", rest.tasks(
+        "kmeans_training", run_id)
+    tasks = rest.tasks("kmeans_training", run_id)
+    assert tasks.pop("drift_review") == "skipped", "no champion yet: no drift to review"
+    assert set(tasks.values()) == {"success"}, tasks
+    # The run's params (every default) are the run's conf as the UI shows them.
+    from pipeline import registry
+
+    assert registry.current_aliases(settings)["champion"] == "1"
+
+
+def test_a_default_run_on_drifted_data_waits_for_review_and_an_approval_registers(deployment,
+                                                                                  ui):
+    from pipeline import registry
+
+    airflow, settings = deployment
+    rest = Rest(airflow)
+    for part in sorted(settings.lake_dir.glob("*/day=*/*.parquet")):
+        shifted(pd.read_parquet(part)).to_parquet(part, index=False)
+    run = rest("POST", "/api/v2/dags/kmeans_training/dagRuns",
+               {"logical_date": None, "conf": {}})
+    run_id = run["dag_run_id"]
+    assert run["run_type"] == "manual"
+    state = rest.wait_run("kmeans_training", run_id, task=("drift_review", "awaiting_input"))
+    assert state == "running", state
+    hitl = (f"/api/v2/dags/kmeans_training/dagRuns/{run_id}/taskInstances/drift_review/-1/"
+            "hitlDetails")
+    request = rest("GET", hitl)
+    # The body links the Evidently report over HTTP, served by Airflow's API server itself.
+    link = request["body"].split("[Open the Evidently drift report](")[1].split(")")[0]
+    assert link.startswith(f"{airflow.url}/kmeans/reports/drift/") and link.endswith(".html")
+    with urllib.request.urlopen(f"{airflow.url}/kmeans/reports/", timeout=30) as reply:
+        assert link.rsplit("/", 1)[1] in reply.read().decode()
+    # A reviewer opens it from the Required Actions page, in one click.
+    opened, content = airflow_ui.open_review_report(ui, airflow.url, "kmeans_training", run_id)
+    assert opened == link
+    assert content == (settings.reports_dir / "drift" / link.rsplit("/", 1)[1]).read_bytes()
+
+    rest("PATCH", hitl, {"chosen_options": ["Approve"], "params_input": {}})
+    assert rest.wait_run("kmeans_training", run_id) == "success", rest.tasks(
+        "kmeans_training", run_id)
+    assert set(rest.tasks("kmeans_training", run_id).values()) == {"success"}
+    assert registry.current_aliases(settings) == {"champion": "1", "challenger": "2",
+                                                  "previous": None}
+    entry = registry.read_audit(settings)[-1]
+    assert (entry["alias"], entry["to_version"]) == ("challenger", "2")
+    assert entry["figures"]["drift_review"]["chosen"] == ["Approve"]
+    airflow_ui.see_run_succeeded_in_grid(ui, airflow.url, "kmeans_training", run_id,
+                                         timeout_s=120)
+
+
+def test_rollback_from_the_ui_form_with_defaults_says_what_it_did(deployment, ui):
+    """Every param at its default (a reason is filled in); what happened to the challenger is
+    in the task's return value (its keeping is shown in tests/test_registry.py)."""
+    from pipeline import registry
+
+    airflow, settings = deployment
+    rest = Rest(airflow)
+    registry.promote(settings, "2", reason="canary passed", actor="test")
+    rest("PATCH", "/api/v2/dags/kmeans_rollback", {"is_paused": False})
+    run_id = airflow_ui.trigger_with_defaults(ui, airflow.url, "kmeans_rollback")
+    assert rest.wait_run("kmeans_rollback", run_id) == "success", rest.tasks(
+        "kmeans_rollback", run_id)
+    airflow_ui.see_run_succeeded_in_grid(ui, airflow.url, "kmeans_rollback", run_id,
+                                         timeout_s=120)
+    assert registry.current_aliases(settings) == {"champion": "1", "challenger": None,
+                                                  "previous": None}
+    done = rest("GET", f"/api/v2/dags/kmeans_rollback/dagRuns/{run_id}/"
+                       "taskInstances/rollback/xcomEntries/return_value")
+    value = done["value"] if isinstance(done["value"], dict) else json.loads(done["value"])
+    assert value["summary"] == "champion 2 -> 1; no challenger"
+    entry = registry.read_audit(settings)[-1]
+    assert entry["reason"] == "rolled back by hand from Airflow"
+    assert entry["actor"] == run_id
