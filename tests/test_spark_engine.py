@@ -79,6 +79,20 @@ def test_spark_and_in_process_agree(spark, spec):
         assert a.inertia == pytest.approx(b.inertia, rel=1e-9)
 
 
+def test_seeded_kmeans_plusplus_is_the_same_draws_on_spark_and_in_process(spark, spec):
+    """Greedy k-means++ seeds on the driver from the sample's distinct rows, sorted: with every
+    row sampled (fewer than init_sample=50,000) both paths seed from the same rows with the
+    same generator, so only the order of the float64 sums differs afterwards."""
+    source = SparkBlockSource(spark, spec)
+    local = ArraySource(np.concatenate([load_block(spec, i) for i in range(len(spec.files))]))
+    for seed in (0, 1):
+        a = fit_sweep(source, [4, 6], init="k-means++", max_iter=15, tol=0, seed=seed)
+        b = fit_sweep(local, [4, 6], init="k-means++", max_iter=15, tol=0, seed=seed)
+        for k in (4, 6):
+            assert np.abs(a.fits[k].centroids - b.fits[k].centroids).max() <= 1e-4, (seed, k)
+            assert a.fits[k].inertia == pytest.approx(b.fits[k].inertia, rel=1e-9)
+
+
 def test_blocks_are_staged_once_and_reused(spark, spec, tmp_path):
     SparkBlockSource(spark, spec)
     blocks = sorted((tmp_path / spec.key).glob("block-*.f32"))

@@ -121,8 +121,10 @@ def kmeans_parallel(source: Source, k_max: int, *, seed: int, oversampling: floa
 
     Each round is one pass that keeps every row with probability ``l * d²(x, C) / cost(C)``,
     ``l = oversampling * k_max``; a last pass weights each candidate by the rows closest to it.
-    The draws are keyed by ``[seed, round]`` (and the partition on Spark), so a seed gives the
-    same candidates.
+    With the paper's ``l = 2k`` and 5 rounds that is about ``1 + 10 k`` candidates (81 for
+    k=8, at least 5 in each of 8 separated blobs of 2M rows); :func:`init_from_candidates`
+    reduces them to k centres. The draws are keyed by ``[seed, round]`` (and the partition on
+    Spark), so a seed gives the same candidates.
 
     Examples
     --------
@@ -150,12 +152,22 @@ def kmeans_parallel(source: Source, k_max: int, *, seed: int, oversampling: floa
 
 
 def init_from_candidates(candidates: np.ndarray, weights: np.ndarray, k: int,
-                         rng: np.random.Generator, sample: np.ndarray) -> np.ndarray:
-    """Reduce weighted k-means|| candidates to k centres: weighted k-means++ then Lloyd."""
+                         rng: np.random.Generator, sample: np.ndarray,
+                         sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """Reduce weighted k-means|| candidates to k centres: greedy weighted k-means++
+    (:func:`~pipeline.engine.kernel.kmeans_plusplus`) on them, then Lloyd on them.
+
+    Candidates of weight 0 (closest to no row) are dropped; if fewer than k are left, rows of
+    ``sample`` with positive weight top them up (weight 1 each).
+    """
     keep = weights > 0
     cand, w = candidates[keep], weights[keep]
     if len(cand) < k:  # too few distinct candidates: top up from the sample
-        extra = sample[rng.choice(len(sample), k - len(cand), replace=False)]
+        pool = (np.arange(len(sample)) if sample_weight is None
+                else np.flatnonzero(np.asarray(sample_weight) > 0))
+        if len(pool) < k - len(cand):
+            pool = np.arange(len(sample))
+        extra = sample[rng.choice(pool, k - len(cand), replace=False)]
         cand, w = np.vstack([cand, extra]), np.concatenate([w, np.ones(len(extra))])
     centers = kmeans_plusplus(cand, k, rng, weights=w)
     fits = lloyd(ArraySource(cand, w), {(k, 0): centers}, max_iter=30, tol=1e-6,
@@ -363,7 +375,8 @@ def fit_sweep(source: Source, ks: Iterable[int], *, init: str | np.ndarray = "k-
         for i in range(n_init):
             rng = np.random.default_rng([seed, k, i])
             if parallel:
-                inits[(k, i)] = init_from_candidates(candidates, weights, k, rng, sample)
+                inits[(k, i)] = init_from_candidates(candidates, weights, k, rng, sample,
+                                                      sample_w)
             elif len(distinct) >= k:
                 inits[(k, i)] = kmeans_plusplus(distinct, k, rng, weights=distinct_w)
             else:  # fewer distinct rows than clusters: some centres coincide, then relocate

@@ -234,9 +234,59 @@ def add_stats(a: list[tuple[np.ndarray, np.ndarray, float]],
     return [(sa + sb, ca + cb, ia + ib) for (sa, ca, ia), (sb, cb, ib) in zip(a, b, strict=True)]
 
 
+def _weighted_pick(cumulative: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Indices drawn in proportion to the increments of ``cumulative`` (a running sum of
+    non-negative masses, last entry > 0), one per uniform draw in ``u``.
+
+    ``side="right"`` lands each draw on a row whose increment is positive, so a row of mass 0
+    is never picked, even for a draw of exactly 0; a draw that rounds up to the total goes to
+    the last row with positive mass.
+
+    Examples
+    --------
+    >>> _weighted_pick(np.cumsum([0.0, 1.0, 0.0, 3.0, 0.0]), np.array([0.0, 0.2, 0.9999999]))
+    array([1, 1, 3])
+    """
+    total = cumulative[-1]
+    idx = np.searchsorted(cumulative, u * total, side="right")
+    last = int(np.searchsorted(cumulative, total, side="left"))  # last positive increment
+    return np.minimum(idx, last)
+
+
+def _sq_distances(x: np.ndarray, x2: np.ndarray, centers: np.ndarray, out: np.ndarray, *,
+                  chunk: int = 65_536) -> np.ndarray:
+    """Squared distances (float64) of every row of ``x`` to every one of a few ``centers``,
+    written to ``out`` of shape (len(centers), n): ``|x|² - 2 c·x + |c|²`` through one GEMM
+    per chunk of rows, clipped at 0."""
+    c = np.asarray(centers, dtype=np.float64)
+    c2 = np.einsum("ij,ij->i", c, c)[:, None]
+    for lo in range(0, len(x), chunk):
+        block = out[:, lo:lo + chunk]
+        np.matmul(c, x[lo:lo + chunk].T, out=block)
+        block *= -2.0
+        block += c2
+        block += x2[lo:lo + chunk]
+        np.maximum(block, 0.0, out=block)
+    return out
+
+
 def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator,
-                    weights: np.ndarray | None = None) -> np.ndarray:
-    """k-means++ seeding (Arthur and Vassilvitskii, 2007) on an in-memory (weighted) sample.
+                    weights: np.ndarray | None = None, *,
+                    n_local_trials: int | None = None) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur and Vassilvitskii, 2007) on an in-memory (weighted)
+    sample, as scikit-learn's ``_kmeans_plusplus``.
+
+    The first centre is a row drawn in proportion to its weight. Each later step draws
+    ``n_local_trials`` (default ``2 + int(log(k))``) candidate rows in proportion to
+    ``w * d²`` (d: distance to the closest centre so far) and keeps the one that leaves the
+    lowest total ``sum(w * d²)``. The candidates' distances to every row come from one GEMM
+    per chunk of rows, in float64. Rows of weight 0 are never chosen while a row of positive
+    weight is left to choose (after that, a row already chosen is drawn again: a duplicate
+    centre, which Lloyd's empty-cluster policy then moves). If no row has positive weight,
+    every row counts alike.
+
+    The draws come from ``rng`` only (one uniform for the first centre, ``n_local_trials`` per
+    later step), so a seed gives the same centres wherever the sample is seeded.
 
     Examples
     --------
@@ -249,17 +299,35 @@ def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator,
         raise ValueError(f"n_samples={n} should be >= n_clusters={k}")
     x = np.asarray(x, dtype=np.float32)
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-    centers = np.empty((k, x.shape[1]), dtype=np.float32)
-    centers[0] = x[min(int(np.searchsorted(np.cumsum(w), rng.random() * w.sum())), n - 1)]
-    closest = assign(x, centers[:1])[1].astype(np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"weights shape {w.shape} != ({n},)")
+    if not w.sum() > 0:
+        w = np.ones(n)
+    trials = n_local_trials if n_local_trials is not None else 2 + int(np.log(k))
+    x64 = x.astype(np.float64)
+    x2 = np.einsum("ij,ij->i", x64, x64)
+    weight_cum = np.cumsum(w)
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = _weighted_pick(weight_cum, np.array([rng.random()]))[0]
+    closest = _sq_distances(x64, x2, x64[chosen[:1]], np.empty((1, n)))[0]
+    closest[chosen[0]] = 0.0  # exact, whatever the rounding of the expansion
+    potential = float(closest @ w)
+    trial_d2 = np.empty((trials, n))
     for i in range(1, k):
-        mass = closest * w
-        total = mass.sum()
-        idx = rng.integers(n) if total <= 0 else int(
-            np.searchsorted(np.cumsum(mass), rng.random() * total))
-        centers[i] = x[min(idx, n - 1)]
-        closest = np.minimum(closest, assign(x, centers[i:i + 1])[1])
-    return centers
+        u = rng.random(trials)
+        if potential > 0:
+            ids = _weighted_pick(np.cumsum(closest * w), u)
+        else:  # every row of positive weight is a centre already: draw by weight alone
+            ids = _weighted_pick(weight_cum, u)
+        _sq_distances(x64, x2, x64[ids], trial_d2)
+        np.minimum(trial_d2, closest, out=trial_d2)
+        trial_d2[np.arange(trials), ids] = 0.0
+        potentials = trial_d2 @ w
+        best = int(np.argmin(potentials))
+        chosen[i] = ids[best]
+        closest = trial_d2[best].copy()
+        potential = float(potentials[best])
+    return x[chosen].copy()
 
 
 def draw_d2(x: np.ndarray, centers: np.ndarray, scale: float, rng: np.random.Generator,
