@@ -1,9 +1,12 @@
-"""The Airflow plugin that serves the reports folder: what it serves, and what it refuses."""
+"""The Airflow plugin that serves the reports folder: what it serves, and what it refuses.
+
+The app is tested without importing Airflow (imported at collection, Airflow would configure
+itself before the session's metadata DB is set up)."""
 
 import pytest
 from starlette.testclient import TestClient
 
-from pipeline.orchestration import airflow_plugin
+from pipeline.orchestration import reports_app
 
 
 @pytest.fixture
@@ -14,7 +17,7 @@ def client(settings):
     (drift / "a-vs-v1.json").write_text("{}")
     (settings.reports_dir / "notes.txt").write_text("not a report")
     (settings.home / "secret.html").write_text("outside the reports folder")
-    return TestClient(airflow_plugin.reports_app)
+    return TestClient(reports_app.reports_app)
 
 
 def test_serves_a_report_and_lists_every_report(client):
@@ -39,7 +42,9 @@ def test_refuses_what_is_not_a_report_inside_the_folder(client, path):
     assert "outside the reports folder" not in reply.text
 
 
-def test_the_plugin_mounts_the_app_and_links_it_in_the_ui():
+def test_the_plugin_mounts_the_app_and_links_it_in_the_ui(airflow_db):
+    from pipeline.orchestration import airflow_plugin
+
     plugin = airflow_plugin.KMeansPlugin
     assert plugin.fastapi_apps[0]["url_prefix"] == "/kmeans"
     assert plugin.external_views[0]["href"] == "/kmeans/reports/"

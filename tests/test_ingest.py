@@ -10,13 +10,16 @@ from pipeline.core.settings import FEATURE_NAMES
 from pipeline.data.datagen import LAKE_TABLE, generate_lake
 from pipeline.data.ingest import OFFLINE_TABLE, SchemaError, ingest_lake, split_valid
 
+# The generated days (not today's: the tests name their intervals).
+START = dt.date(2026, 11, 1)
+
 
 def test_generate_is_partitioned_by_day_and_deterministic(settings):
-    lake = generate_lake(settings.lake_dir, n_customers=300, days=2, seed=3)
+    lake = generate_lake(settings.lake_dir, n_customers=300, days=2, start=START, seed=3)
     files = sorted((settings.lake_dir / LAKE_TABLE).glob("day=*/part-00000.parquet"))
     assert [f.parent.name for f in files] == ["day=2026-11-01", "day=2026-11-02"]
     first = [file_sha256(f) for f in files]
-    generate_lake(settings.lake_dir, n_customers=300, days=2, seed=3)
+    generate_lake(settings.lake_dir, n_customers=300, days=2, start=START, seed=3)
     assert [file_sha256(f) for f in files] == first
     frame = pq.read_table(files[0]).to_pandas()
     assert set(FEATURE_NAMES) <= set(frame.columns)
@@ -66,7 +69,7 @@ def test_missing_columns_are_named():
 
 
 def test_ingest_is_idempotent_and_quarantines(settings):
-    generate_lake(settings.lake_dir, n_customers=200, days=2, seed=5)
+    generate_lake(settings.lake_dir, n_customers=200, days=2, start=START, seed=5)
     part = settings.lake_dir / LAKE_TABLE / "day=2026-11-02" / "part-00000.parquet"
     frame = pq.read_table(part).to_pandas()
     frame.loc[:2, "mobile_share"] = 7.0
@@ -84,7 +87,7 @@ def test_ingest_is_idempotent_and_quarantines(settings):
 
 
 def test_a_day_gone_from_the_lake_keeps_its_landing_unless_told(settings, caplog):
-    generate_lake(settings.lake_dir, n_customers=100, days=2, seed=5)
+    generate_lake(settings.lake_dir, n_customers=100, days=2, start=START, seed=5)
     ingest_lake(settings, dt.date(2026, 11, 1), dt.date(2026, 11, 3))
     landed = settings.offline_dir / OFFLINE_TABLE / "day=2026-11-02" / "part-00000.parquet"
     before = file_sha256(landed)
@@ -111,7 +114,7 @@ def test_ingest_without_data_names_the_folder(settings):
 def test_an_unreachable_lake_deletes_nothing_even_when_told(settings):
     """Every day of the interval gone at once is an outage (an unmounted volume), not a
     deletion: even --delete-missing leaves the landing alone."""
-    generate_lake(settings.lake_dir, n_customers=100, days=2, seed=5)
+    generate_lake(settings.lake_dir, n_customers=100, days=2, start=START, seed=5)
     ingest_lake(settings, dt.date(2026, 11, 1), dt.date(2026, 11, 3))
     landed = sorted((settings.offline_dir / OFFLINE_TABLE).rglob("*.parquet"))
     (settings.lake_dir / LAKE_TABLE).rename(settings.lake_dir / "unmounted")

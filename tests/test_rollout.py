@@ -33,7 +33,9 @@ STEPS = "shadow,10,50,100"
 
 
 def _fit(x, pre, seed, champion=None):
-    km = KMeans(5, random_state=seed, n_init=2).fit(x.astype(np.float32))
+    # Four initialisations, as a registered model would have: with two, the refit on half the
+    # rows lands on a worse optimum for seed 1 (agreement with the champion 0.81, not 0.99).
+    km = KMeans(5, random_state=seed, n_init=4).fit(x.astype(np.float32))
     centroids, ids = km.cluster_centers_, list(range(5))
     if champion is not None:  # stable ids, as registration does
         mapping, _ = match_clusters(champion.assign_scaled(x).cluster,

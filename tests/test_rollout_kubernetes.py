@@ -112,3 +112,11 @@ def test_shadow_is_refused_with_the_reason(kserve):
     backend, _ = kserve
     with pytest.raises(RolloutError, match="cannot mirror traffic"):
         backend.traffic(Step("shadow", 0))
+
+
+
+def test_the_manifest_enables_the_tag_hosts_the_backend_reads():
+    """The backend analyses each revision through KServe's `prev-` and `latest-` hosts, which
+    exist only with tag routing on (they were off: the analysis could not have read them)."""
+    annotations = yaml.safe_load(MANIFEST.read_text())["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/enable-tag-routing"] == "true"

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -149,6 +150,12 @@ class Airflow:
         stop_group(self.pgid, grace_seconds)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def component_env(home: Path, *, sql_alchemy_conn: str, port: int, parallelism: int = 2,
                   base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment every component (and every task process) of one deployment shares.
@@ -188,6 +195,10 @@ def component_env(home: Path, *, sql_alchemy_conn: str, port: int, parallelism: 
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        # The scheduler's and triggerer's log servers (8793 and 8794 by default) on free ports:
+        # two deployments on one machine (make prod-up beside make test) must not collide.
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
         # The drift review links its report where the plugin serves it (airflow_plugin.py).

@@ -3,79 +3,15 @@ by Airflow's own API server, so a drift review links its report over HTTP, one c
 the Required Actions page.
 
 Registered through the ``airflow.plugins`` entry point (pyproject.toml): installing the project
-is enough. It mounts a read-only app at ``/kmeans`` and adds "K-means reports" to the UI's
-navigation. ``/kmeans/reports/`` lists the reports, newest first; ``/kmeans/reports/<path>``
-serves one (HTML, JSON or PNG under KMEANS_HOME/reports, nothing else).
+is enough. It mounts the read-only app of :mod:`pipeline.orchestration.reports_app` at
+``/kmeans`` and adds "K-means reports" to the UI's navigation.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import html
-from pathlib import Path
-from urllib.parse import quote
-
 from airflow.plugins_manager import AirflowPlugin
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
-from starlette.routing import Route
 
-from pipeline.core.settings import load_settings
-
-URL_PREFIX = "/kmeans"
-SERVED_SUFFIXES = {".html": "text/html; charset=utf-8", ".json": "application/json",
-                   ".png": "image/png"}
-# The reports are self-contained pages; nothing they load may come from elsewhere, and no other
-# site may frame them.
-HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "SAMEORIGIN",
-           "Cache-Control": "no-store"}
-
-
-def _root() -> Path:
-    return load_settings().reports_dir.resolve()
-
-
-def _served(root: Path, relative: str) -> Path | None:
-    """The file a request names, if it is a served report inside the reports folder."""
-    if "\x00" in relative:
-        return None
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root) or path.suffix not in SERVED_SUFFIXES:
-        return None
-    return path if path.is_file() else None
-
-
-async def report(request: Request) -> Response:
-    path = _served(_root(), request.path_params["path"])
-    if path is None:
-        return PlainTextResponse("no such report", status_code=404, headers=HEADERS)
-    return FileResponse(path, media_type=SERVED_SUFFIXES[path.suffix], headers=HEADERS)
-
-
-async def index(request: Request) -> Response:
-    root = _root()
-    found = sorted((p for p in root.rglob("*") if p.is_file() and p.suffix in SERVED_SUFFIXES),
-                   key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
-    rows = "\n".join(
-        f"<tr><td>{html.escape(p.parent.relative_to(root).as_posix() or '.')}</td>"
-        f"<td><a href=\"{quote(p.relative_to(root).as_posix())}\">{html.escape(p.name)}</a></td>"
-        f"<td>{dt.datetime.fromtimestamp(p.stat().st_mtime, dt.UTC):%Y-%m-%d %H:%M:%S} UTC</td>"
-        f"<td>{p.stat().st_size:,}</td></tr>" for p in found)
-    page = (
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>K-means reports</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.2em 1em;text-align:left}"
-        "</style></head><body><h1>K-means reports</h1>"
-        f"<p>{len(found)} reports in <code>{html.escape(str(root))}</code>, newest first.</p>"
-        "<table><tr><th>kind</th><th>report</th><th>written</th><th>bytes</th></tr>"
-        f"{rows}</table></body></html>")
-    return HTMLResponse(page, headers=HEADERS)
-
-
-reports_app = Starlette(routes=[
-    Route("/reports/", index),
-    Route("/reports/{path:path}", report),
-])
+from pipeline.orchestration.reports_app import URL_PREFIX, reports_app
 
 
 class KMeansPlugin(AirflowPlugin):
