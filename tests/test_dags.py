@@ -245,6 +245,9 @@ def test_drift_review_reject_ends_cleanly_approve_registers_and_rollback_dag(
 
     monkeypatch.setenv("KMEANS_HOME", str(tmp_path))
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
+    # The shifted population's clusters are looser than the champion's, so the comparison gate
+    # may refuse the challenger (it does since greedy seeding); that gate is not the subject.
+    monkeypatch.setenv("KMEANS_GATE_COMPARISON_TOLERANCE", "1.0")
     settings = _lake(tmp_path)
     conf = {"engine": "local"}
     # The champion, staged by the same functions the tasks call: version 1 with its reference.

@@ -796,10 +796,10 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def test_soak_mixed_valid_and_hostile_traffic(tmp_path):
-    """KMEANS_SOAK_SECONDS (default 60) of valid clients next to stalled bodies, huge and slow
+    """KMEANS_SOAK_SECONDS (default 30) of valid clients next to stalled bodies, huge and slow
     heads and amplification attempts: valid requests keep being answered, the server's peak
     memory stays bounded, and nothing answers 5xx."""
-    seconds = float(os.environ.get("KMEANS_SOAK_SECONDS", "60"))
+    seconds = float(os.environ.get("KMEANS_SOAK_SECONDS", "30"))
     proc = subprocess.Popen([sys.executable, "-c", SOAK_SERVER, str(tmp_path / "m")], cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
