@@ -38,6 +38,7 @@ from pipeline.serving.model import Prediction, SegmentService, Window
 from pipeline.serving.openapi import document
 from pipeline.serving.server import running
 from tests.conftest import make_settings
+from tests.servers import wait_ready
 from tests.test_artifact import tamper
 from tests.test_serving import INFER, NAME, PREDICT, GatedLookup
 from tests.test_serving_standalone import _free_port, _register_tiny_model
@@ -555,16 +556,7 @@ def test_the_access_log_goes_to_stdout_when_served_like_kmeans_serve(tmp_path):
         proc = subprocess.Popen([sys.executable, "-c", SERVE_LIKE_THE_CLI], cwd=ROOT, env=env,
                                 stdout=out, stderr=err)
         try:
-            deadline = time.monotonic() + 240
-            while True:
-                assert proc.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
-                assert time.monotonic() < deadline, "not ready in 240 s"
-                try:
-                    if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.25)
+            wait_ready(proc, url, tmp_path / "stderr")
             reply = httpx.post(f"{url}{INFER}", json=features(valid_rows(2)),
                                headers={"x-request-id": "stdout-check"}, timeout=10)
             assert reply.status_code == 200, reply.text

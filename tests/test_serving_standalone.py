@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import tomllib
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from pipeline.serving.openapi import GUARD_SCHEMES, document
 from pipeline.serving.routes import ROUTES, Route, Router
 from pipeline.serving.server import running
 from tests.conftest import make_settings
+from tests.servers import wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "customer_segments"
@@ -326,16 +326,7 @@ def test_the_images_command_serves_a_registered_model_without_the_platform(tmp_p
         server = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=out,
                                   stderr=err)
         try:
-            deadline = time.monotonic() + 240
-            while True:
-                assert server.poll() is None, (tmp_path / "stderr").read_text()[-4000:]
-                assert time.monotonic() < deadline, "not ready in 240 s"
-                try:
-                    if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.25)
+            wait_ready(server, url, tmp_path / "stderr", tail=4000)
             rows = np.asarray(model.preprocessor.means)[None, :] + np.eye(12)[:3]
             reply = httpx.post(f"{url}/v2/models/{NAME}/infer", timeout=10, json={
                 "id": "standalone", "inputs": [{"name": "features", "datatype": "FP64",
