@@ -26,6 +26,7 @@ from pipeline.data.datagen import generate_lake
 from pipeline.data.ingest import ingest_lake
 from pipeline.data.validation import ValidationFailed, validate_snapshot
 from pipeline.demo import run_demo
+from pipeline.engine.spark import clean_stage, executor_stage_root, stage_usage
 from pipeline.promotion import gates as gate_checks
 from pipeline.promotion.gates import GateRefused
 from pipeline.promotion.register import register as register_run
@@ -282,6 +283,24 @@ def rollout(
 def audit():
     """Print the audit trail of alias moves."""
     _echo(registry.read_audit(_settings()))
+
+
+@app.command(cls=_Command)
+def blocks(
+    clean: Annotated[bool, typer.Option(
+        "--clean", help="Remove what the retention policy says has expired.")] = False,
+    retention_hours: Annotated[float, typer.Option(
+        min=0, help="Keys unused for longer than this are expired.")] = 72.0,
+    stage_dir: Annotated[Path | None, typer.Option(
+        help="Stage dir to look at (default: KMEANS_STAGE_DIR, or this machine's executor "
+             "dir when that is 'executor').")] = None,
+):
+    """Show the staged blocks (key, blocks, bytes, temporary files, hours idle); with --clean,
+    remove expired keys and the temporary files of dead task attempts."""
+    root = stage_dir or Path(load_settings().block_stage_dir or executor_stage_root())
+    removed = clean_stage(root, retention_hours=retention_hours, dry_run=not clean)
+    _echo({"stage_dir": str(root), "keys": stage_usage(root),
+           "removed" if clean else "would_remove": removed})
 
 
 @app.command(cls=_Command)

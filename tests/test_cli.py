@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -51,6 +52,11 @@ def test_stages_end_to_end(settings):
         "run_id": trained["run_id"]}
     assert registered["figures"]["gates"]["quality"]["silhouette_lo"] > 0
     assert [e["alias"] for e in _ok("audit")] == ["challenger", "champion"]
+    staged = _ok("blocks")
+    assert staged["stage_dir"] == str(settings.stage_dir) and staged["would_remove"] == []
+    assert [k["blocks"] for k in staged["keys"]] == [len(list(Path(snap).glob("*.parquet")))]
+    cleaned = _ok("blocks", "--clean", "--retention-hours", "0")
+    assert cleaned["removed"] == [staged["keys"][0]["path"]] and _ok("blocks")["keys"] == []
 
 
 def test_generated_data_ends_yesterday_by_default(settings):

@@ -4,6 +4,7 @@ scikit-learn from the same initial centroids (Spark's agreement: test_spark_engi
 import json
 import pickle
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,8 +17,20 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.engine.estimator import ArraySource, EmptyClusterWarning, KMeans, fit_sweep, lloyd
+from pipeline.engine.inprocess import in_process_source
 from pipeline.engine.kernel import assign, distances, kmeans_plusplus, partial_stats
-from pipeline.engine.spark import BlockSpec, block_key, load_block, load_block_and_weights
+from pipeline.engine.spark import (
+    BlockSpec,
+    balanced_groups,
+    block_key,
+    clean_stage,
+    executor_stage_root,
+    load_block,
+    load_block_and_weights,
+    load_staged,
+    parquet_spec,
+    stage_usage,
+)
 
 
 def test_assign_hand_computed():
@@ -339,8 +352,11 @@ def test_staging_filters_rows_then_transforms_them(tmp_path):
     meta = json.loads((tmp_path / "stage" / spec.key / "block-00000.json").read_text())
     assert meta == {"rows": 5, "cols": 2}
     assert sorted(p.name for p in (tmp_path / "stage" / spec.key).iterdir()) == [
-        "block-00000.f32", "block-00000.json", "block-00000.w64",
-        "block-00001.f32", "block-00001.json", "block-00001.w64"], "no temporary left behind"
+        "block-00000.f32", "block-00000.ids", "block-00000.json", "block-00000.w64",
+        "block-00001.f32", "block-00001.ids", "block-00001.json", "block-00001.w64"
+    ], "no temporary left behind"
+    # without row offsets a row's id is (rank of its file) << 40 plus its position in it
+    np.testing.assert_array_equal(load_staged(spec, 0).ids, [0, 2, 4, 6, 8])
 
 
 def test_staging_refuses_a_row_filter_of_the_wrong_shape(tmp_path):
@@ -354,3 +370,120 @@ def test_staging_refuses_a_row_filter_of_the_wrong_shape(tmp_path):
 
 def _first_row_only(frame: pd.DataFrame) -> np.ndarray:
     return np.ones(1, dtype=bool)
+
+
+# ---------------------------------------------------------------- partition independence
+
+def _blob_files(folder: Path, sizes: list[int], seed: int = 3) -> np.ndarray:
+    """Parquet files of the given row counts cut from one blob dataset; returns all rows."""
+    x, _ = make_blobs(sum(sizes), n_features=3, centers=4, random_state=seed)
+    x = x.astype(np.float32)
+    folder.mkdir(parents=True)
+    start = 0
+    for i, n in enumerate(sizes):
+        pd.DataFrame(x[start:start + n], columns=list("abc")).to_parquet(
+            folder / f"part-{i:03d}.parquet")
+        start += n
+    return x
+
+
+def test_every_partitioning_gives_the_same_sample_and_fit(tmp_path):
+    """The draws are keyed by a row's global position: the whole array in memory, one block
+    per file, and the files grouped into 2 or 3 blocks sample the same rows, draw the same
+    k-means|| candidates and fit the same centroids."""
+    x = _blob_files(tmp_path / "data", [700, 50, 1200, 300, 900, 850])
+    sources = {"array": ArraySource(x)}
+    for parts in (None, 2, 3):
+        spec = parquet_spec(tmp_path / "data", list("abc"), tmp_path / "stage",
+                            partitions=parts)
+        sources[f"blocks={len(spec.files)}"] = in_process_source(spec)
+    assert list(sources) == ["array", "blocks=6", "blocks=2", "blocks=3"]
+    samples = {name: s.sample(1000, seed=4) for name, s in sources.items()}
+    fits = {name: fit_sweep(s, [4, 5], seed=9, max_iter=20) for name, s in sources.items()}
+    for name in sources:
+        assert len(samples[name]) == 1000, name
+        np.testing.assert_array_equal(samples[name], samples["array"], err_msg=name)
+        for k in (4, 5):
+            np.testing.assert_allclose(fits[name].fits[k].centroids,
+                                       fits["array"].fits[k].centroids, rtol=0, atol=1e-6,
+                                       err_msg=f"{name} k={k}")
+            assert fits[name].fits[k].inertia == pytest.approx(
+                fits["array"].fits[k].inertia, rel=1e-9)
+
+
+def test_staging_sample_fraction_does_not_depend_on_the_blocks(tmp_path):
+    _blob_files(tmp_path / "data", [400, 600, 500])
+    staged = []
+    for parts in (None, 2):
+        spec = parquet_spec(tmp_path / "data", list("abc"), tmp_path / "stage",
+                            partitions=parts)
+        spec = BlockSpec(**{**spec.__dict__, "sample_fraction": 0.3, "sample_seed": 5,
+                            "key": f"{spec.key[:-1]}x"})
+        source = in_process_source(spec)
+        staged.append((source.ids, source.x))
+    np.testing.assert_array_equal(staged[0][0], staged[1][0])
+    np.testing.assert_array_equal(staged[0][1], staged[1][1])
+    assert 0.25 < len(staged[0][0]) / 1500 < 0.35
+
+
+def test_blocks_are_balanced_by_rows_not_by_file_count():
+    assert balanced_groups(list("abcd"), [100, 10, 10, 80], 2) == (("a",), ("b", "c", "d"))
+    groups = balanced_groups([f"f{i}" for i in range(10)], [1] * 9 + [91], 3)
+    assert sum(len(g) for g in groups) == 10 and groups[-1] == ("f9",)
+    assert balanced_groups(["a"], [5], 4) == (("a",),)
+    with pytest.raises(ValueError, match="partitions=0 should be >= 1"):
+        balanced_groups(["a"], [5], 0)
+
+
+# ---------------------------------------------------------------- stage dirs and retention
+
+def test_executor_stage_root_is_beside_sparks_own_local_dirs(monkeypatch, tmp_path):
+    app_dir = tmp_path / "local" / "spark-1a2b" / "executor-3c" / "blockmgr-4d5e"
+    monkeypatch.setenv("SPARK_LOCAL_DIRS", f"{app_dir},/elsewhere/blockmgr-9")
+    assert executor_stage_root() == tmp_path / "local" / "kmeans-blocks"
+    monkeypatch.delenv("SPARK_LOCAL_DIRS")
+    assert executor_stage_root().name == "kmeans-blocks"
+
+
+def test_retention_removes_idle_keys_and_dead_attempts_only(tmp_path):
+    import os
+    import time
+
+    root = tmp_path / "stage"
+    old, fresh, kept = (root / block_key(n) for n in ("old", "fresh", "kept"))
+    for folder in (old, fresh, kept):
+        folder.mkdir(parents=True)
+        (folder / "block-00000.f32").write_bytes(b"\0" * 8)
+    (root / "frames").mkdir()  # not a key: left alone
+    dead = fresh / "block-00001.f32.host.1.abc.tmp"
+    live = fresh / "block-00002.f32.host.2.def.tmp"
+    dead.write_bytes(b"x")
+    live.write_bytes(b"y")
+    week_ago = time.time() - 7 * 24 * 3600
+    for path in (old, kept, dead):
+        os.utime(path, (week_ago, week_ago))
+    usage = {u["key"]: u for u in stage_usage(root)}
+    assert set(usage) == {old.name, fresh.name, kept.name}
+    assert usage[fresh.name]["temporary"] == 2 and usage[old.name]["idle_hours"] > 100
+    planned = clean_stage(root, retention_hours=72, keep=[kept.name], dry_run=True)
+    assert sorted(planned) == sorted([str(old), str(dead)]) and old.exists()
+    assert sorted(clean_stage(root, retention_hours=72, keep=[kept.name])) == sorted(planned)
+    assert not old.exists() and not dead.exists()
+    assert kept.exists() and live.exists() and (root / "frames").exists()
+
+
+# ---------------------------------------------------------------- seeding at scale
+
+def test_seeding_reaches_scikit_learns_optimum_on_2m_rows_for_every_seed():
+    """make_blobs(2M, 16, 8 centres, random_state=0) in float32, where non-greedy seeding
+    landed 3-5x above the optimum for 3 of 5 seeds: both initialisations now end within 1%
+    of scikit-learn's inertia (greedy k-means++, same seed) for seeds 0-4."""
+    x, _ = make_blobs(2_000_000, 16, centers=8, random_state=0)
+    x = x.astype(np.float32)
+    ratios = {}
+    for seed in range(5):
+        reference = SkKMeans(8, n_init=1, random_state=seed).fit(x).inertia_
+        for init in ("k-means||", "k-means++"):
+            ours = KMeans(8, init=init, random_state=seed).fit(x).inertia_
+            ratios[(init, seed)] = ours / reference
+    assert all(r <= 1.01 for r in ratios.values()), ratios

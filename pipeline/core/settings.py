@@ -37,7 +37,9 @@ FEATURES: dict[str, dict[str, float | bool]] = {
 FEATURE_NAMES: list[str] = list(FEATURES)
 
 # KMEANS_* variables read by other parts (the kernel), not settings of a deployment.
-_NOT_SETTINGS = {"KMEANS_KERNEL_THREADS", "KMEANS_ALERT_WEBHOOK_URL"}
+_NOT_SETTINGS = {"KMEANS_KERNEL_THREADS", "KMEANS_ALERT_WEBHOOK_URL", "KMEANS_SOAK_SECONDS"}
+#: KMEANS_STAGE_DIR value that stages on each executor's own local dirs.
+EXECUTOR_STAGE_DIR = "executor"
 
 
 class Settings(BaseSettings):
@@ -87,7 +89,8 @@ class Settings(BaseSettings):
         4, ge=1, description="Snapshot files = Spark tasks per iteration.")
     stage_dir: Path = Field(  # type: ignore[assignment]
         None, validate_default=False,
-        description="Executor-local folder for staged float32 blocks (default: <home>/blocks).",
+        description="Folder for staged float32 blocks (default: <home>/blocks); 'executor': "
+                    "each Spark executor's own local dirs (SPARK_LOCAL_DIRS) at task time.",
     )
     min_rows: int = Field(500, ge=1, description="Fewest rows a training snapshot may have.")
     max_null_share: float = Field(0.10, ge=0, le=1, description="Largest null share per feature.")
@@ -217,7 +220,8 @@ class Settings(BaseSettings):
     def _fill_and_check(self) -> Settings:
         self.home = self.home.expanduser().resolve()
         self.lake_dir = (self.lake_dir or self.home / "lake").expanduser().resolve()
-        self.stage_dir = (self.stage_dir or self.home / "blocks").expanduser().resolve()
+        if str(self.stage_dir) != EXECUTOR_STAGE_DIR:
+            self.stage_dir = (self.stage_dir or self.home / "blocks").expanduser().resolve()
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"sqlite:///{self.home / 'mlflow.db'}"
         if (self.serving_token is not None and self.admin_token is not None
@@ -238,6 +242,11 @@ class Settings(BaseSettings):
         return self
 
     # Derived locations; the folders are created by the stage that writes them, not here.
+    @property
+    def block_stage_dir(self) -> str:
+        """The engine's stage dir: a path, or "" for each executor's own local dirs."""
+        return "" if str(self.stage_dir) == EXECUTOR_STAGE_DIR else str(self.stage_dir)
+
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"

@@ -29,12 +29,17 @@ from sklearn.utils._param_validation import Interval, StrOptions, validate_param
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from pipeline.engine.kernel import (
+    D2_STREAM,
+    SAMPLE_STREAM,
     Stats,
     assign,
     distances,
     draw_d2,
     kmeans_plusplus,
     partial_stats,
+    sample_threshold,
+    take_sample,
+    uniforms,
 )
 
 log = logging.getLogger(__name__)
@@ -81,6 +86,11 @@ class EmptyClusterWarning(UserWarning):
 class ArraySource:
     """In-process source over an in-memory (or memory-mapped) float32 array.
 
+    ``ids`` are the rows' global positions (default ``0 .. n-1``): every random draw is a
+    function of a row's id (:func:`~pipeline.engine.kernel.uniforms`), so this source draws
+    the same sample and the same k-means|| candidates as a Spark source over the same rows,
+    however those are split into blocks.
+
     Examples
     --------
     >>> source = ArraySource(np.array([[0, 0], [2, 0]], np.float32))
@@ -88,7 +98,8 @@ class ArraySource:
     (2, 2.0)
     """
 
-    def __init__(self, x: np.ndarray, weights: np.ndarray | None = None):
+    def __init__(self, x: np.ndarray, weights: np.ndarray | None = None,
+                 ids: np.ndarray | None = None):
         self.x = np.ascontiguousarray(x, dtype=np.float32)
         if self.x.ndim != 2:
             raise ValueError(f"X should be 2-dimensional, got shape {self.x.shape}")
@@ -97,22 +108,27 @@ class ArraySource:
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
         if self.weights is not None and self.weights.shape != (len(self.x),):
             raise ValueError(f"sample_weight shape {self.weights.shape} != ({len(self.x)},)")
+        self.ids = (np.arange(len(self.x), dtype=np.uint64) if ids is None
+                    else np.asarray(ids, dtype=np.uint64))
+        if self.ids.shape != (len(self.x),):
+            raise ValueError(f"ids shape {self.ids.shape} != ({len(self.x)},)")
         self.n_rows, self.n_features = self.x.shape
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         return self.sample_with_weights(n, seed)[0]
 
     def sample_with_weights(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = (np.arange(self.n_rows) if n >= self.n_rows else
-               np.sort(np.random.default_rng(seed).choice(self.n_rows, n, replace=False)))
-        w = np.ones(len(idx)) if self.weights is None else self.weights[idx]
-        return self.x[idx], w
+        u = uniforms(self.ids, SAMPLE_STREAM, seed)
+        keep = u < sample_threshold(n, self.n_rows)
+        w = np.ones(self.n_rows) if self.weights is None else self.weights
+        return take_sample([(self.x[keep], w[keep], self.ids[keep], u[keep])], n)
 
     def step(self, centroids: list[np.ndarray]) -> list[Stats]:
         return partial_stats(self.x, centroids, self.weights)
 
     def sample_d2(self, centers: np.ndarray, scale: float, seed: Sequence[int]) -> np.ndarray:
-        return draw_d2(self.x, centers, scale, np.random.default_rng(list(seed)), self.weights)
+        return draw_d2(self.x, centers, scale, uniforms(self.ids, D2_STREAM, *seed),
+                       self.weights)
 
 
 def kmeans_parallel(source: Source, k_max: int, *, seed: int, oversampling: float = 2.0,
@@ -123,8 +139,9 @@ def kmeans_parallel(source: Source, k_max: int, *, seed: int, oversampling: floa
     ``l = oversampling * k_max``; a last pass weights each candidate by the rows closest to it.
     With the paper's ``l = 2k`` and 5 rounds that is about ``1 + 10 k`` candidates (81 for
     k=8, at least 5 in each of 8 separated blobs of 2M rows); :func:`init_from_candidates`
-    reduces them to k centres. The draws are keyed by ``[seed, round]`` (and the partition on
-    Spark), so a seed gives the same candidates.
+    reduces them to k centres. Each row's draw is keyed by ``[seed, round]`` and its id (its
+    global position), so a seed gives the same candidates in-process and on Spark, with any
+    number of blocks.
 
     Examples
     --------

@@ -330,20 +330,106 @@ def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator,
     return x[chosen].copy()
 
 
-def draw_d2(x: np.ndarray, centers: np.ndarray, scale: float, rng: np.random.Generator,
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser (Steele et al., 2014) on uint64, element-wise: a bijection that
+    spreads every input bit over every output bit."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def stream_key(*key: int) -> int:
+    """One 64-bit key from a sequence of integers (a seed, a round, a purpose ...), folded
+    with SplitMix64 in Python integers."""
+    h = 0x6A09E667F3BCC908
+    for part in key:
+        z = ((h ^ (int(part) & _MASK64)) * 0x9E3779B97F4A7C15) & _MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h = z ^ (z >> 31)
+    return h
+
+
+def uniforms(ids: np.ndarray, *key: int) -> np.ndarray:
+    """A uniform draw in [0, 1) for each row, a function of the row's id (its global position)
+    and ``key`` alone: a counter-based generator. A row gets the same draw wherever it is
+    staged and however the rows are split into blocks, so sampling and k-means|| rounds are
+    independent of the partitioning.
+
+    Examples
+    --------
+    >>> ids = np.arange(5, dtype=np.uint64)
+    >>> split = np.concatenate([uniforms(ids[:2], 7), uniforms(ids[2:], 7)])
+    >>> bool((uniforms(ids, 7) == split).all())
+    True
+    >>> bool((uniforms(ids, 7) != uniforms(ids, 8)).all())
+    True
+    """
+    k = np.uint64(stream_key(*key))
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps modulo 2**64 by design
+        z = _mix64(np.asarray(ids, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + k)
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+#: Stream keys of the engine's draws, so that no two purposes share a stream.
+SAMPLE_STREAM, D2_STREAM, STAGE_STREAM = 0x53414D50, 0x4B4D5050, 0x53544147
+
+
+def sample_threshold(n: int, n_rows: int) -> float:
+    """The draw below which a row enters a sample of ``n`` of ``n_rows`` rows: a little above
+    ``n / n_rows`` (four standard deviations), so that at least ``n`` rows pass almost surely
+    and :func:`take_sample` keeps the ``n`` smallest draws."""
+    if n >= n_rows:
+        return 1.0
+    return min(1.0, (n + 4.0 * np.sqrt(n) + 16.0) / n_rows)
+
+
+def take_sample(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], n: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, weights)``: the ``n`` rows of smallest draw among ``parts``, each
+    ``(rows, weights, ids, draws)`` of the rows that passed :func:`sample_threshold`, in the
+    order of their ids. A function of the ids and draws alone, not of how the rows were split
+    into parts.
+
+    Examples
+    --------
+    >>> ids = np.arange(4, dtype=np.uint64)
+    >>> x = np.arange(8, dtype=np.float32).reshape(4, 2)
+    >>> u = np.array([0.4, 0.1, 0.3, 0.2])
+    >>> take_sample([(x[:2], np.ones(2), ids[:2], u[:2]), (x[2:], np.ones(2), ids[2:], u[2:])],
+    ...             2)[0].tolist()
+    [[2.0, 3.0], [6.0, 7.0]]
+    """
+    x = np.concatenate([p[0] for p in parts])
+    w = np.concatenate([p[1] for p in parts])
+    ids = np.concatenate([p[2] for p in parts])
+    u = np.concatenate([p[3] for p in parts])
+    if len(u) > n:
+        keep = np.lexsort((ids, u))[:n]  # ties of the draw broken by id
+        x, w, ids = x[keep], w[keep], ids[keep]
+    order = np.argsort(ids, kind="stable")
+    return np.ascontiguousarray(x[order], dtype=np.float32), np.asarray(w[order], np.float64)
+
+
+def draw_d2(x: np.ndarray, centers: np.ndarray, scale: float, u: np.ndarray,
             weights: np.ndarray | None = None) -> np.ndarray:
     """Rows kept with probability min(1, scale * w * d²(row, centers)): a k-means|| round.
 
     ``scale`` is l / cost with the weighted cost, so about l rows are kept whatever the weights
-    sum to, and rows of weight 0 never are.
+    sum to, and rows of weight 0 never are. ``u`` holds each row's uniform draw
+    (:func:`uniforms` of the rows' ids), so the round keeps the same rows however they are
+    split into blocks.
 
     Examples
     --------
     >>> x = np.array([[0, 0], [3, 4]], np.float32)
-    >>> draw_d2(x, x[:1], 1.0, np.random.default_rng(0)).tolist()
+    >>> draw_d2(x, x[:1], 1.0, np.array([0.5, 0.5])).tolist()
     [[3.0, 4.0]]
     """
     d2 = assign(x, centers)[1].astype(np.float64)
     if weights is not None:
         d2 *= np.asarray(weights, dtype=np.float64)
-    return np.asarray(x[rng.random(len(x)) < scale * d2], dtype=np.float32)
+    return np.asarray(x[u < scale * d2], dtype=np.float32)

@@ -1,12 +1,19 @@
 """Spark path of the engine: staged float32 blocks, one Spark job per iteration.
 
-Each task decodes its Parquet file once into a contiguous float32 block in executor-local
-storage (temporary name, then rename; under a key the caller derives from what defines the
-block: snapshot hash, preprocessing, row filter, sampling) and memory-maps it in every later
-iteration. Preprocessing and row selection are passed in as picklable callables, so the engine
-knows nothing of the project's features or splits. The centroids of every candidate K go out
-together in one broadcast; each task returns per-K sums, counts and inertia; the driver adds
-them up. A lost task is re-run by Spark and rebuilds its block from Parquet if it is missing.
+Each task decodes its Parquet file(s) once into a contiguous float32 block in executor-local
+storage (temporary name unique to the task attempt, then rename; under a key the caller derives
+from what defines the block: snapshot hash, preprocessing, row filter, sampling) and
+memory-maps it in every later iteration. The staging job is a *marker* RDD that Spark keeps
+cached: every later job derives from it, so Spark schedules each block's task on the executor
+that staged it (PROCESS_LOCAL), and a lost executor's blocks are re-staged once, on a survivor,
+when Spark recomputes their marker partitions. Snapshots are read through ``pyarrow.fs``
+(local paths, ``s3://``, ``gs://``, ``abfs://``, ``hdfs://``).
+
+Preprocessing and row selection are passed in as picklable callables, so the engine knows
+nothing of the project's features or splits. The centroids of every candidate K travel in the
+task closure (a few KB: no broadcast to re-fetch from a dead executor); each task returns per-K
+sums, counts and inertia; the driver adds them up. Every random draw is keyed by a row's global
+position, so the result does not depend on how the rows are split into blocks.
 """
 
 from __future__ import annotations
@@ -15,23 +22,51 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import socket
 import sys
+import tempfile
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.engine.kernel import Stats, add_stats, draw_d2, partial_stats
+from pipeline.engine.kernel import (
+    D2_STREAM,
+    SAMPLE_STREAM,
+    STAGE_STREAM,
+    Stats,
+    add_stats,
+    draw_d2,
+    partial_stats,
+    sample_threshold,
+    take_sample,
+    uniforms,
+)
 
 log = logging.getLogger(__name__)
 
 # Errors only from Spark's JVM on the console (see the file).
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
+
+
+#: What the engine sets on a cluster (any master but ``local``) unless the caller says
+#: otherwise. The first job waits until every requested executor has registered, so staging is
+#: spread over all of them; stragglers get a speculative copy (staging is atomic per attempt).
+CLUSTER_DEFAULTS = {
+    "spark.scheduler.minRegisteredResourcesRatio": "1.0",
+    "spark.scheduler.maxRegisteredResourcesWaitingTime": "120s",
+    "spark.speculation": "true",
+}
 
 
 def spark_session(master: str = "local[*]", *, app_name: str = "kmeans", driver_memory: str = "2g",
@@ -60,8 +95,12 @@ def spark_session(master: str = "local[*]", *, app_name: str = "kmeans", driver_
                # Executor <-> Python worker over Unix sockets instead of loopback TCP: halves
                # the fixed cost of a Python job (124 -> 67 ms measured here), paid every
                # iteration.
-               .config("spark.python.unix.domain.socket.enabled", "true"))
+               .config("spark.python.unix.domain.socket.enabled", "true")
+               # workers forked with the engine already imported (pipeline/engine/daemon.py)
+               .config("spark.python.daemon.module", "pipeline.engine.daemon"))
     extra = dict(extra or {})
+    if master and not master.startswith("local"):
+        extra = {**CLUSTER_DEFAULTS, **extra}
     extra.setdefault("spark.driver.extraJavaOptions",
                      f"-Dlog4j2.configurationFile={LOG4J_CONFIG.as_uri()}")
     for key, value in extra.items():
@@ -80,13 +119,18 @@ class BlockSpec:
     Attributes
     ----------
     snapshot_dir : str
-        Folder (or ``pyarrow.fs`` URI) of the Parquet files.
+        Folder or URI of the Parquet files: a local path, or anything ``pyarrow.fs`` reads
+        (``s3://bucket/x``, ``gs://``, ``abfs://``, ``hdfs://``; options such as
+        ``?endpoint_override=host:port&scheme=http`` ride in the URI, credentials come from the
+        executors' environment).
     files : tuple
         Per task: a file name, or a tuple of file names staged into one block.
     stage_dir : str
-        Executor-local folder of the staged blocks.
+        Folder of the staged blocks. Empty: each executor's own local storage
+        (``SPARK_LOCAL_DIRS`` at task time, see :func:`executor_stage_root`); a path shared by
+        every executor stays an option.
     key : str
-        Sub-folder of ``stage_dir`` for these blocks; the caller derives it (:func:`block_key`)
+        Sub-folder of the stage dir for these blocks; the caller derives it (:func:`block_key`)
         from everything that defines their content, callables included.
     columns : tuple of str
         The columns taken as they are when ``transform`` is None.
@@ -95,13 +139,20 @@ class BlockSpec:
     row_filter : callable DataFrame -> bool ndarray (n,), or None
         Rows to keep of each batch (e.g. one side of a train/holdout split); None keeps all.
     sample_fraction : float
-        Share of the rows kept at random, drawn per batch from a generator keyed by
-        ``[sample_seed, task index]``.
+        Share of the rows kept at random: a row is kept when its draw (keyed by
+        ``sample_seed`` and its global position) is below the fraction.
     sample_seed : int
     threads : int
         Kernel threads per task; Spark already runs one task per core.
     weight_column : str or None
         Column of non-negative row weights.
+    row_offsets : tuple of (file name, int)
+        Global position of each file's first row in the snapshot (files in name order): a
+        row's id is its file's offset plus its position in the file, and every random draw
+        is keyed by it. Files without an offset get ``(rank of the name) << 40``.
+    retention_hours : float
+        Staged keys unused for this long are removed from the stage dir (with the temporary
+        files of dead task attempts), the next time a block is staged there.
     """
 
     snapshot_dir: str
@@ -115,6 +166,8 @@ class BlockSpec:
     sample_seed: int = 0
     threads: int = 1
     weight_column: str | None = None
+    row_offsets: tuple[tuple[str, int], ...] = ()
+    retention_hours: float = 72.0
 
 
 def block_key(*parts: Any) -> str:
@@ -131,39 +184,271 @@ def block_key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def load_block(spec: BlockSpec, index: int) -> np.ndarray:
-    """The staged float32 block of partition ``index`` (memory-mapped), built if missing.
+# ---------------------------------------------------------------- storage
+
+def filesystem(uri: str | Path) -> tuple[pafs.FileSystem, str]:
+    """``(pyarrow filesystem, path inside it)`` of a local path or a URI.
+
+    ``s3a://`` and ``s3n://`` (Hadoop's names) read as ``s3://``.
+
+    Examples
+    --------
+    >>> fs, path = filesystem("/tmp/snapshot")
+    >>> fs.type_name, path
+    ('local', '/tmp/snapshot')
+    """
+    text = str(uri)
+    if "://" not in text:
+        return pafs.LocalFileSystem(), str(Path(text).expanduser().absolute())
+    scheme, rest = text.split("://", 1)
+    if scheme in ("s3a", "s3n"):
+        text = f"s3://{rest}"
+    if scheme == "file":
+        return pafs.LocalFileSystem(), rest
+    return pafs.FileSystem.from_uri(text)
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}"
+
+
+@dataclass(frozen=True)
+class ParquetFiles:
+    """The Parquet files of a folder (or prefix) and what identifies their content."""
+
+    names: tuple[str, ...]
+    rows: tuple[int, ...]
+    stamps: tuple[tuple[str, int, int], ...]  # (name, size, mtime in ns)
+
+    @property
+    def offsets(self) -> tuple[tuple[str, int], ...]:
+        starts = np.concatenate([[0], np.cumsum(self.rows)[:-1]]).astype(int)
+        return tuple(zip(self.names, (int(s) for s in starts), strict=True))
+
+
+def list_parquet(uri: str | Path, names: Sequence[str] | None = None) -> ParquetFiles:
+    """The ``*.parquet`` files of a folder or object-store prefix (or the given ``names`` in
+    it), in name order, with their row counts (from the footers) and size and modification
+    time (from the store).
+
+    Examples
+    --------
+    >>> list_parquet("snapshot/").names  # doctest: +SKIP
+    ('part-00000.parquet', 'part-00001.parquet')
+    """
+    fs, base = filesystem(uri)
+    if names is None:
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(base, recursive=False))
+        except FileNotFoundError:
+            infos = []
+        infos = [i for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(
+            ".parquet")]
+    else:
+        infos = fs.get_file_info([_join(base, n) for n in names])
+        missing = [i.path for i in infos if i.type != pafs.FileType.File]
+        if missing:
+            raise FileNotFoundError(f"snapshot files missing: {missing}")
+    infos = sorted(infos, key=lambda i: i.base_name)
+    if not infos:
+        raise FileNotFoundError(f"no Parquet files in {uri}")
+    rows = []
+    for info in infos:
+        with fs.open_input_file(info.path) as handle:
+            rows.append(pq.ParquetFile(handle).metadata.num_rows)
+    stamps = tuple((i.base_name, int(i.size or 0),
+                    int(i.mtime_ns or 0)) for i in infos)
+    return ParquetFiles(tuple(i.base_name for i in infos), tuple(rows), stamps)
+
+
+def balanced_groups(names: Sequence[str], rows: Sequence[int], parts: int) -> tuple:
+    """``parts`` groups of consecutive files (in name order) holding about the same number of
+    rows each: partitions balanced by rows, not by file count. A file is never split.
+
+    Examples
+    --------
+    >>> balanced_groups(["a", "b", "c", "d"], [100, 10, 10, 80], 2)
+    (('a',), ('b', 'c', 'd'))
+    """
+    if parts < 1:
+        raise ValueError(f"partitions={parts} should be >= 1")
+    cum = np.cumsum(np.asarray(rows, dtype=np.int64))
+    total = int(cum[-1]) if len(cum) else 0
+    cuts = [0]
+    for j in range(1, min(parts, len(names))):
+        target = total * j / parts
+        i = int(np.searchsorted(cum, target, side="left"))  # file where the target falls
+        before = int(cum[i - 1]) if i > 0 else 0  # rows up to a cut before that file
+        after = int(cum[i]) if i < len(cum) else total  # ... and after it
+        cut = i if target - before < after - target else i + 1  # the nearer of the two
+        cut = max(cut, cuts[-1] + 1)
+        if cut >= len(names):
+            break
+        cuts.append(cut)
+    cuts.append(len(names))
+    return tuple(tuple(names[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a)
+
+
+def executor_stage_root() -> Path:
+    """Where this process stages blocks when the spec names no stage dir: ``kmeans-blocks``
+    beside Spark's own scratch space. A PySpark worker finds its executor's block-manager dirs
+    in ``SPARK_LOCAL_DIRS`` (``spark.local.dir``, or the worker's or pod's local dirs); the
+    application's own sub-folders (``spark-*``, ``executor-*``, ``blockmgr-*``) are left out,
+    so blocks outlive one application and the retention policy decides when they go. Outside
+    Spark: the temporary folder."""
+    first = os.environ.get("SPARK_LOCAL_DIRS", "").split(",")[0]
+    root = Path(first) if first else Path(tempfile.gettempdir())
+    while root.name.startswith(("blockmgr-", "spark-", "executor-")) and root.parent != root:
+        root = root.parent
+    return root / "kmeans-blocks"
+
+
+def stage_root(spec: BlockSpec) -> Path:
+    return Path(spec.stage_dir) if spec.stage_dir else executor_stage_root()
+
+
+def executor_id() -> str:
+    """This process's executor, as ``host:local-dir`` (the block-manager dir is unique per
+    executor; on the driver, or in ``local`` mode, there is one)."""
+    return f"{socket.gethostname()}:{os.environ.get('SPARK_LOCAL_DIRS', 'driver')}"
+
+
+TEMP_SUFFIX = ".tmp"
+TEMP_MAX_AGE_S = 3600.0
+
+
+def _is_key(name: str) -> bool:
+    """A folder named as :func:`block_key` names them (other folders are left alone)."""
+    return len(name) == 20 and all(c in "0123456789abcdef" for c in name)
+
+
+def stage_usage(root: str | Path) -> list[dict]:
+    """Every key under a stage dir: blocks, bytes, temporary files and hours since last use.
+
+    Examples
+    --------
+    >>> stage_usage("/nonexistent")
+    []
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    now = time.time()
+    out = []
+    for key in sorted(p for p in root.iterdir() if p.is_dir() and _is_key(p.name)):
+        files = [f for f in key.iterdir() if f.is_file()]
+        out.append({"key": key.name, "path": str(key),
+                    "blocks": sum(f.suffix == ".f32" for f in files),
+                    "bytes": sum(f.stat().st_size for f in files),
+                    "temporary": sum(f.name.endswith(TEMP_SUFFIX) for f in files),
+                    "idle_hours": round((now - key.stat().st_mtime) / 3600, 2)})
+    return out
+
+
+def clean_stage(root: str | Path, *, retention_hours: float, keep: Sequence[str] = (),
+                dry_run: bool = False) -> list[str]:
+    """Remove the keys of a stage dir unused for ``retention_hours`` (except ``keep``) and
+    the temporary files of task attempts that died over an hour ago; return what went.
+
+    Examples
+    --------
+    >>> clean_stage("/nonexistent", retention_hours=1)
+    []
+    """
+    removed: list[str] = []
+    cutoff = time.time() - retention_hours * 3600
+    for entry in stage_usage(root):
+        key = Path(entry["path"])
+        if entry["key"] not in keep and key.stat().st_mtime < cutoff:
+            removed.append(str(key))
+            if not dry_run:
+                shutil.rmtree(key, ignore_errors=True)
+            continue
+        for tmp in key.glob(f"*{TEMP_SUFFIX}"):
+            try:
+                old = tmp.stat().st_mtime < time.time() - TEMP_MAX_AGE_S
+            except FileNotFoundError:
+                continue
+            if old:
+                removed.append(str(tmp))
+                if not dry_run:
+                    tmp.unlink(missing_ok=True)
+    return removed
+
+
+_CLEANED: set[tuple[str, str]] = set()  # (root, key) this process has already cleaned for
+
+
+def _touch_and_clean(spec: BlockSpec) -> Path:
+    """The key's folder, marked as used now; the first time per process and key, the stage
+    dir's retention policy runs."""
+    root = stage_root(spec)
+    folder = root / spec.key
+    folder.mkdir(parents=True, exist_ok=True)
+    os.utime(folder)
+    if (str(root), spec.key) not in _CLEANED:
+        _CLEANED.add((str(root), spec.key))
+        gone = clean_stage(root, retention_hours=spec.retention_hours, keep=[spec.key])
+        if gone:
+            log.info("stage dir %s: removed %d expired entries", root, len(gone))
+    return folder
+
+
+# ---------------------------------------------------------------- blocks
+
+@dataclass
+class Block:
+    """A staged block: float32 rows, their weights (or None) and their global ids."""
+
+    x: np.ndarray
+    weights: np.ndarray | None
+    ids: np.ndarray
+    staged: bool = False  # built by this call
+
+
+def load_staged(spec: BlockSpec, index: int) -> Block:
+    """The staged block of partition ``index`` (memory-mapped), staged from the snapshot if
+    this executor lacks it.
+
+    Staging streams the Parquet file(s) batch by batch into raw files (temporary names, then
+    rename), so neither the file nor the block has to fit in memory; later passes
+    memory-map them and read them from the page cache, or from local disk when they do not
+    fit.
 
     Examples
     --------
     >>> spec = parquet_spec("snapshot/", ["a", "b"], "/tmp/stage")  # doctest: +SKIP
-    >>> load_block(spec, 0).shape  # doctest: +SKIP
+    >>> load_staged(spec, 0).x.shape  # doctest: +SKIP
     (1000, 2)
     """
-    return load_block_and_weights(spec, index)[0]
+    base = stage_root(spec) / spec.key / f"block-{index:05d}"
+    data = base.with_suffix(".f32")
+    staged = False
+    if not data.exists():
+        _stage(spec, index, base)
+        staged = True
+    meta = json.loads(base.with_suffix(".json").read_text())
+    rows, cols = meta["rows"], meta["cols"]
+
+    def mapped(suffix: str, dtype: Any, shape: tuple) -> np.ndarray:
+        if not rows:
+            return np.empty(shape, dtype)
+        return np.memmap(base.with_suffix(suffix), dtype=dtype, mode="r", shape=shape)
+
+    weights = mapped(".w64", np.float64, (rows,)) if spec.weight_column else None
+    return Block(mapped(".f32", np.float32, (rows, cols)), weights,
+                 mapped(".ids", np.uint64, (rows,)), staged)
+
+
+def load_block(spec: BlockSpec, index: int) -> np.ndarray:
+    """The staged float32 rows of partition ``index``, built if missing."""
+    return load_staged(spec, index).x
 
 
 def load_block_and_weights(spec: BlockSpec, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(block, weights or None)`` of partition ``index``, staged from Parquet if this executor
-    lacks them.
-
-    Staging streams the Parquet file batch by batch into a raw float32 file (temporary name,
-    then rename), so neither the file nor the block has to fit in memory; later passes
-    memory-map it and read it from the page cache, or from local disk when it does not fit.
-    """
-    base = Path(spec.stage_dir) / spec.key / f"block-{index:05d}"
-    data, meta_path = base.with_suffix(".f32"), base.with_suffix(".json")
-    if not data.exists():
-        _stage(spec, index, base)
-    meta = json.loads(meta_path.read_text())
-    rows, cols = meta["rows"], meta["cols"]
-    block = (np.memmap(data, dtype=np.float32, mode="r", shape=(rows, cols)) if rows
-             else np.empty((0, cols), np.float32))
-    weights = None
-    if spec.weight_column:
-        weights = (np.memmap(base.with_suffix(".w64"), dtype=np.float64, mode="r", shape=(rows,))
-                   if rows else np.empty(0))
-    return block, weights
+    """``(rows, weights or None)`` of partition ``index``, built if missing."""
+    block = load_staged(spec, index)
+    return block.x, block.weights
 
 
 def _rows_of(spec: BlockSpec, frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray:
@@ -185,110 +470,213 @@ def _rows_of(spec: BlockSpec, frame: pd.DataFrame, names: tuple[str, ...]) -> np
     return x
 
 
-def _keep(spec: BlockSpec, frame: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
-    """Rows of a batch to stage: the row filter's, then a ``sample_fraction`` draw over every
-    row of the batch (so the draws do not depend on the filter)."""
+def _keep(spec: BlockSpec, frame: pd.DataFrame, ids: np.ndarray) -> np.ndarray:
+    """Rows of a batch to stage: the row filter's, then a ``sample_fraction`` draw keyed by
+    each row's id (so the draws depend neither on the filter nor on the blocks)."""
     keep = np.ones(len(frame), dtype=bool)
     if spec.row_filter is not None:
         keep = np.asarray(spec.row_filter(frame), dtype=bool)
         if keep.shape != (len(frame),):
             raise ValueError(f"row_filter returned shape {keep.shape}; expected ({len(frame)},)")
     if spec.sample_fraction < 1.0:
-        keep = keep & (rng.random(len(frame)) < spec.sample_fraction)  # not the filter's array
+        keep = keep & (uniforms(ids, STAGE_STREAM, spec.sample_seed) < spec.sample_fraction)
     return keep
 
 
+def _first_ids(spec: BlockSpec) -> dict[str, int]:
+    """The global id of each file's first row."""
+    offsets = dict(spec.row_offsets)
+    every = sorted({n for entry in spec.files
+                    for n in ((entry,) if isinstance(entry, str) else entry)})
+    return {n: offsets.get(n, rank << 40) for rank, n in enumerate(every)}
+
+
 def _stage(spec: BlockSpec, index: int, base: Path) -> None:
-    base.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}.tmp"
-    tmp_x, tmp_w = base.with_suffix(f".f32.{tag}"), base.with_suffix(f".w64.{tag}")
+    folder = _touch_and_clean(spec)
+    # unique to this task attempt, across hosts sharing a volume and speculative copies
+    tag = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+    parts = {s: folder / f"{base.name}{s}.{tag}" for s in (".f32", ".w64", ".ids", ".json")}
     entry = spec.files[index]
     names = (entry,) if isinstance(entry, str) else tuple(entry)
-    rng = np.random.default_rng([spec.sample_seed, index])
+    first = _first_ids(spec)
+    fs, root = filesystem(spec.snapshot_dir)
     rows = 0
     cols: int | None = len(spec.columns) if spec.transform is None else None
-    batches = (batch for name in names
-               for batch in pq.ParquetFile(Path(spec.snapshot_dir) / name).iter_batches(
-                   batch_size=262_144))
-    with open(tmp_x, "wb") as fx, open(tmp_w, "wb") as fw:
-        for batch in batches:
-            frame = batch.to_pandas()
-            frame = frame.loc[_keep(spec, frame, rng)]
-            x = _rows_of(spec, frame, names)
-            cols = x.shape[1]
-            fx.write(np.ascontiguousarray(x, dtype=np.float32).tobytes())
-            if spec.weight_column:
-                w = frame[spec.weight_column].to_numpy(dtype=np.float64)
-                if not (np.isfinite(w).all() and (w >= 0).all()):
-                    raise ValueError(f"{names}: weight column "
-                                     f"{spec.weight_column!r} must be finite and >= 0")
-                fw.write(w.tobytes())
-            rows += len(x)
-    if cols is None:  # no batch at all: the transform's width, from an empty frame
-        empty = pq.ParquetFile(Path(spec.snapshot_dir) / names[0]).schema_arrow.empty_table()
-        cols = _rows_of(spec, empty.to_pandas(), names).shape[1]
-    meta = base.with_suffix(".json")
-    meta_tmp = base.with_suffix(f".json.{tag}")
-    meta_tmp.write_text(json.dumps({"rows": rows, "cols": cols}))
-    os.replace(meta_tmp, meta)
-    if spec.weight_column:
-        os.replace(tmp_w, base.with_suffix(".w64"))
-    else:
-        tmp_w.unlink()
-    os.replace(tmp_x, base.with_suffix(".f32"))  # last: its presence means the block is whole
+    try:
+        with open(parts[".f32"], "wb") as fx, open(parts[".w64"], "wb") as fw, \
+                open(parts[".ids"], "wb") as fi:
+            for name in names:
+                position = first[name]
+                with fs.open_input_file(_join(root, name)) as handle:
+                    for batch in pq.ParquetFile(handle).iter_batches(batch_size=262_144):
+                        frame = batch.to_pandas()
+                        ids = np.arange(position, position + len(frame), dtype=np.uint64)
+                        position += len(frame)
+                        keep = _keep(spec, frame, ids)
+                        frame, ids = frame.loc[keep], ids[keep]
+                        x = _rows_of(spec, frame, names)
+                        cols = x.shape[1]
+                        fx.write(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+                        fi.write(ids.tobytes())
+                        if spec.weight_column:
+                            w = frame[spec.weight_column].to_numpy(dtype=np.float64)
+                            if not (np.isfinite(w).all() and (w >= 0).all()):
+                                raise ValueError(f"{names}: weight column "
+                                                 f"{spec.weight_column!r} must be finite "
+                                                 "and >= 0")
+                            fw.write(w.tobytes())
+                        rows += len(x)
+        if cols is None:  # no batch at all: the transform's width, from an empty frame
+            with fs.open_input_file(_join(root, names[0])) as handle:
+                empty = pq.ParquetFile(handle).schema_arrow.empty_table()
+            cols = _rows_of(spec, empty.to_pandas(), names).shape[1]
+        parts[".json"].write_text(json.dumps({"rows": rows, "cols": cols}))
+        for suffix in (".ids", ".w64", ".json", ".f32"):  # .f32 last: it means "whole"
+            if suffix == ".w64" and not spec.weight_column:
+                continue
+            os.replace(parts[suffix], base.with_suffix(suffix))
+    finally:
+        for path in parts.values():
+            path.unlink(missing_ok=True)
 
+
+# ---------------------------------------------------------------- tasks
 
 TaskFn = Callable[[int, Iterator[Any]], Iterator[Any]]
 
 
-def _drain(rows: Iterator[Any]) -> None:
-    """Consume a task's input iterator. PySpark reuses a Python worker only when the task read
-    its whole input; otherwise it starts a new worker (and re-imports the engine) for every
-    task, which costs more per iteration than the kernel on small blocks."""
-    for _ in rows:
-        pass
+def _drain(rows: Iterator[Any]) -> list[Any]:
+    """Consume a task's input iterator (and return it). PySpark reuses a Python worker only
+    when the task read its whole input; otherwise it starts a new worker (and re-imports the
+    engine) for every task, which costs more per iteration than the kernel on small blocks."""
+    return list(rows)
+
+
+@dataclass(frozen=True)
+class Marker:
+    """What a staging task leaves in Spark's cache for its partition: where and when the block
+    was staged. A new ``token`` means Spark recomputed the partition (first staging, or again
+    after its executor was lost)."""
+
+    index: int
+    rows: int
+    cols: int
+    executor: str
+    staged: bool
+    token: str
 
 
 def _stage_task(spec: BlockSpec) -> TaskFn:
-    def run(index: int, _rows: Iterator[Any]) -> Iterator[tuple[int, int, int]]:
-        _drain(_rows)
-        block = load_block(spec, index)
-        yield index, int(block.shape[0]), int(block.shape[1])
+    def run(index: int, rows: Iterator[Any]) -> Iterator[Marker]:
+        _drain(rows)
+        block = load_staged(spec, index)
+        if not block.staged:
+            _touch_and_clean(spec)
+        yield Marker(index, int(block.x.shape[0]), int(block.x.shape[1]), executor_id(),
+                     block.staged, uuid.uuid4().hex)
     return run
 
 
-def _step_task(spec: BlockSpec, centroids_bc: Any) -> TaskFn:
-    def run(index: int, _rows: Iterator[Any]) -> Iterator[list[Stats]]:
-        _drain(_rows)
-        block, weights = load_block_and_weights(spec, index)
-        yield partial_stats(block, centroids_bc.value, weights, threads=spec.threads)
+def _warm_task(rows: Iterator[Any]) -> Iterator[str]:
+    _drain(rows)
+    time.sleep(0.2)  # hold the core while the other slots take their task
+    yield executor_id()
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    """One task's result, with where it ran and what it staged."""
+
+    index: int
+    executor: str
+    staged: bool  # this task staged the block itself (its marker was cached elsewhere)
+    marker: Marker | None
+    payload: Any
+
+
+def _on_block(spec: BlockSpec, work: Callable[[int, Block], Any]) -> TaskFn:
+    """A task over the marker RDD: reads its marker (recomputing it, and so re-staging the
+    block, if its executor was lost), then runs ``work`` on the staged block."""
+    def run(index: int, rows: Iterator[Any]) -> Iterator[TaskReport]:
+        markers = _drain(rows)
+        block = load_staged(spec, index)
+        yield TaskReport(index, executor_id(), block.staged,
+                         markers[0] if markers else None, work(index, block))
     return run
 
 
-def _d2_task(spec: BlockSpec, centers_bc: Any, scale: float, seed: list[int]) -> TaskFn:
-    def run(index: int, _rows: Iterator[Any]) -> Iterator[np.ndarray]:
-        _drain(_rows)
-        block, weights = load_block_and_weights(spec, index)
-        yield draw_d2(block, centers_bc.value, scale, np.random.default_rng([*seed, index]),
-                      weights)
-    return run
+def _step(centroids: list[np.ndarray], threads: int) -> Callable[[int, Block], list[Stats]]:
+    def work(_index: int, block: Block) -> list[Stats]:
+        return partial_stats(block.x, centroids, block.weights, threads=threads)
+    return work
 
 
-def _sample_task(spec: BlockSpec, fraction: float, seed: int) -> TaskFn:
-    def run(index: int, _rows: Iterator[Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        _drain(_rows)
-        block, weights = load_block_and_weights(spec, index)
-        keep = np.random.default_rng([seed, index]).random(len(block)) < fraction
-        yield (np.asarray(block[keep]),
-               np.ones(int(keep.sum())) if weights is None else np.asarray(weights[keep]))
-    return run
+def _d2(centers: np.ndarray, scale: float, seed: list[int]) -> Callable[[int, Block], Any]:
+    def work(_index: int, block: Block) -> np.ndarray:
+        return draw_d2(block.x, centers, scale, uniforms(block.ids, D2_STREAM, *seed),
+                       block.weights)
+    return work
+
+
+def _sample(threshold: float, seed: int) -> Callable[[int, Block], Any]:
+    def work(_index: int, block: Block) -> tuple:
+        u = uniforms(block.ids, SAMPLE_STREAM, seed)
+        keep = u < threshold
+        w = (np.ones(int(keep.sum())) if block.weights is None
+             else np.asarray(block.weights[keep]))
+        return np.asarray(block.x[keep]), w, np.asarray(block.ids[keep]), u[keep]
+    return work
+
+
+@dataclass
+class Placement:
+    """Where the blocks are, and what moved: the figures a run reports."""
+
+    executor: dict[int, str] = field(default_factory=dict)  # block -> executor of last task
+    token: dict[int, str] = field(default_factory=dict)  # block -> marker computation
+    stagings: int = 0  # blocks staged, all executors together
+    restaged: int = 0  # of which after the first staging (lost executor, evicted cache)
+    moves: int = 0  # tasks that ran on another executor than the block's previous task
+    history: list[dict[int, str]] = field(default_factory=list)  # per job: block -> executor
+
+    def record(self, reports: Sequence[TaskReport | Marker], first: bool = False) -> None:
+        job: dict[int, str] = {}
+        for rep in reports:
+            marker = rep if isinstance(rep, Marker) else rep.marker
+            executor = rep.executor
+            if marker is not None and marker.token != self.token.get(rep.index):
+                self.token[rep.index] = marker.token
+                if marker.staged:
+                    self.stagings += 1
+                    self.restaged += not first
+            if isinstance(rep, TaskReport) and rep.staged:
+                self.stagings += 1
+                self.restaged += 1
+            previous = self.executor.get(rep.index)
+            if previous is not None and previous != executor:
+                self.moves += 1
+            self.executor[rep.index] = executor
+            job[rep.index] = executor
+        self.history.append(job)
+
+    def summary(self, rows_per_part: dict[int, int]) -> dict:
+        rows = np.asarray(list(rows_per_part.values()), dtype=np.float64)
+        per_executor: dict[str, int] = {}
+        for ex in self.executor.values():
+            per_executor[ex] = per_executor.get(ex, 0) + 1
+        return {"blocks": len(rows_per_part), "executors": len(per_executor),
+                "blocks_per_executor": sorted(per_executor.values(), reverse=True),
+                "stagings": self.stagings, "restaged": self.restaged, "moves": self.moves,
+                "block_imbalance": float(rows.max() / rows.mean()) if rows.sum() else 1.0}
 
 
 class SparkBlockSource:
     """Engine source over Parquet files, one Spark task per block (a file or a group of files).
 
-    The blocks are staged when the source is built (one job); every later call is one job
-    over the staged blocks.
+    The blocks are staged when the source is built (one job, whose partitions Spark keeps
+    cached as markers); every later call is one job derived from those markers, so each
+    block's task runs on the executor that holds the block. ``placement`` counts the stagings
+    and the moves; :meth:`report` sums them up for the run.
 
     Examples
     --------
@@ -299,58 +687,123 @@ class SparkBlockSource:
     """
 
     def __init__(self, spark: Any, spec: BlockSpec):
+        from pyspark import StorageLevel
+
         self.spark = spark
         self.sc = spark.sparkContext
         self.spec = spec
         self.parts = len(spec.files)
-        self.jobs = 0
-        shapes = self._run(_stage_task(spec)).collect()
-        self.rows_per_part = {i: n for i, n, _d in shapes}
+        self.jobs = 1
+        self.placement = Placement()
+        if not self.sc.master.startswith("local"):
+            self._warm_up()
+        self.markers = (self.sc.parallelize(range(self.parts), self.parts)
+                        .mapPartitionsWithIndex(_stage_task(spec))
+                        .persist(StorageLevel.MEMORY_ONLY))
+        self.markers.setName(f"kmeans blocks {spec.key}")
+        shapes: list[Marker] = self.markers.collect()
+        self.placement.record(shapes, first=True)
+        self.rows_per_part = {m.index: m.rows for m in shapes}
         self.n_rows = sum(self.rows_per_part.values())
-        self.n_features = shapes[0][2]
+        self.n_features = shapes[0].cols
         if self.n_rows == 0:
             raise ValueError(f"{spec.snapshot_dir} has no rows left after the row filter and "
                              f"sample_fraction={spec.sample_fraction}")
 
+    def _warm_up(self) -> None:
+        """One task per core, each importing the engine, before the staging job: without it
+        the executor whose Python worker starts first takes most of the staging tasks
+        (measured: 6 of 8 blocks on one of two executors), and every later iteration waits
+        for it."""
+        slots = max(1, self.sc.defaultParallelism)
+        self.sc.parallelize(range(slots), slots).mapPartitions(_warm_task).collect()
+
     def _run(self, fn: TaskFn) -> Any:
-        """One Spark job running ``fn(index, rows)`` once per block."""
+        """One Spark job running ``fn(index, markers)`` once per block, where the block is."""
         self.jobs += 1
-        return self.sc.parallelize(range(self.parts), self.parts).mapPartitionsWithIndex(fn)
+        return self.markers.mapPartitionsWithIndex(fn)
+
+    def _collect(self, work: Callable[[int, Block], Any]) -> list[Any]:
+        rdd = self._run(_on_block(self.spec, work))
+        reports: list[TaskReport] = (rdd.collect() if self.sc.master.startswith("local")
+                                     else self._collect_watched(rdd, work))
+        self.placement.record(reports)
+        return [r.payload for r in sorted(reports, key=lambda r: r.index)]
+
+    def _executors(self) -> int:
+        """Block managers registered with the driver (executors, and the driver's own)."""
+        return int(self.sc._jsc.sc().getExecutorMemoryStatus().size())
+
+    def _collect_watched(self, rdd: Any, work: Callable[[int, Block], Any]) -> list[Any]:
+        """``rdd.collect()``, cancelled and submitted again at once if an executor is lost
+        while it runs. Left alone, the lost executor's tasks would wait out Spark's locality
+        delay (``spark.locality.wait``, 3 s, per level) for an executor that is gone (measured:
+        a 7.5 s iteration); a new job finds their markers gone and runs them on a survivor
+        at once, where they re-stage their blocks."""
+        group = f"kmeans-{uuid.uuid4().hex[:12]}"
+        done: dict[str, Any] = {}
+
+        def job() -> None:
+            self.sc.setJobGroup(group, f"k-means pass over {self.spec.key}",
+                                interruptOnCancel=True)
+            try:
+                done["result"] = rdd.collect()
+            except Exception as error:  # noqa: BLE001 - handed to the caller below
+                done["error"] = error
+
+        registered = self._executors()
+        thread = threading.Thread(target=job, name=group, daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.1)
+            if thread.is_alive() and self._executors() < registered:
+                log.warning("an executor was lost during job %s: cancelled and submitted "
+                            "again", group)
+                self.sc.cancelJobGroup(group)
+                thread.join()
+                self.jobs += 1
+                return self._run(_on_block(self.spec, work)).collect()
+        if "error" in done:
+            raise done["error"]
+        return done["result"]
+
+    def report(self) -> dict:
+        """Blocks, executors, stagings, re-stagings, task moves and row imbalance (largest
+        block over the mean) so far."""
+        return {**self.placement.summary(self.rows_per_part), "jobs": self.jobs}
+
+    def close(self) -> None:
+        """Drop the cached markers (the staged blocks stay for the next source with the
+        same key)."""
+        self.markers.unpersist()
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         return self.sample_with_weights(n, seed)[0]
 
     def sample_with_weights(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        fraction = min(1.0, n / self.n_rows)
-        parts = self._run(_sample_task(self.spec, fraction, seed)).collect()
-        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        return take_sample(self._collect(_sample(sample_threshold(n, self.n_rows), seed)), n)
 
     def sample_d2(self, centers: np.ndarray, scale: float, seed: Sequence[int]) -> np.ndarray:
-        bc = self.sc.broadcast(np.asarray(centers, dtype=np.float32))
-        try:
-            parts = self._run(_d2_task(self.spec, bc, scale, [int(s) for s in seed])).collect()
-        finally:
-            bc.unpersist()
-        return np.concatenate(parts)
+        centers = np.asarray(centers, dtype=np.float32)
+        return np.concatenate(self._collect(_d2(centers, scale, [int(s) for s in seed])))
 
     def step(self, centroids: list[np.ndarray]) -> list[Stats]:
-        bc = self.sc.broadcast([np.asarray(c, dtype=np.float32) for c in centroids])
-        try:
-            results = self._run(_step_task(self.spec, bc)).collect()
-        finally:
-            bc.unpersist()
-        return reduce(add_stats, results)
+        sent = [np.asarray(c, dtype=np.float32) for c in centroids]
+        return reduce(add_stats, self._collect(_step(sent, self.spec.threads)))
 
 
-def parquet_spec(path: str | Path, columns: list[str], stage_dir: str | Path, *,
+def parquet_spec(path: str | Path, columns: list[str], stage_dir: str | Path | None, *,
                  threads: int = 1, weight_column: str | None = None,
                  partitions: int | None = None) -> BlockSpec:
-    """Spec over a folder of Parquet files, taking ``columns`` as they are.
+    """Spec over a folder (or object-store prefix) of Parquet files, taking ``columns`` as
+    they are.
 
-    One task per file, or ``partitions`` tasks each staging a group of files into one block:
-    fewer, larger tasks cut the fixed cost of every iteration's job (give each ``threads``
-    kernel threads and set ``spark.task.cpus`` to match). The key covers the folder, each
-    file's size and modification time, the grouping, the columns and the weight column.
+    One task per file, or ``partitions`` tasks each staging consecutive files holding about
+    the same number of rows (:func:`balanced_groups`): fewer, larger tasks cut the fixed cost
+    of every iteration's job (give each ``threads`` kernel threads and set ``spark.task.cpus``
+    to match). ``stage_dir`` None or empty stages on each executor's local storage. The key
+    covers the location, each file's size and modification time, the grouping, the columns
+    and the weight column.
 
     Examples
     --------
@@ -358,29 +811,28 @@ def parquet_spec(path: str | Path, columns: list[str], stage_dir: str | Path, *,
     >>> len(spec.files)  # doctest: +SKIP
     2
     """
-    folder = Path(path)
-    names = sorted(p.name for p in folder.glob("*.parquet"))
-    if not names:
-        raise FileNotFoundError(f"no Parquet files in {folder}")
-    files: tuple = tuple(names)
+    listing = list_parquet(path)
+    files: tuple = listing.names
     if partitions is not None:
-        if partitions < 1:
-            raise ValueError(f"partitions={partitions} should be >= 1")
-        groups = [tuple(names[i::partitions]) for i in range(min(partitions, len(names)))]
-        files = tuple(groups)
-    stamp = [[f, (folder / f).stat().st_size, (folder / f).stat().st_mtime_ns] for f in names]
-    stamp.append(["groups", [list(g) if isinstance(g, tuple) else g for g in files]])
-    digest = hashlib.sha256(json.dumps([str(folder.resolve()), stamp]).encode()).hexdigest()
-    return BlockSpec(snapshot_dir=str(folder), files=files, stage_dir=str(stage_dir),
+        files = balanced_groups(listing.names, listing.rows, partitions)
+    location = str(path) if "://" in str(path) else str(Path(path).resolve())
+    digest = hashlib.sha256(json.dumps(
+        [location, listing.stamps, [list(g) if isinstance(g, tuple) else g for g in files]]
+    ).encode()).hexdigest()
+    return BlockSpec(snapshot_dir=str(path), files=files, stage_dir=str(stage_dir or ""),
                      key=block_key(digest, list(columns), weight_column),
-                     columns=tuple(columns), threads=threads, weight_column=weight_column)
+                     columns=tuple(columns), threads=threads, weight_column=weight_column,
+                     row_offsets=listing.offsets)
 
 
-def dataframe_source(df, columns: list[str], stage_dir: str | Path, *,
+def dataframe_source(df, columns: list[str], stage_dir: str | Path | None, *,
                      partitions: int | None = None, threads: int = 1,
-                     weight_column: str | None = None) -> SparkBlockSource:
+                     weight_column: str | None = None,
+                     write_dir: str | None = None) -> SparkBlockSource:
     """Engine source over a Spark DataFrame: written once as Parquet (one file per partition)
-    under ``stage_dir``, then staged and iterated like a snapshot.
+    to ``write_dir`` (default ``<stage_dir>/frames``; any location Spark writes and
+    ``pyarrow.fs`` reads, which on a cluster without a shared filesystem means an object
+    store), then staged and iterated like a snapshot.
 
     Examples
     --------
@@ -392,14 +844,20 @@ def dataframe_source(df, columns: list[str], stage_dir: str | Path, *,
                if c not in df.columns]
     if missing:
         raise ValueError(f"DataFrame lacks columns {missing}; it has {df.columns}")
+    if write_dir is None:
+        if not stage_dir:
+            raise ValueError("dataframe_source needs write_dir= (a location every executor "
+                             "reads) when the blocks are staged on each executor's own disk")
+        write_dir = str(Path(stage_dir) / "frames")
     spark = df.sparkSession
     wanted = [*columns, *([weight_column] if weight_column else [])]
     key = hashlib.sha256(f"{df.semanticHash()}:{wanted}:{partitions}".encode()).hexdigest()[:20]
-    out = Path(stage_dir) / f"frame-{key}"
-    if not (out / "_SUCCESS").exists():
+    out = _join(write_dir, f"frame-{key}")
+    fs, out_path = filesystem(out)
+    if fs.get_file_info(_join(out_path, "_SUCCESS")).type != pafs.FileType.File:
         frame = df.select(*wanted)
         if partitions:
             frame = frame.repartition(partitions)
-        frame.write.mode("overwrite").parquet(str(out))
+        frame.write.mode("overwrite").parquet(out)
     return SparkBlockSource(spark, parquet_spec(out, columns, stage_dir, threads=threads,
                                                 weight_column=weight_column))

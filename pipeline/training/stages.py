@@ -18,13 +18,14 @@ import numpy as np
 from pipeline import __version__, registry
 from pipeline.core.settings import FEATURE_NAMES, PROJECT_ROOT, Settings
 from pipeline.data.features import Snapshot
-from pipeline.engine.estimator import ArraySource, fit_sweep
+from pipeline.engine.estimator import fit_sweep
+from pipeline.engine.inprocess import in_process_source
 from pipeline.engine.kernel import assign
 from pipeline.engine.spark import (
     BlockSpec,
     SparkBlockSource,
     block_key,
-    load_block,
+    list_parquet,
     spark_session,
 )
 from pipeline.model.artifact import SegmentModel
@@ -43,14 +44,15 @@ def _source(settings: Settings, snap, pre: Preprocessor, params: TrainParams):
     """The training rows of the snapshot, preprocessed, as an engine source: staged blocks
     (the same on both engines), iterated in-process or by Spark."""
     spec = BlockSpec(
-        snapshot_dir=snap.path, files=tuple(snap.files), stage_dir=str(settings.stage_dir),
+        snapshot_dir=snap.path, files=tuple(snap.files), stage_dir=settings.block_stage_dir,
         # the key names everything the blocks depend on: data, preprocessing, side, sampling
         key=block_key(f"{snap.data_hash}:{','.join(snap.files)}", pre.to_dict(), "train",
                       params.seed, params.sample_fraction),
         transform=pre.transform, row_filter=TrainingRows(params.seed),
-        sample_fraction=params.sample_fraction, sample_seed=params.seed)
+        sample_fraction=params.sample_fraction, sample_seed=params.seed,
+        row_offsets=list_parquet(snap.path, snap.files).offsets)
     if params.engine == "local":
-        return ArraySource(np.concatenate([load_block(spec, i) for i in range(len(snap.files))]))
+        return in_process_source(spec)
     spark = spark_session(settings.spark_master, app_name="kmeans-train",
                           driver_memory=settings.spark_driver_memory)
     return SparkBlockSource(spark, spec)
@@ -92,6 +94,13 @@ def train(settings: Settings, snapshot_path: str, params: TrainParams | dict,
                           run_name=f"sweep-k{params.k_min}-{params.k_max}") as run:
         mlflow.log_params({**params.model_dump(), "training_rows": source.n_rows,
                            "holdout_rows": len(holdout), "snapshot": snap.path})
+        if isinstance(source, SparkBlockSource):
+            placement = source.report()
+            log.info("engine placement: %s", placement)
+            mlflow.log_dict(placement, "engine/placement.json")
+            mlflow.log_metrics({f"engine_{k}": float(placement[k]) for k in (
+                "blocks", "executors", "stagings", "restaged", "moves", "block_imbalance")})
+            source.close()
         for row in rows:
             with mlflow.start_run(experiment_id=experiment_id, run_name=f"k={row['k']}",
                                   nested=True, tags=tags):
