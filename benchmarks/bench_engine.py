@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import threading
@@ -260,6 +261,30 @@ def suite_1m(work: Path) -> dict:
     out["engine_spark"] = run_spark_engine(spark, folder, [50], init, work / "stage",
                                            "engine spark", partitions=1, threads=2)
     out["mllib"] = run_mllib(spark, folder, init)
+    spark.stop()
+    out["engine_cluster"] = run_cluster_engine(work, folder, [50], init)
+    return out
+
+
+def run_cluster_engine(work: Path, folder: Path, ks, init) -> dict:
+    """The engine on a Spark standalone cluster on this machine: two workers of one core
+    (``tests/standalone.py``), one block per executor, staged on each executor's own disk."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from standalone import SparkCluster, wait_executors
+
+    from pipeline.engine.spark import spark_session as make
+
+    shutil.rmtree(work / "cluster", ignore_errors=True)
+    with SparkCluster(work / "cluster", workers=2, memory="6g") as cluster:
+        spark = make(cluster.master_url, app_name="kmeans-bench-cluster", driver_memory="2g",
+                     extra=cluster.spark_conf({"spark.executor.memory": "4g"}))
+        wait_executors(spark.sparkContext, 2)
+        try:
+            out = run_spark_engine(spark, folder, ks, init, None,
+                                   "engine, standalone cluster (2 workers x 1 core)",
+                                   partitions=2, threads=1)
+        finally:
+            spark.stop()
     return out
 
 
@@ -276,6 +301,8 @@ def suite_10m(work: Path) -> dict:
     print(f"   sklearn: {out['sklearn']['ms_per_iter']:.0f} ms/iter", flush=True)
     del x
     out["mllib"] = run_mllib(spark, folder, init)
+    spark.stop()
+    out["engine_cluster"] = run_cluster_engine(work, folder, [50], init)
     return out
 
 
@@ -354,7 +381,9 @@ def report() -> str:
         for key, label in (("mllib", "Spark MLlib KMeans (native BLAS)"),
                            ("sklearn", "scikit-learn KMeans (lloyd)"), ("faiss", "FAISS Kmeans"),
                            ("engine_inprocess", "platform engine, in-process"),
-                           ("engine_spark", "platform engine, Spark")):
+                           ("engine_spark", "platform engine, Spark `local[2]`"),
+                           ("engine_cluster", "platform engine, standalone cluster "
+                                              "(2 workers x 1 core)")):
             if key in r:
                 ms = r[key]["ms_per_iter"]
                 lines.append(f"| {label} | {_ms(ms)} | {ms / base:.2f}x | "
@@ -368,6 +397,12 @@ def report() -> str:
                          f"{r['engine_spark']['partitions']} task(s) of "
                          f"{r['engine_spark'].get('threads_per_task', 1)} kernel thread(s) "
                          f"per iteration")
+        if "engine_cluster" in r:
+            c = r["engine_cluster"]
+            extra.append(f"Cluster row: {c['partitions']} blocks staged on the executors' "
+                         f"own disks in {c['staging_s']:.1f} s, 1 kernel thread per task; "
+                         f"{c['ms_per_iter'] / r['engine_spark']['ms_per_iter']:.2f}x the "
+                         "`local[2]` time per iteration")
         if "mllib" in r:
             extra.append(f"MLlib caching the vectors: {r['mllib']['cache_s']:.1f} s "
                          f"(BLAS: `{r['mllib']['blas']}`)")
