@@ -172,3 +172,24 @@ def test_review_links_the_report_where_the_reports_are_served(settings):
         "**[Open the Evidently drift report](http://127.0.0.1:8080/kmeans/reports/drift/"
         f"run%201-vs-v1.html)** (`{report}`)")
     assert gates._report_link(settings, str(report)) == f"Evidently report: `{report}`"
+
+
+def test_the_metric_sample_keeps_small_segments_and_population_means():
+    """A segment of 0.2% of 40,000 holdout rows: a uniform 4,000-row sample would hold about 8
+    of its rows; the stratified sample holds all 80 and still weighs it at 0.2%."""
+    from sklearn.datasets import make_blobs
+
+    from pipeline.training.evaluation import stratified_sample
+
+    x, truth = make_blobs([19_960, 19_960, 80], n_features=3, cluster_std=0.5,
+                          centers=[[0, 0, 0], [6, 0, 0], [0, 6, 0]], random_state=1)
+    centres = np.array([x[truth == c].mean(axis=0) for c in range(3)], dtype=np.float32)
+    metrics = cluster_metrics(x, centres, seed=0)
+    assert metrics["holdout_rows"] == 40_000 and metrics["sample_rows"] == 4000
+    assert metrics["smallest_cluster_rows"] == 80
+    assert metrics["smallest_share"] == pytest.approx(0.002)
+    assert all(s > 0.5 for s in metrics["cluster_silhouette"]), metrics["cluster_silhouette"]
+    idx, weights = stratified_sample(truth, 4000, np.random.default_rng(0))
+    assert np.bincount(truth[idx]).tolist() == [1960, 1960, 80]
+    assert weights.sum() == pytest.approx(40_000)
+    assert np.average(truth[idx] == 2, weights=weights) == pytest.approx(0.002)

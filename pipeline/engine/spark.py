@@ -218,7 +218,7 @@ class ParquetFiles:
 
     names: tuple[str, ...]
     rows: tuple[int, ...]
-    stamps: tuple[tuple[str, int, int], ...]  # (name, size, mtime in ns)
+    stamps: tuple[tuple[str, int, int, str], ...]  # (name, size, mtime in ns, ETag or "")
 
     @property
     def offsets(self) -> tuple[tuple[str, int], ...]:
@@ -228,8 +228,8 @@ class ParquetFiles:
 
 def list_parquet(uri: str | Path, names: Sequence[str] | None = None) -> ParquetFiles:
     """The ``*.parquet`` files of a folder or object-store prefix (or the given ``names`` in
-    it), in name order, with their row counts (from the footers) and size and modification
-    time (from the store).
+    it), in name order, with their row counts (from the footers), and their size,
+    modification time and ETag (object stores) from the store.
 
     Examples
     --------
@@ -252,12 +252,14 @@ def list_parquet(uri: str | Path, names: Sequence[str] | None = None) -> Parquet
     infos = sorted(infos, key=lambda i: i.base_name)
     if not infos:
         raise FileNotFoundError(f"no Parquet files in {uri}")
-    rows = []
+    rows, etags = [], []
     for info in infos:
         with fs.open_input_file(info.path) as handle:
             rows.append(pq.ParquetFile(handle).metadata.num_rows)
-    stamps = tuple((i.base_name, int(i.size or 0),
-                    int(i.mtime_ns or 0)) for i in infos)
+            etag = (handle.metadata() or {}).get("ETag", b"")  # object stores; local: none
+            etags.append(etag.decode() if isinstance(etag, bytes) else str(etag))
+    stamps = tuple((i.base_name, int(i.size or 0), int(i.mtime_ns or 0), etag)
+                   for i, etag in zip(infos, etags, strict=True))
     return ParquetFiles(tuple(i.base_name for i in infos), tuple(rows), stamps)
 
 
@@ -802,8 +804,8 @@ def parquet_spec(path: str | Path, columns: list[str], stage_dir: str | Path | N
     the same number of rows (:func:`balanced_groups`): fewer, larger tasks cut the fixed cost
     of every iteration's job (give each ``threads`` kernel threads and set ``spark.task.cpus``
     to match). ``stage_dir`` None or empty stages on each executor's local storage. The key
-    covers the location, each file's size and modification time, the grouping, the columns
-    and the weight column.
+    covers the location, each file's size, modification time and ETag, the grouping, the
+    columns and the weight column.
 
     Examples
     --------

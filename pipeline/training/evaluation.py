@@ -17,40 +17,90 @@ K_RULE = ("highest sampled silhouette; among K whose silhouette is at or above t
           "the best K's 95% bootstrap interval, the smallest K")
 
 
+def stratified_sample(labels: np.ndarray, size: int,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(row indices, weights)``: up to ``size`` rows with every cluster represented. Each
+    cluster gets an equal share of the sample (all of its rows when it has fewer: water
+    filling), drawn uniformly within it, and each row weighs ``cluster rows / rows drawn`` so
+    that weighted means estimate the population's. A segment of 0.2% of the rows, which a
+    uniform sample of 4,000 rows would hold about 8 of, keeps up to ``size / k`` rows.
+
+    Examples
+    --------
+    >>> labels = np.array([0] * 990 + [1] * 10)
+    >>> idx, w = stratified_sample(labels, 100, np.random.default_rng(0))
+    >>> np.bincount(labels[idx]).tolist(), float(w.sum())
+    ([90, 10], 1000.0)
+    """
+    counts = np.bincount(labels)
+    if len(labels) <= size:
+        return np.arange(len(labels)), np.ones(len(labels))
+    take = np.zeros(len(counts), dtype=np.int64)
+    left = size
+    while left > 0:
+        open_ = np.flatnonzero(take < counts)
+        quota = max(1, left // len(open_))
+        for c in open_:
+            add = int(min(counts[c] - take[c], quota, left))
+            take[c] += add
+            left -= add
+            if left == 0:
+                break
+    idx = np.concatenate([np.sort(rng.choice(np.flatnonzero(labels == c), take[c],
+                                             replace=False))
+                          for c in range(len(counts)) if take[c]])
+    weights = counts[labels[idx]] / take[labels[idx]]
+    return idx, weights.astype(np.float64)
+
+
 def cluster_metrics(x: np.ndarray, centroids: np.ndarray, *, seed: int = 0,
                     sample_size: int = 4000, n_boot: int = 200, stability_runs: int = 3) -> dict:
-    """Silhouette (Euclidean) with a bootstrap 95% interval, Davies-Bouldin, Calinski-Harabasz,
-    stability (mean adjusted Rand index of refits on bootstrap resamples) and cluster shares, all
-    on a seeded sample of ``x``.
+    """Cluster quality of ``centroids`` on the holdout ``x``.
+
+    Shares, mean distance, Davies-Bouldin and Calinski-Harabasz on every row of ``x``. The
+    silhouette (Euclidean; with a bootstrap 95% interval, and per cluster) and the stability
+    (mean adjusted Rand index of refits on bootstrap resamples) on a seeded sample of
+    ``sample_size`` rows stratified by cluster (:func:`stratified_sample`): small segments
+    keep enough rows to be scored, and the weights keep the means those of the population.
     """
     rng = np.random.default_rng(seed)
     x = np.asarray(x, dtype=np.float32)
-    if len(x) > sample_size:
-        x = x[np.sort(rng.choice(len(x), sample_size, replace=False))]
     k = len(centroids)
-    labels, dist2 = assign(x, centroids)
-    present = np.unique(labels)
-    out = {"k": k, "sample_rows": len(x), "mean_distance": float(np.sqrt(dist2).mean())}
-    shares = np.bincount(labels, minlength=k) / len(x)
-    out["smallest_share"] = float(shares.min())
+    labels_all, dist2 = assign(x, centroids)
+    present = np.unique(labels_all)
+    shares = np.bincount(labels_all, minlength=k) / len(x)
+    out = {"k": k, "holdout_rows": len(x), "mean_distance": float(np.sqrt(dist2).mean()),
+           "smallest_share": float(shares.min())}
     if len(present) < 2:
-        out.update(silhouette=float("nan"), silhouette_lo=float("nan"),
-                   silhouette_hi=float("nan"), davies_bouldin=float("nan"),
-                   calinski_harabasz=float("nan"), stability=float("nan"))
+        out.update(sample_rows=min(len(x), sample_size), silhouette=float("nan"),
+                   silhouette_lo=float("nan"), silhouette_hi=float("nan"),
+                   davies_bouldin=float("nan"), calinski_harabasz=float("nan"),
+                   stability=float("nan"), cluster_silhouette=[], smallest_cluster_rows=0)
         return out
-    sil = silhouette_samples(x, labels, metric="euclidean")
-    boots = np.array([sil[rng.integers(0, len(sil), len(sil))].mean() for _ in range(n_boot)])
-    out["silhouette"] = float(sil.mean())
+    out["davies_bouldin"] = float(davies_bouldin_score(x, labels_all))
+    out["calinski_harabasz"] = float(calinski_harabasz_score(x, labels_all))
+    idx, weights = stratified_sample(labels_all, sample_size, rng)
+    xs, labels = x[idx], labels_all[idx]
+    out["sample_rows"] = len(idx)
+    in_sample = np.bincount(labels, minlength=k)
+    out["smallest_cluster_rows"] = int(in_sample[present].min())
+    sil = silhouette_samples(xs, labels, metric="euclidean")
+    out["silhouette"] = float(np.average(sil, weights=weights))
+    out["cluster_silhouette"] = [float(sil[labels == c].mean()) if in_sample[c] else None
+                                 for c in range(k)]  # None: a cluster with no holdout row
+    boots = np.empty(n_boot)
+    for b in range(n_boot):
+        pick = rng.integers(0, len(sil), len(sil))
+        boots[b] = np.average(sil[pick], weights=weights[pick])
     low, high = np.percentile(boots, [2.5, 97.5])
     out["silhouette_lo"], out["silhouette_hi"] = float(low), float(high)
-    out["davies_bouldin"] = float(davies_bouldin_score(x, labels))
-    out["calinski_harabasz"] = float(calinski_harabasz_score(x, labels))
     aris = []
+    population = weights / weights.sum()
     for r in range(stability_runs):
         boot_rng = np.random.default_rng([seed, k, r])
-        resample = x[boot_rng.integers(0, len(x), len(x))]
+        resample = xs[boot_rng.choice(len(xs), len(xs), p=population)]  # population-like
         refit = _quick_lloyd(resample, kmeans_plusplus(resample, k, boot_rng))
-        aris.append(adjusted_rand_score(labels, assign(x, refit)[0]))
+        aris.append(adjusted_rand_score(labels, assign(xs, refit)[0]))
     out["stability"] = float(np.mean(aris))
     return out
 

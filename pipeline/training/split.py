@@ -23,9 +23,11 @@ def holdout_mask(customer_ids, seed: int, share: float = HOLDOUT_SHARE) -> np.nd
     return (h % np.uint64(10_000)).astype(np.float64) < share * 10_000
 
 
-def read_split(snap, seed: int, *, holdout_rows: int = 4000, train_rows: int = 200_000):
+def read_split(snap, seed: int, *, holdout_rows: int = 20_000, train_rows: int = 200_000):
     """One pass over the snapshot: a seeded sample of training rows (for fitting the
-    preprocessing) and a seeded sample of the holdout (for scoring), split by customer id."""
+    preprocessing) and a seeded sample of the holdout (for scoring: every row for the shares
+    and distances, a sample of it stratified by cluster for the silhouette), split by
+    customer id."""
 
     rng = np.random.default_rng(seed)
     train_parts, hold_parts = [], []

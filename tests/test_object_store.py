@@ -1,0 +1,73 @@
+"""Snapshots in an object store: moto's S3 server (``tests/standalone.py``) on loopback, read
+through ``pyarrow.fs`` by the engine. The Spark fit over S3 is in
+``tests/test_spark_cluster.py``."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pyarrow import fs as pafs
+
+from pipeline.engine.estimator import fit_sweep
+from pipeline.engine.inprocess import in_process_source
+from pipeline.engine.spark import list_parquet, parquet_spec
+from tests.standalone import S3Server
+
+pytestmark = pytest.mark.integration
+
+
+def test_s3_server_round_trips_parquet_through_pyarrow(tmp_path, monkeypatch):
+    table = pa.table({"customer_id": [1, 2, 3], "spend": [0.5, 1.5, 2.5]})
+    with S3Server(tmp_path) as s3:
+        s3.create_bucket("lake")
+        fs = s3.filesystem()
+        pq.write_table(table, "lake/snapshot/part-0.parquet", filesystem=fs)
+        assert pq.read_table("lake/snapshot/part-0.parquet", filesystem=fs).equals(table)
+
+        for name, value in s3.env().items():
+            monkeypatch.setenv(name, value)
+        uri_fs, path = pafs.FileSystem.from_uri(s3.uri("lake/snapshot"))
+        assert path == "lake/snapshot"
+        files = uri_fs.get_file_info(pafs.FileSelector(path))
+        assert [info.base_name for info in files] == ["part-0.parquet"]
+        assert pq.read_table(f"{path}/part-0.parquet", filesystem=uri_fs).equals(table)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(s3.url, timeout=2)
+
+
+def test_the_engine_stages_an_s3_snapshot_as_it_stages_a_local_one(tmp_path, monkeypatch):
+    """The same rows from a folder and from ``s3://``: the same blocks, ids and fit; the S3
+    block key covers each object's ETag (pyarrow gives none for local files)."""
+    rng = np.random.default_rng(0)
+    local = tmp_path / "snapshot"
+    local.mkdir()
+    for i in range(3):
+        pq.write_table(pa.table({"a": rng.random(500), "b": rng.random(500)}),
+                       local / f"part-{i}.parquet")
+    with S3Server(tmp_path / "s3") as s3:
+        s3.create_bucket("lake")
+        fs = s3.filesystem()
+        for path in sorted(local.iterdir()):
+            with fs.open_output_stream(f"lake/snapshot/{path.name}") as out:
+                out.write(path.read_bytes())
+        for name, value in s3.env().items():
+            monkeypatch.setenv(name, value)
+        uri = s3.uri("lake/snapshot")
+        listing = list_parquet(uri)
+        assert listing.names == ("part-0.parquet", "part-1.parquet", "part-2.parquet")
+        assert listing.rows == (500, 500, 500) and all(s[3] for s in listing.stamps)
+        assert all(not s[3] for s in list_parquet(local).stamps)
+        remote = parquet_spec(uri, ["a", "b"], tmp_path / "stage", partitions=2)
+        here = parquet_spec(local, ["a", "b"], tmp_path / "stage", partitions=2)
+        assert remote.key != here.key and remote.files == here.files
+        a, b = in_process_source(remote), in_process_source(here)
+        np.testing.assert_array_equal(a.x, b.x)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        fa = fit_sweep(a, [3], seed=1, max_iter=10).fits[3]
+        fb = fit_sweep(b, [3], seed=1, max_iter=10).fits[3]
+        np.testing.assert_array_equal(fa.centroids, fb.centroids)
+    with pytest.raises(FileNotFoundError, match="no Parquet files"):
+        list_parquet(tmp_path / "empty")
