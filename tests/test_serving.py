@@ -6,6 +6,7 @@ import datetime as dt
 import io
 import json
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -294,6 +295,47 @@ def test_access_log_is_json_with_the_request_id(model):
     assert mine["ms"] > 0 and mine["method"] == "POST" and mine["path"] == INFER
     assert any(line["request_id"] == generated for line in lines)
     assert [line["status"] for line in lines][-1] == 415
+
+
+def test_prediction_log_writes_sampled_predictions_off_the_request_path(model, lookup,
+                                                                        tmp_path):
+    """What the server answered lands in hour folders of Parquet, vectors and lookups by id
+    alike (failed rows left out); a full queue drops and counts, it never fails a request."""
+    from pipeline.core.predictions import read_window
+    from pipeline.serving.predlog import PredictionLog
+
+    service = SegmentService(NAME, lookup=lookup)
+    service.load(model, "7")
+    plog = PredictionLog(tmp_path / "predictions", model.feature_names, flush_seconds=0.2)
+    ids = [100_002, 100_003]
+    before = dt.datetime.now(dt.UTC)
+    with running(InferenceApp(service, prediction_log=plog)) as url:
+        rows = [[float(i)] * 12 for i in range(1, 4)]
+        reply = httpx.post(f"{url}{INFER}", json=_features(rows),
+                           headers={"x-request-id": "vectors-1"})
+        by_id = httpx.post(f"{url}/v1/models/{NAME}:predict",
+                           json={"instances": [{"customer_id": i} for i in [*ids, 5]]},
+                           headers={"x-request-id": "ids-1"})
+        assert reply.status_code == 200 and by_id.status_code == 200
+        plog.max_queue_rows = 1  # full from now on: dropped and counted
+        dropped = httpx.post(f"{url}{INFER}", json=_features(rows))
+        assert dropped.status_code == 200
+        time.sleep(0.6)
+        metrics = httpx.get(f"{url}/metrics").text
+    logged = read_window(tmp_path / "predictions", before, dt.datetime.now(dt.UTC))
+    assert logged is not None
+    frame = logged.to_pandas().sort_values(["request_id", "time"])
+    assert frame["request_id"].value_counts().to_dict() == {"vectors-1": 3, "ids-1": len(ids)}
+    vectors = frame[frame.request_id == "vectors-1"]
+    assert vectors["customer_id"].isna().all() and (vectors["model_version"] == "7").all()
+    assert vectors["total_spend_30d"].tolist() == [1.0, 2.0, 3.0]
+    assert vectors["cluster"].tolist() == _outputs(reply)["cluster"]
+    looked_up = frame[frame.request_id == "ids-1"]
+    assert sorted(looked_up["customer_id"].tolist()) == sorted(ids)
+    assert looked_up[model.feature_names].notna().any(axis=None)
+    assert 'kmeans_prediction_log_rows_total{outcome="dropped"} 3.0' in metrics
+    assert f'kmeans_prediction_log_rows_total{{outcome="written"}} {3.0 + len(ids)}' in metrics
+    assert [p.name.startswith("hour=") for p in (tmp_path / "predictions").iterdir()]
 
 
 def test_not_ready_is_503():

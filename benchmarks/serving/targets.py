@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -227,9 +229,16 @@ def build_ours(centroids, token: str, *, with_feast: bool = True, access_log=Non
     moved = centroids + np.random.default_rng(1).normal(scale=0.01, size=centroids.shape)
     service.load(SegmentModel(moved, pre, {}), "2", "canary")
     service.set_traffic(10, "canary")
+    extra = {}
+    if "prediction_log" in inspect.signature(InferenceApp).parameters:
+        # every request logged (sample rate 1.0, the default), as `kmeans serve` runs
+        from pipeline.serving.predlog import PredictionLog
+
+        extra["prediction_log"] = PredictionLog(
+            Path(tempfile.mkdtemp(prefix="bench-predictions-")), list(names))
     return InferenceApp(service, token=token, admin_token=token + "-admin",
                         access_log=access_log or sys.stdout.buffer,
-                        tune_gc=True)  # as `kmeans serve` runs
+                        tune_gc=True, **extra)  # as `kmeans serve` runs
 
 
 def build_bare(centroids):

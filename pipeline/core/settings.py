@@ -140,6 +140,16 @@ class Settings(BaseSettings):
                     "accepted in [-10, 11]. Farther values, and values beyond float32, get a "
                     "400 naming the row and the feature.")
 
+    prediction_log_sample_rate: float = Field(
+        1.0, ge=0, le=1,
+        description="Share of prediction requests the server writes to the prediction log "
+                    "(<home>/predictions/hour=.../*.parquet), which the monitoring DAG reads; "
+                    "0 turns the log off.")
+    prediction_log_max_queue_rows: int = Field(
+        200_000, ge=1,
+        description="Rows the prediction log may hold in memory before it drops (and counts) "
+                    "new ones rather than slow a request.")
+
     # promotion gates
     # Defaults sit below what the generated demo data gives (silhouette interval lower bound
     # about 0.27, Davies-Bouldin about 1.38, smallest cluster about 14%), so a healthy model
@@ -246,6 +256,10 @@ class Settings(BaseSettings):
     def block_stage_dir(self) -> str:
         """The engine's stage dir: a path, or "" for each executor's own local dirs."""
         return "" if str(self.stage_dir) == EXECUTOR_STAGE_DIR else str(self.stage_dir)
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.lake_dir / "predictions"
 
     @property
     def reports_dir(self) -> Path:

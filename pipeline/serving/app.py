@@ -60,6 +60,7 @@ from pipeline.serving.errors import (
 )
 from pipeline.serving.model import MODES, Prediction, SegmentService
 from pipeline.serving.openapi import document
+from pipeline.serving.predlog import PredictionLog
 from pipeline.serving.protocol import BINARY_DTYPES, OUTPUTS
 from pipeline.serving.routes import ROUTES, Route, Router
 
@@ -164,6 +165,7 @@ class Request:
     headers: dict[bytes, bytes]
     params: Mapping[str, str]  # path parameters; shared between requests, read-only
     body: bytes = b""
+    id: str = ""  # the request id (X-Request-Id, or the server's own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +188,7 @@ class InferenceApp:
                  access_log: BinaryIO | None = None, tune_gc: bool = False,
                  server_version: str = "0.1.0", body_timeout: float = 30.0,
                  max_admin_concurrency: int = 4, max_header_bytes: int = 32 * 1024,
-                 header_timeout: float = 10.0):
+                 header_timeout: float = 10.0, prediction_log: PredictionLog | None = None):
         for what, value in (("token", token), ("admin_token", admin_token)):
             problem = None if value is None else token_problem(value)
             if problem:  # an empty token must not read as "no token": that opens the route
@@ -215,6 +217,11 @@ class InferenceApp:
         self.tune_gc = tune_gc  # for a server process of its own (see _tune_gc)
         self.server_version = server_version
         self.metrics = Metrics()
+        # Sampled predictions, queued here and written to the lake by a thread of its own.
+        self.prediction_log = prediction_log
+        if prediction_log is not None:
+            for collector in prediction_log.collectors:
+                self.metrics.registry.register(collector)
         self.inflight = 0
         self.admin_inflight = 0
         self._ids = itertools.count(1)
@@ -244,11 +251,15 @@ class InferenceApp:
                         _tune_gc()
                     if stream is not None:
                         flusher = asyncio.create_task(_flush_every(stream, 0.5))
+                    if self.prediction_log is not None:
+                        self.prediction_log.start()
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     if flusher is not None and stream is not None:
                         flusher.cancel()
                         stream.flush()
+                    if self.prediction_log is not None:  # what is queued is written
+                        await asyncio.to_thread(self.prediction_log.close)
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
@@ -271,7 +282,7 @@ class InferenceApp:
                                        f"{', '.join(route.methods)}")
             if route.guard:
                 self._check_token(headers, route.guard)
-            request = Request(method, path, headers, params)
+            request = Request(method, path, headers, params, id=request_id)
             if method == "POST":
                 # Before a slot is taken: a client that stalls its body holds no slot, and
                 # gets a 408 after body_timeout.
@@ -458,7 +469,8 @@ class InferenceApp:
         else:
             body, tensors = _parse_v2(request, self.service)
         wanted = _requested(body.get("outputs"))  # refused before any scoring
-        pred = await self._score(*tensors, version=request.params.get("version"))
+        pred = await self._score(*tensors, version=request.params.get("version"),
+                                 request_id=request.id)
         names = [n for n in OUTPUTS if n not in ("stale", "error")]
         if pred.stale is not None:
             names.append("stale")
@@ -489,7 +501,7 @@ class InferenceApp:
             kind, data = await asyncio.to_thread(self._parse_v1, request.body)
         else:
             kind, data = self._parse_v1(request.body)
-        pred = await self._score(kind, data)
+        pred = await self._score(kind, data, request_id=request.id)
         if len(pred) > INLINE_ROWS:  # one dict per row: built and serialised off the loop
             return await asyncio.to_thread(
                 lambda: _json({"predictions": pred.rows()}, versions=pred.versions_used))
@@ -521,8 +533,10 @@ class InferenceApp:
                                    f"allowed: {names}")
         return [[row.get(n) for n in names] for row in instances]
 
-    async def _score(self, kind: str, data, version: str | None = None) -> Prediction:
+    async def _score(self, kind: str, data, version: str | None = None,
+                     request_id: str = "") -> Prediction:
         service = self.service
+        ids = None
         if kind == "customer_id":
             ids = _int_list(data)
             service.check_rows(len(ids))
@@ -533,6 +547,9 @@ class InferenceApp:
         else:
             pred = await asyncio.to_thread(service.predict_vectors, data, version=version)
         self.metrics.observe(pred)
+        if self.prediction_log is not None:
+            self.prediction_log.record(request_id, data if ids is None else pred.features,
+                                       pred, pred.ok(), ids)
         return pred
 
     # ---- admin (the rollout controller's API) -------------------------------------------

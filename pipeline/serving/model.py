@@ -79,6 +79,7 @@ class Prediction:
     error: list[str] | None = None  # per row, "" when fine; None when no row failed
     stale: np.ndarray | None = None  # per row, lookups by id only
     versions_used: tuple[str, ...] = ()
+    features: np.ndarray | None = None  # lookups by id: the online features that were scored
 
     def __len__(self) -> int:
         return len(self.cluster)
@@ -468,6 +469,7 @@ class SegmentService:
                                        keys=keys if every else keys[usable], version=version)
             if every:
                 sub.stale = rows.stale
+                sub.features = values
                 return sub
             for name in ("cluster", "distance", "runner_up", "margin", "ood"):
                 getattr(pred, name)[usable] = getattr(sub, name)
@@ -476,6 +478,7 @@ class SegmentService:
             pred.versions_used = sub.versions_used
         pred.stale = rows.stale
         pred.error = errors
+        pred.features = values
         return pred
 
 

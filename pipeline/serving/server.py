@@ -21,6 +21,7 @@ from pipeline.data.features import feature_store
 from pipeline.serving.app import InferenceApp
 from pipeline.serving.lookup import OnlineLookup
 from pipeline.serving.model import SegmentService
+from pipeline.serving.predlog import PredictionLog
 from pipeline.serving.transport import limited_protocol
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,11 @@ def build_app(settings: Settings, *, alias: str = "champion", version: str | Non
             service.set_traffic(canary_weight, canary_mode)
     token = settings.serving_token.get_secret_value() if settings.serving_token else None
     admin = settings.admin_token.get_secret_value() if settings.admin_token else None
-    return InferenceApp(service, token=token, admin_token=admin,
+    plog = (PredictionLog(settings.predictions_dir, list(model.feature_names),
+                          sample_rate=settings.prediction_log_sample_rate,
+                          max_queue_rows=settings.prediction_log_max_queue_rows)
+            if settings.prediction_log_sample_rate > 0 else None)
+    return InferenceApp(service, token=token, admin_token=admin, prediction_log=plog,
                         max_body_bytes=settings.max_body_bytes,
                         max_concurrency=settings.max_concurrency, loader=loader,
                         access_log=access_log, body_timeout=settings.body_timeout_seconds,
