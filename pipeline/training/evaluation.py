@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.metrics import (
     adjusted_rand_score,
@@ -69,8 +71,9 @@ def cluster_metrics(x: np.ndarray, centroids: np.ndarray, *, seed: int = 0,
     labels_all, dist2 = assign(x, centroids)
     present = np.unique(labels_all)
     shares = np.bincount(labels_all, minlength=k) / len(x)
-    out = {"k": k, "holdout_rows": len(x), "mean_distance": float(np.sqrt(dist2).mean()),
-           "smallest_share": float(shares.min())}
+    out: dict[str, Any] = {"k": k, "holdout_rows": len(x),
+                           "mean_distance": float(np.sqrt(dist2).mean()),
+                           "smallest_share": float(shares.min())}
     if len(present) < 2:
         out.update(sample_rows=min(len(x), sample_size), silhouette=float("nan"),
                    silhouette_lo=float("nan"), silhouette_hi=float("nan"),
