@@ -40,12 +40,21 @@ $(CHROMIUM):
 	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
 	else echo "the browser test needs Debian's chromium: sudo apt-get install -y chromium"; fi
 
+# Prometheus (and promtool) for the rule unit tests and the scrape-and-alert test of the
+# monitoring exporter (tests/test_prometheus.py).
+PROMETHEUS ?= /usr/bin/prometheus
+$(PROMETHEUS):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; \
+	else echo "the Prometheus tests need Debian's prometheus: sudo apt-get install -y prometheus"; fi
+
 install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/kmeans demo
 
-test: install | $(CHROMIUM)
+test: install | $(CHROMIUM) $(PROMETHEUS)
 	$(PY) -m pytest
 
 test-unit: install

@@ -11,20 +11,15 @@ back from or to. The ``rollback`` task's return value (XCom) and log say what ha
 
 from __future__ import annotations
 
-import datetime as dt
-
 from airflow.sdk import Param, dag, task
 
-from pipeline.orchestration.dag_defaults import DEFAULT_ARGS
+from pipeline.orchestration.dag_defaults import DAG_ARGS
 
 
 @dag(
     dag_id="kmeans_rollback",
     schedule=None,
-    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    **DAG_ARGS,
     tags=["kmeans", "rollback", "segmentation"],
     doc_md=__doc__,
     params={

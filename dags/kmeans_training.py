@@ -24,7 +24,7 @@ import datetime as dt
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
-from pipeline.orchestration.dag_defaults import DEFAULT_ARGS
+from pipeline.orchestration.dag_defaults import DAG_ARGS
 from pipeline.orchestration.params import dag_params
 from pipeline.training.params import TrainParams
 
@@ -32,10 +32,7 @@ from pipeline.training.params import TrainParams
 @dag(
     dag_id="kmeans_training",
     schedule="@daily",
-    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    **DAG_ARGS,
     tags=["kmeans", "training", "segmentation"],
     doc_md=__doc__,
     params={
@@ -47,6 +44,9 @@ from pipeline.training.params import TrainParams
         "end_date": Param(None, type=["null", "string"], format="date",
                           description="Optional window end (YYYY-MM-DD); default: the data "
                                       "interval end."),
+        "reason": Param(None, type=["null", "string"], maxLength=1000,
+                        description="Why this run (kmeans_monitoring says which figures "
+                                    "drifted); logged by the window task."),
     },
 )
 def kmeans_training():

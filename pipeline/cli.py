@@ -27,6 +27,8 @@ from pipeline.data.ingest import ingest_lake
 from pipeline.data.validation import ValidationFailed, validate_snapshot
 from pipeline.demo import run_demo
 from pipeline.engine.spark import clean_stage, executor_stage_root, stage_usage
+from pipeline.monitoring.exporter import make_server as make_exporter
+from pipeline.monitoring.window import monitor_window, prometheus_path
 from pipeline.promotion import gates as gate_checks
 from pipeline.promotion.gates import GateRefused
 from pipeline.promotion.register import register as register_run
@@ -301,6 +303,32 @@ def blocks(
     removed = clean_stage(root, retention_hours=retention_hours, dry_run=not clean)
     _echo({"stage_dir": str(root), "keys": stage_usage(root),
            "removed" if clean else "would_remove": removed})
+
+
+@app.command(cls=_Command)
+def monitor(
+    start: Annotated[dt.datetime, typer.Option(
+        formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"], help="Window start (UTC).")],
+    end: Annotated[dt.datetime, typer.Option(
+        formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"], help="Window end (UTC).")],
+):
+    """Compute one monitoring window of the prediction log (what kmeans_monitoring runs each
+    hour): figures, report, index, MLflow run and Prometheus file; no action is taken."""
+    figures = monitor_window(_settings(), _utc(start), _utc(end))
+    _echo({k: v for k, v in figures.items() if k != "clusters"})
+
+
+@app.command("monitor-exporter", cls=_Command)
+def monitor_exporter(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port.")] = 9108,
+):
+    """Serve the latest monitoring window's figures at /metrics for Prometheus."""
+    server = make_exporter(prometheus_path(_settings()), host, port)
+    print(f"serving http://{host}:{server.server_address[1]}/metrics", file=sys.stderr,
+          flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
 
 
 @app.command(cls=_Command)

@@ -1,4 +1,5 @@
-"""`make demo`: sample data, the training DAG end to end, the model served, predictions."""
+"""`make demo`: sample data, the training DAG end to end, the model served, predictions, one
+monitoring window of the predictions."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pipeline.core.settings import Settings
 from pipeline.data import features, ingest
 from pipeline.data.datagen import default_start, generate_lake
 from pipeline.data.features import feature_store, online_features
+from pipeline.monitoring.window import monitor_window, monitoring_dir
 from pipeline.orchestration import airflow_env
 from pipeline.serving.server import build_app, running
 
@@ -36,7 +38,7 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
 
     # The data ends yesterday: unpausing kmeans_training today finds its whole window.
     first = default_start(days)
-    _say("1/5", f"generating {customers} customers x {days} days ({first} on) into "
+    _say("1/6", f"generating {customers} customers x {days} days ({first} on) into "
                 f"{settings.lake_dir}")
     lake = generate_lake(settings.lake_dir, n_customers=customers, start=first, days=days,
                          seed=seed)
@@ -44,13 +46,13 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
 
     end = dt.datetime.combine(first + dt.timedelta(days=days), dt.time(), dt.UTC)
     start = end - dt.timedelta(days=days)
-    _say("2/5", "landing the lake in the feature table, feast apply, materialize (SQLite)")
+    _say("2/6", "landing the lake in the feature table, feast apply, materialize (SQLite)")
     landed = ingest.ingest_lake(settings, start.date(), end.date()).to_dict()
     print(f"   accepted {landed['accepted']} rows, rejected {landed['rejected']}")
     print(f"   feast objects: {features.apply_repo(settings)}")
     features.materialize(settings, start - dt.timedelta(days=30), end)
 
-    _say("3/5", f"running DAG kmeans_training with dag.test() for the window ending {end:%Y-%m-%d}")
+    _say("3/6", f"running DAG kmeans_training with dag.test() for the window ending {end:%Y-%m-%d}")
     dag = airflow_env.load_dag("kmeans_training")
     if quiet:
         quiet_dependencies()  # again: importing Airflow reset the warning filters
@@ -62,10 +64,20 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
                          f"{settings.home / 'airflow'}")
     registered = _latest_registration(settings)
 
-    _say("4/5", "serving models:/customer_segments@champion on loopback")
-    _serve_examples(settings)
+    _say("4/6", "serving models:/customer_segments@champion on loopback")
+    window = _serve_examples(settings)
 
-    _say("5/5", f"where to look (demo took {time.monotonic() - t0:.0f} s)")
+    _say("5/6", "monitoring the window of those predictions (what kmeans_monitoring does "
+                "each hour)")
+    figures = monitor_window(settings, *window)
+    print(f"   window {figures['window']}: {figures['status']}, {figures.get('rows', 0)} rows; "
+          f"segment PSI {figures.get('segment_psi', float('nan')):.3f}, distance ratio "
+          f"{figures.get('distance_ratio', float('nan')):.2f}, novelty rate "
+          f"{figures.get('novelty_rate', float('nan')):.3f}")
+    print(f"   report: {monitoring_dir(settings) / figures['report']}")
+    print(f"   every window: {monitoring_dir(settings) / 'index.html'}")
+
+    _say("6/6", f"where to look (demo took {time.monotonic() - t0:.0f} s)")
     print(f"   MLflow run {registered['run_id']}, model {settings.model_name} version "
           f"{registered['version']} (k={registered['k']}, silhouette {registered['silhouette']}):")
     print("     make mlflow-ui   then open http://127.0.0.1:5000")
@@ -87,7 +99,9 @@ def _latest_registration(settings: Settings) -> dict:
             "silhouette": tags.get("metric_silhouette")}
 
 
-def _serve_examples(settings: Settings) -> None:
+def _serve_examples(settings: Settings) -> tuple[dt.datetime, dt.datetime]:
+    """A few predictions printed, then 2,000 customers scored by id; returns the interval the
+    server's prediction log holds them in."""
     app = build_app(settings)
     feature_names = app.service.feature_names
     headers = {}
@@ -112,3 +126,9 @@ def _serve_examples(settings: Settings) -> None:
         print("   POST /v1/models/customer_segments:predict  (by customer_id, Feast online store)")
         for cid, pred in zip(body["instances"], reply["predictions"], strict=True):
             print(f"     customer {cid['customer_id']}: {json.dumps(pred)}")
+        start = dt.datetime.now(dt.UTC)
+        for first in range(100_000, 102_000, 250):
+            body = {"instances": [{"customer_id": i} for i in range(first, first + 250)]}
+            http.post(f"/v1/models/{settings.model_name}:predict", json=body).raise_for_status()
+        print("   2,000 customers scored by id (the prediction log keeps what was asked)")
+    return start, dt.datetime.now(dt.UTC)  # the log is written when the server stops

@@ -150,6 +150,27 @@ class Settings(BaseSettings):
         description="Rows the prediction log may hold in memory before it drops (and counts) "
                     "new ones rather than slow a request.")
 
+    # monitoring (the kmeans_monitoring DAG; monitoring/drift.yaml documents the same figures)
+    monitor_min_rows: int = Field(
+        500, ge=1, description="Fewest champion rows in a monitoring window for it to be "
+                               "judged; fewer: the window is reported as too_few_rows.")
+    monitor_max_segment_psi: float = Field(
+        0.2, gt=0, description="Monitoring: largest population stability index of the segment "
+                               "shares against the champion's reference.")
+    monitor_max_distance_ratio: float = Field(
+        1.25, gt=0, description="Monitoring: largest ratio of the window's mean distance to "
+                                "the assigned centroid over the reference's.")
+    monitor_max_novelty_rate: float = Field(
+        0.05, ge=0, le=1, description="Monitoring: largest share of points beyond the "
+                                      "training 99th-percentile distance (1% expected).")
+    monitor_max_low_margin_share: float = Field(
+        0.15, ge=0, le=1, description="Monitoring: largest share of points closer to a "
+                                      "cluster boundary than the reference's 5th-percentile "
+                                      "margin (5% expected).")
+    monitor_retrain_cooldown_hours: float = Field(
+        24.0, ge=0, description="Monitoring triggers kmeans_training at most once per this "
+                                "many hours, however long the drift lasts.")
+
     # promotion gates
     # Defaults sit below what the generated demo data gives (silhouette interval lower bound
     # about 0.27, Davies-Bouldin about 1.38, smallest cluster about 14%), so a healthy model

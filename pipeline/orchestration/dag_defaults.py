@@ -1,4 +1,4 @@
-"""Defaults shared by the project's DAGs (owner, retries).
+"""Defaults shared by the project's DAGs (owner, retries, start date, one run at a time).
 
 Standard library only: DAG files import it at parse time."""
 
@@ -8,4 +8,13 @@ DEFAULT_ARGS = {
     "owner": "ml-platform",
     "retries": 1,
     "retry_delay": dt.timedelta(minutes=2),
+}
+
+#: Keyword arguments every project DAG passes to ``@dag``: no backfill of missed intervals, one
+#: active run at a time (a run reads and writes the registry's aliases), the defaults above.
+DAG_ARGS = {
+    "start_date": dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+    "catchup": False,
+    "max_active_runs": 1,
+    "default_args": DEFAULT_ARGS,
 }

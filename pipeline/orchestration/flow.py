@@ -16,6 +16,8 @@ from pipeline.core.settings import load_settings
 from pipeline.data import features
 from pipeline.data.ingest import ingest_lake
 from pipeline.data.validation import validate_snapshot
+from pipeline.monitoring import actions as monitoring_actions
+from pipeline.monitoring.window import monitor_window, monitoring_dir
 from pipeline.promotion import gates as gate_checks
 from pipeline.promotion.register import register as register_run
 from pipeline.promotion.register import verify_serving
@@ -34,6 +36,8 @@ def interval(context: dict) -> tuple[str, str]:
     """
     params = context.get("params") or {}
     _known_only(params, {*TrainParams.model_fields, *WINDOW_PARAMS})
+    if params.get("reason"):
+        log.info("run reason: %s", params["reason"])
     train_params(params)  # a bad K range fails here, before ingest and snapshot run
     if params.get("end_date"):
         try:
@@ -50,7 +54,7 @@ def interval(context: dict) -> tuple[str, str]:
 
 
 # The training DAG's params beside TrainParams' fields: the window.
-WINDOW_PARAMS = ("lookback_days", "end_date")
+WINDOW_PARAMS = ("lookback_days", "end_date", "reason")
 ROLLBACK_PARAMS = ("reason", "to_version", "drop_challenger")
 
 
@@ -159,3 +163,51 @@ def sync_server(rolled_back: dict) -> dict:
     """Serve the champion the rollback chose, where a rollout backend is configured."""
     routing = ro.sync_stable(load_settings())
     return {"champion": rolled_back["champion"], "server": routing or "no rollout backend"}
+
+
+def monitor(context: dict) -> dict:
+    """One monitoring window: the run's data interval (``[start, end)``, UTC)."""
+    params = context.get("params") or {}
+    _known_only(params, set(MONITOR_PARAMS))
+    if params.get("start") or params.get("end"):
+        if not (params.get("start") and params.get("end")):
+            raise ValueError("give both start and end (ISO date-times, UTC), or neither")
+        start, end = (_utc_param(params, name) for name in ("start", "end"))
+    else:  # the hour that ended at the run's interval end (its logical date)
+        end = context.get("data_interval_end") or context["dag_run"].run_after
+        end = end.replace(minute=0, second=0, microsecond=0)
+        begin: dt.datetime | None = context.get("data_interval_start")
+        start = begin if begin is not None and begin < end else end - dt.timedelta(hours=1)
+    settings = load_settings()
+    figures = monitor_window(settings, start, end)
+    log.info("monitoring report: %s", monitoring_url(settings, figures["report"]))
+    return figures
+
+
+MONITOR_PARAMS = ("start", "end")
+
+
+def _utc_param(params: dict, name: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(str(params[name]))
+    except ValueError as err:
+        raise ValueError(f"{name}={params[name]!r} is not an ISO date-time") from err
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+def monitoring_url(settings, name: str) -> str:
+    """Where a monitoring report is served (the Airflow plugin), else its path."""
+    path = monitoring_dir(settings) / name
+    return gate_checks.report_url(settings, path) or str(path)
+
+
+def retrain_decision(figures: dict, actor: str) -> dict | None:
+    """The conf of the kmeans_training run to trigger (None: none, see the log)."""
+    conf = monitoring_actions.retrain_decision(load_settings(), figures, actor=actor)
+    if conf is None:
+        log.info("no retraining: window %s is %s%s", figures["window"], figures["status"],
+                 " (a retraining was triggered within the cooldown)"
+                 if figures["status"] == "drift" else "")
+    else:
+        log.info("triggering kmeans_training: %s", conf["reason"])
+    return conf

@@ -1,0 +1,62 @@
+"""kmeans_monitoring: each hour, what production saw against the champion's reference.
+
+The ``window`` task reads the inference server's prediction log for the hour that ended at
+the run's logical date (or the ``start`` and ``end`` params, UTC; re-running a run recomputes
+the same window) and compares the champion's rows with the reference sample it was trained
+on: feature drift (Evidently, the training gate's column test) and cluster-aware drift (the
+PSI of the segment shares, mean distance over the reference's, novelty rate beyond the
+training p99 distance, low-margin share, silhouette on a sample, per-cluster shares, distances
+and profile moves). The figures go to a report and to the index of every window, served by
+the project's Airflow plugin at ``/kmeans/reports/monitoring/index.html`` (the task's log
+prints the report's link), to the MLflow experiment ``customer_segments-monitoring`` (one run
+per window) and to the Prometheus exporter (``kmeans monitor-exporter``).
+
+A drifted window triggers ``kmeans_training`` with the reason in its conf, at most once per
+cooldown (``KMEANS_MONITOR_RETRAIN_COOLDOWN_HOURS``); each trigger is recorded in
+``<home>/audit/monitoring.jsonl`` with the figures that caused it.
+"""
+
+from __future__ import annotations
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import Param, dag, task
+
+from pipeline.orchestration.dag_defaults import DAG_ARGS
+
+
+@dag(
+    dag_id="kmeans_monitoring",
+    schedule="@hourly",
+    **DAG_ARGS,
+    tags=["kmeans", "monitoring", "segmentation"],
+    doc_md=__doc__,
+    render_template_as_native_obj=True,
+    params={
+        "start": Param(None, type=["null", "string"], format="date-time",
+                       description="Window start (UTC), to (re)compute any window by hand; "
+                                   "default: the hour that ended at the run's logical date."),
+        "end": Param(None, type=["null", "string"], format="date-time",
+                     description="Window end (UTC); with start."),
+    },
+)
+def kmeans_monitoring():
+    @task
+    def window(**context) -> dict:
+        from pipeline.orchestration import flow
+
+        return flow.monitor(context)
+
+    @task.short_circuit
+    def retrain_decision(figures: dict, run_id=None) -> dict | None:
+        from pipeline.orchestration import flow
+
+        return flow.retrain_decision(figures, actor=f"kmeans_monitoring/{run_id}")
+
+    decision = retrain_decision(window())
+    decision >> TriggerDagRunOperator(
+        task_id="trigger_training", trigger_dag_id="kmeans_training",
+        conf="{{ ti.xcom_pull(task_ids='retrain_decision') }}",
+        trigger_run_id="monitoring__{{ run_id }}")
+
+
+kmeans_monitoring()
