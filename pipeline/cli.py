@@ -174,7 +174,7 @@ def snapshot(start: Day, end: Day):
 
 
 @app.command(cls=_Command)
-def validate(snapshot_path: Annotated[Path, typer.Argument(help="Snapshot folder.")]):
+def validate(snapshot_path: Annotated[str, typer.Argument(help="Snapshot folder or URI.")]):
     """Run the Great Expectations suite on a snapshot; exit 1 if it fails."""
     try:
         result = validate_snapshot(_settings(), features.Snapshot.load(snapshot_path))
@@ -186,14 +186,14 @@ def validate(snapshot_path: Annotated[Path, typer.Argument(help="Snapshot folder
 
 @app.command(cls=_Command)
 @options_from(TrainParams)
-def train(snapshot_path: Annotated[Path, typer.Argument(help="Snapshot folder.")], *,
+def train(snapshot_path: Annotated[str, typer.Argument(help="Snapshot folder or URI.")], *,
           params: TrainParams):
     """Run the K sweep, choose K, log the run to MLflow."""
     _echo(stages.train(_settings(), str(snapshot_path), params))
 
 
 @app.command(cls=_Command)
-def evaluate(run_id: str, snapshot_path: Path):
+def evaluate(run_id: str, snapshot_path: str):
     """Score a run's model and the champion on the same holdout (the run's own split)."""
     _echo(stages.evaluate(_settings(), run_id, str(snapshot_path)))
 
@@ -201,7 +201,8 @@ def evaluate(run_id: str, snapshot_path: Path):
 @app.command(cls=_Command)
 def gates(
     run_id: str,
-    snapshot_path: Annotated[Path, typer.Argument(help="Snapshot folder the run trained on.")],
+    snapshot_path: Annotated[str, typer.Argument(
+        help="Snapshot folder (or URI) the run trained on.")],
     validation_report: Annotated[Path | None, typer.Option(
         help="Report validate wrote (default: the snapshot's own).")] = None,
 ):

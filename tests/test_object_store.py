@@ -71,3 +71,32 @@ def test_the_engine_stages_an_s3_snapshot_as_it_stages_a_local_one(tmp_path, mon
         np.testing.assert_array_equal(fa.centroids, fb.centroids)
     with pytest.raises(FileNotFoundError, match="no Parquet files"):
         list_parquet(tmp_path / "empty")
+
+
+def test_training_snapshots_can_live_in_an_object_store(lake_home, snapshot_path, tmp_path,
+                                                        monkeypatch):
+    """KMEANS_SNAPSHOTS_URI=s3://...: the snapshot is written to the store, loads from its URI,
+    and gives the same rows, files and training split as the local one."""
+    import pandas.testing as pdt
+
+    from pipeline.data.features import Snapshot, training_snapshot
+    from pipeline.training.split import read_split
+    from tests.conftest import BEGIN, END, make_settings
+
+    local = Snapshot.load(snapshot_path)
+    with S3Server(tmp_path / "s3") as s3:
+        s3.create_bucket("lake")
+        for name, value in s3.env().items():
+            monkeypatch.setenv(name, value)
+        settings = make_settings(lake_home, snapshots_uri=s3.uri("lake/snapshots"))
+        remote = training_snapshot(settings, BEGIN, END)
+        assert remote.path.startswith("s3://lake/snapshots/") and "endpoint_override" in remote.path
+        again = Snapshot.load(remote.path)
+        assert again == remote and remote.data_hash == local.data_hash
+        assert remote.files == local.files
+        pdt.assert_frame_equal(again.frame(), local.frame())
+        for a, b in zip(read_split(again, 3), read_split(local, 3), strict=True):
+            pdt.assert_frame_equal(a, b)
+        assert list_parquet(remote.path).rows == list_parquet(local.path).rows
+    with pytest.raises(FileNotFoundError, match="no training snapshot at"):
+        Snapshot.load(tmp_path / "nothing")

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
         description="Folder for staged float32 blocks (default: <home>/blocks); 'executor': "
                     "each Spark executor's own local dirs (SPARK_LOCAL_DIRS) at task time.",
     )
+    snapshots_uri: str | None = Field(
+        None, description="Where training snapshots go when Spark executors share no "
+                          "filesystem with the driver: an object-store URI that pyarrow.fs "
+                          "reads (s3://bucket/prefix, gs://, abfs://; options such as "
+                          "?endpoint_override=host:port&scheme=http in the URI, credentials from "
+                          "the environment). Default: <home>/snapshots.")
     min_rows: int = Field(500, ge=1, description="Fewest rows a training snapshot may have.")
     max_null_share: float = Field(0.10, ge=0, le=1, description="Largest null share per feature.")
     ingest_max_reject_share: float = Field(
@@ -296,6 +302,11 @@ class Settings(BaseSettings):
     @property
     def snapshots_dir(self) -> Path:
         return self.home / "snapshots"
+
+    @property
+    def snapshots_location(self) -> str:
+        """Where training snapshots are written: ``snapshots_uri``, else the local folder."""
+        return self.snapshots_uri or str(self.snapshots_dir)
 
     @property
     def rejected_dir(self) -> Path:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.core.io import (
@@ -27,6 +28,7 @@ from pipeline.core.io import (
 )
 from pipeline.core.settings import FEATURE_NAMES, Settings
 from pipeline.data.ingest import OFFLINE_TABLE
+from pipeline.engine.spark import filesystem
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +54,25 @@ class Snapshot:
 
     @classmethod
     def load(cls, path: str | Path) -> Snapshot:
-        data = json.loads((Path(path) / "snapshot.json").read_text())
-        # The folder it was loaded from wins over the recorded path (moved or re-mounted).
-        return cls(**{**data, "path": str(Path(path).resolve())})
+        """The snapshot in a folder, or under an object-store URI (``s3://...``)."""
+        fs, base = filesystem(path)
+        try:
+            with fs.open_input_stream(f"{base}/snapshot.json") as handle:
+                data = json.loads(handle.read())
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"no training snapshot at {path} (snapshot.json is "
+                                    "missing)") from err
+        # Where it was loaded from wins over the recorded path (moved or re-mounted).
+        where = str(path) if "://" in str(path) else str(Path(path).resolve())
+        return cls(**{**data, "path": where})
+
+    def read(self, name: str) -> pa.Table:
+        """One of the snapshot's files."""
+        fs, base = filesystem(self.path)
+        return pq.read_table(f"{base}/{name}", filesystem=fs)
 
     def frame(self) -> pd.DataFrame:
-        tables = [pq.read_table(Path(self.path) / f) for f in self.files]
-        return pa.concat_tables(tables).to_pandas()
+        return pa.concat_tables([self.read(f) for f in self.files]).to_pandas()
 
 
 def repo_config(settings: Settings):
@@ -249,21 +263,44 @@ def training_snapshot(
     frame = frame.reset_index(drop=True).astype({c: "float64" for c in FEATURE_NAMES})
     table = pa.Table.from_pandas(frame, preserve_index=False)
     digest = table_hash(table)
-    out = settings.snapshots_dir / digest[:16]
     parts = max(1, min(partitions or settings.spark_partitions, len(frame)))
-    for stale in out.glob("part-*.parquet"):  # an earlier split of the same data
-        stale.unlink()
     bounds = np.linspace(0, len(frame), parts + 1).astype(int)
-    files = []
-    for i in range(parts):
-        name = f"part-{i:05d}.parquet"
-        atomic_write_parquet(out / name, table.slice(bounds[i], bounds[i + 1] - bounds[i]))
-        files.append(name)
-    snap = Snapshot(path=str(out), data_hash=digest, rows=len(frame), start=start.isoformat(),
-                    end=end.isoformat(), feature_service=settings.feature_service, files=files)
-    atomic_write_json(out / "snapshot.json", snap.to_dict())
+    pieces = {f"part-{i:05d}.parquet": table.slice(bounds[i], bounds[i + 1] - bounds[i])
+              for i in range(parts)}
+    location = settings.snapshots_location
+    if "://" in location:  # an object store: each object is written whole, or not at all
+        query = location.split("?", 1)[1] if "?" in location else ""
+        prefix = location.split("?", 1)[0].rstrip("/")
+        out = f"{prefix}/{digest[:16]}" + (f"?{query}" if query else "")
+    else:
+        out = str(Path(location) / digest[:16])
+    snap = Snapshot(path=out, data_hash=digest, rows=len(frame), start=start.isoformat(),
+                    end=end.isoformat(), feature_service=settings.feature_service,
+                    files=list(pieces))
+    _write_snapshot(out, pieces, snap)
     log.info("snapshot %s: %d rows in %d files", out, len(frame), parts)
     return snap
+
+
+def _write_snapshot(out: str, pieces: dict[str, pa.Table], snap: Snapshot) -> None:
+    """The snapshot's files, then ``snapshot.json`` (last: its presence means whole); a part
+    of an earlier split of the same data is removed first."""
+    fs, base = filesystem(out)
+    local = fs.type_name == "local"
+    fs.create_dir(base, recursive=True)
+    for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+        if info.base_name.startswith("part-") and info.base_name.endswith(".parquet"):
+            fs.delete_file(info.path)
+    for name, piece in pieces.items():
+        if local:
+            atomic_write_parquet(Path(base) / name, piece)
+        else:
+            pq.write_table(piece, f"{base}/{name}", filesystem=fs)
+    if local:
+        atomic_write_json(Path(base) / "snapshot.json", snap.to_dict())
+    else:
+        with fs.open_output_stream(f"{base}/snapshot.json") as handle:
+            handle.write(json.dumps(snap.to_dict()).encode())
 
 
 def online_features(store, feature_service: str, customer_ids: list[int]) -> pd.DataFrame:

@@ -3,11 +3,8 @@ always on the same side, whatever the partitioning, on every run with the same s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 HOLDOUT_SHARE = 0.2
 
@@ -32,7 +29,7 @@ def read_split(snap, seed: int, *, holdout_rows: int = 20_000, train_rows: int =
     rng = np.random.default_rng(seed)
     train_parts, hold_parts = [], []
     for name in snap.files:
-        frame = pq.read_table(Path(snap.path) / name).to_pandas()
+        frame = snap.read(name).to_pandas()
         hold = holdout_mask(frame["customer_id"].to_numpy(), seed)
         hold_parts.append(frame[hold])
         frame = frame[~hold]
