@@ -317,9 +317,6 @@ def test_prediction_log_writes_sampled_predictions_off_the_request_path(model, l
                            json={"instances": [{"customer_id": i} for i in [*ids, 5]]},
                            headers={"x-request-id": "ids-1"})
         assert reply.status_code == 200 and by_id.status_code == 200
-        plog.max_queue_rows = 1  # full from now on: dropped and counted
-        dropped = httpx.post(f"{url}{INFER}", json=_features(rows))
-        assert dropped.status_code == 200
         time.sleep(0.6)
         metrics = httpx.get(f"{url}/metrics").text
     logged = read_window(tmp_path / "predictions", before, dt.datetime.now(dt.UTC))
@@ -333,9 +330,15 @@ def test_prediction_log_writes_sampled_predictions_off_the_request_path(model, l
     looked_up = frame[frame.request_id == "ids-1"]
     assert sorted(looked_up["customer_id"].tolist()) == sorted(ids)
     assert looked_up[model.feature_names].notna().any(axis=None)
-    assert 'kmeans_prediction_log_rows_total{outcome="dropped"} 3.0' in metrics
     assert f'kmeans_prediction_log_rows_total{{outcome="written"}} {3.0 + len(ids)}' in metrics
     assert [p.name.startswith("hour=") for p in (tmp_path / "predictions").iterdir()]
+    # full columns drop (and count) what does not fit, and never wait
+    small = PredictionLog(tmp_path / "small", model.feature_names, max_queue_rows=4)
+    pred = service.predict_vectors(np.ones((3, 12)))
+    for _ in range(2):
+        small.record("r", np.ones((3, 12)), pred, None)
+    assert small.rows.labels("dropped")._value.get() == 3
+    assert small.flush() == 3 and small.flush() == 0
 
 
 def test_not_ready_is_503():

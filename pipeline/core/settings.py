@@ -152,7 +152,7 @@ class Settings(BaseSettings):
                     "(<home>/predictions/hour=.../*.parquet), which the monitoring DAG reads; "
                     "0 turns the log off.")
     prediction_log_max_queue_rows: int = Field(
-        200_000, ge=1,
+        100_000, ge=1,
         description="Rows the prediction log may hold in memory before it drops (and counts) "
                     "new ones rather than slow a request.")
 

@@ -549,7 +549,7 @@ class InferenceApp:
         self.metrics.observe(pred)
         if self.prediction_log is not None:
             self.prediction_log.record(request_id, data if ids is None else pred.features,
-                                       pred, pred.ok(), ids)
+                                       pred, None if pred.error is None else pred.ok(), ids)
         return pred
 
     # ---- admin (the rollout controller's API) -------------------------------------------

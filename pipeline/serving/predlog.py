@@ -1,11 +1,11 @@
 """The prediction log: what the server saw and what it answered, written off the request path
 into the lake as Parquet, one folder per hour.
 
-The event loop only appends a sampled request's arrays to a bounded queue (a few
-microseconds); a writer thread turns the queue into Parquet files (temporary name, then
-rename) under ``<dir>/hour=YYYY-MM-DDTHH/``. When the queue is full the record is dropped and
-counted, never waited for; a failed write is counted and logged, and the server goes on. The
-monitoring DAG reads one hour folder per window.
+The event loop only copies a sampled request's rows into preallocated columns (a few
+microseconds, no allocation per row); a writer thread turns the columns into Parquet files
+(temporary name, then rename) under ``<dir>/hour=YYYY-MM-DDTHH/``, every ``flush_seconds``.
+When the columns are full, rows are dropped and counted, never waited for; a failed write is
+counted and logged, and the server goes on. The monitoring DAG reads one hour folder per window.
 
 Columns: ``time`` (UTC, microseconds), ``request_id``, ``model_version``, ``customer_id``
 (null for vectors), ``cluster``, ``distance``, ``margin``, ``ood``, then one float64 column per
@@ -21,8 +21,6 @@ import random
 import threading
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,22 +33,33 @@ from pipeline.core.predictions import hour_folder
 
 log = logging.getLogger("pipeline.serving.predlog")
 
-@dataclass(slots=True)
-class _Entry:
-    time_us: int
-    request_id: str
-    features: np.ndarray  # (n, d) float64
-    customer_id: np.ndarray | None
-    cluster: np.ndarray
-    distance: np.ndarray
-    margin: np.ndarray
-    ood: np.ndarray
-    model_version: list[str]
+class _Columns:
+    """Preallocated columns of up to ``capacity`` rows: a request's rows are copied in with a
+    few slice assignments, and the writer turns the filled part into a table without a loop."""
+
+    def __init__(self, capacity: int, width: int):
+        self.n = 0
+        self.time_us = np.empty(capacity, np.int64)
+        self.request_id = np.empty(capacity, object)
+        self.model_version = np.empty(capacity, object)
+        self.customer_id = np.empty(capacity, np.int64)
+        self.has_id = np.empty(capacity, bool)
+        self.cluster = np.empty(capacity, np.int32)
+        self.distance = np.empty(capacity, np.float64)
+        self.margin = np.empty(capacity, np.float64)
+        self.ood = np.empty(capacity, bool)
+        self.features = np.empty((capacity, width), np.float64)
+
+    @property
+    def capacity(self) -> int:
+        return len(self.time_us)
 
 
 class PredictionLog:
-    """Sampled predictions, queued in memory (at most ``max_queue_rows``) and written by a
-    thread every ``flush_seconds`` (or sooner, once ``flush_rows`` are waiting).
+    """Sampled predictions, copied into preallocated columns in memory (at most
+    ``max_queue_rows``) and written by a thread every ``flush_seconds`` (or sooner, once half
+    the columns are full). Two sets of columns take turns: the request path fills one while
+    the thread writes the other.
 
     Examples
     --------
@@ -59,21 +68,21 @@ class PredictionLog:
     """
 
     def __init__(self, directory: str | Path, feature_names: list[str], *,
-                 sample_rate: float = 1.0, max_queue_rows: int = 200_000,
-                 flush_rows: int = 20_000, flush_seconds: float = 5.0):
+                 sample_rate: float = 1.0, max_queue_rows: int = 100_000,
+                 flush_seconds: float = 10.0):
         if not 0 <= sample_rate <= 1:
             raise ValueError(f"sample_rate={sample_rate!r} should be within [0, 1]")
-        if max_queue_rows < 1 or flush_rows < 1 or not flush_seconds > 0:
-            raise ValueError("max_queue_rows and flush_rows should be >= 1 and flush_seconds > 0")
+        if max_queue_rows < 1 or not flush_seconds > 0:
+            raise ValueError("max_queue_rows should be >= 1 and flush_seconds > 0")
         self.directory = Path(directory)
         self.feature_names = list(feature_names)
         self.sample_rate = sample_rate
-        self.max_queue_rows = max_queue_rows
-        self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
-        self._queue: deque[_Entry] = deque()
-        self._queued_rows = 0
-        self._lock = threading.Lock()
+        width = len(self.feature_names)
+        self._filling = _Columns(max_queue_rows, width)
+        self._spare = _Columns(max_queue_rows, width)
+        self._swap = threading.Lock()  # held for a few slice assignments, or for a swap
+        self._write = threading.Lock()  # one writer at a time (the thread, or close())
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,41 +96,57 @@ class PredictionLog:
         self.queued = Gauge("kmeans_prediction_log_queued_rows",
                             "Rows waiting to be written", registry=None)
         self.collectors = (self.rows, self.files, self.queued)
-        self.queued.set_function(lambda: self._queued_rows)
+        self.queued.set_function(lambda: self._filling.n)
         self._written = self.rows.labels("written")
         self._dropped = self.rows.labels("dropped")
 
+    @property
+    def max_queue_rows(self) -> int:
+        return self._filling.capacity
+
     # ---- the request path ----------------------------------------------------------------
-    def record(self, request_id: str, features: np.ndarray | None, pred, ok: np.ndarray,
+    def record(self, request_id: str, features, pred, ok: np.ndarray | None,
                customer_ids: list[int] | None = None) -> None:
-        """Queue a request's scored rows (``ok``), if sampled; never blocks, never raises."""
-        if self.sample_rate < 1 and self._random.random() >= self.sample_rate:
-            return
-        if features is None:
+        """Copy a request's scored rows (``ok``; None: all) into the columns, if sampled;
+        never waits for a write, never raises."""
+        if features is None or (self.sample_rate < 1
+                                and self._random.random() >= self.sample_rate):
             return
         try:
-            keep = np.flatnonzero(ok)
-            n = len(keep)
+            rows = None if ok is None or ok.all() else np.flatnonzero(ok)
+            n = len(pred) if rows is None else len(rows)
             if n == 0:
                 return
-            if self._queued_rows + n > self.max_queue_rows:
-                self._dropped.inc(n)
-                return
-            every = n == len(pred)
-            pick = slice(None) if every else keep
-            versions = pred.model_version if every else [pred.model_version[i] for i in keep]
-            entry = _Entry(
-                time_us=time.time_ns() // 1000, request_id=request_id,
-                features=np.asarray(features, dtype=np.float64)[pick],
-                customer_id=(None if customer_ids is None
-                             else np.asarray(customer_ids, dtype=np.int64)[pick]),
-                cluster=np.asarray(pred.cluster)[pick], distance=np.asarray(pred.distance)[pick],
-                margin=np.asarray(pred.margin)[pick], ood=np.asarray(pred.ood)[pick],
-                model_version=list(versions))
-            with self._lock:
-                self._queue.append(entry)
-                self._queued_rows += n
-            if self._queued_rows >= self.flush_rows:
+            now = time.time_ns() // 1000
+            with self._swap:
+                cols = self._filling
+                i, j = cols.n, cols.n + n
+                if j > cols.capacity:
+                    self._dropped.inc(n)
+                    return
+                if rows is None:
+                    cols.features[i:j] = features
+                    cols.cluster[i:j] = pred.cluster
+                    cols.distance[i:j] = pred.distance
+                    cols.margin[i:j] = pred.margin
+                    cols.ood[i:j] = pred.ood
+                    cols.model_version[i:j] = pred.model_version
+                    if customer_ids is not None:
+                        cols.customer_id[i:j] = customer_ids
+                else:
+                    cols.features[i:j] = np.asarray(features, dtype=np.float64)[rows]
+                    cols.cluster[i:j] = pred.cluster[rows]
+                    cols.distance[i:j] = pred.distance[rows]
+                    cols.margin[i:j] = pred.margin[rows]
+                    cols.ood[i:j] = pred.ood[rows]
+                    cols.model_version[i:j] = [pred.model_version[r] for r in rows]
+                    if customer_ids is not None:
+                        cols.customer_id[i:j] = np.asarray(customer_ids, np.int64)[rows]
+                cols.has_id[i:j] = customer_ids is not None
+                cols.time_us[i:j] = now
+                cols.request_id[i:j] = request_id
+                cols.n = j
+            if j * 2 >= cols.capacity:
                 self._wake.set()
         except Exception:  # the log must never fail a request
             log.exception("prediction log: a record was lost")
@@ -151,53 +176,49 @@ class PredictionLog:
             self.flush()
 
     def flush(self) -> int:
-        """Write every queued entry now (one file per hour they fall in); the rows written."""
-        with self._lock:
-            entries = list(self._queue)
-            self._queue.clear()
-            self._queued_rows = 0
-        if not entries:
-            return 0
-        n = sum(len(e.cluster) for e in entries)
-        try:
-            table = self._table(entries)
-            hours = np.repeat([e.time_us // 3_600_000_000 for e in entries],
-                              [len(e.cluster) for e in entries])
-            for hour in np.unique(hours):
-                part = table.filter(pa.array(hours == hour))
-                folder = hour_folder(self.directory,
-                                     datetime.fromtimestamp(int(hour) * 3600, UTC))
-                folder.mkdir(parents=True, exist_ok=True)
-                name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-                tmp = folder / f".{name}.tmp"
-                pq.write_table(part, tmp)
-                os.replace(tmp, folder / name)
-                self.files.inc()
-        except Exception:
-            log.exception("prediction log: %d rows could not be written", n)
-            self._dropped.inc(n)
-            return 0
-        self._written.inc(n)
-        return n
+        """Write every row recorded so far now (one file per hour they fall in); the rows
+        written."""
+        with self._write:
+            with self._swap:
+                cols, self._filling, self._spare = self._filling, self._spare, self._filling
+            n = cols.n
+            if n == 0:
+                return 0
+            try:
+                table = self._table(cols, n)
+                hours = cols.time_us[:n] // 3_600_000_000
+                for hour in np.unique(hours):
+                    part = table.filter(pa.array(hours == hour))
+                    folder = hour_folder(self.directory,
+                                         datetime.fromtimestamp(int(hour) * 3600, UTC))
+                    folder.mkdir(parents=True, exist_ok=True)
+                    name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+                    tmp = folder / f".{name}.tmp"
+                    pq.write_table(part, tmp)
+                    os.replace(tmp, folder / name)
+                    self.files.inc()
+            except Exception:
+                log.exception("prediction log: %d rows could not be written", n)
+                self._dropped.inc(n)
+                return 0
+            finally:
+                cols.request_id[:n] = None  # let the strings go
+                cols.model_version[:n] = None
+                cols.n = 0
+            self._written.inc(n)
+            return n
 
-    def _table(self, entries: list[_Entry]) -> pa.Table:
-        sizes = [len(e.cluster) for e in entries]
-        features = np.concatenate([e.features for e in entries])
+    def _table(self, cols: _Columns, n: int) -> pa.Table:
         columns = {
-            "time": pa.array(np.repeat([e.time_us for e in entries], sizes),
-                             pa.timestamp("us", tz="UTC")),
-            "request_id": pa.array(np.repeat([e.request_id for e in entries], sizes)),
-            "model_version": pa.array([v for e in entries for v in e.model_version]),
-            "customer_id": pa.array(np.concatenate([
-                e.customer_id if e.customer_id is not None else np.full(len(e.cluster), -1)
-                for e in entries]), pa.int64(),
-                mask=np.concatenate([np.full(len(e.cluster), e.customer_id is None)
-                                     for e in entries])),
-            "cluster": pa.array(np.concatenate([e.cluster for e in entries]), pa.int32()),
-            "distance": pa.array(np.concatenate([e.distance for e in entries]), pa.float64()),
-            "margin": pa.array(np.concatenate([e.margin for e in entries]), pa.float64()),
-            "ood": pa.array(np.concatenate([e.ood for e in entries]), pa.bool_()),
+            "time": pa.array(cols.time_us[:n], pa.timestamp("us", tz="UTC")),
+            "request_id": pa.array(cols.request_id[:n], pa.string()),
+            "model_version": pa.array(cols.model_version[:n], pa.string()),
+            "customer_id": pa.array(cols.customer_id[:n], pa.int64(), mask=~cols.has_id[:n]),
+            "cluster": pa.array(cols.cluster[:n]),
+            "distance": pa.array(cols.distance[:n]),
+            "margin": pa.array(cols.margin[:n]),
+            "ood": pa.array(cols.ood[:n]),
         }
         for j, name in enumerate(self.feature_names):
-            columns[name] = pa.array(features[:, j], pa.float64())
+            columns[name] = pa.array(cols.features[:n, j])
         return pa.table(columns)
