@@ -28,13 +28,22 @@ from pipeline.core.io import (
 )
 from pipeline.core.settings import FEATURE_NAMES, Settings
 from pipeline.data.ingest import OFFLINE_TABLE
-from pipeline.engine.spark import filesystem
 
 log = logging.getLogger(__name__)
 
 #: The Feast project of the default settings (``KMEANS_FEAST_PROJECT``), as feature_store.yaml
 #: names it for the stock CLI.
 PROJECT = "customer_segments"
+
+
+def filesystem(path: str | Path) -> tuple[pafs.FileSystem, str]:
+    """``(pyarrow filesystem, path in it)`` of a snapshot folder or object-store URI. (The
+    engine has its own, for Hadoop's scheme names too; the inference server imports this
+    module, and the engine is no part of its image.)"""
+    text = str(path)
+    if "://" in text:
+        return pafs.FileSystem.from_uri(text)
+    return pafs.LocalFileSystem(), str(Path(text).expanduser().absolute())
 
 
 @dataclass(frozen=True)
