@@ -38,6 +38,7 @@ from pipeline.core.io import (
     file_lock,
     make_private,
     private_dir,
+    read_json_lines,
     utc_now_iso,
 )
 from pipeline.core.settings import Settings
@@ -546,10 +547,7 @@ def audit_path(settings: Settings) -> Path:
 
 
 def read_audit(settings: Settings) -> list[dict]:
-    path = audit_path(settings)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_json_lines(audit_path(settings))
 
 
 def download_model(settings: Settings, alias: str = "champion", *, version: str | None = None):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -31,7 +30,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from standalone import session_pids, wait_executors  # noqa: E402
+from standalone import kill_session_id, wait_executors  # noqa: E402
 
 from pipeline.engine.estimator import fit_sweep  # noqa: E402
 from pipeline.engine.spark import SparkBlockSource, parquet_spec, spark_session  # noqa: E402
@@ -70,23 +69,13 @@ class TimedSource(SparkBlockSource):
     def step(self, centroids):
         if self.kill_session is not None and len(self.steps) == self.kill_after + 1:
             # mid-job: the executor dies while it runs this step's tasks
-            threading.Timer(0.05, _kill, [self.kill_session]).start()
+            threading.Timer(0.05, kill_session_id, [self.kill_session]).start()
             self.killed_at, self.kill_session = len(self.steps), None
         start = time.perf_counter()
         try:
             return super().step(centroids)
         finally:
             self.steps.append(time.perf_counter() - start)
-
-
-def _kill(sid: int) -> None:
-    while pids := session_pids(sid):
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
 
 
 def run_fit(spark, fit: dict, config: dict) -> dict:

@@ -62,21 +62,27 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
-def kill_session(proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    """SIGKILL every live process of ``proc``'s session (``proc`` was started with
-    ``start_new_session=True``) until none is left; reaps ``proc``.
+def kill_session_id(sid: int, timeout: float = 30.0) -> None:
+    """SIGKILL every live process of session ``sid`` until none is left.
 
     Killing in rounds also catches a process forked between a scan and the kills.
     """
     deadline = time.monotonic() + timeout
-    while pids := session_pids(proc.pid):
+    while pids := session_pids(sid):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"processes of session {proc.pid} still alive: {pids}")
+            raise TimeoutError(f"processes of session {sid} still alive: {pids}")
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
-    proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
+
+
+def kill_session(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """:func:`kill_session_id` of ``proc``'s session (``proc`` was started with
+    ``start_new_session=True``), then reap ``proc``."""
+    start = time.monotonic()
+    kill_session_id(proc.pid, timeout)
+    proc.wait(timeout=max(timeout - (time.monotonic() - start), 1.0))
 
 
 def _start(command: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:

@@ -162,6 +162,15 @@ def append_line(path: Path | str, line: str, *, mode: int = PRIVATE_FILE_MODE) -
     return path
 
 
+def read_json_lines(path: Path | str) -> list[dict]:
+    """The JSON objects of a file :func:`append_line` writes, one per line (none if the file
+    does not exist yet)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 # ---------------------------------------------------------------- file lock
 
 

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
-from pipeline.core.io import append_line, file_lock, private_dir
+from pipeline.core.io import append_line, file_lock, private_dir, read_json_lines
 from pipeline.core.settings import Settings
 
 
-def actions_path(settings: Settings):
+def actions_path(settings: Settings) -> Path:
     return settings.home / "audit" / "monitoring.jsonl"
 
 
 def read_actions(settings: Settings) -> list[dict]:
-    path = actions_path(settings)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_json_lines(actions_path(settings))
 
 
 def retrain_decision(settings: Settings, figures: dict, *, actor: str,
