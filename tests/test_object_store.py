@@ -100,3 +100,16 @@ def test_training_snapshots_can_live_in_an_object_store(lake_home, snapshot_path
         assert list_parquet(remote.path).rows == list_parquet(local.path).rows
     with pytest.raises(FileNotFoundError, match="no training snapshot at"):
         Snapshot.load(tmp_path / "nothing")
+
+
+def test_an_unreachable_store_is_one_clear_line(settings):
+    """A snapshot URI whose store does not answer: the CLI says so in one line, exit 2."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    uri = "s3://lake/snapshot?endpoint_override=127.0.0.1:1&scheme=http"
+    result = CliRunner().invoke(app, ["train", uri, "--engine", "local"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: cannot read the training snapshot at {uri}: ")
+    assert "Traceback" not in result.output and len(result.stderr.splitlines()) == 1

@@ -46,6 +46,10 @@ def filesystem(path: str | Path) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(text).expanduser().absolute())
 
 
+class SnapshotUnreadable(LookupError):
+    """The store holding a snapshot cannot be read (unreachable, credentials refused)."""
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A training snapshot: Parquet files named by the hash of their content."""
@@ -71,6 +75,9 @@ class Snapshot:
         except FileNotFoundError as err:
             raise FileNotFoundError(f"no training snapshot at {path} (snapshot.json is "
                                     "missing)") from err
+        except OSError as err:  # an unreachable or refusing store: one line, not a traceback
+            raise SnapshotUnreadable(f"cannot read the training snapshot at {path}: "
+                                     f"{' '.join(str(err).split())}") from err
         # Where it was loaded from wins over the recorded path (moved or re-mounted).
         where = str(path) if "://" in str(path) else str(Path(path).resolve())
         return cls(**{**data, "path": where})
