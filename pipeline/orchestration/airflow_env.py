@@ -103,21 +103,32 @@ def stop() -> str:
     return f"airflow-ui stopped (process group {pgid})"
 
 
-def stop_group(pgid: int, grace_seconds: float = 10.0) -> None:
-    """SIGTERM to the whole process group, SIGKILL to what is left after the grace period."""
+def stop_group(pgid: int, grace_seconds: float = 10.0, kill_seconds: float = 10.0) -> str:
+    """SIGTERM to the whole process group, SIGKILL to what is left after the grace period; returns
+    once the group is gone (or ``kill_seconds`` after the SIGKILL): "terminated", "killed", or
+    "survived" (a process in uninterruptible sleep, or a zombie nobody reaps)."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline:
+        return "terminated"
+    if _wait_gone(pgid, grace_seconds):
+        return "terminated"
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    return "killed" if _wait_gone(pgid, kill_seconds) else "survived"
+
+
+def _wait_gone(pgid: int, seconds: float) -> bool:
+    """Whether the process group ``pgid`` has no process left within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 # ---- the real components: scheduler, API server, dag-processor, triggerer -------------------

@@ -528,11 +528,12 @@ def down(stack: Stack) -> list[dict]:
     done = []
     for path, state in states:
         was_alive = alive(state)
-        if was_alive:
-            stop_group(state["pgid"])
+        t0 = time.monotonic()
+        how = stop_group(state["pgid"]) if was_alive else None
         path.unlink(missing_ok=True)
         done.append({"name": state.get("name", path.stem), "pgid": state["pgid"],
-                     "state": "stopped" if was_alive else "was not running"})
+                     "state": "stopped" if was_alive else "was not running", "how": how,
+                     "seconds": round(time.monotonic() - t0, 1)})
     return done
 
 
@@ -654,7 +655,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             stopped = down(stack)
             for row in stopped:
-                print(f"{row['name']}: {row['state']} (process group {row['pgid']})")
+                how = f", {row['how']} in {row['seconds']} s" if row["how"] else ""
+                print(f"{row['name']}: {row['state']} (process group {row['pgid']}{how})")
             if stopped:
                 print(f"kept: {stack.env_file}, the logs in {stack.dir}, the databases")
             else:
