@@ -278,6 +278,12 @@ def test_drift_review_reject_ends_cleanly_approve_registers_and_rollback_dag(
     report_path = request["body"].split("Evidently report: `")[1].split("`")[0]
     assert Path(report_path).exists() and Path(report_path).parent == settings.reports_dir / "drift"
     assert "is over the threshold 0.3" in request["body"]
+    # the segment profiles of the champion and the challenger, side by side
+    profiles = Path(request["body"].split("and of this candidate, side by side: `")[1]
+                    .split("`")[0])
+    assert profiles == settings.reports_dir / "profiles" / (
+        f"run-{request['body'].split('of run `')[1].split('`')[0]}-vs-champion-1.html")
+    assert profiles.exists() and 'src="version-1/heatmap.png"' in profiles.read_text()
     assert registry.current_aliases(settings) == {"champion": "1", "challenger": "1",
                                                   "previous": None}
 
@@ -297,6 +303,8 @@ def test_drift_review_reject_ends_cleanly_approve_registers_and_rollback_dag(
     assert (entry["alias"], entry["to_version"]) == ("challenger", "2")
     assert entry["figures"]["drift_review"]["chosen"] == ["Approve"]
     assert entry["figures"]["gates"]["drift"]["drift_share"] > 0.3
+    assert entry["figures"]["profile"]["report"] == str(
+        settings.reports_dir / "profiles" / "version-2" / "profile.html")
 
     # A promotion, then the rollback DAG takes it back.
     registry.promote(settings, "2", reason="canary passed", actor="rollout")

@@ -14,7 +14,9 @@
 
 Each gate gives a :class:`GateResult` with its figures; :func:`check` runs all four on a
 training run, logs ``gates/<name>.json`` and a ``gates.json`` summary to the run, and raises
-:class:`GateRefused`, naming every refusing gate and its numbers, if any refused.
+:class:`GateRefused`, naming every refusing gate and its numbers, if any refused. It also
+profiles the candidate's segments (:mod:`pipeline.promotion.profiles`) and, with a champion,
+writes the page that shows both profiles side by side; the drift review links to it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from urllib.parse import quote
 from pipeline import registry
 from pipeline.core.settings import Settings
 from pipeline.data.features import Snapshot
-from pipeline.promotion import drift
+from pipeline.promotion import drift, profiles
 from pipeline.training import stages as training
 
 log = logging.getLogger(__name__)
@@ -198,7 +200,9 @@ def check(settings: Settings, run_id: str, snapshot_path: str,
         comparison_gate(evaluation, tolerance=settings.gate_comparison_tolerance),
         _drift(settings, run_id, snap),
     ]
-    summary = _summary(settings, run_id, snap, results)
+    profile = profiles.for_candidate(settings, run_id, snap.frame(),
+                                     source=f"snapshot {snap.data_hash[:16]}")
+    summary = _summary(settings, run_id, snap, results, profile)
     _log(settings, run_id, results, summary)
     for r in results:
         log.info("run %s: %s", run_id, r.message)
@@ -245,7 +249,8 @@ def _drift(settings: Settings, run_id: str, snap) -> GateResult:
     return drift_gate(figures)
 
 
-def _summary(settings: Settings, run_id: str, snap, results: list[GateResult]) -> dict:
+def _summary(settings: Settings, run_id: str, snap, results: list[GateResult],
+             profile: dict | None = None) -> dict:
     by_name = {r.gate: r for r in results}
     summary = {
         "run_id": run_id, "snapshot": snap.data_hash[:16],
@@ -253,6 +258,9 @@ def _summary(settings: Settings, run_id: str, snap, results: list[GateResult]) -
         "review": by_name["drift"].status == "review",
         "gates": {r.gate: {"status": r.status, "message": r.message, "figures": r.figures}
                   for r in results},
+        # the segment profiles (pipeline.promotion.profiles): the candidate's, and the page
+        # beside the champion's
+        "profiles": profile,
     }
     summary["passed"] = not summary["refused"]
     summary["review_body"] = _review_body(settings, summary) if summary["review"] else None
@@ -274,6 +282,7 @@ def _review_body(settings: Settings, summary: dict) -> str:
         f"| drifted column | distance |\n|---|---|\n{rows}\n\n"
         f"{_report_link(settings, drift['report'])} (MLflow: `{drift['report_artifact']}`, "
         f"store `{settings.mlflow_tracking_uri}`)\n\n"
+        f"{_profiles_link(settings, summary.get('profiles'))}"
         f"Other gates:\n{others}\n\n"
         f"**Approve** registers the model as challenger; **Reject** ends this run without "
         f"registering anything."
@@ -298,6 +307,23 @@ def _report_link(settings: Settings, report: str) -> str:
     if url is None:
         return f"Evidently report: `{report}`"
     return f"**[Open the Evidently drift report]({url})** (`{report}`)"
+
+
+def _profiles_link(settings: Settings, profile: dict | None) -> str:
+    """The segment profiles in the review: the champion's and the candidate's side by side
+    (a link when the reports are served, else the page's path)."""
+    if not profile:
+        return ""
+    if profile.get("comparison"):
+        page = profile["comparison"]
+        what = (f"the segment profiles of champion version {profile['champion_version']} and "
+                f"of this candidate, side by side")
+    else:
+        page, what = profile["candidate"], "the segment profile of this candidate"
+    url = report_url(settings, page)
+    if url is None:
+        return f"{what[0].upper()}{what[1:]}: `{page}`\n\n"
+    return f"**[Open {what}]({url})** (`{page}`)\n\n"
 
 
 def _log(settings: Settings, run_id: str, results: list[GateResult], summary: dict) -> None:

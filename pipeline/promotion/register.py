@@ -12,7 +12,7 @@ from pipeline import registry
 from pipeline.core.settings import Settings
 from pipeline.data.features import Snapshot
 from pipeline.model.artifact import SegmentModel
-from pipeline.promotion import drift
+from pipeline.promotion import drift, profiles
 from pipeline.promotion import gates as gates_mod
 from pipeline.training.stages import download_candidate
 
@@ -25,8 +25,10 @@ def register(settings: Settings, run_id: str, *, gates: dict | None = None,
     with); later ones wait for the rollout. ``gates`` is the run's gate summary (default: the
     one logged with the run); a run that a gate refused is not registered. ``review`` is the
     drift reviewer's answer, when there was one. A reference sample of the run's snapshot is
-    kept with the run, for the next run's drift gate. Returns what the rollout needs: version,
-    run id, aliases and the gate figures.
+    kept with the run, for the next run's drift gate, and the segment profile of the version
+    (:mod:`pipeline.promotion.profiles`) under ``profile/`` and in
+    ``reports/profiles/version-<N>/``. Returns what the rollout needs: version, run id,
+    aliases, the gate figures and where the profile is.
     """
     summary = gates if gates is not None else gates_mod.load_summary(settings, run_id)
     if summary is not None and summary["refused"]:
@@ -38,26 +40,32 @@ def register(settings: Settings, run_id: str, *, gates: dict | None = None,
         raise FileNotFoundError(f"snapshot {params['snapshot']} of run {run_id} is gone: "
                                 f"registering keeps a reference sample of it for the next drift "
                                 f"gate") from err
+    frame = snap.frame()
+    seed = int(params.get("seed", 42))
     with tempfile.TemporaryDirectory() as tmp:
         folder = download_candidate(settings, run_id, Path(tmp), prefer_matched=True)
         model = SegmentModel.load(folder)
+        profile = profiles.for_registration(settings, run_id, model, frame,
+                                            source=f"snapshot {snap.data_hash[:16]}")
         tags = {"data_hash": model.metadata["data_hash"], "k": model.k,
                 "feature_service": model.metadata["feature_service"],
                 "code_version": model.metadata["code_version"], "run_id": run_id,
-                "reference": drift.log_reference(settings, run_id, snap.frame(),
-                                                 seed=int(params.get("seed", 42))),
+                "reference": drift.log_reference(settings, run_id, frame, seed=seed),
+                "profile": profiles.artifact_uri(run_id),
                 **{f"gate_{name}": g["status"]
                    for name, g in (summary or {}).get("gates", {}).items()},
                 **{f"metric_{k}": round(v, 6) for k, v in model.metadata["metrics"].items()
                    if isinstance(v, float)}}
         version = registry.log_model_version(settings, run_id, folder, tags)
-    figures = {"metrics": model.metadata["metrics"], **gates_mod.figures_of(summary)}
+    published = profiles.publish_version(settings, version, run_id, profile)
+    figures = {"metrics": model.metadata["metrics"], **gates_mod.figures_of(summary),
+               "profile": published}
     if review:
         figures["drift_review"] = _review_answer(review)
     aliases = registry.register_challenger(settings, version, reason="registered by training run",
                                            actor=run_id, figures=figures)
     return {"model": settings.model_name, "version": version, "run_id": run_id,
-            "aliases": aliases, "figures": figures}
+            "aliases": aliases, "figures": figures, "profile": published["report"]}
 
 
 def _review_answer(review: dict) -> dict:
