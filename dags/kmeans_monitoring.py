@@ -11,9 +11,14 @@ the project's Airflow plugin at ``/kmeans/reports/monitoring/index.html`` (the t
 prints the report's link), to the MLflow experiment ``customer_segments-monitoring`` (one run
 per window) and to the Prometheus exporter (``kmeans monitor-exporter``).
 
+For ``KMEANS_WATCH_HOURS`` after a promotion, the ``watch`` task also judges the new champion:
+novelty rate, distance ratio and segment-share PSI against its own training (from the window),
+error rate and p99 latency (from the server). Past a threshold it is rolled back to
+``previous`` (registry lock, audit trail) and the server is told, as ``kmeans_rollback`` does.
+
 A drifted window triggers ``kmeans_training`` with the reason in its conf, at most once per
-cooldown (``KMEANS_MONITOR_RETRAIN_COOLDOWN_HOURS``); each trigger is recorded in
-``<home>/audit/monitoring.jsonl`` with the figures that caused it.
+cooldown (``KMEANS_MONITOR_RETRAIN_COOLDOWN_HOURS``), unless the watch just rolled back; each
+action is recorded in ``<home>/audit/monitoring.jsonl`` with the figures that caused it.
 """
 
 from __future__ import annotations
@@ -46,13 +51,21 @@ def kmeans_monitoring():
 
         return flow.monitor(context)
 
-    @task.short_circuit
-    def retrain_decision(figures: dict, run_id=None) -> dict | None:
+    @task(retries=0)  # a rollback is not retried blindly; the next window judges again
+    def watch(figures: dict, run_id=None) -> dict:
         from pipeline.orchestration import flow
 
-        return flow.retrain_decision(figures, actor=f"kmeans_monitoring/{run_id}")
+        return flow.watch(figures, actor=f"kmeans_monitoring/{run_id}")
 
-    decision = retrain_decision(window())
+    @task.short_circuit
+    def retrain_decision(figures: dict, watched: dict, run_id=None) -> dict | None:
+        from pipeline.orchestration import flow
+
+        return flow.retrain_decision(figures, actor=f"kmeans_monitoring/{run_id}",
+                                     watched=watched)
+
+    figures = window()
+    decision = retrain_decision(figures, watch(figures))
     decision >> TriggerDagRunOperator(
         task_id="trigger_training", trigger_dag_id="kmeans_training",
         conf="{{ ti.xcom_pull(task_ids='retrain_decision') }}",

@@ -22,7 +22,7 @@ from pipeline.core import preflight
 from pipeline.core.logs import quiet_dependencies
 from pipeline.core.settings import load_settings
 from pipeline.data import features
-from pipeline.data.datagen import generate_lake
+from pipeline.data.datagen import DRIFT_KINDS, Drift, default_start, generate_lake
 from pipeline.data.ingest import ingest_lake
 from pipeline.data.validation import ValidationFailed, validate_snapshot
 from pipeline.demo import run_demo
@@ -131,11 +131,30 @@ def generate(
         help="First day (YYYY-MM-DD), UTC; default: the days end yesterday, so a daily run "
              "scheduled today finds its window.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    drift: Annotated[str | None, typer.Option(
+        help=f"Inject drift: one of {', '.join(DRIFT_KINDS)}.")] = None,
+    drift_from: Annotated[dt.datetime | None, typer.Option(
+        formats=["%Y-%m-%d"],
+        help="First drifted day (YYYY-MM-DD); default: the last day.")] = None,
+    drift_strength: Annotated[float, typer.Option(
+        min=0.0, help="Size of a shift or trend (1.0: spend x3, sessions x2, ...).")] = 1.0,
 ):
-    """Write synthetic customer behaviour to the data lake (Parquet, one partition a day)."""
-    out = generate_lake(_settings().lake_dir, n_customers=customers,
-                        start=start.date() if start else None, days=days, seed=seed)
-    _echo({"path": str(out.path), "days": out.days, "rows": out.rows})
+    """Write synthetic customer behaviour to the data lake (Parquet, one partition a day),
+    optionally with drift from a given day on."""
+    first = start.date() if start else default_start(days)
+    injected = None
+    if drift is not None:
+        drifted = drift_from.date() if drift_from else first + dt.timedelta(days=days - 1)
+        offset = (drifted - first).days
+        if not 0 <= offset < days:
+            raise ValueError(f"--drift-from {drifted} is outside the generated days "
+                             f"{first} .. {first + dt.timedelta(days=days - 1)}")
+        injected = Drift(drift, start=offset, strength=drift_strength)
+    out = generate_lake(_settings().lake_dir, n_customers=customers, start=first, days=days,
+                        seed=seed, drift=injected)
+    _echo({"path": str(out.path), "days": out.days, "rows": out.rows,
+           **({"drift": {"kind": drift, "from": out.days[injected.start],
+                         "strength": drift_strength}} if injected else {})})
 
 
 @app.command(cls=_Command)

@@ -134,7 +134,7 @@ def test_drift_is_seen_reported_and_triggers_one_retraining(home, airflow_db):
         return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
     first = run_monitoring()
-    assert first == {"window": "success", "retrain_decision": "success",
+    assert first == {"window": "success", "watch": "success", "retrain_decision": "success",
                      "trigger_training": "success"}, first
     second = run_monitoring()  # the same drift within the cooldown: no second trigger
     assert second["retrain_decision"] == "success" and second["trigger_training"] == "skipped"
@@ -172,4 +172,128 @@ def _see_in_chromium(index, window: str) -> None:
         page.wait_for_load_state()
         assert page.get_by_text("Status: drift").count() == 1, page.content()[:2000]
         screenshot(page, "drifted-window")
+        page.get_by_role("link", name="Segment profile of version 1").click()
+        page.wait_for_load_state()
+        images = page.locator("img")
+        assert images.count() >= 2  # the heatmap and the silhouette diagram
+        assert all(images.nth(i).evaluate("i => i.complete && i.naturalWidth > 300")
+                   for i in range(images.count()))
+        screenshot(page, "champion-profile")
     assert errors == [], errors
+
+
+def test_false_alarms_and_detection_delay_per_drift_kind(home):
+    """20 stationary windows and 4 windows of each drift kind the generator injects, sent
+    through the server and monitored: at most one false alarm; shift, new and vanished segments
+    flagged in their first window; the slow trend within its windows."""
+    root, _ = home
+    from pipeline.data.datagen import generate_customers
+    from pipeline.monitoring.replay import sensitivity
+    from pipeline.serving.server import build_app, running
+
+    settings = make_settings(root)
+    customers = generate_customers(1500, np.random.default_rng(5))  # the lake's population
+    app = build_app(settings, with_feast=False)
+    app.prediction_log.flush_seconds = 0.2
+    t0 = time.monotonic()
+    with running(app) as url:
+        found = sensitivity(settings, url, customers, seed=5, stationary=20, per_kind=4)
+    print(json.dumps({k: v for k, v in found.items() if k != "windows"}, indent=1),
+          f"{time.monotonic() - t0:.1f} s")
+    for w in found["windows"]:
+        print(w["kind"], w["status"], w["rows"], "; ".join(w["reasons"]))
+    assert found["failed_requests"] == 0
+    # ~900 active customers a window; ~760 once the loyal big spenders (15%) are gone
+    assert all(w["rows"] >= 700 for w in found["windows"])
+    assert found["stationary_windows"] == 20 and found["false_alarms"] <= 1
+    delays = found["detection_delay_windows"]
+    assert delays["shift"] == delays["new_segment"] == delays["vanished_segment"] == 0, delays
+    assert delays["trend"] is not None, delays
+    # a vanished segment moves the segment shares far more than stationary noise does
+    calm_psi = max(w["segment_psi"] for w in found["windows"] if w["kind"] == "stationary")
+    vanished = [w for w in found["windows"] if w["kind"] == "vanished_segment"]
+    assert all(w["segment_psi"] > 5 * calm_psi for w in vanished), (calm_psi, vanished)
+    newcomers = [w for w in found["windows"] if w["kind"] == "new_segment"]
+    assert all("novelty_rate" in " ".join(w["reasons"]) for w in newcomers)
+
+
+def test_a_degrading_new_champion_is_rolled_back_within_its_watch(home, airflow_db,
+                                                                    monkeypatch):
+    """Version 2 is promoted over version 1 and served; then a new kind of customer arrives.
+    The kmeans_monitoring DAG's watch rolls version 2 back to version 1 through the registry
+    and the server's admin API, while a client keeps calling: not one request fails."""
+    import threading
+
+    root, snapshot = home
+    from pipeline import registry
+    from pipeline.data.datagen import Drift, generate_customers, period_rows
+    from pipeline.monitoring.actions import read_actions
+    from pipeline.monitoring.replay import post_rows, send_windows
+    from pipeline.orchestration.airflow_env import load_dag
+    from pipeline.promotion.register import register
+    from pipeline.serving.server import build_app, running
+    from pipeline.training import stages
+
+    admin = "watch-admin-token-0123456789"
+    settings = make_settings(root)
+    trained = stages.train(settings, snapshot, {"k_min": 5, "k_max": 5, "engine": "local",
+                                                "max_iter": 30, "seed": 2})
+    version = register(settings, trained["run_id"])["version"]
+    registry.promote(settings, version, reason="test: a new champion", actor="test")
+    assert registry.current_aliases(settings)["previous"] == "1"
+
+    customers = generate_customers(1500, np.random.default_rng(5))
+    day = dt.date(2030, 1, 1)
+    calm = period_rows(customers, day, period=3000, seed=5)[FEATURE_NAMES].to_numpy(float)
+    arrivals = period_rows(customers, day, period=3001, seed=5,
+                           drift=Drift("new_segment", start=3001))
+    app = build_app(make_settings(root, admin_token=admin), with_feast=False,
+                    canary_alias=None)
+    app.prediction_log.flush_seconds = 0.2
+    outcomes: list[int] = []
+    stop = threading.Event()
+
+    def keep_calling(url):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not stop.is_set():
+                for lo in range(0, len(calm), 50):
+                    failed = post_rows(client, settings.model_name, calm[lo:lo + 50], batch=50)
+                    outcomes.append(failed)
+
+    with running(app) as url:
+        for name, value in {"KMEANS_ROLLOUT_BACKEND": "local", "KMEANS_ADMIN_TOKEN": admin,
+                            "KMEANS_SERVING_URL": url, "KMEANS_WATCH_HOURS": "6"}.items():
+            monkeypatch.setenv(name, value)
+        state = httpx.get(f"{url}/admin/state",
+                          headers={"Authorization": f"Bearer {admin}"}).json()
+        assert state["routing"]["stable"] == version
+        [sent] = send_windows(settings, url, [arrivals])
+        caller = threading.Thread(target=keep_calling, args=(url,), daemon=True)
+        caller.start()
+        try:
+            run = load_dag("kmeans_monitoring").test(
+                logical_date=sent.end, run_conf={"start": sent.start.isoformat(),
+                                                 "end": sent.end.isoformat()})
+            time.sleep(0.5)  # calls after the move, on the restored version
+        finally:
+            stop.set()
+            caller.join(timeout=30)
+        state = httpx.get(f"{url}/admin/state",
+                          headers={"Authorization": f"Bearer {admin}"}).json()
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert states == {"window": "success", "watch": "success", "retrain_decision": "success",
+                      "trigger_training": "skipped"}, states
+    assert state["routing"]["stable"] == "1" and state["routing"]["canary"] is None, state
+    assert len(outcomes) > 20 and sum(outcomes) == 0, (len(outcomes), sum(outcomes))
+    assert registry.current_aliases(settings)["champion"] == "1"
+    [entry] = [e for e in registry.read_audit(settings)
+               if e["operation"] == "rollback" and e["alias"] == "champion"]
+    assert entry["from_version"] == version and entry["to_version"] == "1"
+    assert entry["actor"].startswith("rollout-controller/watch:kmeans_monitoring/")
+    assert entry["reason"].startswith(f"watch after promotion: version {version} degraded")
+    checks = entry["figures"]["checks"]
+    assert not checks["novelty_rate"]["ok"] and checks["novelty_rate"]["value"] > 0.05
+    assert checks["error_rate"]["value"] == 0.0 and checks["error_rate"]["ok"]
+    [action] = [a for a in read_actions(settings) if a["action"] == "rollback"]
+    assert action["champion_version"] == version and action["rolled_back_to"] == "1"
+    assert action["server"]["stable"] == "1"

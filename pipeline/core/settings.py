@@ -176,6 +176,15 @@ class Settings(BaseSettings):
     monitor_retrain_cooldown_hours: float = Field(
         24.0, ge=0, description="Monitoring triggers kmeans_training at most once per this "
                                 "many hours, however long the drift lasts.")
+    watch_hours: float = Field(
+        6.0, ge=0, description="After a promotion, the new champion is watched this many "
+                               "hours: a monitoring window that finds it degraded rolls it "
+                               "back to 'previous' (0: no watch).")
+    watch_max_error_rate: float = Field(
+        0.01, ge=0, le=1, description="Watch: largest share of the champion's requests that "
+                                      "failed with a server error.")
+    watch_max_p99_ms: float = Field(
+        250.0, gt=0, description="Watch: largest p99 latency (ms) of the champion's requests.")
 
     # promotion gates
     # Defaults sit below what the generated demo data gives (silhouette interval lower bound
@@ -198,11 +207,11 @@ class Settings(BaseSettings):
     drift_column_threshold: float = Field(
         0.1, gt=0,
         description="Drift gate: normalised Wasserstein distance above which a feature column "
-                    "counts as drifted (monitoring/drift.yaml column_threshold).")
+                    "counts as drifted (monitoring/drift.yaml drift_column_threshold).")
     drift_share_threshold: float = Field(
         0.3, ge=0, le=1,
         description="Drift gate: share of drifted feature columns above which a person must "
-                    "approve the model (monitoring/drift.yaml dataset_drift_share).")
+                    "approve the model (monitoring/drift.yaml drift_share_threshold).")
     drift_sample_rows: int = Field(
         5000, ge=100,
         description="Rows of the reference sample kept with each registered model, and of the "

@@ -3,6 +3,16 @@
 Customers belong to a few latent segments (loyal big spenders, bargain hunters, new customers,
 dormant customers, window shoppers); each day a share of them is active and gets a behaviour
 snapshot. Amounts are log-normal (skewed), activity is Poisson, a few values are missing.
+
+Drift can be injected from a given period (a day of the lake, or a monitoring window) on, for
+demos and for measuring the monitoring (:class:`Drift`):
+
+- ``shift``: every segment spends 3x as much, browses 2x as much, waits 2x as long between
+  orders and has a year more tenure (6 of 12 features move; the segment structure stays);
+- ``new_segment``: a quarter of the customers turn into bulk buyers, a kind of customer the
+  model has never seen (huge baskets, few sessions, many returns);
+- ``vanished_segment``: the loyal big spenders stop coming (their share drops to 0);
+- ``trend``: the shift, reached slowly: a tenth of it more each period, full after ten.
 """
 
 from __future__ import annotations
@@ -33,6 +43,71 @@ _SEGMENTS = {
     "window_shoppers": (0.20, 3.2, 0.6, 55.0, 45.0, 500.0, 0.08, 0.30, 0.4, 0.85, 22.0, 0.20),
 }
 SEGMENT_NAMES = list(_SEGMENTS)
+# The segment that ``new_segment`` drift brings in; never part of the stationary population.
+_NEW_SEGMENT = ("bulk_buyers",
+                (0.0, 7.8, 25.0, 6.0, 2.0, 150.0, 0.35, 0.02, 4.0, 0.05, 2.0, 0.90))
+_PARAMS = np.array([*_SEGMENTS.values(), _NEW_SEGMENT[1]])
+_NAMES = np.array([*SEGMENT_NAMES, _NEW_SEGMENT[0]])
+DRIFT_KINDS = ("shift", "new_segment", "vanished_segment", "trend")
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Drift of kind ``kind`` from period ``start`` on (periods before it are stationary).
+
+    ``strength`` scales the shift (1.0: the full shift described in the module docstring);
+    ``share`` is the share of customers that become the new segment; ``segment`` is the one
+    that vanishes; ``ramp`` is the number of periods a trend takes to reach ``strength``.
+    """
+
+    kind: str
+    start: int = 0
+    strength: float = 1.0
+    share: float = 0.25
+    segment: str = "loyal_big_spenders"
+    ramp: int = 10
+
+    def __post_init__(self):
+        if self.kind not in DRIFT_KINDS:
+            raise ValueError(f"drift kind {self.kind!r} is not one of {', '.join(DRIFT_KINDS)}")
+        if self.segment not in SEGMENT_NAMES:
+            raise ValueError(f"segment {self.segment!r} is not one of {', '.join(SEGMENT_NAMES)}")
+        if not (0.0 < self.share <= 1.0) or self.strength < 0 or self.ramp < 1:
+            raise ValueError(f"share={self.share} must be in (0, 1], strength={self.strength} "
+                             f">= 0 and ramp={self.ramp} >= 1")
+
+    def level(self, period: int) -> float:
+        """How much of the drift period ``period`` carries (0 before ``start``)."""
+        if period < self.start:
+            return 0.0
+        if self.kind == "trend":
+            return self.strength * min(1.0, (period - self.start + 1) / self.ramp)
+        return self.strength
+
+    def customers(self, customers: pd.DataFrame, period: int) -> pd.DataFrame:
+        """The population of ``period``: segments moved in or out."""
+        if self.level(period) == 0.0:
+            return customers
+        if self.kind == "vanished_segment":
+            return customers[customers["segment"] != SEGMENT_NAMES.index(self.segment)]
+        if self.kind == "new_segment":
+            # the same customers turn, every period: a stable hash of the id, not the rng
+            u = (customers["customer_id"].to_numpy() * 2654435761 % 2**32) / 2**32
+            return customers.assign(segment=np.where(u < self.share, len(SEGMENT_NAMES),
+                                                     customers["segment"].to_numpy()))
+        return customers
+
+    def rows(self, frame: pd.DataFrame, period: int) -> pd.DataFrame:
+        """The behaviour of ``period``: features shifted (``shift``, ``trend``)."""
+        s = self.level(period)
+        if s == 0.0 or self.kind not in ("shift", "trend"):
+            return frame
+        return frame.assign(total_spend_30d=(frame.total_spend_30d * 3**s).round(2),
+                            avg_order_value=(frame.avg_order_value * 3**s).round(2),
+                            sessions_30d=(frame.sessions_30d * 2**s).round(0),
+                            categories_browsed_30d=frame.categories_browsed_30d + round(6 * s),
+                            tenure_days=frame.tenure_days + round(365 * s),
+                            days_since_last_order=(frame.days_since_last_order * 2**s).round(0))
 
 
 @dataclass(frozen=True)
@@ -62,7 +137,7 @@ def _day_rows(customers: pd.DataFrame, day: dt.date, rng: np.random.Generator,
               active_share: float, missing_share: float) -> pd.DataFrame:
     active = customers[rng.random(len(customers)) < active_share]
     n = len(active)
-    p = np.array([list(_SEGMENTS.values())[s][1:] for s in active["segment"]])
+    p = _PARAMS[active["segment"].to_numpy(), 1:]
     act = active["activity_offset"].to_numpy()
     orders = rng.poisson(p[:, 1] * act).astype(float)
     spend = np.where(
@@ -94,9 +169,22 @@ def _day_rows(customers: pd.DataFrame, day: dt.date, rng: np.random.Generator,
     start = pd.Timestamp(day, tz="UTC")
     frame.insert(1, "event_timestamp", start + pd.to_timedelta(rng.uniform(0, 86_399, n), unit="s"))
     frame["created_timestamp"] = start + pd.Timedelta(days=1)
-    frame["segment_truth"] = np.array(SEGMENT_NAMES)[active["segment"].to_numpy()]
+    frame["segment_truth"] = _NAMES[active["segment"].to_numpy()]
     return frame[["customer_id", "event_timestamp", *FEATURE_NAMES, "created_timestamp",
                   "segment_truth"]]
+
+
+def period_rows(customers: pd.DataFrame, day: dt.date, *, period: int, seed: int,
+                drift: Drift | None = None, active_share: float = 0.6,
+                missing_share: float = 0.02) -> pd.DataFrame:
+    """The activity rows of one period (a day of the lake, a monitoring window) of the
+    population ``customers`` (:func:`generate_customers`), with ``drift`` applied from its
+    start period on; the same arguments give the same rows."""
+    rng = np.random.default_rng([seed, period])
+    if drift is not None:
+        customers = drift.customers(customers, period)
+    frame = _day_rows(customers, day, rng, active_share, missing_share)
+    return drift.rows(frame, period) if drift is not None else frame
 
 
 def default_start(days: int) -> dt.date:
@@ -113,12 +201,14 @@ def generate_lake(
     active_share: float = 0.6,
     missing_share: float = 0.02,
     seed: int = 7,
+    drift: Drift | None = None,
 ) -> GeneratedLake:
     """Write ``days`` daily partitions of customer activity under ``lake_dir``.
 
     The days are ``start`` and the ``days - 1`` after it; without ``start``, the ``days`` days
     that end yesterday (UTC), so a daily training run scheduled today finds its whole window.
     Re-running with the same arguments rewrites the same files with the same content.
+    ``drift`` injects drift from its ``start`` day (0: the first day) on.
 
     Examples
     --------
@@ -134,8 +224,8 @@ def generate_lake(
     written, total = [], 0
     for i in range(days):
         day = start + dt.timedelta(days=i)
-        frame = _day_rows(customers, day, np.random.default_rng([seed, i]), active_share,
-                          missing_share)
+        frame = period_rows(customers, day, period=i, seed=seed, drift=drift,
+                            active_share=active_share, missing_share=missing_share)
         atomic_write_parquet(table_dir / f"day={day.isoformat()}" / "part-00000.parquet",
                              pa.Table.from_pandas(frame, preserve_index=False))
         written.append(day.isoformat())

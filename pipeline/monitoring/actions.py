@@ -1,4 +1,5 @@
-"""What a monitoring window calls for: a retraining, at most once per cooldown.
+"""What a monitoring window calls for: a retraining, at most once per cooldown (and, through
+:mod:`pipeline.rollout.watch`, a rollback of a new champion that degrades).
 
 Every decision to act is appended to ``<home>/audit/monitoring.jsonl`` with the figures that
 caused it (the window, its reasons, the champion); the cooldown is read back from there, so a
@@ -40,14 +41,31 @@ def retrain_decision(settings: Settings, figures: dict, *, actor: str,
             return None
         reason = (f"monitoring window {figures['window']} drifted: "
                   + "; ".join(figures["reasons"]))
-        entry = {"at": now.isoformat(), "action": "retrain", "actor": actor,
-                 "window": figures["window"], "champion_version": figures.get("champion_version"),
-                 "reasons": figures["reasons"], "report": figures.get("report"),
-                 "mlflow_run_id": figures.get("mlflow_run_id"),
-                 "figures": {k: figures.get(k) for k in (
-                     "rows", "segment_psi", "distance_ratio", "novelty_rate",
-                     "low_margin_share", "silhouette")}
-                 | {"feature_drift_share": (figures.get("feature_drift") or {}).get(
-                     "drift_share")}}
-        append_line(actions_path(settings), json.dumps(entry, sort_keys=True, default=str))
+        _append(settings, "retrain", actor=actor, figures=figures, at=now,
+                extra={"reasons": figures["reasons"]})
     return {"reason": reason[:1000]}
+
+
+def record(settings: Settings, action: str, *, actor: str, figures: dict,
+           extra: dict | None = None) -> dict:
+    """Append one action taken on a window (``rollback``, ``rollback_refused``, ...) to the
+    trail, with the window's key figures and ``extra``."""
+    private_dir(actions_path(settings).parent)
+    with file_lock(actions_path(settings).with_suffix(".lock"), wait=30):
+        return _append(settings, action, actor=actor, figures=figures,
+                       at=dt.datetime.now(dt.UTC), extra=extra or {})
+
+
+def _append(settings: Settings, action: str, *, actor: str, figures: dict, at: dt.datetime,
+            extra: dict) -> dict:
+    """The caller holds the trail's lock."""
+    entry = {"at": at.isoformat(), "action": action, "actor": actor,
+             "window": figures["window"], "champion_version": figures.get("champion_version"),
+             "report": figures.get("report"), "mlflow_run_id": figures.get("mlflow_run_id"),
+             "figures": {k: figures.get(k) for k in (
+                 "rows", "segment_psi", "distance_ratio", "novelty_rate",
+                 "low_margin_share", "silhouette")}
+             | {"feature_drift_share": (figures.get("feature_drift") or {}).get("drift_share")},
+             **extra}
+    append_line(actions_path(settings), json.dumps(entry, sort_keys=True, default=str))
+    return entry

@@ -84,16 +84,24 @@ def psi(reference: np.ndarray, current: np.ndarray) -> float:
 
 
 def window_id(start: dt.datetime, end: dt.datetime) -> str:
-    """``20261130T140000-20261130T150000``: the window's name in files and runs.
+    """``20261130T140000-20261130T150000``: the window's name in files and runs (with
+    milliseconds when a boundary is not a whole second).
 
     Examples
     --------
     >>> window_id(dt.datetime(2026, 11, 30, 14, tzinfo=dt.UTC),
     ...           dt.datetime(2026, 11, 30, 15, tzinfo=dt.UTC))
     '20261130T140000-20261130T150000'
+    >>> window_id(dt.datetime(2026, 11, 30, 14, 0, 0, 250_000, tzinfo=dt.UTC),
+    ...           dt.datetime(2026, 11, 30, 14, 0, 1, tzinfo=dt.UTC))
+    '20261130T140000.250-20261130T140001.000'
     """
+    start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
     fmt = "%Y%m%dT%H%M%S"
-    return f"{start.astimezone(dt.UTC).strftime(fmt)}-{end.astimezone(dt.UTC).strftime(fmt)}"
+    if start.microsecond or end.microsecond:
+        return f"{start.strftime(fmt)}.{start.microsecond // 1000:03d}-" \
+               f"{end.strftime(fmt)}.{end.microsecond // 1000:03d}"
+    return f"{start.strftime(fmt)}-{end.strftime(fmt)}"
 
 
 def monitoring_dir(settings: Settings) -> Path:
@@ -364,11 +372,25 @@ def render_window(f: dict) -> str:
             f"<td>{_fmt(c['mean_distance'])}</td>"
             + "".join(f"<td>{_fmt(c['profile'][n]['shift_sd'], 2)}</td>" for n in FEATURE_NAMES)
             + "</tr>" for c in f["clusters"])
-        parts.append("<h2>Segments</h2><table><tr><th>cluster</th><th>reference share</th>"
+        profile = monitoring_profile_link(f.get("champion_version"))
+        parts.append(f"<h2>Segments</h2><p>How each segment moved in the window: its share, "
+                     f"its mean distance and each feature's mean shift in reference standard "
+                     f"deviations. {profile}</p>"
+                     "<table><tr><th>cluster</th><th>reference share</th>"
                      "<th>share</th><th>reference mean distance</th><th>mean distance</th>"
                      f"{head}</tr>{body}</table>")
     parts.append(f"<p>MLflow run: <code>{html.escape(f.get('mlflow_run_id') or '')}</code></p>")
     return _page(f"Monitoring {f['window']}", "".join(parts))
+
+
+def monitoring_profile_link(version) -> str:
+    """The link from a window's report to the champion's segment profile (written at its
+    registration under ``<reports>/profiles/version-<N>/``)."""
+    if version is None:
+        return ""
+    return (f"<a href='../profiles/version-{html.escape(str(version))}/profile.html'>Segment "
+            f"profile of version {html.escape(str(version))}</a> (sizes, means and medians, "
+            f"distinguishing features, heatmap, silhouette diagram).")
 
 
 def render_index(settings: Settings) -> str:

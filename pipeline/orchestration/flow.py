@@ -22,6 +22,7 @@ from pipeline.promotion import gates as gate_checks
 from pipeline.promotion.register import register as register_run
 from pipeline.promotion.register import verify_serving
 from pipeline.rollout import controller as ro
+from pipeline.rollout import watch as rollout_watch
 from pipeline.training import stages
 from pipeline.training.params import TrainParams, parse_params, window
 
@@ -201,8 +202,21 @@ def monitoring_url(settings, name: str) -> str:
     return gate_checks.report_url(settings, path) or str(path)
 
 
-def retrain_decision(figures: dict, actor: str) -> dict | None:
-    """The conf of the kmeans_training run to trigger (None: none, see the log)."""
+def watch(figures: dict, actor: str) -> dict:
+    """The post-promotion watch on this window: a new champion that degraded is rolled back
+    and the server told (see :mod:`pipeline.rollout.watch`)."""
+    decided = rollout_watch.watch(load_settings(), figures, actor=actor)
+    (log.warning if decided["action"] != "none" else log.info)("watch: %s", decided["summary"])
+    return decided
+
+
+def retrain_decision(figures: dict, actor: str, watched: dict | None = None) -> dict | None:
+    """The conf of the kmeans_training run to trigger (None: none, see the log). Not after
+    the watch rolled the champion back: the next window judges the restored one."""
+    if watched and watched.get("action") == "rolled_back":
+        log.info("no retraining: the watch rolled version %s back to %s",
+                 watched["champion_version"], watched["champion"])
+        return None
     conf = monitoring_actions.retrain_decision(load_settings(), figures, actor=actor)
     if conf is None:
         log.info("no retraining: window %s is %s%s", figures["window"], figures["status"],

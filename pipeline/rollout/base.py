@@ -139,3 +139,8 @@ class Backend(Protocol):
         """Each version's figures since the last call (per version, as ``analyse`` reads them);
         opens a new window."""
         ...
+
+    def live(self) -> dict:
+        """The same figures as :meth:`window` of the window in progress, without opening a new
+        one (what the post-promotion watch reads)."""
+        ...

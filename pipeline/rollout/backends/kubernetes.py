@@ -107,11 +107,17 @@ class KServeBackend:
         return self._patch({"spec": {"predictor": {**predictor, "canaryTrafficPercent": None}}})
 
     def window(self) -> dict:
+        return self._revisions(lambda backend: backend.window())
+
+    def live(self) -> dict:
+        return self._revisions(lambda backend: backend.live())
+
+    def _revisions(self, read) -> dict:
         if self.admin_token is None:
             raise RolloutError("reading the revisions' analysis windows needs KMEANS_ADMIN_TOKEN")
         merged = {}
         for url in self.window_urls.values():
-            merged.update(LocalBackend(url, self.admin_token).window())
+            merged.update(read(LocalBackend(url, self.admin_token)))
         return merged
 
 

@@ -43,3 +43,6 @@ class LocalBackend:
 
     def window(self) -> dict:
         return self._call("POST", "/admin/window")["versions"]
+
+    def live(self) -> dict:
+        return self._call("GET", "/admin/state")["window"]
