@@ -10,13 +10,16 @@ One deployment serves the whole module, in order:
    (served by the project's Airflow plugin) and it opens; the approval, through the REST API,
    registers the challenger; the grid shows the run green;
 3. ``kmeans_rollback``, triggered from the UI's form with every param at its default, rolls a
-   promotion back; the grid shows it green and its return value says what it did.
+   promotion back; the grid shows it green and its return value says what it did;
+4. unpausing ``kmeans_monitoring`` gives a green scheduled run of the last hour's window, whose
+   report the plugin serves in the UI's browser session.
 
 The screenshots are kept in ``test-artifacts/airflow-ui/`` (git ignores the folder).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import socket
@@ -213,3 +216,32 @@ def test_rollback_from_the_ui_form_with_defaults_says_what_it_did(deployment, ui
     entry = registry.read_audit(settings)[-1]
     assert entry["reason"] == "rolled back by hand from Airflow"
     assert entry["actor"] == run_id
+
+
+def test_unpausing_the_monitoring_gives_a_green_hourly_run(deployment, ui):
+    """The hourly window of the scheduler's run (no traffic here: too few rows to judge);
+    nothing to watch, no retraining; the window's entry is on the index the plugin serves."""
+    airflow, _ = deployment
+    rest = Rest(airflow)
+    rest("PATCH", "/api/v2/dags/kmeans_monitoring", {"is_paused": False})
+    deadline = time.monotonic() + 120
+    runs: list = []
+    while not runs and time.monotonic() < deadline:
+        runs = rest("GET", "/api/v2/dags/kmeans_monitoring/dagRuns")["dag_runs"]
+        time.sleep(1)
+    assert [r["run_type"] for r in runs] == ["scheduled"], runs
+    run_id = runs[0]["dag_run_id"]
+    assert rest.wait_run("kmeans_monitoring", run_id) == "success", rest.tasks(
+        "kmeans_monitoring", run_id)
+    assert rest.tasks("kmeans_monitoring", run_id) == {
+        "window": "success", "watch": "success", "retrain_decision": "success",
+        "trigger_training": "skipped"}
+    found = rest("GET", f"/api/v2/dags/kmeans_monitoring/dagRuns/{run_id}/"
+                        "taskInstances/window/xcomEntries/return_value")
+    window = found["value"] if isinstance(found["value"], dict) else json.loads(found["value"])
+    assert window["status"] == "too_few_rows" and window["champion_version"] == "1", window
+    start = dt.datetime.fromisoformat(window["start"])
+    assert dt.datetime.fromisoformat(window["end"]) - start == dt.timedelta(hours=1)
+    ui.goto(f"{airflow.url}/kmeans/reports/monitoring/index.html")
+    assert ui.get_by_role("link", name=window["window"]).count() == 1
+    airflow_ui.screenshot(ui, "monitoring-index")
