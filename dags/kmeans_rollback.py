@@ -11,9 +11,9 @@ back from or to. The ``rollback`` task's return value (XCom) and log say what ha
 
 from __future__ import annotations
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, Param, dag, task
 
-from pipeline.orchestration.dag_defaults import DAG_ARGS
+from pipeline.orchestration.dag_defaults import CHAMPION_ASSET, DAG_ARGS
 
 
 @dag(
@@ -45,7 +45,7 @@ def kmeans_rollback():
 
         return flow.ready_to_serve({"version": rolled_back["champion"]})
 
-    @task
+    @task(outlets=[Asset(**CHAMPION_ASSET)])  # kmeans_publish republishes the segments
     def sync_server(rolled_back: dict) -> dict:
         from pipeline.orchestration import flow
 

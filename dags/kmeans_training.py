@@ -22,9 +22,9 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, Param, dag, task
 
-from pipeline.orchestration.dag_defaults import DAG_ARGS
+from pipeline.orchestration.dag_defaults import CHAMPION_ASSET, DAG_ARGS
 from pipeline.orchestration.params import dag_params
 from pipeline.training.params import TrainParams
 
@@ -124,7 +124,8 @@ def kmeans_training():
 
         return flow.ready_to_serve(registered)
 
-    @task(retries=0)  # a rollout that rolled back has done its job; a retry would redo it
+    # Its success emits the champion asset: kmeans_publish republishes the segments.
+    @task(retries=0, outlets=[Asset(**CHAMPION_ASSET)])  # a rolled-back rollout: no retry
     def rollout(registered: dict) -> dict:
         from pipeline.orchestration import flow
 

@@ -2,7 +2,7 @@
 
 from datetime import timedelta
 
-from data_sources import customer_profile_source
+from data_sources import customer_profile_push
 from entities import customer
 from feast import FeatureView, Field
 from feast.types import Float64
@@ -26,6 +26,8 @@ customer_profile = FeatureView(
         Field(name="email_open_rate", dtype=Float64, description="Share of emails opened."),
     ],
     online=True,
-    source=customer_profile_source,
+    # The push source: the stream consumer's pushes reach this view; its batch source (the
+    # offline table's FileSource) serves materialize and point-in-time reads.
+    source=customer_profile_push,
     tags={"owner": "segmentation", "team": "ml-platform"},
 )

@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 #: Heavy or optional libraries that are imported lazily, where they are used (a test keeps every
 #: other import at module top).
 LAZY_IMPORTS = frozenset({"pyspark", "mlflow", "feast", "great_expectations", "evidently",
-                          "airflow", "kubernetes", "matplotlib"})
+                          "airflow", "kubernetes", "matplotlib", "confluent_kafka"})
 
 # Importing feast sets PROMETHEUS_MULTIPROC_DIR, and prometheus_client decides at its own import
 # whether metric values live in memory or in mmap files under that folder. Deciding first keeps

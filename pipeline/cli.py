@@ -24,6 +24,7 @@ from pipeline.core.settings import load_settings
 from pipeline.data import features
 from pipeline.data.datagen import DRIFT_KINDS, Drift, default_start, generate_lake
 from pipeline.data.ingest import ingest_lake
+from pipeline.data.sources import postgres, stream
 from pipeline.data.validation import ValidationFailed, validate_snapshot
 from pipeline.demo import run_demo
 from pipeline.engine.spark import clean_stage, executor_stage_root, stage_usage
@@ -31,6 +32,7 @@ from pipeline.monitoring.exporter import make_server as make_exporter
 from pipeline.monitoring.window import monitor_window, prometheus_path
 from pipeline.promotion import gates as gate_checks
 from pipeline.promotion.gates import GateRefused
+from pipeline.promotion.publish import publish_segments
 from pipeline.promotion.register import register as register_run
 from pipeline.registry import AliasMoveInProgress
 from pipeline.rollout import controller as ro
@@ -338,6 +340,16 @@ def monitor(
     _echo({k: v for k, v in figures.items() if k != "clusters"})
 
 
+@app.command("publish-segments", cls=_Command)
+def publish_segments_command(
+    version: Annotated[str | None, typer.Option(
+        help="Registry version to score with; default: the champion.")] = None,
+):
+    """Score every customer's latest features with the champion (a Spark job) and publish the
+    customer_segment feature view: offline table and online store."""
+    _echo(publish_segments(_settings(), version=version))
+
+
 @app.command("monitor-exporter", cls=_Command)
 def monitor_exporter(
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
@@ -386,6 +398,40 @@ def demo(
 ):
     """Sample data, the training DAG end to end, the model served, example predictions."""
     run_demo(_settings(), customers=customers, days=days, seed=seed)
+
+
+@app.command(cls=_Command)
+def consume(
+    max_events: Annotated[int | None, typer.Option(
+        min=1, help="Stop after this many events; default: until SIGTERM or Ctrl-C.")] = None,
+    seconds: Annotated[float | None, typer.Option(
+        min=0, help="Stop after this many seconds.")] = None,
+):
+    """Consume the event stream (KMEANS_STREAM_URL): validated events to the offline table and
+    the online store, bad ones to quarantine, acknowledged after both writes."""
+    _echo(stream.consume(_settings(), max_events=max_events, seconds=seconds))
+
+
+@app.command("ingest-sql", cls=_Command)
+def ingest_sql(
+    url: Annotated[str, typer.Option(help="postgresql://user@host:port/db (a password is best "
+                                          "given by PGPASSWORD or ~/.pgpass).")],
+    table: Annotated[str, typer.Option(help="Table (schema.table) or a SELECT query.")],
+    watermark: Annotated[str, typer.Option(help="Timestamp column the rows are read by.")],
+    start: Annotated[str | None, typer.Option(help="Interval start, ISO 8601 (UTC if naive); "
+                                                   "with --incremental: the first run's.")] = None,
+    end: Annotated[str | None, typer.Option(help="Interval end (excluded), ISO 8601.")] = None,
+    incremental: Annotated[bool, typer.Option(
+        "--incremental", help="Land [stored watermark, now - lag) and store now - lag.")] = False,
+    lag_seconds: Annotated[float, typer.Option(
+        min=0, help="How late a row may commit after its watermark value.")] = 300.0,
+    source: Annotated[str | None, typer.Option(
+        help="Source name (a-z, 0-9, _); default: from the table name.")] = None,
+):
+    """Land a PostgreSQL table or query in the offline feature table, by watermark interval."""
+    _echo(postgres.ingest_sql(_settings(), url=url, table=table, watermark=watermark,
+                              start=start, end=end, incremental=incremental,
+                              lag_seconds=lag_seconds, source=source))
 
 
 def _utc(value: dt.datetime) -> dt.datetime:

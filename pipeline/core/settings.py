@@ -221,6 +221,30 @@ class Settings(BaseSettings):
         description="How long registering a challenger waits for a promotion or rollback in "
                     "progress (promote and rollback themselves never wait).")
 
+    # stream (pipeline/data/sources/stream.py, `kmeans consume`)
+    stream_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Event stream the consumer reads: redis://host:port/db (Redis Streams with "
+                    "a consumer group, the embedded default) or kafka://host:port[,host:port] "
+                    "(Kafka through confluent-kafka, the production profile).")
+    stream_name: str = Field(
+        "kmeans:customer_events", min_length=1,
+        description="Redis stream key, or Kafka topic, of the customer events.")
+    stream_group: str = Field(
+        "kmeans-consumer", min_length=1,
+        description="Consumer group (Redis) or group.id (Kafka) of the stream consumer.")
+    stream_consumer: str | None = Field(
+        None, description="This consumer's name in the group; stable across restarts so that "
+                          "a restarted consumer re-reads its own unacknowledged events first "
+                          "(default: the host name). Two consumers on one host need two names.")
+    stream_batch_size: int = Field(
+        1000, ge=1, le=100_000, description="Most events the consumer reads, lands, pushes and "
+                                            "acknowledges in one batch.")
+    stream_claim_idle_seconds: float = Field(
+        60.0, gt=0, description="Unacknowledged events of another consumer idle this long are "
+                                "claimed (XAUTOCLAIM) and processed: that consumer is taken "
+                                "for dead. Keep it well above a batch's processing time.")
+
     # rollout
     rollout_backend: Literal["none", "local", "kubernetes"] = Field(
         "none", description="Where the rollout controller moves traffic: 'local' (the inference "

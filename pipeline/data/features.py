@@ -35,6 +35,18 @@ log = logging.getLogger(__name__)
 #: names it for the stock CLI.
 PROJECT = "customer_segments"
 
+#: The published segments (feature_repo/segments.py): the offline table and its columns.
+SEGMENT_TABLE = "customer_segment"
+SEGMENT_VIEW = "customer_segment"
+SEGMENT_SCHEMA = pa.schema([
+    ("customer_id", pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
+    ("segment", pa.int64()), ("distance", pa.float64()), ("margin", pa.float64()),
+    ("ood", pa.bool_()), ("model_version", pa.string()),
+    ("scored_at", pa.timestamp("us", tz="UTC")), ("features_at", pa.timestamp("us", tz="UTC")),
+])
+SEGMENT_FIELDS = ["segment", "distance", "margin", "ood", "model_version", "scored_at",
+                  "features_at"]
+
 
 def filesystem(path: str | Path) -> tuple[pafs.FileSystem, str]:
     """``(pyarrow filesystem, path in it)`` of a snapshot folder or object-store URI. (The
@@ -166,6 +178,7 @@ def apply_repo(settings: Settings) -> list[str]:
         apply_total_with_repo_instance(store, settings.feast_project, store.registry, contents,
                                        skip_source_validation=False)
     _make_stores_private(settings)
+    ensure_segment_table(settings)
     log.debug("feast apply on %s:\n%s", settings.home, plan.getvalue())
     objects = [
         *contents.entities,
@@ -233,12 +246,30 @@ def _offline_path(source, repo: Path, settings: Settings) -> str:
     return str(target)
 
 
-def materialize(settings: Settings, start: dt.datetime, end: dt.datetime) -> None:
-    """Load the latest feature values of [start, end) into the online store."""
+def ensure_segment_table(settings: Settings) -> Path:
+    """The published segments' offline table, with an empty schema file so that Feast (and
+    ``feast materialize`` of every view) can read it before the first publication."""
+    folder = Path(settings.offline_dir) / SEGMENT_TABLE
+    empty = folder / "empty.parquet"
+    if not empty.exists():
+        atomic_write_parquet(empty, SEGMENT_SCHEMA.empty_table())
+    return folder
+
+
+PROFILE_VIEW = "customer_profile"
+
+
+def materialize(settings: Settings, start: dt.datetime, end: dt.datetime,
+                views: list[str] | None = None) -> None:
+    """Load the latest values of [start, end) into the online store: the behaviour features
+    (``customer_profile``), or the named ``views``. The published segments are materialized by
+    their publication alone, so re-materializing an old window never puts an older segment
+    back online."""
+    views = views or [PROFILE_VIEW]
     # Feast prints its progress to stdout; it goes to the debug log instead (the CLI's stdout
     # carries only its JSON result).
     with contextlib.redirect_stdout(io.StringIO()) as said:
-        feature_store(settings).materialize(start_date=start, end_date=end)
+        feature_store(settings).materialize(start_date=start, end_date=end, feature_views=views)
     log.debug("feast materialize: %s", said.getvalue().strip())
     _make_stores_private(settings)
 
@@ -317,6 +348,15 @@ def _write_snapshot(out: str, pieces: dict[str, pa.Table], snap: Snapshot) -> No
     else:
         with fs.open_output_stream(f"{base}/snapshot.json") as handle:
             handle.write(json.dumps(snap.to_dict()).encode())
+
+
+def online_segments(store, customer_ids: list[int]) -> pd.DataFrame:
+    """The published segment of each customer (None where none was published), as an
+    application reads it: Feast's online store, no model call."""
+    rows = store.get_online_features(
+        features=[f"{SEGMENT_VIEW}:{name}" for name in SEGMENT_FIELDS],
+        entity_rows=[{"customer_id": int(c)} for c in customer_ids]).to_df()
+    return rows
 
 
 def online_features(store, feature_service: str, customer_ids: list[int]) -> pd.DataFrame:

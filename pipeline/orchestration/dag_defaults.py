@@ -18,3 +18,9 @@ DAG_ARGS = {
     "max_active_runs": 1,
     "default_args": DEFAULT_ARGS,
 }
+
+
+#: The asset whose events say "the champion may have changed" (a rollout finished, a rollback
+#: was done): ``kmeans_publish`` is scheduled on it and republishes every customer's segment.
+CHAMPION_ASSET = {"name": "customer_segments_champion",
+                  "uri": "kmeans://customer_segments/champion"}

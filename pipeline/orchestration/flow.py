@@ -19,6 +19,7 @@ from pipeline.data.validation import validate_snapshot
 from pipeline.monitoring import actions as monitoring_actions
 from pipeline.monitoring.window import monitor_window, monitoring_dir
 from pipeline.promotion import gates as gate_checks
+from pipeline.promotion.publish import publish_segments
 from pipeline.promotion.register import register as register_run
 from pipeline.promotion.register import verify_serving
 from pipeline.rollout import controller as ro
@@ -158,6 +159,15 @@ def rollout(registered: dict) -> dict:
     if state.outcome != "promoted":
         raise ro.RolloutError(f"version {version} was rolled back: {state.reason}")
     return asdict(state)
+
+
+def publish(params: dict) -> dict:
+    """Publish every customer's segment (the customer_segment feature view)."""
+    _known_only(params, {"version"})
+    done = publish_segments(load_settings(), version=params.get("version") or None)
+    log.info("published the segments of %d customers with version %s: %s", done["customers"],
+             done["model_version"], done["folder"])
+    return done
 
 
 def sync_server(rolled_back: dict) -> dict:

@@ -1,0 +1,44 @@
+"""kmeans_publish: every customer's current segment, published for applications.
+
+A Spark job scores each customer's latest features with the champion and writes the
+``customer_segment`` feature view (segment, distance, margin, OOD flag, model version, scored
+at): the offline table ``<home>/offline/customer_segment/`` and, materialized, the online
+store. Applications then read a customer's segment through Feast (``get_online_features`` with
+``customer_segment:segment``, or ``feast serve``) without calling the model.
+
+Scheduled on the champion asset (``kmeans://customer_segments/champion``): the training DAG's
+``rollout`` and the rollback DAG's ``sync_server`` emit it, so the segments follow every
+promotion and rollback. Trigger it by hand to republish (``version``: score with another
+registered version, e.g. to compare). ``kmeans publish-segments`` does the same from a shell.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset, Param, dag, task
+
+from pipeline.orchestration.dag_defaults import CHAMPION_ASSET, DAG_ARGS
+
+
+@dag(
+    dag_id="kmeans_publish",
+    schedule=[Asset(**CHAMPION_ASSET)],
+    **DAG_ARGS,
+    tags=["kmeans", "segments", "feast"],
+    doc_md=__doc__,
+    params={
+        "version": Param(None, type=["null", "string"], pattern=r"^\d+$",
+                         description="Registry version to score with; empty: the champion."),
+    },
+)
+def kmeans_publish():
+    # No retry: a failed publication leaves the previous one online; fix and trigger again.
+    @task(retries=0)
+    def publish(params=None) -> dict:
+        from pipeline.orchestration import flow
+
+        return flow.publish(params or {})
+
+    publish()
+
+
+kmeans_publish()

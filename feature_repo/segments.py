@@ -1,0 +1,48 @@
+"""The published segments: every customer's current segment, for applications that read it
+through Feast instead of calling the model.
+
+``kmeans publish-segments`` (and the training DAG after a promotion) scores every customer's
+latest features with the champion in a Spark job and writes one Parquet folder per publication
+to ``<home>/offline/customer_segment/published=<time>-v<version>/``, then materializes this
+view to the online store. An empty schema file (``empty.parquet``) keeps the table readable
+before the first publication.
+"""
+
+from datetime import timedelta
+
+from entities import customer
+from feast import FeatureView, Field, FileSource
+from feast.data_format import ParquetFormat
+from feast.types import Bool, Float64, Int64, String, UnixTimestamp
+
+customer_segment_source = FileSource(
+    name="customer_segment_source",
+    path="../.kmeans/offline/customer_segment",
+    file_format=ParquetFormat(),
+    timestamp_field="event_timestamp",
+    description="Each customer's segment as the champion assigned it, one folder per "
+                "publication (event_timestamp: when it was scored).",
+)
+
+customer_segment = FeatureView(
+    name="customer_segment",
+    entities=[customer],
+    ttl=timedelta(days=30),
+    schema=[
+        Field(name="segment", dtype=Int64, description="The customer's segment (cluster id)."),
+        Field(name="distance", dtype=Float64, description="Distance to the segment's centroid."),
+        Field(name="margin", dtype=Float64,
+              description="Distance to the runner-up centroid minus distance (small: near a "
+                          "boundary)."),
+        Field(name="ood", dtype=Bool,
+              description="Beyond the model's 99th-percentile training distance."),
+        Field(name="model_version", dtype=String, description="The registry version that "
+                                                              "assigned it."),
+        Field(name="scored_at", dtype=UnixTimestamp, description="When it was assigned."),
+        Field(name="features_at", dtype=UnixTimestamp,
+              description="Time of the feature row it was assigned from."),
+    ],
+    online=True,
+    source=customer_segment_source,
+    tags={"owner": "segmentation", "team": "ml-platform"},
+)

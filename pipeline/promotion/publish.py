@@ -1,0 +1,143 @@
+"""Publish every customer's segment: a Spark job scores each customer's latest features with the
+champion and writes the ``customer_segment`` feature view, so applications read a customer's
+segment through Feast (``get_online_features``, ``feast serve``) without calling the model.
+
+The job reads the offline feature table (``<offline>/customer_profile``, every source's files),
+keeps each customer's latest row (by event time, then landing time) and assigns it with the
+model's own code (:meth:`SegmentModel.assign`: the same preprocessing and float64 distances as
+the server), in Arrow batches on the executors (``mapInPandas``). The model travels to the
+executors as its plain arrays (centroids, preprocessing, metadata), not as a pickled object.
+Each publication is one folder ``<offline>/customer_segment/published-<time>-v<version>/``,
+then materialized to the online store; earlier publications stay for point-in-time reads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from pipeline import registry
+from pipeline.core.settings import FEATURE_NAMES, Settings
+from pipeline.data import features
+from pipeline.data.ingest import OFFLINE_TABLE
+from pipeline.engine.spark import spark_session
+from pipeline.model.kmeans_segments import Preprocessor, SegmentModel
+
+log = logging.getLogger(__name__)
+
+OUTPUT_DDL = ("customer_id long, event_timestamp timestamp, segment long, distance double, "
+              "margin double, ood boolean, model_version string, scored_at timestamp, "
+              "features_at timestamp")
+
+
+def _payload(model) -> dict:
+    """What the executors rebuild the model from: arrays and JSON, no pickled object."""
+    return {"centroids": np.asarray(model.centroids, dtype=np.float64).tolist(),
+            "preprocessor": model.preprocessor.to_dict(),
+            "metadata": {k: model.metadata.get(k) for k in ("cluster_ids", "distance_p99")
+                         if model.metadata.get(k) is not None}}
+
+
+def _assigner(payload: dict, version: str, scored_at: dt.datetime):
+    """The function ``mapInPandas`` runs: each batch of latest rows -> their segments."""
+
+    def assign(batches):
+        model = SegmentModel(np.asarray(payload["centroids"]),
+                             Preprocessor.from_dict(payload["preprocessor"]),
+                             payload["metadata"])
+        stamp = pd.Timestamp(scored_at)
+        for batch in batches:
+            if batch.empty:
+                continue
+            found = model.assign(batch[FEATURE_NAMES].astype("float64"))
+            yield pd.DataFrame({
+                "customer_id": batch["customer_id"].astype("int64").to_numpy(),
+                "event_timestamp": stamp, "segment": found.cluster,
+                "distance": found.distance, "margin": found.margin,
+                "ood": found.ood.astype(bool), "model_version": version, "scored_at": stamp,
+                "features_at": batch["event_timestamp"].to_numpy()})
+
+    return assign
+
+
+def _timestamp(F, frame, column: str):
+    """``column`` as a Spark timestamp: nanoseconds since the epoch (a long) converted."""
+    if dict(frame.dtypes)[column] in ("bigint", "long"):
+        # integer division: a double loses ~400 ns at today's epoch nanoseconds
+        return F.timestamp_micros(F.expr(f"`{column}` div 1000")).alias(column)
+    return F.col(column)
+
+
+def publish_segments(settings: Settings, *, version: str | None = None, spark=None,
+                     materialize: bool = True, now: dt.datetime | None = None) -> dict:
+    """Score every customer with the champion (or ``version``), write a publication of the
+    ``customer_segment`` view and materialize it. Returns the counts, the folder and the
+    time each part took."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    model, version = registry.download_model(settings, "champion", version=version)
+    table = Path(settings.offline_dir) / OFFLINE_TABLE
+    if not table.is_dir():
+        raise FileNotFoundError(f"offline table {table} is missing; run `kmeans ingest` first")
+    scored_at = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+    out_dir = features.ensure_segment_table(settings)
+    name = f"published-{scored_at:%Y%m%dT%H%M%S}-v{version}"
+    staging = out_dir / f".{name}.{uuid.uuid4().hex[:8]}"
+    t0 = time.monotonic()
+    spark = spark or spark_session(settings.spark_master, app_name="kmeans-publish",
+                                   driver_memory=settings.spark_driver_memory)
+    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    # The landed files hold nanosecond timestamps (pandas'), which Spark reads only as longs.
+    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
+    raw = spark.read.parquet(str(table))
+    rows = raw.select("customer_id", *(_timestamp(F, raw, c) for c in ("event_timestamp",
+                                                                        "created_timestamp")),
+                      *FEATURE_NAMES)
+    latest_first = Window.partitionBy("customer_id").orderBy(
+        F.col("event_timestamp").desc(), F.col("created_timestamp").desc())
+    latest = (rows.withColumn("_rank", F.row_number().over(latest_first))
+              .where(F.col("_rank") == 1).drop("_rank", "created_timestamp"))
+    scored = latest.mapInPandas(_assigner(_payload(model), str(version), scored_at),
+                                OUTPUT_DDL)
+    try:
+        scored.write.mode("error").parquet(str(staging))
+        for extra in staging.glob("*"):  # Spark's markers and checksums; Feast reads the rest
+            if extra.name.startswith(("_", ".")):
+                extra.unlink()
+        final = out_dir / name
+        if final.exists():  # the same second and version again: replaced, not duplicated
+            shutil.rmtree(final)
+        staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    spark_seconds = time.monotonic() - t0
+    written = pq.ParquetDataset(str(final)).read(columns=["customer_id", "segment", "ood"])
+    customers = written.num_rows
+    shares = np.bincount(np.searchsorted(model.cluster_ids,
+                                         written["segment"].to_numpy()),
+                         minlength=model.k) / max(customers, 1)
+    t1 = time.monotonic()
+    if materialize:
+        features.materialize(settings, scored_at - dt.timedelta(seconds=1),
+                             scored_at + dt.timedelta(seconds=1), views=[features.SEGMENT_VIEW])
+    materialize_seconds = time.monotonic() - t1
+    result = {"model_version": str(version), "customers": customers,
+              "scored_at": scored_at.isoformat(), "folder": str(final),
+              "segment_shares": {str(c): round(float(s), 4)
+                                 for c, s in zip(model.cluster_ids, shares, strict=True)},
+              "ood_share": float(np.mean(written["ood"].to_numpy())) if customers else 0.0,
+              "spark_seconds": round(spark_seconds, 2),
+              "materialize_seconds": round(materialize_seconds, 2) if materialize else None,
+              "customers_per_second": round(customers / spark_seconds) if spark_seconds else None}
+    log.info("published the segments of %d customers with version %s to %s", customers,
+             version, final)
+    return result
