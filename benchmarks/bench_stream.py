@@ -3,16 +3,21 @@
 Against the local Redis (127.0.0.1:6379) and the embedded Feast stores (SQLite online store) in a
 temporary home:
 
+The home holds a champion (trained in-process on 2,000 sample customers), so the consumer also
+assigns and pushes segments, as ``kmeans consume`` does.
+
 - **Throughput**: 50,000 valid events in a Redis stream; the consumer (batches of 1,000) reads,
   validates (the ingest rules), writes the offline table, pushes to the online store and
-  acknowledges them, pinned to one core. Baseline: what a user would otherwise run, Feast's
-  ``store.push`` from Python of the same rows in the same batches of 1,000, same core (no
-  validation, no offline write, no delivery guarantee).
+  acknowledges them, pinned to one core; once with features only, once also assigning each
+  event with the champion and pushing its segment. Baseline: what a user would otherwise run,
+  Feast's ``store.push`` from Python of the same rows in the same batches of 1,000, same core
+  (no validation, no offline write, no delivery guarantee, no segment).
 - **Freshness**: ``kmeans consume`` running as its own process; 1,000 events written one by one
-  (about 200 a second); the time from each write until its features are readable through
-  ``get_online_features``. Baseline: a single-row ``store.push`` from Python, then the same read.
+  (about 200 a second); the time from each write until its features and its segment are
+  readable through one ``get_online_features`` call. Baseline: a single-row ``store.push`` of
+  the features from Python, then the same read of the features.
 
-    .venv/bin/python benchmarks/bench_stream.py            # about 2 minutes
+    .venv/bin/python benchmarks/bench_stream.py            # about 3 minutes
 
 Writes benchmarks/results/stream.json and benchmarks/STREAM.md.
 """
@@ -41,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.core.settings import FEATURE_NAMES, load_settings  # noqa: E402
 from pipeline.data import features  # noqa: E402
 from pipeline.data.sources import stream as st  # noqa: E402
+from pipeline.promotion.publish import ChampionSegmenter  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "stream.json"
 REPORT = ROOT / "benchmarks" / "STREAM.md"
@@ -64,17 +70,47 @@ def all_cores(cores: set[int]) -> None:
     os.sched_setaffinity(0, cores)
 
 
+def champion(home: Path) -> None:
+    """Sample data landed, the repo applied, a k=5 champion trained in-process and registered."""
+    from pipeline.data.datagen import generate_lake
+    from pipeline.data.ingest import ingest_lake
+    from pipeline.promotion.register import register
+    from pipeline.training import stages
+
+    settings = load_settings(home=home)
+    end = pd.Timestamp.now(tz="UTC").normalize()
+    begin = end - pd.Timedelta(days=3)
+    generate_lake(settings.lake_dir, n_customers=2000, start=begin.date(), days=3, seed=5)
+    ingest_lake(settings, begin.date(), end.date())
+    features.apply_repo(settings)
+    snap = features.training_snapshot(settings, begin.to_pydatetime(), end.to_pydatetime())
+    trained = stages.train(settings, snap.path, {"k_min": 5, "k_max": 5, "engine": "local",
+                                                 "max_iter": 30, "seed": 3})
+    register(settings, trained["run_id"])
+
+
+def consumer_rate(settings, client, events: list[dict], stream: str, segments: bool) -> dict:
+    """The consumer over ``events`` (features only, or also segments), its own stream."""
+    settings = settings.model_copy(update={"stream_name": stream})
+    st.publish(client, stream, events)
+    consumer = st.Consumer(settings, st.open_stream(settings),
+                           segmenter=ChampionSegmenter(settings) if segments else None)
+    consumer.run_once(1, block_ms=10)  # warm: the registry loaded, the first file written
+    started = time.perf_counter()
+    result = consumer.run(max_events=len(events) - 1, block_ms=10)
+    wall = time.perf_counter() - started
+    consumer.close()
+    assert result.landed == len(events) - 1, result
+    assert result.segments == (result.pushed if segments else 0), result
+    return {"seconds": round(wall, 3), "events_per_second": round(result.read / wall, 1)}
+
+
 def throughput(settings, client, n: int, batch: int) -> dict:
     now = pd.Timestamp.now(tz="UTC").floor("s")
     events = make_events(n, 10_000_000, now)
-    st.publish(client, settings.stream_name, events)
-    consumer = st.Consumer(settings, st.open_stream(settings))
-    consumer.run_once(1, block_ms=10)  # warm: the registry loaded, the first file written
-    started = time.perf_counter()
-    result = consumer.run(max_events=n - 1, block_ms=10)
-    wall = time.perf_counter() - started
-    consumer.close()
-    assert result.landed == n - 1, result
+    plain = consumer_rate(settings, client, events, settings.stream_name, segments=False)
+    with_segments = consumer_rate(settings, client, make_events(n, 11_000_000, now),
+                                  settings.stream_name + ":s", segments=True)
     # Baseline: Feast's push of the same rows, same batches, same core.
     frame = pd.DataFrame(events)
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
@@ -86,11 +122,23 @@ def throughput(settings, client, n: int, batch: int) -> dict:
     for start in range(0, n, batch):
         store.push(st.PUSH_SOURCE, frame.iloc[start:start + batch].reset_index(drop=True))
     push_wall = time.perf_counter() - started
-    return {"events": n - 1, "batch": batch, "consumer_seconds": round(wall, 3),
-            "consumer_events_per_second": round((n - 1) / wall, 1),
+    push_rate = n / push_wall
+    return {"events": n - 1, "batch": batch, "consumer_seconds": plain["seconds"],
+            "consumer_events_per_second": plain["events_per_second"],
+            "consumer_with_segments_seconds": with_segments["seconds"],
+            "consumer_with_segments_events_per_second": with_segments["events_per_second"],
             "feast_push_seconds": round(push_wall, 3),
-            "feast_push_rows_per_second": round(n / push_wall, 1),
-            "consumer_share_of_feast_push": round((n - 1) / wall / (n / push_wall), 3)}
+            "feast_push_rows_per_second": round(push_rate, 1),
+            "consumer_share_of_feast_push": round(plain["events_per_second"] / push_rate, 3),
+            "with_segments_share_of_feast_push":
+                round(with_segments["events_per_second"] / push_rate, 3)}
+
+
+def read(store, customers: list[int]) -> pd.DataFrame:
+    """One online read, as an application makes it: a feature and the customer's segment."""
+    return store.get_online_features(
+        features=["customer_profile:tenure_days", "customer_segment:segment"],
+        entity_rows=[{"customer_id": int(c)} for c in customers]).to_df()
 
 
 def freshness(settings, client, home: Path, n: int, names: dict) -> dict:
@@ -107,8 +155,7 @@ def freshness(settings, client, home: Path, n: int, names: dict) -> dict:
     expect = {e["customer_id"]: e["tenure_days"] for e in events}
     try:
         st.publish(client, settings.stream_name, [events[n]])  # warm-up
-        while features.online_features(store, settings.feature_service,
-                                       [base + n]).tenure_days.isna().all():
+        while read(store, [base + n]).segment.isna().all():
             time.sleep(0.05)
         next_write, i = time.perf_counter(), 0
         deadline = time.monotonic() + 120
@@ -122,10 +169,11 @@ def freshness(settings, client, home: Path, n: int, names: dict) -> dict:
             waiting = [c for c in written if c not in seen][:50]
             if not waiting:
                 continue
-            got = features.online_features(store, settings.feature_service, waiting)
+            got = read(store, waiting)
             at = time.perf_counter()
-            for cid, tenure in zip(got.customer_id, got.tenure_days, strict=True):
-                if tenure == expect[cid]:
+            for cid, tenure, segment in zip(got.customer_id, got.tenure_days, got.segment,
+                                            strict=True):
+                if tenure == expect[cid] and not pd.isna(segment):
                     seen[int(cid)] = at
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -165,8 +213,7 @@ def main() -> None:
                              "platform": platform.platform()}}
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
         home = Path(tmp) / "home"
-        base = load_settings(home=home)
-        features.apply_repo(base)
+        champion(home)
         names = {"stream_name": f"bench:{tag}:t", "stream_group": "bench",
                  "stream_consumer": "bench-1", "stream_batch_size": str(args.batch)}
         settings = load_settings(home=home, **names)
@@ -202,22 +249,26 @@ to one core.
 | --- | ---: | ---: |
 | consumer: read, validate, offline Parquet, event index, Feast push, XACK \
 | {t['consumer_seconds']} | {t['consumer_events_per_second']:,} |
+| consumer, also assigning each event with the champion and pushing its segment \
+| {t['consumer_with_segments_seconds']} | {t['consumer_with_segments_events_per_second']:,} |
 | baseline: Feast `store.push` from Python, same rows and batches (push only) \
 | {t['feast_push_seconds']} | {t['feast_push_rows_per_second']:,} |
 
-The consumer runs at {t['consumer_share_of_feast_push']:.0%} of a bare push: validation, the
-offline write, the event index and the acknowledgement cost the rest, and buy at-least-once
-delivery with idempotent writes and a quarantine.
+The consumer runs at {t['consumer_share_of_feast_push']:.0%} of a bare push
+({t['with_segments_share_of_feast_push']:.0%} with segments): validation, the offline write,
+the event index, the acknowledgement and the second push cost the rest, and buy at-least-once
+delivery with idempotent writes, a quarantine and near-real-time segments.
 
 ## End-to-end freshness
 
 `kmeans consume` as its own process; {f['events']:,} events written one by one at about
-{f['write_rate_per_second']} a second; time from the write to the features being readable
-through `get_online_features`.
+{f['write_rate_per_second']} a second; time from the write to the features and the
+champion's segment being readable through one `get_online_features` call.
 
 | what | p50 ms | p99 ms |
 | --- | ---: | ---: |
-| stream: XADD to readable online | {f['stream_p50_ms']} | {f['stream_p99_ms']} |
+| stream: XADD to features and segment readable online | {f['stream_p50_ms']} \
+| {f['stream_p99_ms']} |
 | baseline: single-row Feast `store.push`, then the read \
 | {f['feast_push_then_read_p50_ms']} | {f['feast_push_then_read_p99_ms']} |
 

@@ -6,12 +6,17 @@ latest features with the champion in a Spark job and writes one Parquet folder p
 to ``<home>/offline/customer_segment/published=<time>-v<version>/``, then materializes this
 view to the online store. An empty schema file (``empty.parquet``) keeps the table readable
 before the first publication.
+
+Between publications the stream consumer (``kmeans consume``) assigns each fresh event with the
+same champion and pushes the customer's new segment through ``customer_segment_push`` to the
+online store, so a customer's segment follows their activity within seconds. The offline
+history holds the batch publications.
 """
 
 from datetime import timedelta
 
 from entities import customer
-from feast import FeatureView, Field, FileSource
+from feast import FeatureView, Field, FileSource, PushSource
 from feast.data_format import ParquetFormat
 from feast.types import Bool, Float64, Int64, String, UnixTimestamp
 
@@ -22,6 +27,13 @@ customer_segment_source = FileSource(
     timestamp_field="event_timestamp",
     description="Each customer's segment as the champion assigned it, one folder per "
                 "publication (event_timestamp: when it was scored).",
+)
+
+customer_segment_push = PushSource(
+    name="customer_segment_push",
+    batch_source=customer_segment_source,
+    description="Segments of fresh events, assigned by the stream consumer with the champion; "
+                "backed by the publications for materialize and offline reads.",
 )
 
 customer_segment = FeatureView(
@@ -43,6 +55,8 @@ customer_segment = FeatureView(
               description="Time of the feature row it was assigned from."),
     ],
     online=True,
-    source=customer_segment_source,
+    # The push source: the consumer's near-real-time segments reach this view; its batch
+    # source (the publications) serves materialize and point-in-time reads.
+    source=customer_segment_push,
     tags={"owner": "segmentation", "team": "ml-platform"},
 )

@@ -32,7 +32,7 @@ from pipeline.monitoring.exporter import make_server as make_exporter
 from pipeline.monitoring.window import monitor_window, prometheus_path
 from pipeline.promotion import gates as gate_checks
 from pipeline.promotion.gates import GateRefused
-from pipeline.promotion.publish import publish_segments
+from pipeline.promotion.publish import ChampionSegmenter, publish_segments
 from pipeline.promotion.register import register as register_run
 from pipeline.registry import AliasMoveInProgress
 from pipeline.rollout import controller as ro
@@ -408,8 +408,11 @@ def consume(
         min=0, help="Stop after this many seconds.")] = None,
 ):
     """Consume the event stream (KMEANS_STREAM_URL): validated events to the offline table and
-    the online store, bad ones to quarantine, acknowledged after both writes."""
-    _echo(stream.consume(_settings(), max_events=max_events, seconds=seconds))
+    the online store, bad ones to quarantine, acknowledged after both writes; each fresh event's
+    segment (the champion's) pushed to the customer_segment view."""
+    settings = _settings()
+    segmenter = ChampionSegmenter(settings) if settings.stream_segments else None
+    _echo(stream.consume(settings, max_events=max_events, seconds=seconds, segmenter=segmenter))
 
 
 @app.command("ingest-sql", cls=_Command)

@@ -48,6 +48,26 @@ def shifted(frame):
                         days_since_last_order=frame.days_since_last_order * 2)
 
 
+def train_champion(root: Path, *, customers: int = 1200, seed: int = 17, k: int = 4):
+    """A home with sample data landed, the Feast repo applied and a k-means champion (version
+    1) trained on it in-process and registered; its settings."""
+    from pipeline.data import features
+    from pipeline.data.datagen import generate_lake
+    from pipeline.data.ingest import ingest_lake
+    from pipeline.promotion.register import register
+    from pipeline.training import stages
+
+    settings = make_settings(root)
+    generate_lake(settings.lake_dir, n_customers=customers, start=START, days=DAYS, seed=seed)
+    ingest_lake(settings, BEGIN.date(), END.date())
+    features.apply_repo(settings)
+    snap = features.training_snapshot(settings, BEGIN, END)
+    trained = stages.train(settings, snap.path, {"k_min": k, "k_max": k, "engine": "local",
+                                                 "max_iter": 30, "seed": 3})
+    register(settings, trained["run_id"])
+    return settings
+
+
 @pytest.fixture
 def settings(tmp_path, monkeypatch):
     """Settings on a fresh home; also exported so code that reads the environment agrees."""

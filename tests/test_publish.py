@@ -13,29 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.settings import FEATURE_NAMES
-from tests.conftest import BEGIN, DAYS, END, START, make_settings
+from tests.conftest import BEGIN, END, make_settings, train_champion
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    from pipeline.data import features
-    from pipeline.data.datagen import generate_lake
-    from pipeline.data.ingest import ingest_lake
-    from pipeline.promotion.register import register
-    from pipeline.training import stages
-
-    root = tmp_path_factory.mktemp("publish-home")
-    settings = make_settings(root)
-    generate_lake(settings.lake_dir, n_customers=1200, start=START, days=DAYS, seed=17)
-    ingest_lake(settings, BEGIN.date(), END.date())
-    features.apply_repo(settings)
-    snap = features.training_snapshot(settings, BEGIN, END)
-    trained = stages.train(settings, snap.path, {"k_min": 4, "k_max": 4, "engine": "local",
-                                                 "max_iter": 30, "seed": 3})
-    register(settings, trained["run_id"])
-    return root
+    return train_champion(tmp_path_factory.mktemp("publish-home")).home
 
 
 def test_every_customer_gets_the_champions_segment_online(home, spark):

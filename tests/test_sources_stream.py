@@ -26,7 +26,7 @@ from pipeline.core.settings import FEATURE_NAMES
 from pipeline.data import features
 from pipeline.data.ingest import OFFLINE_TABLE
 from pipeline.data.sources import stream as st
-from tests.conftest import make_settings
+from tests.conftest import make_settings, train_champion
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +36,9 @@ KMEANS = Path(sys.executable).parent / "kmeans"
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    path = tmp_path_factory.mktemp("stream") / "home"
-    features.apply_repo(make_settings(path))
-    return path
+    """The module's home: sample data landed and a champion (version 1) that assigns the
+    stream's segments; the stream's own customers are 1,000,000 and up."""
+    return train_champion(tmp_path_factory.mktemp("stream") / "home").home
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,14 @@ def quarantine(settings) -> pd.DataFrame:
 
 def online(store, settings, customers) -> pd.DataFrame:
     return features.online_features(store, settings.feature_service, list(customers))
+
+
+def online_with_segment(store, customers) -> pd.DataFrame:
+    """One online read, as an application makes it: a feature and the customer's segment."""
+    return store.get_online_features(
+        features=["customer_profile:tenure_days",
+                  *(f"{features.SEGMENT_VIEW}:{name}" for name in features.SEGMENT_FIELDS)],
+        entity_rows=[{"customer_id": int(c)} for c in customers]).to_df()
 
 
 # ---------------------------------------------------------------- landing and quarantine
@@ -318,7 +326,10 @@ def test_sigkill_mid_batch_then_restart_loses_and_duplicates_nothing(home, clien
 
 def test_freshness_p99_under_two_seconds_over_1000_events(home, client, names, tmp_path):
     """``kmeans consume`` running; 1,000 events written one by one (about 200 a second); the
-    time from each write until its features are readable from the Feast online store."""
+    time from each write until its features and its segment (the champion's assignment) are
+    readable from the Feast online store, in one read."""
+    from pipeline import registry
+
     s = make_settings(home, **names)
     base, n = 5_000_000, 1000
     store = features.feature_store(s)
@@ -334,7 +345,7 @@ def test_freshness_p99_under_two_seconds_over_1000_events(home, client, names, t
     try:
         st.publish(client, s.stream_name, [event(n, base + n, now)])  # warm-up: started
         deadline = time.monotonic() + 90
-        while online(store, s, [base + n]).tenure_days.isna().all():
+        while online_with_segment(store, [base + n]).segment.isna().all():
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the consumer pushed nothing in 90 s"
             time.sleep(0.05)
@@ -351,10 +362,11 @@ def test_freshness_p99_under_two_seconds_over_1000_events(home, client, names, t
             waiting = [c for c in written if c not in seen][:50]  # the oldest first
             if not waiting:
                 continue
-            got = online(store, s, waiting)
+            got = online_with_segment(store, waiting)
             at = time.perf_counter()
-            for cid, tenure in zip(got.customer_id, got.tenure_days, strict=True):
-                if tenure == cid - base:
+            for cid, tenure, segment in zip(got.customer_id, got.tenure_days, got.segment,
+                                            strict=True):
+                if tenure == cid - base and not pd.isna(segment):
                     seen[int(cid)] = at
         proc.send_signal(signal.SIGTERM)  # stops after its batch, with its counts
         assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
@@ -368,7 +380,56 @@ def test_freshness_p99_under_two_seconds_over_1000_events(home, client, names, t
           f"max {lag.max() * 1000:.1f} ms")
     assert p99 < 2.0
     counts = json.loads(said.read_text())
-    assert counts["read"] == counts["landed"] == n + 1
+    assert counts["read"] == counts["landed"] == counts["segments"] == n + 1
+    # each segment is the champion's assignment of that event's features
+    model, version = registry.download_model(s)
+    sample = [base + i for i in range(0, n, 37)]
+    got = online_with_segment(store, sample)
+    expected = model.assign(pd.DataFrame([event(c - base, c, now) for c in sample])[
+        FEATURE_NAMES])
+    assert got.segment.astype("int64").tolist() == expected.cluster.tolist()
+    assert np.allclose(got.distance, expected.distance)
+    assert (got.model_version == version).all() and version == "1"
+
+
+def test_segments_follow_the_champion_and_observers_see_each_batch(home, client, names):
+    """The consumer's segments come from the champion, and from the new one once it moves; an
+    observer sees each batch's accepted rows, and one that fails stops nothing. (Runs after the
+    freshness test: it makes version 2 the module's champion.)"""
+    from pipeline import registry
+    from pipeline.promotion.publish import ChampionSegmenter
+    from pipeline.promotion.register import register
+
+    s = make_settings(home, **names)
+    batches: list[pd.DataFrame] = []
+
+    def broken(rows):
+        raise RuntimeError("observer down")
+
+    consumer = st.Consumer(s, st.open_stream(s), observers=[broken, batches.append],
+                           segmenter=ChampionSegmenter(s, refresh_seconds=0))
+    store = features.feature_store(s)
+    base, n = 7_000_000, 20
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    try:
+        st.publish(client, s.stream_name, [event(i, base + i, now) for i in range(n)])
+        first = consumer.run_once(block_ms=2000)
+        assert (first.read, first.landed, first.pushed, first.segments) == (n, n, n, n)
+        assert len(batches) == 1 and sorted(batches[0].customer_id) == list(range(base, base + n))
+        assert consumer.stream.pending() == 0  # acknowledged although an observer failed
+        assert (features.online_segments(store, [base, base + 1]).model_version == "1").all()
+
+        register(s, registry.model_version(s, "1").run_id)
+        registry.promote(s, "2", reason="test: the champion moves")
+        later = now + pd.Timedelta(seconds=1)
+        st.publish(client, s.stream_name, [event(n + i, base + i, later) for i in range(n)])
+        second = consumer.run_once(block_ms=2000)
+        assert second.segments == n
+        online_now = features.online_segments(store, list(range(base, base + n)))
+        assert (online_now.model_version == "2").all()
+        assert (pd.to_datetime(online_now.features_at, utc=True) == later).all()
+    finally:
+        consumer.close()
 
 
 # ---------------------------------------------------------------- Kafka (not exercised)

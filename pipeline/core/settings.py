@@ -244,6 +244,13 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Unacknowledged events of another consumer idle this long are "
                                 "claimed (XAUTOCLAIM) and processed: that consumer is taken "
                                 "for dead. Keep it well above a batch's processing time.")
+    stream_segments: bool = Field(
+        True, description="The consumer also assigns each fresh event with the champion and "
+                          "pushes the customer's new segment to the customer_segment view "
+                          "(near-real-time segments; off: features only).")
+    stream_model_refresh_seconds: float = Field(
+        10.0, gt=0, description="How often the consumer checks whether the champion moved; it "
+                                "then assigns with the new version.")
 
     # rollout
     rollout_backend: Literal["none", "local", "kubernetes"] = Field(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import shutil
 import time
 import uuid
@@ -46,6 +47,19 @@ def _payload(model) -> dict:
                          if model.metadata.get(k) is not None}}
 
 
+def segment_rows(model: SegmentModel, rows: pd.DataFrame, version: str,
+                 scored_at: pd.Timestamp) -> pd.DataFrame:
+    """The ``customer_segment`` rows of feature rows (customer_id, event_timestamp and the
+    features): what the batch job writes and the stream consumer pushes."""
+    found = model.assign(rows[FEATURE_NAMES].astype("float64"))
+    return pd.DataFrame({
+        "customer_id": rows["customer_id"].astype("int64").to_numpy(),
+        "event_timestamp": scored_at, "segment": found.cluster,
+        "distance": found.distance, "margin": found.margin,
+        "ood": found.ood.astype(bool), "model_version": version, "scored_at": scored_at,
+        "features_at": rows["event_timestamp"].to_numpy()})
+
+
 def _assigner(payload: dict, version: str, scored_at: dt.datetime):
     """The function ``mapInPandas`` runs: each batch of latest rows -> their segments."""
 
@@ -55,17 +69,48 @@ def _assigner(payload: dict, version: str, scored_at: dt.datetime):
                              payload["metadata"])
         stamp = pd.Timestamp(scored_at)
         for batch in batches:
-            if batch.empty:
-                continue
-            found = model.assign(batch[FEATURE_NAMES].astype("float64"))
-            yield pd.DataFrame({
-                "customer_id": batch["customer_id"].astype("int64").to_numpy(),
-                "event_timestamp": stamp, "segment": found.cluster,
-                "distance": found.distance, "margin": found.margin,
-                "ood": found.ood.astype(bool), "model_version": version, "scored_at": stamp,
-                "features_at": batch["event_timestamp"].to_numpy()})
+            if not batch.empty:
+                yield segment_rows(model, batch, version, stamp)
 
     return assign
+
+
+class ChampionSegmenter:
+    """The stream consumer's segmenter: assigns fresh feature rows with the champion, the model
+    version the inference server serves as stable, and follows the alias when it moves (checked
+    at most every ``refresh_seconds``). Without a champion it assigns nothing."""
+
+    def __init__(self, settings: Settings, *, refresh_seconds: float | None = None):
+        self.settings = settings
+        self.refresh_seconds = (settings.stream_model_refresh_seconds
+                                if refresh_seconds is None else refresh_seconds)
+        self.model: SegmentModel | None = None
+        self.version: str | None = None
+        self._checked = -math.inf
+
+    def _follow(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.refresh_seconds:
+            return
+        self._checked = now
+        found = registry.alias_version(self.settings, "champion")
+        version = None if found is None else str(found.version)
+        if version == self.version:
+            return
+        if version is None:
+            log.warning("no champion: the stream consumer pushes features, not segments")
+            self.model, self.version = None, None
+            return
+        self.model, self.version = registry.download_model(self.settings, version=version)
+        log.info("stream segments now assigned by champion version %s", version)
+
+    def __call__(self, rows: pd.DataFrame) -> pd.DataFrame | None:
+        """The segment rows of ``rows`` (scored now), or None without a champion."""
+        self._follow()
+        if self.model is None or self.version is None or rows.empty:
+            return None
+        return segment_rows(self.model, rows, self.version,
+                            pd.Timestamp.now(tz="UTC").floor("us"))
 
 
 def _timestamp(F, frame, column: str):

@@ -38,9 +38,17 @@ Transports, behind one interface (:class:`EventStream`):
    ``customer_profile_push``. Online writes are upserts keyed by customer; the index keeps the
    latest (event time, creation time) pushed per customer, so a redelivered older event never
    overwrites a newer one (Feast's SQLite store would).
+   With a segmenter (``kmeans consume`` passes
+   :class:`~pipeline.promotion.publish.ChampionSegmenter`), the same rows are assigned with the
+   champion, the version the inference server serves as stable, and each customer's new segment
+   is pushed through ``customer_segment_push`` to the ``customer_segment`` view: readable from
+   the online store within a second or two of the event (tests/test_sources_stream.py).
 6. Only then acknowledge the batch (``XACK``; Kafka: commit the offsets). A crash anywhere before
    leaves the batch unacknowledged: it is delivered again (at-least-once) and steps 2 and 4 make
    that idempotent.
+7. Hand the batch's accepted rows to the observers (the shadow model,
+   :mod:`pipeline.monitoring.shadow`). An observer that fails is logged; it never stops the
+   consumer, and a crash before this step means an observer may see a batch twice.
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -82,6 +90,8 @@ log = logging.getLogger(__name__)
 
 #: The Feast push source the consumer pushes to (feature_repo/data_sources.py).
 PUSH_SOURCE = "customer_profile_push"
+#: The push source of the customer_segment view (feature_repo/segments.py).
+SEGMENT_PUSH_SOURCE = "customer_segment_push"
 #: The field of a Redis stream entry that holds the event's JSON.
 EVENT_FIELD = "event"
 #: Folder of ``rejected_dir`` that keeps the quarantined events.
@@ -105,6 +115,13 @@ class Message:
 
     id: str
     payload: bytes | None
+
+
+class Segmenter(Protocol):
+    """Assigns fresh feature rows (customer_id, event_timestamp, the features) to segments: the
+    ``customer_segment`` rows to push, or None when there is no model to assign with."""
+
+    def __call__(self, rows: pd.DataFrame) -> pd.DataFrame | None: ...
 
 
 class EventStream(Protocol):
@@ -385,13 +402,14 @@ class BatchResult:
     repeated: int = 0          # an event id twice in one batch: the first copy counts
     rejected: int = 0          # quarantined, with the reason
     pushed: int = 0            # customer rows written to the online store
+    segments: int = 0          # customer segments assigned and pushed online
     batches: int = 0
     seconds: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: BatchResult) -> None:
         for name in ("read", "landed", "duplicates", "repeated", "rejected", "pushed",
-                     "batches"):
+                     "segments", "batches"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.seconds += other.seconds
         for text, count in other.reasons.items():
@@ -478,9 +496,13 @@ class Consumer:
     """Reads batches of events and lands them: offline table, online store, quarantine; then
     acknowledges them. See the module's description for the steps and their guarantees."""
 
-    def __init__(self, settings: Settings, stream: EventStream, *, store=None):
+    def __init__(self, settings: Settings, stream: EventStream, *, store=None,
+                 segmenter: Segmenter | None = None,
+                 observers: Sequence[Callable[[pd.DataFrame], None]] = ()):
         self.settings = settings
         self.stream = stream
+        self.segmenter = segmenter
+        self.observers = tuple(observers)
         self.store = store if store is not None else features.feature_store(settings)
         self.index = EventIndex(stream_dir(settings) / f"{OFFLINE_TABLE}-events.sqlite")
         self.lock_path = stream_dir(settings) / f"{OFFLINE_TABLE}.lock"
@@ -576,8 +598,14 @@ class Consumer:
             result.rejected = len(bad)
             for *_, reason in bad:
                 result.reasons[reason] = result.reasons.get(reason, 0) + 1
-            result.pushed = self._push(accepted)
+            result.pushed, result.segments = self._push(accepted)
         self.stream.ack([msg.id for msg in messages])
+        for observe in self.observers:
+            try:
+                observe(accepted)
+            except Exception:  # an observer never stops the landing
+                log.exception("stream observer %r failed on a batch of %d rows", observe,
+                              len(accepted))
         result.seconds = time.perf_counter() - started
         log.debug("stream batch %s", result.to_dict())
         return result
@@ -640,11 +668,11 @@ class Consumer:
         for path, table in plan:
             atomic_write_parquet(path, table, mode=PRIVATE_FILE_MODE)
 
-    def _push(self, accepted: pd.DataFrame) -> int:
+    def _push(self, accepted: pd.DataFrame) -> tuple[int, int]:
         """Each customer's latest accepted event to the online store, unless a newer one is
-        already there."""
+        already there, then its segment; the rows and the segments pushed."""
         if accepted.empty:
-            return 0
+            return 0, 0
         latest = (accepted.sort_values(["event_timestamp", "created_timestamp"], kind="stable")
                   .drop_duplicates("customer_id", keep="last"))
         online = self.index.latest(latest["customer_id"].tolist())
@@ -654,10 +682,14 @@ class Consumer:
         fresh = [(e, k) >= online.get(c, (e, k)) for c, e, k in marks]
         rows = latest.loc[fresh]
         if rows.empty:
-            return 0
-        self.store.push(PUSH_SOURCE, rows.reset_index(drop=True), to=_online_mode())
+            return 0, 0
+        rows = rows.reset_index(drop=True)
+        self.store.push(PUSH_SOURCE, rows, to=_online_mode())
+        segments = None if self.segmenter is None else self.segmenter(rows)
+        if segments is not None and len(segments):
+            self.store.push(SEGMENT_PUSH_SOURCE, segments, to=_online_mode())
         self.index.set_latest(m for m, ok in zip(marks, fresh, strict=True) if ok)
-        return len(rows)
+        return len(rows), 0 if segments is None else len(segments)
 
 
 def _online_mode():
@@ -677,14 +709,16 @@ def _empty_accepted() -> pd.DataFrame:
 
 
 def consume(settings: Settings, *, max_events: int | None = None,
-            seconds: float | None = None) -> dict:
+            seconds: float | None = None, segmenter: Segmenter | None = None,
+            observers: Sequence[Callable[[pd.DataFrame], None]] = ()) -> dict:
     """``kmeans consume``: run the consumer on ``settings.stream_url`` until SIGTERM or SIGINT,
     ``max_events`` events or ``seconds``; the counts."""
     stop = threading.Event()
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    consumer = Consumer(settings, open_stream(settings))
+    consumer = Consumer(settings, open_stream(settings), segmenter=segmenter,
+                        observers=observers)
     try:
         result = consumer.run(stop, max_events=max_events, seconds=seconds)
     finally:
