@@ -570,5 +570,35 @@ def download_model(settings: Settings, alias: str = "champion", *, version: str 
     return SegmentModel.load(folder), str(version)
 
 
+class ChampionFollower:
+    """The current champion for a long-running process (the stream consumer's segmenter and
+    shadow model): ``()`` returns ``(model, version)``, or None while there is no champion. The
+    alias is looked up at most every ``refresh_seconds`` (default
+    ``KMEANS_STREAM_MODEL_REFRESH_SECONDS``) and the model downloaded only when it moved."""
+
+    def __init__(self, settings: Settings, *, refresh_seconds: float | None = None):
+        self.settings = settings
+        self.refresh_seconds = (settings.stream_model_refresh_seconds
+                                if refresh_seconds is None else refresh_seconds)
+        self._cached: tuple[SegmentModel, str] | None = None
+        self._checked = -float("inf")
+
+    def __call__(self) -> tuple[SegmentModel, str] | None:
+        now = time.monotonic()
+        if now - self._checked < self.refresh_seconds:
+            return self._cached
+        self._checked = now
+        found = alias_version(self.settings, "champion")
+        if found is None:
+            if self._cached is not None:
+                log.warning("model %r has no champion any more", self.settings.model_name)
+            self._cached = None
+        elif self._cached is None or self._cached[1] != str(found.version):
+            self._cached = download_model(self.settings, version=str(found.version))
+            log.info("following champion version %s of %r", self._cached[1],
+                     self.settings.model_name)
+        return self._cached
+
+
 def _actor() -> str:
     return os.environ.get("AIRFLOW_CTX_DAG_RUN_ID") or getpass.getuser()

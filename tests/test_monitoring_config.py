@@ -19,9 +19,9 @@ def _leaves(node, out):
 
 def test_drift_yaml_names_real_settings_with_their_defaults():
     doc = yaml.safe_load((REPO / "monitoring" / "drift.yaml").read_text())
-    leaves = _leaves({**doc["detection"], **doc["actions"]}, {})
+    leaves = _leaves({**doc["detection"], **doc["stream"], **doc["actions"]}, {})
     fields = Settings.model_fields
-    assert len(leaves) == 11
+    assert len(leaves) == 13
     for name, value in leaves.items():
         assert name in fields, f"drift.yaml names {name}, which is no setting"
         assert fields[name].default == value, (name, value, fields[name].default)

@@ -63,7 +63,10 @@ def _figures(status: str = "drift") -> dict:
             "rows": 4000, "feature_drift": {"drift_share": 0.5}, "segment_psi": 0.4,
             "distance_ratio": 1.6, "novelty_rate": 0.2, "low_margin_share": 0.1,
             "silhouette": 0.3, "clusters": [{"cluster": 0, "share": 0.7},
-                                            {"cluster": 1, "share": 0.3}]}
+                                            {"cluster": 1, "share": 0.3}],
+            "shadow": {"max_shift": 0.4, "mean_shift": 0.2, "points": 20000,
+                       "clusters": [{"cluster": 0, "shift": 0.4},
+                                    {"cluster": 1, "shift": 0.0}]}}
 
 
 def _exported_names(settings) -> set[str]:

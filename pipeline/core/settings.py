@@ -173,6 +173,11 @@ class Settings(BaseSettings):
         0.15, ge=0, le=1, description="Monitoring: largest share of points closer to a "
                                       "cluster boundary than the reference's 5th-percentile "
                                       "margin (5% expected).")
+    monitor_max_shadow_shift: float = Field(
+        0.25, gt=0, description="Monitoring: largest shift of a centroid of the streaming "
+                                "shadow model from the champion's, in the champion's mean "
+                                "distance of a point to its centroid "
+                                "(pipeline/monitoring/shadow.py).")
     monitor_retrain_cooldown_hours: float = Field(
         24.0, ge=0, description="Monitoring triggers kmeans_training at most once per this "
                                 "many hours, however long the drift lasts.")
@@ -221,6 +226,34 @@ class Settings(BaseSettings):
         description="How long registering a challenger waits for a promotion or rollback in "
                     "progress (promote and rollback themselves never wait).")
 
+    # the sources the kmeans_ingest_<source> DAGs land (dags/kmeans_ingest.py)
+    sql_url: SecretStr | None = Field(
+        None, description="PostgreSQL source of the kmeans_ingest_sql DAG, "
+                          "postgresql://user@host:port/db (a password is best given by "
+                          "PGPASSWORD or ~/.pgpass); unset: that DAG skips. Set with "
+                          "KMEANS_SQL_TABLE and KMEANS_SQL_WATERMARK. Not the stack's "
+                          "KMEANS_POSTGRES_URL.")
+    sql_table: str | None = Field(
+        None, min_length=1, description="Table (schema.table) or SELECT query the "
+                                        "kmeans_ingest_sql DAG reads (`kmeans ingest-sql "
+                                        "--table`).")
+    sql_watermark: str | None = Field(
+        None, min_length=1, description="Timestamp column the kmeans_ingest_sql DAG reads the "
+                                        "rows of its interval by (`kmeans ingest-sql "
+                                        "--watermark`).")
+    sql_source: str | None = Field(
+        None, pattern=r"^[a-z0-9_]{1,64}$",
+        description="Source name of the kmeans_ingest_sql DAG's landings (`kmeans ingest-sql "
+                    "--source`); default: from the table name (a query needs one).")
+    train_min_arrival_rows: int = Field(
+        1000, ge=0, description="Fewest rows the landings that trigger a kmeans_training run "
+                                "on data arrival (the features asset) must bring; a run "
+                                "triggered by fewer is skipped (the daily run takes them in).")
+    stream_drain_seconds: float = Field(
+        300.0, gt=0, le=3300,
+        description="Most seconds a kmeans_ingest_stream run drains the stream; it stops "
+                    "earlier once it is caught up.")
+
     # stream (pipeline/data/sources/stream.py, `kmeans consume`)
     stream_url: str = Field(
         "redis://127.0.0.1:6379/0",
@@ -251,6 +284,11 @@ class Settings(BaseSettings):
     stream_model_refresh_seconds: float = Field(
         10.0, gt=0, description="How often the consumer checks whether the champion moved; it "
                                 "then assigns with the new version.")
+    shadow_half_life_points: float = Field(
+        10_000.0, gt=0,
+        description="Half-life, in accepted events, of the streaming shadow model's memory "
+                    "(pipeline/monitoring/shadow.py): an event's weight halves after this many "
+                    "newer ones. Shorter follows drift sooner and is noisier.")
 
     # rollout
     rollout_backend: Literal["none", "local", "kubernetes"] = Field(
@@ -305,6 +343,12 @@ class Settings(BaseSettings):
                 and self.serving_token.get_secret_value() == self.admin_token.get_secret_value()):
             raise ValueError("KMEANS_ADMIN_TOKEN equals KMEANS_SERVING_TOKEN: every prediction "
                              "client could drive the admin API; use two different tokens")
+        sql = {"KMEANS_SQL_URL": self.sql_url, "KMEANS_SQL_TABLE": self.sql_table,
+               "KMEANS_SQL_WATERMARK": self.sql_watermark}
+        unset = [name for name, value in sql.items() if value is None]
+        if 0 < len(unset) < len(sql):
+            raise ValueError(f"the SQL source needs {', '.join(sql)} together; {', '.join(unset)} "
+                             f"{'is' if len(unset) == 1 else 'are'} unset")
         if self.profile == "production":
             missing = [n for n in ("serving_token", "admin_token") if getattr(self, n) is None]
             if missing:

@@ -65,7 +65,8 @@ def _append(settings: Settings, action: str, *, actor: str, figures: dict, at: d
              "figures": {k: figures.get(k) for k in (
                  "rows", "segment_psi", "distance_ratio", "novelty_rate",
                  "low_margin_share", "silhouette")}
-             | {"feature_drift_share": (figures.get("feature_drift") or {}).get("drift_share")},
+             | {"feature_drift_share": (figures.get("feature_drift") or {}).get("drift_share"),
+                "shadow_max_shift": (figures.get("shadow") or {}).get("max_shift")},
              **extra}
     append_line(actions_path(settings), json.dumps(entry, sort_keys=True, default=str))
     return entry

@@ -12,7 +12,12 @@ champion's rows of that window with the reference sample the champion was traine
   by construction), the share of low-margin points (closer to a boundary than the reference's
   5th-percentile margin, about 5% by construction), the silhouette on a sample, and per
   cluster its share, mean distance and how its profile moved (feature means in the features'
-  own units).
+  own units);
+- **the streaming shadow's gap** (:mod:`pipeline.monitoring.shadow`): how far the centroids of
+  the shadow model, kept up to date by the event stream, lie from the champion's, in the
+  champion's mean distance to centroid, as last recorded in the window. It comes from the
+  stream, not from the prediction log, so it is judged even in a window with too few
+  predictions: over ``KMEANS_MONITOR_MAX_SHADOW_SHIFT`` the window is ``drift``.
 
 The figures go to a JSON file and an HTML report under ``<reports>/monitoring/``, an index page
 listing every window, the MLflow experiment ``<experiment>-monitoring`` (one run per window)
@@ -38,6 +43,7 @@ from pipeline import registry
 from pipeline.core.io import atomic_write_bytes
 from pipeline.core.predictions import read_window
 from pipeline.core.settings import FEATURE_NAMES, Settings
+from pipeline.monitoring.shadow import shadow_figures
 from pipeline.promotion import drift
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,7 @@ class Thresholds:
     novelty_rate: float
     low_margin_share: float
     min_rows: int
+    shadow_shift: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Thresholds:
@@ -65,7 +72,8 @@ class Thresholds:
                    distance_ratio=settings.monitor_max_distance_ratio,
                    novelty_rate=settings.monitor_max_novelty_rate,
                    low_margin_share=settings.monitor_max_low_margin_share,
-                   min_rows=settings.monitor_min_rows)
+                   min_rows=settings.monitor_min_rows,
+                   shadow_shift=settings.monitor_max_shadow_shift)
 
 
 def psi(reference: np.ndarray, current: np.ndarray) -> float:
@@ -170,12 +178,19 @@ def monitor_window(settings: Settings, start: dt.datetime, end: dt.datetime) -> 
         return _finish(settings, {**out, "status": "no_champion", "rows": 0})
     champion, version = registry.download_model(settings, "champion")
     out["champion_version"] = version
+    shadow = shadow_figures(settings, start=start, end=end, version=version)
+    checks: dict[str, tuple[float, float]] = {}
+    if shadow is not None:
+        out["shadow"] = shadow
+        checks["shadow_max_shift"] = (shadow["max_shift"], limits.shadow_shift)
     table = read_window(settings.predictions_dir, start, end)
     frame = table.to_pandas() if table is not None else pd.DataFrame()
     frame = frame[frame["model_version"] == version] if len(frame) else frame
     out["rows"] = len(frame)
-    if len(frame) < limits.min_rows:
-        return _finish(settings, {**out, "status": "too_few_rows"})
+    if len(frame) < limits.min_rows:  # the stream's figure is judged all the same
+        out["reasons"] = _reasons(checks)
+        return _finish(settings, {**out, "status": "drift" if out["reasons"]
+                                  else "too_few_rows"})
     reference = drift.load_reference(settings, champion.metadata["run_id"])
     if reference is None:
         raise LookupError(f"champion version {version} has no reference sample to compare with")
@@ -204,10 +219,16 @@ def monitor_window(settings: Settings, start: dt.datetime, end: dt.datetime) -> 
               "segment_psi": (clusters["segment_psi"], limits.segment_psi),
               "distance_ratio": (clusters["distance_ratio"], limits.distance_ratio),
               "novelty_rate": (clusters["novelty_rate"], limits.novelty_rate),
-              "low_margin_share": (clusters["low_margin_share"], limits.low_margin_share)}
-    out["reasons"] = [f"{name} {value:.3f} > {limit:g}" for name, (value, limit) in checks.items()
-                      if value > limit]
+              "low_margin_share": (clusters["low_margin_share"], limits.low_margin_share),
+              **checks}
+    out["reasons"] = _reasons(checks)
     return _finish(settings, {**out, "status": "drift" if out["reasons"] else "ok"})
+
+
+def _reasons(checks: dict[str, tuple[float, float]]) -> list[str]:
+    """``name value > limit`` for each figure above its limit."""
+    return [f"{name} {value:.3f} > {limit:g}" for name, (value, limit) in checks.items()
+            if value > limit]
 
 
 def _finish(settings: Settings, figures: dict) -> dict:
@@ -239,6 +260,8 @@ def _plain(value):
 
 
 METRICS = ("segment_psi", "distance_ratio", "novelty_rate", "low_margin_share", "silhouette")
+#: Figures of the streaming shadow logged (as ``shadow_<name>``) with the window's.
+SHADOW_METRICS = ("max_shift", "mean_shift", "points")
 
 
 def _log_run(settings: Settings, figures: dict) -> str:
@@ -264,6 +287,9 @@ def _log_run(settings: Settings, figures: dict) -> str:
         if _finite(share):
             values["feature_drift_share"] = share
         values["rows"] = float(figures.get("rows", 0))
+        shadow = figures.get("shadow") or {}
+        values.update({f"shadow_{k}": float(shadow[k]) for k in SHADOW_METRICS
+                       if _finite(shadow.get(k))})
         mlflow.log_metrics(values)
         return run.info.run_id
 
@@ -307,6 +333,19 @@ def write_prometheus(settings: Settings, figures: dict) -> None:
     for c in figures.get("clusters", []):
         gauge("kmeans_segment_share", "Share of the last window's rows per cluster",
               c["share"], f'{base},cluster="{c["cluster"]}"')
+    shadow = figures.get("shadow") or {}
+    gauge("kmeans_shadow_max_shift", "Largest shift of a streaming shadow centroid from the "
+          "champion's, in the champion's mean distance to centroid", shadow.get("max_shift"),
+          base)
+    gauge("kmeans_shadow_mean_shift", "Mean shift of the streaming shadow centroids from the "
+          "champion's, in the champion's mean distance to centroid", shadow.get("mean_shift"),
+          base)
+    for c in shadow.get("clusters", []):
+        gauge("kmeans_shadow_shift", "Shift of each streaming shadow centroid from the "
+              "champion's, in the champion's mean distance to centroid", c["shift"],
+              f'{base},cluster="{c["cluster"]}"')
+    gauge("kmeans_shadow_points", "Events the streaming shadow model has learnt from since "
+          "it started from the champion", shadow.get("points"), base)
     gauge("kmeans_monitor_window_rows", "Rows of the champion in the last window",
           figures.get("rows", 0), base)
     gauge("kmeans_monitor_drift", "1 when the last window was flagged as drifted",
@@ -379,8 +418,28 @@ def render_window(f: dict) -> str:
                      "<table><tr><th>cluster</th><th>reference share</th>"
                      "<th>share</th><th>reference mean distance</th><th>mean distance</th>"
                      f"{head}</tr>{body}</table>")
+    if f.get("shadow"):
+        parts.append(render_shadow(f["shadow"], f["thresholds"].get("shadow_shift")))
     parts.append(f"<p>MLflow run: <code>{html.escape(f.get('mlflow_run_id') or '')}</code></p>")
     return _page(f"Monitoring {f['window']}", "".join(parts))
+
+
+def render_shadow(shadow: dict, limit) -> str:
+    """The streaming shadow's gap from the champion: the summary and a row per cluster."""
+    rows = "".join(
+        f"<tr><td>{c['cluster']}</td><td>{_fmt(c['shift'])}</td><td>{_fmt(c['distance'])}</td>"
+        f"<td>{_fmt(c.get('champion_share'))}</td><td>{_fmt(c.get('share'))}</td></tr>"
+        for c in shadow.get("clusters", []))
+    over = limit is not None and shadow["max_shift"] > limit
+    return (f"<h2>Streaming shadow model</h2><p>Centroids kept up to date by the event stream "
+            f"since champion version {_fmt(shadow['champion_version'])} "
+            f"({shadow['points']} events, recorded {html.escape(str(shadow.get('at', '')))}). "
+            f"Largest shift <span class='{'drift' if over else 'ok'}'>"
+            f"{_fmt(shadow['max_shift'])}</span> (threshold {_fmt(limit)}), mean "
+            f"{_fmt(shadow['mean_shift'])}, in units of the champion's "
+            f"{html.escape(str(shadow['scale_source']))} ({_fmt(shadow['scale'])}).</p>"
+            "<table><tr><th>cluster</th><th>shift</th><th>distance (model space)</th>"
+            f"<th>champion share</th><th>shadow share</th></tr>{rows}</table>")
 
 
 def monitoring_profile_link(version) -> str:
@@ -411,11 +470,13 @@ def render_index(settings: Settings) -> str:
         f"<td>{_fmt((w.get('feature_drift') or {}).get('drift_share'))}</td>"
         f"<td>{_fmt(w.get('segment_psi'))}</td><td>{_fmt(w.get('distance_ratio'))}</td>"
         f"<td>{_fmt(w.get('novelty_rate'))}</td>"
+        f"<td>{_fmt((w.get('shadow') or {}).get('max_shift'))}</td>"
         f"<td style='text-align:left'>{html.escape('; '.join(w.get('reasons', [])))}</td>"
         f"<td><code>{html.escape(w.get('mlflow_run_id') or '')}</code></td></tr>"
         for w in windows)
     return _page("Monitoring windows", (
         "<h1>Monitoring windows</h1><table><tr><th>window (UTC)</th><th>status</th><th>rows</th>"
         "<th>champion</th><th>feature drift share</th><th>segment PSI</th>"
-        "<th>distance ratio</th><th>novelty rate</th><th>reasons</th><th>MLflow run</th></tr>"
+        "<th>distance ratio</th><th>novelty rate</th><th>shadow shift</th><th>reasons</th>"
+        "<th>MLflow run</th></tr>"
         f"{rows}</table>"))

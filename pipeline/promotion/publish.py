@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import shutil
 import time
 import uuid
@@ -77,40 +76,22 @@ def _assigner(payload: dict, version: str, scored_at: dt.datetime):
 
 class ChampionSegmenter:
     """The stream consumer's segmenter: assigns fresh feature rows with the champion, the model
-    version the inference server serves as stable, and follows the alias when it moves (checked
-    at most every ``refresh_seconds``). Without a champion it assigns nothing."""
+    version the inference server serves as stable, and follows the alias when it moves
+    (:class:`~pipeline.registry.ChampionFollower`: checked at most every ``refresh_seconds``).
+    Without a champion it assigns nothing."""
 
-    def __init__(self, settings: Settings, *, refresh_seconds: float | None = None):
-        self.settings = settings
-        self.refresh_seconds = (settings.stream_model_refresh_seconds
-                                if refresh_seconds is None else refresh_seconds)
-        self.model: SegmentModel | None = None
-        self.version: str | None = None
-        self._checked = -math.inf
-
-    def _follow(self) -> None:
-        now = time.monotonic()
-        if now - self._checked < self.refresh_seconds:
-            return
-        self._checked = now
-        found = registry.alias_version(self.settings, "champion")
-        version = None if found is None else str(found.version)
-        if version == self.version:
-            return
-        if version is None:
-            log.warning("no champion: the stream consumer pushes features, not segments")
-            self.model, self.version = None, None
-            return
-        self.model, self.version = registry.download_model(self.settings, version=version)
-        log.info("stream segments now assigned by champion version %s", version)
+    def __init__(self, settings: Settings, *, refresh_seconds: float | None = None,
+                 champion: registry.ChampionFollower | None = None):
+        self.champion = champion if champion is not None else registry.ChampionFollower(
+            settings, refresh_seconds=refresh_seconds)
 
     def __call__(self, rows: pd.DataFrame) -> pd.DataFrame | None:
         """The segment rows of ``rows`` (scored now), or None without a champion."""
-        self._follow()
-        if self.model is None or self.version is None or rows.empty:
+        found = self.champion()
+        if found is None or rows.empty:
             return None
-        return segment_rows(self.model, rows, self.version,
-                            pd.Timestamp.now(tz="UTC").floor("us"))
+        model, version = found
+        return segment_rows(model, rows, version, pd.Timestamp.now(tz="UTC").floor("us"))
 
 
 def _timestamp(F, frame, column: str):
