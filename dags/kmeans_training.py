@@ -1,6 +1,9 @@
 """kmeans_training: Feast features -> Great Expectations -> Spark K sweep -> gates -> MLflow.
 
-Scheduled daily; trigger it by hand with params to change the K range, the sample, the
+Scheduled daily, and on data arrival: a ``kmeans_ingest_<source>`` run that landed rows emits
+the features asset, which triggers a run whose window ends at the newest landing's end (or the
+hour the run was queued in); ``window`` logs the landings that triggered it and keeps them in
+its XCom ``arrivals``. Trigger it by hand with params to change the K range, the sample, the
 iterations, the seed or the window. Every task calls one function of
 ``pipeline.orchestration.flow``; heavy libraries are imported inside the tasks so the scheduler
 parses this file fast.
@@ -22,16 +25,19 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
-from pipeline.orchestration.dag_defaults import CHAMPION_ASSET, DAG_ARGS
+from pipeline.orchestration.dag_defaults import CHAMPION_ASSET, DAG_ARGS, FEATURES_ASSET
 from pipeline.orchestration.params import dag_params
 from pipeline.training.params import TrainParams
 
 
 @dag(
     dag_id="kmeans_training",
-    schedule="@daily",
+    # Daily as "@daily" is (midnight UTC, no data interval of its own), or when a kmeans_ingest
+    # DAG landed rows.
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone="UTC"),
+                                 assets=Asset(**FEATURES_ASSET)),
     **DAG_ARGS,
     tags=["kmeans", "training", "segmentation"],
     doc_md=__doc__,

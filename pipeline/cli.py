@@ -30,9 +30,10 @@ from pipeline.demo import run_demo
 from pipeline.engine.spark import clean_stage, executor_stage_root, stage_usage
 from pipeline.monitoring.exporter import make_server as make_exporter
 from pipeline.monitoring.window import monitor_window, prometheus_path
+from pipeline.orchestration import flow
 from pipeline.promotion import gates as gate_checks
 from pipeline.promotion.gates import GateRefused
-from pipeline.promotion.publish import ChampionSegmenter, publish_segments
+from pipeline.promotion.publish import publish_segments
 from pipeline.promotion.register import register as register_run
 from pipeline.registry import AliasMoveInProgress
 from pipeline.rollout import controller as ro
@@ -409,10 +410,10 @@ def consume(
 ):
     """Consume the event stream (KMEANS_STREAM_URL): validated events to the offline table and
     the online store, bad ones to quarantine, acknowledged after both writes; each fresh event's
-    segment (the champion's) pushed to the customer_segment view."""
+    segment (the champion's) pushed to the customer_segment view; the shadow model fed."""
     settings = _settings()
-    segmenter = ChampionSegmenter(settings) if settings.stream_segments else None
-    _echo(stream.consume(settings, max_events=max_events, seconds=seconds, segmenter=segmenter))
+    _echo(stream.consume(settings, max_events=max_events, seconds=seconds,
+                         **flow.consumer_hooks(settings)))
 
 
 @app.command("ingest-sql", cls=_Command)

@@ -40,11 +40,16 @@ def test_dagbag_has_no_import_errors_and_every_dag_is_tagged_and_owned(airflow_d
         assert owners and "airflow" not in owners, f"{dag_id} owners {owners}"
 
 
-def test_training_dag_is_daily_with_params(airflow_db):
+def test_training_dag_is_daily_or_on_data_arrival_with_params(airflow_db):
+    from airflow.sdk import Asset, AssetOrTimeSchedule
+
     from pipeline.orchestration.airflow_env import load_dag
+    from pipeline.orchestration.dag_defaults import FEATURES_ASSET
 
     dag = load_dag("kmeans_training")
-    assert dag.schedule == "@daily"
+    assert isinstance(dag.schedule, AssetOrTimeSchedule)
+    assert dag.schedule.timetable.expression == "0 0 * * *"  # @daily
+    assert dag.schedule.asset_condition == Asset(**FEATURES_ASSET)  # a kmeans_ingest landing
     assert {"k_min", "k_max", "sample_fraction", "max_iter", "seed"} <= set(dag.params)
 
 

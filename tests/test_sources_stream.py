@@ -390,6 +390,11 @@ def test_freshness_p99_under_two_seconds_over_1000_events(home, client, names, t
     assert got.segment.astype("int64").tolist() == expected.cluster.tolist()
     assert np.allclose(got.distance, expected.distance)
     assert (got.model_version == version).all() and version == "1"
+    # and `kmeans consume` fed the shadow model every accepted event, from the same champion
+    from pipeline.monitoring.shadow import figures_of, read_state
+
+    shadow = figures_of(read_state(s))
+    assert shadow["champion_version"] == "1" and shadow["points"] >= n + 1
 
 
 def test_segments_follow_the_champion_and_observers_see_each_batch(home, client, names):

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipeline.core.io import PRIVATE_FILE_MODE, atomic_write_parquet, table_hash, utc_now
@@ -373,6 +374,28 @@ def ingest_lake(settings: Settings, start: dt.date, end: dt.date, *,
         raise IngestRefused(result, failures)
     log.info("ingested %s", result.to_dict())
     return result
+
+
+def landed_rows(settings: Settings, start: dt.datetime, end: dt.datetime, *,
+                files: str = "*.parquet") -> int:
+    """Rows of the offline table whose ``event_timestamp`` is in [start, end), among the files
+    named like ``files`` (``stream-*.parquet``: the stream's) of the interval's days.
+
+    Examples
+    --------
+    >>> landed_rows(load_settings(), start, end, files="stream-*.parquet")  # doctest: +SKIP
+    """
+    table_dir = Path(settings.offline_dir) / OFFLINE_TABLE
+    first, last = start.astimezone(dt.UTC).date(), end.astimezone(dt.UTC).date()
+    days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+    paths = sorted(str(p) for day in days
+                   for p in (table_dir / f"day={day.isoformat()}").glob(files))
+    if not paths:
+        return 0
+    ts = pads.field("event_timestamp")
+    bounds = [pa.scalar(pd.Timestamp(t), pa.timestamp("us", tz="UTC")) for t in (start, end)]
+    return pads.dataset(paths, format="parquet").count_rows(
+        filter=(ts >= bounds[0]) & (ts < bounds[1]))
 
 
 def _missing_day(result: IngestResult, key: str, landed: list[Path], *, delete_missing: bool,

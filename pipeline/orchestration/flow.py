@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import asdict
 
 from pipeline import registry
 from pipeline.core.settings import load_settings
 from pipeline.data import features
-from pipeline.data.ingest import ingest_lake
+from pipeline.data.ingest import OFFLINE_TABLE, PART, IngestRefused, ingest_lake, landed_rows
+from pipeline.data.sources import postgres, stream
 from pipeline.data.validation import validate_snapshot
 from pipeline.monitoring import actions as monitoring_actions
+from pipeline.monitoring.shadow import Shadow
 from pipeline.monitoring.window import monitor_window, monitoring_dir
+from pipeline.orchestration.dag_defaults import FEATURES_ASSET, INGEST_SOURCES
 from pipeline.promotion import gates as gate_checks
-from pipeline.promotion.publish import publish_segments
+from pipeline.promotion.publish import ChampionSegmenter, publish_segments
 from pipeline.promotion.register import register as register_run
 from pipeline.promotion.register import verify_serving
 from pipeline.rollout import controller as ro
@@ -34,13 +38,19 @@ def interval(context: dict) -> tuple[str, str]:
     """The training window of a run: ``lookback_days`` days ending at the run's interval end.
 
     The end is the ``end_date`` param when given, else the data interval end, else (a manual run
-    with no logical date) the day the run was queued for, at midnight UTC.
+    with no logical date) the day the run was queued for, at midnight UTC. A run triggered by
+    data arrival (the features asset, see :func:`arrivals`) has no data interval: its window
+    ends at the hour it was queued in, or at the end of the newest interval that arrived when
+    that is later (never after the run was queued), so it trains on the data that triggered it.
+    Such a run is skipped when its landings brought fewer than ``train_min_arrival_rows`` rows
+    (hourly trickles wait for the daily run instead of each starting a K sweep).
     """
     params = context.get("params") or {}
     _known_only(params, {*TrainParams.model_fields, *WINDOW_PARAMS})
     if params.get("reason"):
         log.info("run reason: %s", params["reason"])
     train_params(params)  # a bad K range fails here, before ingest and snapshot run
+    lookback = int(params.get("lookback_days", 7))
     if params.get("end_date"):
         try:
             end = dt.datetime.fromisoformat(str(params["end_date"]))
@@ -48,11 +58,82 @@ def interval(context: dict) -> tuple[str, str]:
             raise ValueError(f"end_date={params['end_date']!r} is not a date (YYYY-MM-DD)") from err
     elif context.get("data_interval_end") is not None:
         end = context["data_interval_end"]
+    elif _run_type(context) == "asset_triggered":
+        _enough_arrived(context)
+        start, end = window(_arrival_end(context), lookback)
+        log.info("training window [%s, %s)", start.isoformat(), end.isoformat())
+        return start.isoformat(), end.isoformat()
     else:
         end = context["dag_run"].run_after
     end = dt.datetime(end.year, end.month, end.day, tzinfo=dt.UTC)
-    start, end = window(end, int(params.get("lookback_days", 7)))
+    start, end = window(end, lookback)
     return start.isoformat(), end.isoformat()
+
+
+def _run_type(context: dict) -> str | None:
+    run_type = getattr(context.get("dag_run"), "run_type", None)
+    return None if run_type is None else str(getattr(run_type, "value", run_type))
+
+
+#: What each features asset event's extra says about the landing that emitted it.
+ARRIVAL_KEYS = ("source", "start", "end", "landed", "rejected")
+
+
+def arrivals(context: dict) -> list[dict]:
+    """The landings that triggered the run: one entry per asset event (its extra's
+    :data:`ARRIVAL_KEYS`, the DAG run that emitted it, when), oldest first."""
+    found = []
+    for events in (context.get("triggering_asset_events") or {}).values():
+        for event in events:
+            extra = event.extra or {}
+            found.append({**{key: extra.get(key) for key in ARRIVAL_KEYS},
+                          "dag_id": event.source_dag_id, "run_id": event.source_run_id,
+                          "at": event.timestamp.isoformat()})
+    return sorted(found, key=lambda a: a["at"])
+
+
+def _enough_arrived(context: dict) -> None:
+    """Skip an asset-triggered run whose landings brought too few rows to retrain on."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    least = load_settings().train_min_arrival_rows
+    landed = sum(int(a["landed"] or 0) for a in arrivals(context))
+    if landed < least:
+        raise AirflowSkipException(
+            f"data arrival of {landed} rows, fewer than KMEANS_TRAIN_MIN_ARRIVAL_ROWS={least}: "
+            f"not retraining on it; the daily run takes these rows in")
+
+
+def _arrival_end(context: dict) -> dt.datetime:
+    """The end of an asset-triggered run's window (see :func:`interval`); the arrivals are
+    logged and kept in the task's XCom ``arrivals``."""
+    queued = _aware(context["dag_run"].run_after)
+    arrived = arrivals(context)
+    ends = [_aware(dt.datetime.fromisoformat(str(a["end"]))) for a in arrived if a["end"]]
+    end = max([_floor(queued, dt.timedelta(hours=1)), *(e for e in ends if e <= queued)])
+    for landing in arrived:
+        log.info("triggered by data arrival: %s [%s, %s) landed %s rows, rejected %s (%s/%s)",
+                 landing["source"], landing["start"], landing["end"], landing["landed"],
+                 landing["rejected"], landing["dag_id"], landing["run_id"])
+    if not arrived:
+        log.warning("asset-triggered run without asset events: the window ends at the hour "
+                    "it was queued in")
+    if context.get("ti") is not None:
+        context["ti"].xcom_push(key="arrivals", value=arrived)
+    return end
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    """``value`` as a plain datetime in UTC (naive: UTC; Airflow's pendulum times too)."""
+    plain = dt.datetime.fromisoformat(value.isoformat())
+    return plain.replace(tzinfo=dt.UTC) if plain.tzinfo is None else plain.astimezone(dt.UTC)
+
+
+def _floor(value: dt.datetime, period: dt.timedelta) -> dt.datetime:
+    """``value`` down to the grid of ``period`` (a day: midnight UTC; an hour: the hour)."""
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    value = _aware(value)
+    return epoch + (value - epoch) // period * period
 
 
 # The training DAG's params beside TrainParams' fields: the window.
@@ -235,3 +316,150 @@ def retrain_decision(figures: dict, actor: str, watched: dict | None = None) -> 
     else:
         log.info("triggering kmeans_training: %s", conf["reason"])
     return conf
+
+
+# ---------------------------------------------------------------- landing (kmeans_ingest DAGs)
+
+#: The params of every kmeans_ingest DAG: an explicit interval, or none (the run's period).
+INGEST_PARAMS = ("start", "end")
+
+
+def ingest_interval(context: dict, period: dt.timedelta) -> tuple[dt.datetime, dt.datetime]:
+    """The interval ``[start, end)`` a kmeans_ingest run lands: the ``start`` and ``end`` params
+    (ISO date-times, naive meaning UTC) when given, else the run's data interval on the grid of
+    ``period`` (a run triggered by hand at 14:37 lands the period that ended at 14:00)."""
+    params = context.get("params") or {}
+    _known_only(params, set(INGEST_PARAMS))
+    if params.get("start") or params.get("end"):
+        if not (params.get("start") and params.get("end")):
+            raise ValueError("give both start and end (ISO date-times, UTC), or neither")
+        start, end = (_aware(_utc_param(params, name)) for name in ("start", "end"))
+        if end <= start:
+            raise ValueError(f"end={end.isoformat()} must be after start={start.isoformat()}")
+        return start, end
+    end = _floor(context.get("data_interval_end") or context["dag_run"].run_after, period)
+    begin = context.get("data_interval_start")
+    begin = None if begin is None else _floor(begin, period)
+    return (begin if begin is not None and begin < end else end - period), end
+
+
+def land(source: str, context: dict) -> dict:
+    """Land one interval of ``source`` (a key of :data:`INGEST_SOURCES`) in the offline feature
+    table and report it: ``source, start, end, landed, rejected, reasons, quarantine`` and the
+    source's own figures. The features asset event of the task gets the source, the interval
+    and the counts as its extra (:data:`ARRIVAL_KEYS`).
+
+    An interval without a row is skipped (no asset event: nothing arrived, nothing to retrain
+    on); so is the SQL source while none is configured. A configuration error or a refused
+    landing (too many rows rejected) fails the task without retries: a retry cannot fix it.
+    """
+    from airflow.sdk import Asset
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    try:
+        start, end = ingest_interval(context, INGEST_SOURCES[source].period)
+        report = _LANDINGS[source](load_settings(), start, end)
+    except _NotConfigured as err:
+        log.warning("%s", err)
+        raise AirflowSkipException(str(err)) from err
+    except (ValueError, IngestRefused, postgres.IntervalRefused) as err:
+        if isinstance(err, postgres.SourceUnavailable):
+            raise  # the server may come back: the task's retries apply
+        raise AirflowFailException(str(err)) from err
+    log.info("landed %s [%s, %s): %d rows, %d rejected %s; quarantine: %s", source,
+             report["start"], report["end"], report["landed"], report["rejected"],
+             report["reasons"], report["quarantine"] or "none")
+    if report["landed"] == 0 and report["rejected"] == 0:
+        raise AirflowSkipException(f"no rows of {source} in [{report['start']}, "
+                                   f"{report['end']}): nothing landed, no asset event")
+    event = context["outlet_events"][Asset(name=FEATURES_ASSET["name"],
+                                           uri=FEATURES_ASSET["uri"])]
+    event.extra.update({key: report[key] for key in ARRIVAL_KEYS})
+    return report
+
+
+class _NotConfigured(LookupError):
+    """The source is not configured in this deployment."""
+
+
+def _land_lake(settings, start: dt.datetime, end: dt.datetime) -> dict:
+    """The lake's days of the interval (whole days only)."""
+    for name, value in (("start", start), ("end", end)):
+        if value != _floor(value, dt.timedelta(days=1)):
+            raise ValueError(f"{name}={value.isoformat()} is not a midnight (UTC): the lake "
+                             f"lands whole days")
+    done = ingest_lake(settings, start.date(), end.date())
+    # A day landed without a rejected row has no quarantine file (ingest removes a stale one).
+    rejected = [settings.rejected_dir / OFFLINE_TABLE / f"day={day}" / PART for day in done.days]
+    return {"source": "lake", "start": start.isoformat(), "end": end.isoformat(),
+            "landed": done.accepted, "rejected": done.rejected, "reasons": done.reasons,
+            "quarantine": [str(p) for p in rejected if p.exists()],
+            "days": done.days, "missing_days": done.missing_days}
+
+
+def _land_sql(settings, start: dt.datetime, end: dt.datetime) -> dict:
+    """The rows of the configured PostgreSQL source whose watermark is in the interval."""
+    if settings.sql_url is None or settings.sql_table is None or settings.sql_watermark is None:
+        raise _NotConfigured("no SQL source configured: set KMEANS_SQL_URL, KMEANS_SQL_TABLE "
+                             "and KMEANS_SQL_WATERMARK (and KMEANS_SQL_SOURCE for a query) to "
+                             "land one with kmeans_ingest_sql; skipped")
+    done = postgres.ingest_sql(settings, url=settings.sql_url.get_secret_value(),
+                               table=settings.sql_table, watermark=settings.sql_watermark,
+                               start=start.isoformat(), end=end.isoformat(),
+                               source=settings.sql_source)
+    quarantine = [f for f in done["files"] if f.startswith(str(settings.rejected_dir))]
+    return {"source": "sql", "start": done["start"], "end": done["end"],
+            "landed": done["accepted"], "rejected": done["rejected"],
+            "reasons": done["reasons"], "quarantine": quarantine, "name": done["source"],
+            "rows": done["rows"], "days": done["days"], "checksum": done["checksum"]}
+
+
+def _land_stream(settings, start: dt.datetime, end: dt.datetime) -> dict:
+    """Drain the stream (until caught up, or ``stream_drain_seconds``), then count the stream's
+    rows of the offline table whose event time is in the interval."""
+    features.apply_repo(settings)  # the consumer pushes to the online store's push source
+    drained = _drain(settings, settings.stream_drain_seconds)
+    return {"source": "stream", "start": start.isoformat(), "end": end.isoformat(),
+            "landed": landed_rows(settings, start, end, files="stream-*.parquet"),
+            # What this drain quarantined, whatever the event times (bad ones may have none).
+            "rejected": drained.rejected, "reasons": drained.reasons,
+            "quarantine": [str(settings.rejected_dir / stream.QUARANTINE_FOLDER
+                               / OFFLINE_TABLE)] if drained.rejected else [],
+            "drained": drained.to_dict()}
+
+
+#: A drain reads in slices of this many seconds: a slice that reads nothing means caught up.
+DRAIN_SLICE_SECONDS = 1.0
+
+
+def consumer_hooks(settings) -> dict:
+    """What the stream consumer does beside landing, as ``kmeans consume`` and the
+    kmeans_ingest_stream drain run it: each fresh event's segment pushed (unless
+    ``stream_segments`` is off) and the shadow model fed, both from one copy of the champion."""
+    champion = registry.ChampionFollower(settings)
+    return {"segmenter": ChampionSegmenter(settings, champion=champion)
+            if settings.stream_segments else None,
+            "observers": [Shadow(settings, champion=champion).observe]}
+
+
+def _drain(settings, seconds: float) -> stream.BatchResult:
+    consumer = stream.Consumer(settings, stream.open_stream(settings), **consumer_hooks(settings))
+    total = stream.BatchResult()
+    deadline = time.monotonic() + seconds
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            got = consumer.run(max_events=settings.stream_batch_size,
+                               seconds=min(left, DRAIN_SLICE_SECONDS), block_ms=250)
+            total.add(got)
+            if got.read == 0:
+                break
+        else:
+            log.warning("stream not caught up after %.0f s (KMEANS_STREAM_DRAIN_SECONDS): "
+                        "the rest lands on the next run", seconds)
+    finally:
+        consumer.close()
+    log.info("drained the stream: %s", total.to_dict())
+    return total
+
+
+_LANDINGS = {"lake": _land_lake, "sql": _land_sql, "stream": _land_stream}
