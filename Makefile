@@ -54,12 +54,8 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/kmeans demo
 
-# Two workers (pytest-xdist), each taking whole files: a module's fixtures (an Airflow
-# deployment, a Spark cluster) stay in one process, and the real-scheduler module, mostly waiting
-# on Airflow's task processes, runs beside the rest. TEST_WORKERS=0 runs in one process.
-TEST_WORKERS ?= 2
 test: install | $(CHROMIUM) $(PROMETHEUS)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest
 
 test-unit: install
 	$(PY) -m pytest -m "not integration"

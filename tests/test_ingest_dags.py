@@ -186,10 +186,11 @@ def test_an_asset_triggered_training_run_trains_on_the_window_the_landing_ends(
     from pipeline.orchestration.airflow_env import load_dag
 
     monkeypatch.setenv("KMEANS_HOME", str(tmp_path))
-    monkeypatch.setenv("KMEANS_TRAIN_MIN_ARRIVAL_ROWS", "100")  # the landing brings 100
     generate_lake(make_settings(tmp_path).lake_dir, n_customers=100, start=DAY0.date(), days=1)
     state, _, report, _ = _run("kmeans_ingest_lake", logical_date=DAY0 + dt.timedelta(days=1))
     assert state == "success" and report["end"] == "2026-11-02T00:00:00+00:00"
+    # the landing brings enough rows to retrain on (fewer: the run is skipped, tests/test_flow.py)
+    monkeypatch.setenv("KMEANS_TRAIN_MIN_ARRIVAL_ROWS", str(report["landed"]))
 
     dag = load_dag("kmeans_training")
     scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))

@@ -113,3 +113,47 @@ def test_an_unreachable_store_is_one_clear_line(settings):
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith(f"error: cannot read the training snapshot at {uri}: ")
     assert "Traceback" not in result.output and len(result.stderr.splitlines()) == 1
+
+
+def test_the_lake_lands_from_an_object_store_as_from_a_folder(tmp_path, monkeypatch):
+    """KMEANS_LAKE_URL=s3://...: the same day folders (one bad row among them) land the same
+    offline files, byte for byte, and the same quarantine, as from the local lake."""
+    import datetime as dt
+
+    from pipeline.data.datagen import LAKE_TABLE, generate_lake
+    from pipeline.data.ingest import OFFLINE_TABLE, ingest_lake
+    from tests.conftest import make_settings
+
+    here = make_settings(tmp_path / "here")
+    generate_lake(here.lake_dir, n_customers=300, start=dt.date(2026, 11, 1), days=2, seed=4)
+    part = next((here.lake_dir / LAKE_TABLE / "day=2026-11-02").glob("*.parquet"))
+    frame = pq.read_table(part).to_pandas()
+    frame.loc[0, "orders_30d"] = -5.0  # a negative count: quarantined with its reason
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), part)
+    local = ingest_lake(here, dt.date(2026, 11, 1), dt.date(2026, 11, 3))
+    with S3Server(tmp_path / "s3") as s3:
+        s3.create_bucket("bucket")
+        fs = s3.filesystem()
+        for path in sorted(here.lake_dir.rglob("*.parquet")):
+            with fs.open_output_stream(f"bucket/lake/{path.relative_to(here.lake_dir)}") as out:
+                out.write(path.read_bytes())
+        for name, value in s3.env().items():
+            monkeypatch.setenv(name, value)
+        there = make_settings(tmp_path / "there", lake_url=s3.uri("bucket/lake"))
+        remote = ingest_lake(there, dt.date(2026, 11, 1), dt.date(2026, 11, 3))
+        with pytest.raises(FileNotFoundError, match="no lake partitions .* under "
+                                                    "s3://bucket/lake/"):
+            ingest_lake(there, dt.date(2026, 10, 1), dt.date(2026, 10, 3))
+    assert remote.to_dict() == local.to_dict() and remote.rejected == 1
+    for where in ("offline_dir", "rejected_dir"):
+        mine, theirs = (sorted((getattr(s, where) / OFFLINE_TABLE).rglob("*.parquet"))
+                        for s in (here, there))
+        assert mine and [p.read_bytes() for p in mine] == [p.read_bytes() for p in theirs]
+
+    # a store that does not answer: one clear error naming the lake, nothing landed
+    gone = make_settings(tmp_path / "gone", lake_url="s3://bucket/lake?endpoint_override="
+                                                     "127.0.0.1:1&scheme=http")
+    with pytest.raises(LookupError, match=r"lake s3://bucket/lake/customer_activity cannot "
+                                          r"be listed"):
+        ingest_lake(gone, dt.date(2026, 11, 1), dt.date(2026, 11, 3))
+    assert not (gone.home / "offline").exists()

@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow import fs as pafs
 
 LOCK_POLL_SECONDS = 0.05
 #: Mode of a file only its owner may read and write.
@@ -237,3 +238,12 @@ def file_sha256(path: Path | str) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def arrow_filesystem(path: str | Path) -> tuple[pafs.FileSystem, str]:
+    """``(pyarrow filesystem, path in it)`` of a local folder or an object-store URI
+    (``s3://``, ``gs://``, ``abfs://``, ``hdfs://``, ``file://``)."""
+    text = str(path)
+    if "://" in text:
+        return pafs.FileSystem.from_uri(text)
+    return pafs.LocalFileSystem(), str(Path(text).expanduser().absolute())

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     # Filled from `home` after validation (typed as the filled value).
     lake_dir: Path = Field(None, validate_default=False,  # type: ignore[assignment]
                            description="Data lake root (default: <home>/lake).")
+    lake_url: str | None = Field(
+        None, min_length=1,
+        description="Where `kmeans ingest` and kmeans_ingest_lake read the lake's day folders "
+                    "when it is not lake_dir: an object-store URI pyarrow.fs opens "
+                    "(s3://bucket/lake, gs://..., abfs://...; S3 options as query parameters, "
+                    "e.g. ?endpoint_override=host:port&scheme=http; credentials from the "
+                    "store's usual environment) or a local path.")
     feast_repo: Path = Field(PROJECT_ROOT / "feature_repo", description="Feast repository folder.")
     feature_service: str = Field("customer_segments_v1", description="Feast feature service.")
     redis_connection_string: str = Field(

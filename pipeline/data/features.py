@@ -20,6 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.core.io import (
+    arrow_filesystem,
     atomic_write_json,
     atomic_write_parquet,
     make_private,
@@ -52,10 +53,7 @@ def filesystem(path: str | Path) -> tuple[pafs.FileSystem, str]:
     """``(pyarrow filesystem, path in it)`` of a snapshot folder or object-store URI. (The
     engine has its own, for Hadoop's scheme names too; the inference server imports this
     module, and the engine is no part of its image.)"""
-    text = str(path)
-    if "://" in text:
-        return pafs.FileSystem.from_uri(text)
-    return pafs.LocalFileSystem(), str(Path(text).expanduser().absolute())
+    return arrow_filesystem(path)
 
 
 class SnapshotUnreadable(LookupError):

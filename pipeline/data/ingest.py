@@ -36,8 +36,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from pyarrow import fs as pafs
 
-from pipeline.core.io import PRIVATE_FILE_MODE, atomic_write_parquet, table_hash, utc_now
+from pipeline.core.io import (
+    PRIVATE_FILE_MODE,
+    arrow_filesystem,
+    atomic_write_parquet,
+    table_hash,
+    utc_now,
+)
 from pipeline.core.settings import FEATURE_NAMES, FEATURES, Settings
 from pipeline.data.datagen import LAKE_TABLE
 
@@ -252,14 +259,14 @@ class _Day:
     rows: int = 0
 
 
-def _read_day(files: list[Path]) -> _Day:
+def _read_day(fs: pafs.FileSystem, files: list[str]) -> _Day:
     """Read a day's files one by one: a file whose columns are missing or of the wrong type has
     all its rows rejected with that reason, before files are combined (combining an int64
     column with a timestamp column would hide the type change)."""
     day = _Day()
     for path in files:
         try:
-            frame = pq.read_table(path).to_pandas()
+            frame = pq.read_table(path, filesystem=fs).to_pandas()
         except (OSError, pa.ArrowException) as err:
             # One line, of bounded length: Arrow's messages may hold the whole schema.
             detail = " ".join(str(err).split())
@@ -318,8 +325,15 @@ def ingest_lake(settings: Settings, start: dt.date, end: dt.date, *,
     """
     now = now if now is not None else utc_now()
     result = IngestResult(start=start.isoformat(), end=end.isoformat())
-    lake = Path(settings.lake_dir) / LAKE_TABLE
-    sources = {day: sorted((lake / f"day={day.isoformat()}").glob("*.parquet"))
+    root = settings.lake_url or str(settings.lake_dir)
+    try:
+        fs, base = arrow_filesystem(root)
+    except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(f"lake {root!r} (KMEANS_LAKE_URL): not a path or a URI pyarrow.fs "
+                         f"opens: {' '.join(str(err).split())[:300]}") from err
+    lake = f"{root.split('?', 1)[0].rstrip('/')}/{LAKE_TABLE}"  # as people name it (no options)
+    sources = {day: _lake_files(fs, f"{base.rstrip('/')}/{LAKE_TABLE}/day={day.isoformat()}",
+                                lake)
                for day in days_in(start, end)}
     if not any(sources.values()):
         # Nothing at all: more likely an unmounted or unreachable lake than a deletion.
@@ -330,7 +344,7 @@ def ingest_lake(settings: Settings, start: dt.date, end: dt.date, *,
         key = day.isoformat()
         out = Path(settings.offline_dir) / OFFLINE_TABLE / f"day={key}" / PART
         bad_file = settings.rejected_dir / OFFLINE_TABLE / f"day={key}" / PART
-        read = _read_day(files)
+        read = _read_day(fs, files)
         if read.unreadable:
             failures[key] = (f"{len(read.unreadable)} of {len(files)} files are not readable "
                              f"Parquet: {', '.join(read.unreadable)}; the previous landing is "
@@ -374,6 +388,22 @@ def ingest_lake(settings: Settings, start: dt.date, end: dt.date, *,
         raise IngestRefused(result, failures)
     log.info("ingested %s", result.to_dict())
     return result
+
+
+def _lake_files(fs: pafs.FileSystem, folder: str, lake: str) -> list[str]:
+    """The Parquet files of one day folder of the lake (none when it is missing), by name."""
+    try:
+        found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    except OSError as err:  # unreachable store, refused credentials
+        detail = " ".join(str(err).split())[:300]
+        raise LakeUnreadable(f"lake {lake} cannot be listed ({type(err).__name__}: "
+                             f"{detail}); nothing was landed") from err
+    return sorted(i.path for i in found
+                  if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+
+
+class LakeUnreadable(LookupError):
+    """The lake's store cannot be listed: unreachable, or credentials refused."""
 
 
 def landed_rows(settings: Settings, start: dt.datetime, end: dt.datetime, *,
