@@ -418,10 +418,13 @@ def consume(
 
 @app.command("ingest-sql", cls=_Command)
 def ingest_sql(
-    url: Annotated[str, typer.Option(help="postgresql://user@host:port/db (a password is best "
-                                          "given by PGPASSWORD or ~/.pgpass).")],
-    table: Annotated[str, typer.Option(help="Table (schema.table) or a SELECT query.")],
-    watermark: Annotated[str, typer.Option(help="Timestamp column the rows are read by.")],
+    url: Annotated[str | None, typer.Option(
+        help="postgresql://user@host:port/db (a password is best given by PGPASSWORD or "
+             "~/.pgpass); default: KMEANS_SQL_URL.")] = None,
+    table: Annotated[str | None, typer.Option(
+        help="Table (schema.table) or a SELECT query; default: KMEANS_SQL_TABLE.")] = None,
+    watermark: Annotated[str | None, typer.Option(
+        help="Timestamp column the rows are read by; default: KMEANS_SQL_WATERMARK.")] = None,
     start: Annotated[str | None, typer.Option(help="Interval start, ISO 8601 (UTC if naive); "
                                                    "with --incremental: the first run's.")] = None,
     end: Annotated[str | None, typer.Option(help="Interval end (excluded), ISO 8601.")] = None,
@@ -430,12 +433,23 @@ def ingest_sql(
     lag_seconds: Annotated[float, typer.Option(
         min=0, help="How late a row may commit after its watermark value.")] = 300.0,
     source: Annotated[str | None, typer.Option(
-        help="Source name (a-z, 0-9, _); default: from the table name.")] = None,
+        help="Source name (a-z, 0-9, _); default: KMEANS_SQL_SOURCE, else from the table "
+             "name.")] = None,
 ):
-    """Land a PostgreSQL table or query in the offline feature table, by watermark interval."""
-    _echo(postgres.ingest_sql(_settings(), url=url, table=table, watermark=watermark,
+    """Land a PostgreSQL table or query in the offline feature table, by watermark interval
+    (the source of the kmeans_ingest_sql DAG unless the options name another)."""
+    settings = _settings()
+    url = url or (settings.sql_url.get_secret_value() if settings.sql_url else None)
+    table, watermark = table or settings.sql_table, watermark or settings.sql_watermark
+    missing = [f"--{name} (or KMEANS_SQL_{name.upper()})"
+               for name, value in (("url", url), ("table", table), ("watermark", watermark))
+               if not value]
+    if missing:
+        raise ValueError(f"no SQL source: give {', '.join(missing)}")
+    assert url is not None and table is not None and watermark is not None  # for mypy
+    _echo(postgres.ingest_sql(settings, url=url, table=table, watermark=watermark,
                               start=start, end=end, incremental=incremental,
-                              lag_seconds=lag_seconds, source=source))
+                              lag_seconds=lag_seconds, source=source or settings.sql_source))
 
 
 def _utc(value: dt.datetime) -> dt.datetime:

@@ -273,6 +273,27 @@ def test_a_query_source_and_the_cli(schema, settings):
     assert out["source"] == relation.replace(".", "_") and out["accepted"] == len(good)
 
 
+def test_the_cli_takes_the_dags_source_from_the_settings(schema, settings, monkeypatch):
+    """Without --url, --table and --watermark: the kmeans_ingest_sql DAG's source, from
+    KMEANS_SQL_*; none set: one line naming what to give."""
+    done = CliRunner().invoke(app, ["ingest-sql", "--start", "2026-11-01", "--end", "2026-11-02"])
+    assert done.exit_code == 2 and "Traceback" not in done.output
+    assert done.output.strip() == (
+        "error: no SQL source: give --url (or KMEANS_SQL_URL), --table (or KMEANS_SQL_TABLE), "
+        "--watermark (or KMEANS_SQL_WATERMARK)")
+    relation = create_table(schema, "configured")
+    good = generated(days=1, customers=200, seed=2)
+    insert(relation, good)
+    for name, value in (("URL", SERVER), ("TABLE", relation), ("WATERMARK", "updated_at"),
+                        ("SOURCE", "configured")):
+        monkeypatch.setenv(f"KMEANS_SQL_{name}", value)
+    done = CliRunner().invoke(app, ["ingest-sql", "--start", "2026-11-01",
+                                    "--end", "2026-11-03"])
+    assert done.exit_code == 0, done.output
+    out = json.loads(done.stdout)
+    assert (out["source"], out["accepted"], out["rejected"]) == ("configured", len(good), 0)
+
+
 @pytest.mark.parametrize(("url", "table", "column", "error", "text"), [
     ("postgresql://postgres:s3cret@127.0.0.1:1/postgres", "t", "updated_at",
      pg.SourceUnavailable, "cannot connect to PostgreSQL at "
