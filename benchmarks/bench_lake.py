@@ -2,8 +2,9 @@
 folder and from an S3 API, beside a plain pyarrow copy.
 
 The sample lake (``kmeans generate``'s generator: 20,000 customers x 10 days, the active ones
-each day: about 120,000 rows) in a temporary home; the S3 API is moto's server on loopback (``tests/standalone.py``, a venv of its
-own under ``.cache/``), the same files uploaded to a bucket. Each figure is the median of 3 runs.
+each day: about 120,000 rows) in a temporary home; the S3 API is moto's server on loopback
+(``tests/standalone.py``, a venv of its own under ``.cache/``), the same files uploaded to a
+bucket. Each figure is the median of 3 runs.
 
 - **ingest_lake, folder**: what ``kmeans ingest`` and ``kmeans_ingest_lake`` run: each day's
   files listed and read through ``pyarrow.fs``, validated by the ingest rules, one Parquet file
