@@ -62,10 +62,18 @@ LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 #: What the engine sets on a cluster (any master but ``local``) unless the caller says
 #: otherwise. The first job waits until every requested executor has registered, so staging is
 #: spread over all of them; stragglers get a speculative copy (staging is atomic per attempt).
+#: A block's task waits up to 10 s (Spark's default: 3 s) for the executor that holds the block
+#: when that one is busy, and a task is speculated only after running 10 s (default: 100 ms):
+#: with the defaults a loaded executor (a CI machine, a noisy neighbour) lost a task to the
+#: other one, which then staged the block a second time (seen once: 9 stagings of 8 blocks).
+#: A lost executor does not wait out the delay: its job is cancelled and submitted again
+#: (:meth:`SparkBlockSource._collect_watched`).
 CLUSTER_DEFAULTS = {
     "spark.scheduler.minRegisteredResourcesRatio": "1.0",
     "spark.scheduler.maxRegisteredResourcesWaitingTime": "120s",
     "spark.speculation": "true",
+    "spark.speculation.minTaskRuntime": "10s",
+    "spark.locality.wait": "10s",
 }
 
 
