@@ -23,6 +23,13 @@ os.environ["KMEANS_SPARK_DRIVER_MEMORY"] = "1g"
 os.environ["KMEANS_SPARK_PARTITIONS"] = "3"
 os.environ["KMEANS_MIN_ROWS"] = "200"
 os.environ["KMEANS_HOME"] = str(_SESSION_DIR / "default-home")
+# The S3 tests' server (moto, tests/standalone.py) takes any key. Set before Spark starts, so its
+# Python workers have them too; and no AWS SDK call may look for an instance role on the
+# network (the metadata address is not loopback).
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 START = dt.date(2026, 11, 1)
 DAYS = 3
@@ -48,16 +55,17 @@ def shifted(frame):
                         days_since_last_order=frame.days_since_last_order * 2)
 
 
-def train_champion(root: Path, *, customers: int = 1200, seed: int = 17, k: int = 4):
+def train_champion(root: Path, *, customers: int = 1200, seed: int = 17, k: int = 4,
+                   **overrides):
     """A home with sample data landed, the Feast repo applied and a k-means champion (version
-    1) trained on it in-process and registered; its settings."""
+    1) trained on it in-process and registered; its settings (``overrides``: more settings)."""
     from pipeline.data import features
     from pipeline.data.datagen import generate_lake
     from pipeline.data.ingest import ingest_lake
     from pipeline.promotion.register import register
     from pipeline.training import stages
 
-    settings = make_settings(root)
+    settings = make_settings(root, **overrides)
     generate_lake(settings.lake_dir, n_customers=customers, start=START, days=DAYS, seed=seed)
     ingest_lake(settings, BEGIN.date(), END.date())
     features.apply_repo(settings)

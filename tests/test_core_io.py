@@ -1,4 +1,4 @@
-"""The one atomic-write family, the one file lock and the one clock."""
+"""The one atomic-write family, the one file lock, the one clock and local-or-store paths."""
 
 import datetime as dt
 import os
@@ -13,6 +13,8 @@ import pytest
 
 from pipeline.core.io import (
     LockBusy,
+    StorePath,
+    StoreUnreachable,
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,
@@ -123,3 +125,37 @@ def test_a_second_rollout_controller_is_refused_through_the_same_lock(settings):
         with pytest.raises(RolloutError, match="another rollout controller is running for "
                                                "'customer_segments'"):
             controller.start("2")
+
+
+def test_a_store_path_on_the_local_disk_behaves_as_the_offline_writers_need(tmp_path):
+    root = StorePath.at(tmp_path / "offline")
+    assert root.local and str(root) == str(tmp_path / "offline") and not root.exists()
+    table = pa.table({"a": [1, 2]})
+    for name in ("day=1/x-1.parquet", "day=2/x-2.parquet", "day=2/y-1.parquet", "z.parquet"):
+        (root / "t" / name).write_parquet(table, mode=0o600)
+    t = root / "t"
+    assert [p.relative_to(t) for p in t.glob("day=*/x-*.parquet")] \
+        == ["day=1/x-1.parquet", "day=2/x-2.parquet"]
+    assert [p.name for p in t.glob("*.parquet")] == ["z.parquet"]
+    assert (t / "missing").glob("*") == []
+    one = t / "day=1" / "x-1.parquet"
+    assert one.is_file() and t.is_dir() and one.parent == t / "day=1" and one.stem == "x-1"
+    assert os.stat(os.fspath(one)).st_mode & 0o777 == 0o600
+    assert one.read_table().equals(table)
+    one.unlink()
+    one.unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError):
+        one.unlink()
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+    with pytest.raises(ValueError, match="is not in"):
+        one.relative_to(root / "other")
+
+
+def test_an_unreachable_store_is_one_line_naming_it():
+    path = StorePath.at("s3://bucket/offline?endpoint_override=127.0.0.1:1&scheme=http")
+    assert str(path) == "s3://bucket/offline" and not path.local
+    with pytest.raises(StoreUnreachable, match=r"^s3://bucket/offline/t cannot be listed "
+                                               r"\(OSError: .*127\.0\.0\.1"):
+        (path / "t").glob("*.parquet")
+    with pytest.raises(TypeError, match="object store"):
+        os.fspath(path)

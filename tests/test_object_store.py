@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
+import pandas.testing as pdt
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -157,3 +158,112 @@ def test_the_lake_lands_from_an_object_store_as_from_a_folder(tmp_path, monkeypa
                                           r"be listed"):
         ingest_lake(gone, dt.date(2026, 11, 1), dt.date(2026, 11, 3))
     assert not (gone.home / "offline").exists()
+
+
+def test_the_offline_table_in_an_object_store_serves_feast_training_and_publication(
+        tmp_path, spark, monkeypatch):
+    """KMEANS_OFFLINE_URI=s3://...: the lake lands in the store (the same bytes as in a
+    folder), apply points Feast's FileSources there with the endpoint, materialize and
+    get_historical_features read it through dask and fsspec's ``s3`` (pyarrow's client:
+    pipeline/core/s3.py), the training snapshot is the local one's, and the segment
+    publication is written there by Spark and read online, equal to the local publication."""
+    import datetime as dt
+    import subprocess
+    import sys
+
+    from pipeline.data import features
+    from pipeline.data.ingest import OFFLINE_TABLE
+    from pipeline.promotion.publish import publish_segments
+    from tests.conftest import BEGIN, END, train_champion
+
+    here = train_champion(tmp_path / "here", customers=300)
+    with S3Server(tmp_path / "s3") as s3:
+        s3.create_bucket("bucket")
+        # Feast's apply checks each FileSource with the store's default endpoint (AWS): here,
+        # the loopback server, so that check asks no name of the network either.
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.url)
+        there = train_champion(tmp_path / "there", customers=300,
+                               offline_uri=s3.uri("bucket/offline"))
+        fs = s3.filesystem()
+        assert not (there.home / "offline").exists()
+        mine = sorted((here.offline_dir / OFFLINE_TABLE).rglob("*.parquet"))
+        theirs = [f"bucket/offline/{p.relative_to(here.offline_dir)}" for p in mine]
+        for path, key in zip(mine, theirs, strict=True):
+            with fs.open_input_stream(key) as handle:
+                assert handle.read() == path.read_bytes(), key
+
+        store = features.feature_store(there)
+        source = store.get_data_source("customer_profile_source")
+        assert source.path == "s3://bucket/offline/customer_profile"
+        assert source.file_options.s3_endpoint_override == s3.url
+        snaps = [features.training_snapshot(s, BEGIN, END) for s in (here, there)]
+        assert snaps[0].data_hash == snaps[1].data_hash and snaps[0].rows > 250
+
+        features.materialize(there, BEGIN - dt.timedelta(days=30), END)
+        features.materialize(here, BEGIN - dt.timedelta(days=30), END)
+        ids = [int(i) for i in snaps[0].frame()["customer_id"][:25]]
+        online = [features.online_features(features.feature_store(s), s.feature_service, ids)
+                  for s in (here, there)]
+        assert online[0].notna().all().all()
+        pdt.assert_frame_equal(online[0], online[1])
+
+        at = dt.datetime(2026, 11, 4, 12, tzinfo=dt.UTC)
+        published = [publish_segments(s, spark=spark, now=at) for s in (here, there)]
+        assert published[1]["folder"] == "s3://bucket/offline/customer_segment/" \
+                                          "published-20261104T120000-v1"
+        assert published[0]["customers"] == published[1]["customers"] >= snaps[0].rows
+        assert published[0]["segment_shares"] == published[1]["segment_shares"]
+        parts = fs.get_file_info(pafs.FileSelector("bucket/offline/customer_segment",
+                                                   recursive=True))
+        names = sorted(p.path for p in parts if p.type == pafs.FileType.File)
+        assert names[0] == "bucket/offline/customer_segment/empty.parquet"
+        assert all(n.startswith("bucket/offline/customer_segment/published-") for n in names[1:])
+        segments = [features.online_segments(features.feature_store(s), ids)
+                    .sort_values("customer_id").reset_index(drop=True) for s in (here, there)]
+        assert segments[1]["model_version"].eq("1").all()
+        pdt.assert_frame_equal(segments[0], segments[1])
+
+        # The stream lands there too; a redelivered event is known by its file in the store.
+        streamed = _stream_into(there, s3.uri("bucket/offline"))
+        assert (streamed[0].landed, streamed[1].landed, streamed[1].duplicates) == (40, 0, 5)
+        files = (there.offline_root / OFFLINE_TABLE).glob("day=*/stream-*.parquet")
+        assert files and all(not f.local for f in files)
+        assert sum(f.read_table().num_rows for f in files) == 40
+
+        # fsspec's s3 is pyarrow's in a fresh process of the environment (the entry point),
+        # as the stock `feast` CLI and Airflow's tasks see it
+        done = subprocess.run(
+            [sys.executable, "-c", "import fsspec; print(fsspec.get_filesystem_class('s3'))"],
+            capture_output=True, text=True, timeout=120, check=True)
+        assert "pipeline.core.s3.ArrowS3FileSystem" in done.stdout
+
+
+def _stream_into(settings, offline_uri: str) -> list:
+    """Consume 40 events from a Redis stream of its own, then 5 of them again, with the
+    offline table at ``offline_uri``; the two runs' results."""
+    import uuid
+
+    import pandas as pd
+    import redis
+
+    from pipeline.data.sources import stream as st
+    from tests.conftest import make_settings
+    from tests.test_sources_stream import REDIS_URL, event
+
+    tag = uuid.uuid4().hex[:10]
+    s = make_settings(settings.home, offline_uri=offline_uri, stream_name=f"kmeans-test:{tag}",
+                      stream_group=f"g-{tag}", stream_consumer=f"c-{tag}")
+    client = redis.Redis.from_url(REDIS_URL)
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    events = [event(i, 5_000_000 + i, now - pd.Timedelta(minutes=i)) for i in range(40)]
+    consumer = st.Consumer(s, st.open_stream(s))
+    try:
+        st.publish(client, s.stream_name, events)
+        first = consumer.run(max_events=40, seconds=30)
+        st.publish(client, s.stream_name, events[:5])
+        again = consumer.run(max_events=5, seconds=30)
+    finally:
+        consumer.close()
+        client.delete(s.stream_name)
+        client.close()
+    return [first, again]

@@ -82,3 +82,21 @@ def test_serving_limits_are_settings(monkeypatch, tmp_path):
         load_settings(home=tmp_path, body_timeout_seconds=0)
     with pytest.raises(ValidationError, match="max_header_bytes"):
         load_settings(home=tmp_path, max_header_bytes=100)
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("foo://bucket/x", "expected <scheme>://<bucket>"),
+    ("s3://", "expected <scheme>://<bucket>"),
+    ("s3:///?endpoint_override=h:1", "expected <scheme>://<bucket>"),
+    ("relative/offline", "a URI .* or an absolute path"),
+])
+def test_an_offline_uri_without_a_store_or_bucket_is_refused(tmp_path, uri, message):
+    with pytest.raises(ValueError, match=message):
+        load_settings(home=tmp_path, offline_uri=uri)
+
+
+def test_the_offline_root_is_the_uri_without_its_options(tmp_path):
+    s = load_settings(home=tmp_path,
+                      offline_uri="s3://b/off?endpoint_override=127.0.0.1:1&scheme=http")
+    assert str(s.offline_root / "customer_profile") == "s3://b/off/customer_profile"
+    assert str(load_settings(home=tmp_path).offline_root) == str(tmp_path / "offline")

@@ -7,6 +7,8 @@
 - :func:`file_lock` is the one advisory lock on a file (``fcntl.flock`` on its own open file,
   so it excludes other processes and other threads of this one).
 - :func:`utc_now` and :func:`utc_now_iso` are the one clock: timezone-aware UTC.
+- :class:`StorePath`: a local path or an object-store URI with the few operations the offline
+  table needs (glob, exists, unlink, a whole-file Parquet write), through ``pyarrow.fs``.
 - Owner-only modes (:data:`PRIVATE_FILE_MODE`, :data:`PRIVATE_DIR_MODE`) for what holds data or
   state other users of the machine must not read: the atomic writes take ``mode=``,
   :func:`private_dir` and :func:`make_private` set them, :func:`append_line` appends to an
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import fnmatch
 import hashlib
 import json
 import os
@@ -247,3 +250,157 @@ def arrow_filesystem(path: str | Path) -> tuple[pafs.FileSystem, str]:
     if "://" in text:
         return pafs.FileSystem.from_uri(text)
     return pafs.LocalFileSystem(), str(Path(text).expanduser().absolute())
+
+
+# ---------------------------------------------------------------- local or object-store paths
+
+
+class StoreUnreachable(LookupError):
+    """A store (an object store's endpoint, a mounted volume) did not answer or refused."""
+
+
+@contextmanager
+def _store_errors(where: StorePath, doing: str) -> Iterator[None]:
+    """An object store's failure as one line naming the store and what was being done; a
+    missing file stays :class:`FileNotFoundError`."""
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise StoreUnreachable(f"{where} cannot be {doing} ({type(err).__name__}: "
+                               f"{detail})") from err
+
+
+class StorePath:
+    """A file or folder on the local disk or in an object store, through ``pyarrow.fs``: the
+    few path operations the offline table's writers and readers need, so the same code lands
+    files in ``<home>/offline`` and in ``s3://bucket/offline``.
+
+    Built by :meth:`at` from a local path or a URI (``s3://bucket/prefix?endpoint_override=
+    host:port&scheme=http``: options in the query, credentials from the store's environment).
+    ``str()`` is the local path, or the URI without its query (options may carry a secret).
+    On the local disk a Parquet write is atomic (temporary name, then rename) and takes a
+    mode; in an object store each object is written whole or not at all.
+
+    Examples
+    --------
+    >>> table = StorePath.at("s3://lake/offline?scheme=http") / "customer_profile"  # doctest: +SKIP
+    >>> table.glob("day=*/*.parquet")  # doctest: +SKIP
+    """
+
+    __slots__ = ("fs", "path", "uri")
+
+    def __init__(self, fs: pafs.FileSystem, path: str, uri: str) -> None:
+        self.fs = fs
+        self.path = path.rstrip("/") or "/"
+        self.uri = uri.rstrip("/") or "/"
+
+    @classmethod
+    def at(cls, location: str | Path | StorePath) -> StorePath:
+        if isinstance(location, StorePath):
+            return location
+        fs, path = arrow_filesystem(location)
+        text = str(location)
+        return cls(fs, path, text.split("?", 1)[0] if "://" in text else path)
+
+    @property
+    def local(self) -> bool:
+        return self.fs.type_name == "local"
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def stem(self) -> str:
+        return self.name.rsplit(".", 1)[0] if "." in self.name else self.name
+
+    @property
+    def parent(self) -> StorePath:
+        return StorePath(self.fs, self.path.rsplit("/", 1)[0], self.uri.rsplit("/", 1)[0])
+
+    def __truediv__(self, name: str) -> StorePath:
+        name = str(name).strip("/")
+        return StorePath(self.fs, f"{self.path}/{name}", f"{self.uri}/{name}")
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __repr__(self) -> str:
+        return f"StorePath({self.uri!r})"
+
+    def __fspath__(self) -> str:
+        if not self.local:
+            raise TypeError(f"{self.uri} is in an object store, not a local path")
+        return self.path
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, StorePath) and self.uri == other.uri
+                and self.fs.type_name == other.fs.type_name)
+
+    def __hash__(self) -> int:
+        return hash((self.fs.type_name, self.uri))
+
+    def __lt__(self, other: StorePath) -> bool:
+        return self.uri < other.uri
+
+    def relative_to(self, other: StorePath) -> str:
+        if self.path == other.path:
+            return ""
+        if not self.path.startswith(other.path.rstrip("/") + "/"):
+            raise ValueError(f"{self} is not in {other}")
+        return self.path[len(other.path.rstrip("/")) + 1:]
+
+    def _info(self) -> pafs.FileInfo:
+        with _store_errors(self, "read"):
+            return self.fs.get_file_info(self.path)
+
+    def exists(self) -> bool:
+        return self._info().type != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        return self._info().type == pafs.FileType.Directory
+
+    def is_file(self) -> bool:
+        return self._info().type == pafs.FileType.File
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        try:
+            with _store_errors(self, "deleted"):
+                self.fs.delete_file(self.path)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+    def glob(self, pattern: str) -> list[StorePath]:
+        """The files below this folder whose path relative to it matches ``pattern``, segment
+        by segment (``day=*/sql-*.parquet``), sorted; none when the folder is missing."""
+        want = pattern.strip("/").split("/")
+        selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=len(want) > 1)
+        found = []
+        with _store_errors(self, "listed"):
+            listing = self.fs.get_file_info(selector)
+        for info in listing:
+            if info.type != pafs.FileType.File:
+                continue
+            parts = info.path[len(self.path) + 1:].split("/")
+            if len(parts) == len(want) and all(map(fnmatch.fnmatchcase, parts, want)):
+                found.append(self / "/".join(parts))
+        return sorted(found)
+
+    def write_parquet(self, table: pa.Table, *, mode: int | None = None) -> StorePath:
+        """Write ``table`` here: atomically with ``mode`` on the local disk (see
+        :func:`atomic_write_parquet`), as one whole object in a store (``mode`` does not apply:
+        the store's access policy does)."""
+        if self.local:
+            atomic_write_parquet(self.path, table, mode=mode)
+        else:
+            with _store_errors(self, "written"):
+                pq.write_table(table, self.path, filesystem=self.fs)
+        return self
+
+    def read_table(self, columns: list[str] | None = None) -> pa.Table:
+        with _store_errors(self, "read"):
+            return pq.read_table(self.path, filesystem=self.fs, columns=columns)

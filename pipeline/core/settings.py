@@ -15,7 +15,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.core.io import StorePath
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: URI schemes pyarrow.fs opens (KMEANS_OFFLINE_URI).
+STORE_SCHEMES = frozenset({"s3", "gs", "gcs", "abfs", "abfss", "hdfs", "file"})
 
 # The behaviour features every stage agrees on: the validation suite, the ingest rules, the
 # model's preprocessing and the serving schema derive from this one table; the Feast feature
@@ -105,6 +109,14 @@ class Settings(BaseSettings):
                           "reads (s3://bucket/prefix, gs://, abfs://; options such as "
                           "?endpoint_override=host:port&scheme=http in the URI, credentials from "
                           "the environment). Default: <home>/snapshots.")
+    offline_uri: str | None = Field(
+        None, min_length=1,
+        description="Where the offline feature tables live when not <home>/offline: an "
+                    "object-store URI pyarrow.fs opens (s3://bucket/offline; options as query "
+                    "parameters, e.g. ?endpoint_override=host:port&scheme=http; credentials "
+                    "from the store's environment). The sources land there, Feast reads it "
+                    "(FileSources are pointed at it on apply) and the segments are published "
+                    "there. Rejected rows stay on the local disk (<home>/rejected).")
     min_rows: int = Field(500, ge=1, description="Fewest rows a training snapshot may have.")
     max_null_share: float = Field(0.10, ge=0, le=1, description="Largest null share per feature.")
     ingest_max_reject_share: float = Field(
@@ -327,6 +339,22 @@ class Settings(BaseSettings):
                              f"{sorted(known)}")
         return data
 
+    @field_validator("offline_uri")
+    @classmethod
+    def _store_uri(cls, value: str | None) -> str | None:
+        """An object-store URI with a bucket (``s3://bucket/prefix``), or an absolute path."""
+        if value is None or "://" not in value:
+            if value is not None and not Path(value).expanduser().is_absolute():
+                raise ValueError(f"KMEANS_OFFLINE_URI {value!r}: a URI (s3://bucket/prefix) or "
+                                 "an absolute path")
+            return value
+        scheme, _, rest = value.partition("://")
+        if scheme not in STORE_SCHEMES or not rest.split("?", 1)[0].strip("/"):
+            raise ValueError(f"KMEANS_OFFLINE_URI {value.split('?', 1)[0]!r}: expected "
+                             f"<scheme>://<bucket>[/prefix] with a scheme of "
+                             f"{sorted(STORE_SCHEMES)}")
+        return value
+
     @field_validator("serving_token", "admin_token")
     @classmethod
     def _token_is_usable(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
@@ -389,6 +417,15 @@ class Settings(BaseSettings):
         feature repo (``../.kmeans/offline/...``, the default home); ``apply_repo`` points it at
         this folder for any other home."""
         return self.home / "offline"
+
+    @property
+    def offline_root(self) -> StorePath:
+        """The offline feature tables' folder: ``offline_uri``, else :attr:`offline_dir`."""
+        try:
+            return StorePath.at(self.offline_uri or self.offline_dir)
+        except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            raise ValueError(f"offline tables {self.offline_uri!r} (KMEANS_OFFLINE_URI): not a "
+                             f"URI pyarrow.fs opens: {' '.join(str(err).split())[:300]}") from err
 
     @property
     def snapshots_dir(self) -> Path:

@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.core.io import (
+    StorePath,
     arrow_filesystem,
     atomic_write_json,
     atomic_write_parquet,
@@ -171,12 +173,15 @@ def apply_repo(settings: Settings) -> list[str]:
     for source in sources:
         if isinstance(source, FileSource):
             source.file_options.uri = _offline_path(source, repo, settings)
+            if settings.offline_uri and source.file_options.uri.startswith(
+                    f"{settings.offline_root}/"):
+                source.file_options.s3_endpoint_override = s3_endpoint(settings.offline_uri)
+    ensure_segment_table(settings)  # before apply's check that each source can be read
     # Feast prints its plan on stdout, as the CLI shows it; the pipeline logs it instead.
     with contextlib.redirect_stdout(io.StringIO()) as plan:
         apply_total_with_repo_instance(store, settings.feast_project, store.registry, contents,
                                        skip_source_validation=False)
     _make_stores_private(settings)
-    ensure_segment_table(settings)
     log.debug("feast apply on %s:\n%s", settings.home, plan.getvalue())
     objects = [
         *contents.entities,
@@ -227,30 +232,41 @@ def _offline_path(source, repo: Path, settings: Settings) -> str:
     """Where ``source`` (a FileSource) reads from in this deployment.
 
     Absolute paths and URIs are kept as declared. A relative path names a table of the default
-    home's offline folder; it stays relative when it already resolves to this home's table.
+    home's offline folder; it stays relative when it already resolves to this home's table,
+    and becomes the table of the same name under ``KMEANS_OFFLINE_URI`` when that is set.
     """
     path = source.path
     if "://" in path or Path(path).is_absolute():
         return path
     declared = (repo / path).resolve()
-    target = (settings.offline_dir / declared.name).resolve()
-    if declared == target:
-        return path
     if declared.parent.name != settings.offline_dir.name:
         raise ValueError(
             f"FileSource {source.name!r} has path {path!r}, which resolves to {declared}; allowed: "
             f"a path relative to the repo {repo} into an '{settings.offline_dir.name}' folder "
             f"(a table of <home>/{settings.offline_dir.name}), an absolute path or a URI")
-    return str(target)
+    if settings.offline_uri:
+        return str(settings.offline_root / declared.name)
+    target = (settings.offline_dir / declared.name).resolve()
+    return path if declared == target else str(target)
 
 
-def ensure_segment_table(settings: Settings) -> Path:
+def s3_endpoint(uri: str) -> str:
+    """Feast's ``s3_endpoint_override`` (``http://host:port``) of an object-store URI's
+    ``endpoint_override``/``scheme`` query options; empty when it names none (AWS itself)."""
+    query = parse_qs(urlsplit(uri).query)
+    endpoint = query.get("endpoint_override", [""])[0]
+    if not endpoint or "://" in endpoint:
+        return endpoint
+    return f"{query.get('scheme', ['https'])[0]}://{endpoint}"
+
+
+def ensure_segment_table(settings: Settings) -> StorePath:
     """The published segments' offline table, with an empty schema file so that Feast (and
     ``feast materialize`` of every view) can read it before the first publication."""
-    folder = Path(settings.offline_dir) / SEGMENT_TABLE
+    folder = settings.offline_root / SEGMENT_TABLE
     empty = folder / "empty.parquet"
     if not empty.exists():
-        atomic_write_parquet(empty, SEGMENT_SCHEMA.empty_table())
+        empty.write_parquet(SEGMENT_SCHEMA.empty_table())
     return folder
 
 
@@ -273,10 +289,11 @@ def materialize(settings: Settings, start: dt.datetime, end: dt.datetime,
 
 
 def _entities(settings: Settings, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-    table_dir = Path(settings.offline_dir) / OFFLINE_TABLE
+    table_dir = settings.offline_root / OFFLINE_TABLE
     if not table_dir.exists():
         raise FileNotFoundError(f"offline table {table_dir} is missing; run `kmeans ingest` first")
-    dataset = ds.dataset(table_dir, format="parquet", partitioning="hive")
+    dataset = ds.dataset(table_dir.path, filesystem=table_dir.fs, format="parquet",
+                         partitioning="hive")
     ts = ds.field("event_timestamp")
     ids = dataset.to_table(
         columns=["customer_id"],

@@ -22,6 +22,8 @@ A day replaces its earlier landing only when it can be trusted:
   whose features are all missing are rejected with their reasons.
 
 Landed partitions and rejected rows hold customer data: they are written owner-only (0600).
+The offline table may be in an object store (``KMEANS_OFFLINE_URI``, :class:`StorePath`): each
+file is then one object, written whole; rejected rows stay on the local disk.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pyarrow import fs as pafs
 
 from pipeline.core.io import (
     PRIVATE_FILE_MODE,
+    StorePath,
     arrow_filesystem,
     atomic_write_parquet,
     table_hash,
@@ -342,8 +345,8 @@ def ingest_lake(settings: Settings, start: dt.date, end: dt.date, *,
     failures: dict[str, str] = {}
     for day, files in sources.items():
         key = day.isoformat()
-        out = Path(settings.offline_dir) / OFFLINE_TABLE / f"day={key}" / PART
-        bad_file = settings.rejected_dir / OFFLINE_TABLE / f"day={key}" / PART
+        out = settings.offline_root / OFFLINE_TABLE / f"day={key}" / PART
+        bad_file = StorePath.at(settings.rejected_dir / OFFLINE_TABLE / f"day={key}" / PART)
         read = _read_day(fs, files)
         if read.unreadable:
             failures[key] = (f"{len(read.unreadable)} of {len(files)} files are not readable "
@@ -373,10 +376,10 @@ def ingest_lake(settings: Settings, start: dt.date, end: dt.date, *,
                 f"and their reasons are in {kept}")
             result.failed_days.append(key)
             continue
-        atomic_write_parquet(out, pa.Table.from_pandas(accepted, preserve_index=False),
-                             mode=PRIVATE_FILE_MODE)
+        out.write_parquet(pa.Table.from_pandas(accepted, preserve_index=False),
+                          mode=PRIVATE_FILE_MODE)
         if len(rejected):
-            atomic_write_parquet(bad_file, _rejected_table(rejected), mode=PRIVATE_FILE_MODE)
+            bad_file.write_parquet(_rejected_table(rejected), mode=PRIVATE_FILE_MODE)
             for text, count in _reason_counts(rejected).items():
                 result.reasons[text] = result.reasons.get(text, 0) + count
         else:
@@ -415,21 +418,21 @@ def landed_rows(settings: Settings, start: dt.datetime, end: dt.datetime, *,
     --------
     >>> landed_rows(load_settings(), start, end, files="stream-*.parquet")  # doctest: +SKIP
     """
-    table_dir = Path(settings.offline_dir) / OFFLINE_TABLE
+    table_dir = settings.offline_root / OFFLINE_TABLE
     first, last = start.astimezone(dt.UTC).date(), end.astimezone(dt.UTC).date()
     days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-    paths = sorted(str(p) for day in days
+    paths = sorted(p.path for day in days
                    for p in (table_dir / f"day={day.isoformat()}").glob(files))
     if not paths:
         return 0
     ts = pads.field("event_timestamp")
     bounds = [pa.scalar(pd.Timestamp(t), pa.timestamp("us", tz="UTC")) for t in (start, end)]
-    return pads.dataset(paths, format="parquet").count_rows(
+    return pads.dataset(paths, format="parquet", filesystem=table_dir.fs).count_rows(
         filter=(ts >= bounds[0]) & (ts < bounds[1]))
 
 
-def _missing_day(result: IngestResult, key: str, landed: list[Path], *, delete_missing: bool,
-                 what: str) -> None:
+def _missing_day(result: IngestResult, key: str, landed: list[StorePath], *,
+                 delete_missing: bool, what: str) -> None:
     result.missing_days.append(key)
     present = [p for p in landed if p.exists()]
     if delete_missing:

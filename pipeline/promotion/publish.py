@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import registry
+from pipeline.core.io import StorePath, arrow_filesystem
 from pipeline.core.settings import FEATURE_NAMES, Settings
 from pipeline.data import features
 from pipeline.data.ingest import OFFLINE_TABLE
@@ -94,6 +96,53 @@ class ChampionSegmenter:
         return segment_rows(model, rows, version, pd.Timestamp.now(tz="UTC").floor("us"))
 
 
+def _read_store(spark, root: str, table: str, files: list):
+    """The offline table's files in an object store as a DataFrame: the executors read them
+    through ``pyarrow.fs`` (``root``: the store's URI with its options), one task per few
+    files, timestamps as microseconds in UTC."""
+    names = [f.relative_to(StorePath.at(root)) for f in files]
+    if not names:
+        raise FileNotFoundError(f"offline table {table} under {StorePath.at(root)} has no "
+                                "Parquet files; run `kmeans ingest` first")
+    schema = pa.schema([("customer_id", pa.int64()),
+                        ("event_timestamp", pa.timestamp("us", tz="UTC")),
+                        ("created_timestamp", pa.timestamp("us", tz="UTC")),
+                        *((name, pa.float64()) for name in FEATURE_NAMES)])
+
+    def read(batches):
+        fs, base = arrow_filesystem(root)
+        for batch in batches:
+            for name in batch.column("file").to_pylist():
+                part = pq.read_table(f"{base.rstrip('/')}/{name}", filesystem=fs,
+                                     columns=schema.names)
+                yield from part.cast(schema, safe=False).to_batches()  # ns -> us
+
+    listing = spark.createDataFrame([(n,) for n in names], "file string")
+    tasks = max(1, min(len(names), spark.sparkContext.defaultParallelism * 2))
+    ddl = ("customer_id long, event_timestamp timestamp, created_timestamp timestamp, "
+           + ", ".join(f"{name} double" for name in FEATURE_NAMES))
+    return listing.repartition(tasks).mapInArrow(read, ddl)
+
+
+def _write_store(scored, root: str, folder: str) -> list[str]:
+    """Each partition of ``scored`` as one Parquet object ``<folder>/part-<n>.parquet`` under
+    ``root`` (an object store's URI), written by its task through ``pyarrow.fs``. The name is
+    the partition's, so a retried or speculative attempt replaces its own object whole."""
+
+    def write(batches):
+        from pyspark import TaskContext
+
+        fs, base = arrow_filesystem(root)
+        table = pa.Table.from_batches(list(batches))
+        name = f"part-{TaskContext.get().partitionId():05d}.parquet"
+        if table.num_rows:
+            pq.write_table(table, f"{base.rstrip('/')}/{folder}/{name}", filesystem=fs)
+        yield pa.RecordBatch.from_pylist([{"file": name, "rows": table.num_rows}])
+
+    return [r.file for r in scored.mapInArrow(write, "file string, rows long").collect()
+            if r.rows]
+
+
 def _timestamp(F, frame, column: str):
     """``column`` as a Spark timestamp: nanoseconds since the epoch (a long) converted."""
     if dict(frame.dtypes)[column] in ("bigint", "long"):
@@ -111,7 +160,7 @@ def publish_segments(settings: Settings, *, version: str | None = None, spark=No
     from pyspark.sql import functions as F
 
     model, version = registry.download_model(settings, "champion", version=version)
-    table = Path(settings.offline_dir) / OFFLINE_TABLE
+    table = settings.offline_root / OFFLINE_TABLE
     if not table.is_dir():
         raise FileNotFoundError(f"offline table {table} is missing; run `kmeans ingest` first")
     scored_at = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
@@ -124,7 +173,11 @@ def publish_segments(settings: Settings, *, version: str | None = None, spark=No
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     # The landed files hold nanosecond timestamps (pandas'), which Spark reads only as longs.
     spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
-    raw = spark.read.parquet(str(table))
+    if table.local:
+        raw = spark.read.parquet(str(table))
+    else:  # Spark has no S3 client here (no hadoop-aws): the executors read through pyarrow.fs
+        raw = _read_store(spark, settings.offline_uri or "", table.relative_to(
+            settings.offline_root), table.glob("day=*/*.parquet"))
     rows = raw.select("customer_id", *(_timestamp(F, raw, c) for c in ("event_timestamp",
                                                                         "created_timestamp")),
                       *FEATURE_NAMES)
@@ -134,19 +187,33 @@ def publish_segments(settings: Settings, *, version: str | None = None, spark=No
               .where(F.col("_rank") == 1).drop("_rank", "created_timestamp"))
     scored = latest.mapInPandas(_assigner(_payload(model), str(version), scored_at),
                                 OUTPUT_DDL)
+    final = out_dir / name
     try:
-        scored.write.mode("error").parquet(str(staging))
-        for extra in staging.glob("*"):  # Spark's markers and checksums; Feast reads the rest
-            if extra.name.startswith(("_", ".")):
-                extra.unlink()
-        final = out_dir / name
-        if final.exists():  # the same second and version again: replaced, not duplicated
-            shutil.rmtree(final)
-        staging.rename(final)
+        if staging.local:
+            scored.write.mode("error").parquet(str(staging))
+            for extra in Path(staging.path).glob("*"):  # Spark's markers; Feast reads the rest
+                if extra.name.startswith(("_", ".")):
+                    extra.unlink()
+            if final.exists():  # the same second and version again: replaced, not duplicated
+                shutil.rmtree(final.path)
+            Path(staging.path).rename(final.path)
+        else:
+            _write_store(scored, settings.offline_uri or "",
+                         staging.relative_to(settings.offline_root))
+            if final.exists():
+                final.fs.delete_dir(final.path)
+            # One object at a time (a store has no folder rename); the staging folder's name
+            # starts with a dot, which Feast's readers skip, so no half publication was read.
+            for part in staging.glob("*.parquet"):
+                final.fs.move(part.path, (final / part.name).path)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging.local:
+            shutil.rmtree(staging.path, ignore_errors=True)
+        elif staging.exists():
+            staging.fs.delete_dir(staging.path)
     spark_seconds = time.monotonic() - t0
-    written = pq.ParquetDataset(str(final)).read(columns=["customer_id", "segment", "ood"])
+    written = pq.ParquetDataset(final.path, filesystem=final.fs).read(
+        columns=["customer_id", "segment", "ood"])
     customers = written.num_rows
     shares = np.bincount(np.searchsorted(model.cluster_ids,
                                          written["segment"].to_numpy()),

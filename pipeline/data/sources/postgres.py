@@ -73,6 +73,7 @@ from psycopg.types.numeric import FloatLoader
 
 from pipeline.core.io import (
     PRIVATE_FILE_MODE,
+    StorePath,
     atomic_write_json,
     atomic_write_parquet,
     file_lock,
@@ -305,13 +306,13 @@ def _file_name(source: str, start: dt.datetime, end: dt.datetime) -> str:
 
 
 def _landed_intervals(settings: Settings, source: str) -> dict[tuple[dt.datetime, dt.datetime],
-                                                             list[Path]]:
+                                                             list[StorePath]]:
     """The intervals of ``source`` landed so far, each with its files (offline and quarantine)."""
     pattern = re.compile(rf"(?:{KIND}-{re.escape(source)}-)?(?P<s>{_KEY})-(?P<e>{_KEY})\.parquet")
-    table_dir = Path(settings.offline_dir) / OFFLINE_TABLE
+    table_dir = settings.offline_root / OFFLINE_TABLE
     paths = [*table_dir.glob(f"day=*/{KIND}-{source}-*.parquet"),
-             *(settings.rejected_dir / KIND / source).glob("*.parquet")]
-    found: dict[tuple[dt.datetime, dt.datetime], list[Path]] = {}
+             *StorePath.at(settings.rejected_dir / KIND / source).glob("*.parquet")]
+    found: dict[tuple[dt.datetime, dt.datetime], list[StorePath]] = {}
     for path in sorted(paths):
         match = pattern.fullmatch(path.name)
         if match:
@@ -373,7 +374,7 @@ def _land(settings: Settings, source: str, url: str, query_or_table: str, waterm
     if end > now:
         log.warning("interval [%s, %s) of source %s ends after now: rows may still arrive in "
                     "it, so a later re-read may differ", start, end, source)
-    table_dir = Path(settings.offline_dir) / OFFLINE_TABLE
+    table_dir = settings.offline_root / OFFLINE_TABLE
     landed = _landed_intervals(settings, source)
     replaced = []
     for (s, e) in landed:
@@ -400,7 +401,8 @@ def _land(settings: Settings, source: str, url: str, query_or_table: str, waterm
         accepted, rejected = _split_by_day(frame, now, start.date())
 
     name = _file_name(source, start, end)
-    quarantine = settings.rejected_dir / KIND / source / name.removeprefix(f"{KIND}-{source}-")
+    quarantine = StorePath.at(settings.rejected_dir / KIND / source
+                              / name.removeprefix(f"{KIND}-{source}-"))
     if rows and len(rejected) / rows > settings.ingest_max_reject_share:
         table = _rejected_table(rejected)
         kept = (settings.rejected_dir / FAILED_FOLDER / KIND / source
@@ -416,12 +418,12 @@ def _land(settings: Settings, source: str, url: str, query_or_table: str, waterm
     files = []
     for day, good in accepted.items():
         path = table_dir / f"day={day}" / name
-        atomic_write_parquet(path, pa.Table.from_pandas(good, preserve_index=False),
-                             mode=PRIVATE_FILE_MODE)
+        path.write_parquet(pa.Table.from_pandas(good, preserve_index=False),
+                           mode=PRIVATE_FILE_MODE)
         files.append(path)
     if len(rejected):
-        atomic_write_parquet(quarantine, _rejected_table(rejected.reset_index(drop=True)),
-                             mode=PRIVATE_FILE_MODE)
+        quarantine.write_parquet(_rejected_table(rejected.reset_index(drop=True)),
+                                 mode=PRIVATE_FILE_MODE)
         files.append(quarantine)
     # Only now that the new files are in place: what the earlier landing had and this one not.
     for interval in [(start, end), *replaced]:

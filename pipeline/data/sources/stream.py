@@ -27,7 +27,8 @@ Transports, behind one interface (:class:`EventStream`):
    other content is quarantined ("event_id ... already landed with other values").
 3. Validate with :func:`pipeline.data.ingest.split_valid`, the ingest rules, per event day.
 4. Under a file lock: record every event in the event index (a SQLite file under
-   ``<home>/stream/``: event id -> the file that holds it), then write the accepted events of each
+   ``<home>/stream/``: event id -> the file that holds it, ``offline/<path>`` for a file of the
+   offline table's folder, local or ``KMEANS_OFFLINE_URI``), then write the accepted events of each
    day as one Parquet file of the offline table (``customer_profile/day=<day>/stream-<hash>
    .parquet``, the hash of its event ids, same columns as ingest's files) and the rejected ones to
    the quarantine (``<home>/rejected/stream/customer_profile/received=<day>/batch-<hash>
@@ -77,7 +78,7 @@ import redis
 
 from pipeline.core.io import (
     PRIVATE_FILE_MODE,
-    atomic_write_parquet,
+    StorePath,
     file_lock,
     private_dir,
     utc_now,
@@ -96,6 +97,8 @@ SEGMENT_PUSH_SOURCE = "customer_segment_push"
 EVENT_FIELD = "event"
 #: Folder of ``rejected_dir`` that keeps the quarantined events.
 QUARANTINE_FOLDER = "stream"
+#: Event index entries of offline-table files start with this (``offline/customer_profile/...``).
+OFFLINE_KEY = "offline"
 #: Seconds a consumer waits for the lock of the offline table's stream writes.
 LOCK_WAIT_SECONDS = 600.0
 
@@ -506,8 +509,9 @@ class Consumer:
         self.store = store if store is not None else features.feature_store(settings)
         self.index = EventIndex(stream_dir(settings) / f"{OFFLINE_TABLE}-events.sqlite")
         self.lock_path = stream_dir(settings) / f"{OFFLINE_TABLE}.lock"
-        self.table_dir = settings.offline_dir / OFFLINE_TABLE
-        self.quarantine_dir = settings.rejected_dir / QUARANTINE_FOLDER / OFFLINE_TABLE
+        self.table_dir = settings.offline_root / OFFLINE_TABLE
+        self.quarantine_dir = StorePath.at(settings.rejected_dir / QUARANTINE_FOLDER
+                                           / OFFLINE_TABLE)
 
     def close(self) -> None:
         self.index.close()
@@ -542,6 +546,14 @@ class Consumer:
             total.add(self.run_once(limit, wait))
         return total
 
+    def _indexed(self, entry: str) -> StorePath:
+        """The file an event index entry names: ``offline/<path in the offline table's
+        folder>`` (local or an object store), else a path under the home (the quarantine)."""
+        head, _, rest = entry.partition("/")
+        if head == OFFLINE_KEY:
+            return self.settings.offline_root / rest
+        return StorePath.at(self.settings.home / entry)
+
     # -------------------------------------------------------- one batch
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
@@ -561,7 +573,7 @@ class Consumer:
                 if entry is None or entry[2] != landed:
                     return False
                 if entry[0] not in exists:
-                    exists[entry[0]] = (self.settings.home / entry[0]).exists()
+                    exists[entry[0]] = self._indexed(entry[0]).exists()
                 return exists[entry[0]]
 
             rows: list[dict[str, Any]] = []
@@ -633,8 +645,7 @@ class Consumer:
               bad: list[tuple[Message, str | None, str]], now: dt.datetime) -> None:
         """Record, then write, the new accepted rows (one file per day; ``keys``: their event
         ids and digests) and the quarantined messages."""
-        home = self.settings.home
-        plan: list[tuple[Path, pa.Table]] = []
+        plan: list[tuple[StorePath, pa.Table]] = []
         records: list[tuple[str, str, str, bool]] = []
         if len(rows):
             days = rows["event_timestamp"].dt.date
@@ -648,7 +659,7 @@ class Consumer:
                 # Sorted by event id: the same events give the same file, byte for byte.
                 order = np.argsort(np.asarray(part_ids, dtype=object), kind="stable")
                 plan.append((path, pa.Table.from_pandas(part.iloc[order], preserve_index=False)))
-                relative = str(path.relative_to(home))
+                relative = f"{OFFLINE_KEY}/{path.relative_to(self.settings.offline_root)}"
                 records.extend((k, relative, digests[k], True) for k in part_ids)
         if bad:
             path = (self.quarantine_dir / f"received={now.date().isoformat()}"
@@ -658,7 +669,7 @@ class Consumer:
                  "payload": None if m.payload is None else m.payload.decode("utf-8", "replace"),
                  "reject_reason": r, "received_at": now} for m, k, r in bad],
                 schema=QUARANTINE_SCHEMA)))
-            relative = str(path.relative_to(home))
+            relative = str(Path(path.path).relative_to(self.settings.home))
             # Keyed by message: a redelivery is not quarantined twice, while a resend of the
             # event (corrected or not) is judged again.
             records.extend((f"message:{m.id}", relative, _digest(m.payload), False)
@@ -666,7 +677,7 @@ class Consumer:
         # The index first: an event counts as landed only once its file exists too.
         self.index.record(records)
         for path, table in plan:
-            atomic_write_parquet(path, table, mode=PRIVATE_FILE_MODE)
+            path.write_parquet(table, mode=PRIVATE_FILE_MODE)
 
     def _push(self, accepted: pd.DataFrame) -> tuple[int, int]:
         """Each customer's latest accepted event to the online store, unless a newer one is
