@@ -165,7 +165,8 @@ def test_the_offline_table_in_an_object_store_serves_feast_training_and_publicat
     """KMEANS_OFFLINE_URI=s3://...: the lake lands in the store (the same bytes as in a
     folder), apply points Feast's FileSources there with the endpoint, materialize and
     get_historical_features read it through dask and fsspec's ``s3`` (pyarrow's client:
-    pipeline/core/s3.py), the training snapshot is the local one's, and the segment
+    pipeline/core/s3.py; the stock ``feast materialize`` in the repo too), the training
+    snapshot is the local one's, and the segment
     publication is written there by Spark and read online, equal to the local publication."""
     import datetime as dt
     import subprocess
@@ -175,6 +176,7 @@ def test_the_offline_table_in_an_object_store_serves_feast_training_and_publicat
     from pipeline.data.ingest import OFFLINE_TABLE
     from pipeline.promotion.publish import publish_segments
     from tests.conftest import BEGIN, END, train_champion
+    from tests.test_feature_repo import copy_repo, feast
 
     here = train_champion(tmp_path / "here", customers=300)
     with S3Server(tmp_path / "s3") as s3:
@@ -182,8 +184,9 @@ def test_the_offline_table_in_an_object_store_serves_feast_training_and_publicat
         # Feast's apply checks each FileSource with the store's default endpoint (AWS): here,
         # the loopback server, so that check asks no name of the network either.
         monkeypatch.setenv("AWS_ENDPOINT_URL", s3.url)
-        there = train_champion(tmp_path / "there", customers=300,
-                               offline_uri=s3.uri("bucket/offline"))
+        repo = copy_repo(tmp_path / "there")  # the home beside it, as feature_store.yaml has
+        there = train_champion(tmp_path / "there" / ".kmeans", customers=300,
+                               offline_uri=s3.uri("bucket/offline"), feast_repo=repo)
         fs = s3.filesystem()
         assert not (there.home / "offline").exists()
         mine = sorted((here.offline_dir / OFFLINE_TABLE).rglob("*.parquet"))
@@ -199,7 +202,10 @@ def test_the_offline_table_in_an_object_store_serves_feast_training_and_publicat
         snaps = [features.training_snapshot(s, BEGIN, END) for s in (here, there)]
         assert snaps[0].data_hash == snaps[1].data_hash and snaps[0].rows > 250
 
-        features.materialize(there, BEGIN - dt.timedelta(days=30), END)
+        # the stock CLI, run in the repo, reads the store through the registry's FileSource
+        window = [t.strftime("%Y-%m-%dT%H:%M:%S") for t in (BEGIN - dt.timedelta(days=30), END)]
+        done = feast(repo, "materialize", *window, timeout=180)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         features.materialize(here, BEGIN - dt.timedelta(days=30), END)
         ids = [int(i) for i in snaps[0].frame()["customer_id"][:25]]
         online = [features.online_features(features.feature_store(s), s.feature_service, ids)
