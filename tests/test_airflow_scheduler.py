@@ -151,6 +151,13 @@ def test_unpausing_gives_a_green_scheduled_run(deployment, ui):
     from pipeline import registry
 
     assert registry.current_aliases(settings)["champion"] == "1"
+    # Both executor workers imported the pipeline before taking work (executor.py): the task
+    # processes forked from them found it imported.
+    from pipeline.orchestration.executor import PRELOAD
+
+    said = [line for line in (airflow.logs / "scheduler.log").read_text().splitlines()
+            if "LocalExecutor worker preloaded" in line]
+    assert len(said) >= 2 and all(f"'{name}'" in line for line in said for name in PRELOAD), said
 
 
 def test_a_default_run_on_drifted_data_waits_for_review_and_an_approval_registers(deployment,
