@@ -202,8 +202,10 @@ def publish_segments(settings: Settings, *, version: str | None = None, spark=No
                          staging.relative_to(settings.offline_root))
             if final.exists():
                 final.fs.delete_dir(final.path)
-            # One object at a time (a store has no folder rename); the staging folder's name
-            # starts with a dot, which Feast's readers skip, so no half publication was read.
+            # Readers skip the staging folder (its name starts with a dot), so a failed job
+            # publishes nothing. A store has no folder rename: the parts move one at a time,
+            # and while they do a reader may find some customers' new segments beside the
+            # previous publication's (each customer's segment is then the new or the last one).
             for part in staging.glob("*.parquet"):
                 final.fs.move(part.path, (final / part.name).path)
     finally:
