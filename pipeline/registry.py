@@ -584,10 +584,14 @@ class ChampionFollower:
         self._checked = -float("inf")
 
     def __call__(self) -> tuple[SegmentModel, str] | None:
-        now = time.monotonic()
-        if now - self._checked < self.refresh_seconds:
+        if time.monotonic() - self._checked < self.refresh_seconds:
             return self._cached
-        self._checked = now
+        return self.refresh()
+
+    def refresh(self) -> tuple[SegmentModel, str] | None:
+        """Look the alias up now, whenever it was last looked up (a caller that has seen a
+        sign of a newer champion, e.g. another consumer's shadow state)."""
+        self._checked = time.monotonic()
         found = alias_version(self.settings, "champion")
         if found is None:
             if self._cached is not None:

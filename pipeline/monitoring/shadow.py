@@ -45,7 +45,6 @@ import json
 import logging
 import math
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -144,8 +143,11 @@ def prior_weights(model: SegmentModel, half_life_points: float) -> np.ndarray:
 class Shadow:
     """The stream consumer's observer that keeps the shadow model (see the module's text).
 
-    ``champion`` returns the current champion and its version (default: the registry's,
-    checked at most every ``refresh_seconds``, default ``KMEANS_STREAM_MODEL_REFRESH_SECONDS``).
+    ``champion`` returns the current champion and its version (default: a
+    :class:`~pipeline.registry.ChampionFollower`, which looks the alias up at most every
+    ``refresh_seconds``, default ``KMEANS_STREAM_MODEL_REFRESH_SECONDS``). When the saved state
+    names another champion version than the one followed (another consumer saw a newer one),
+    the alias is looked up at once through the source's ``refresh()``, when it has one.
     """
 
     def __init__(self, settings: Settings, *, half_life_points: float | None = None,
@@ -156,20 +158,14 @@ class Shadow:
                                       if half_life_points is None else half_life_points)
         if not self.half_life_points > 0:
             raise ValueError(f"half_life_points={half_life_points!r} should be > 0")
-        self.refresh_seconds = (settings.stream_model_refresh_seconds
-                                if refresh_seconds is None else refresh_seconds)
         self._source = champion if champion is not None else registry.ChampionFollower(
             settings, refresh_seconds=refresh_seconds)
         self.model: SegmentModel | None = None
         self.version: str | None = None
-        self._checked = -math.inf
 
     def _follow(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._checked < self.refresh_seconds:
-            return
-        self._checked = now
-        found = self._source()
+        refresh = getattr(self._source, "refresh", None)
+        found = refresh() if force and refresh is not None else self._source()
         if found is None:
             if self.version is not None:
                 log.warning("no champion any more: the shadow model stops")
