@@ -96,14 +96,14 @@ class ChampionSegmenter:
         return segment_rows(model, rows, version, pd.Timestamp.now(tz="UTC").floor("us"))
 
 
-def _read_store(spark, root: str, table: str, files: list):
-    """The offline table's files in an object store as a DataFrame: the executors read them
-    through ``pyarrow.fs`` (``root``: the store's URI with its options), one task per few
-    files, timestamps as microseconds in UTC."""
-    names = [f.relative_to(StorePath.at(root)) for f in files]
+def _read_store(spark, root: str, table: StorePath):
+    """The offline table ``table`` in an object store as a DataFrame: the executors read its
+    files through ``pyarrow.fs`` (``root``: the store's URI with its options), one task per
+    few files, timestamps as microseconds in UTC."""
+    names = [f.relative_to(StorePath.at(root)) for f in table.glob("day=*/*.parquet")]
     if not names:
-        raise FileNotFoundError(f"offline table {table} under {StorePath.at(root)} has no "
-                                "Parquet files; run `kmeans ingest` first")
+        raise FileNotFoundError(f"offline table {table} has no Parquet files; run "
+                                "`kmeans ingest` first")
     schema = pa.schema([("customer_id", pa.int64()),
                         ("event_timestamp", pa.timestamp("us", tz="UTC")),
                         ("created_timestamp", pa.timestamp("us", tz="UTC")),
@@ -124,7 +124,7 @@ def _read_store(spark, root: str, table: str, files: list):
     return listing.repartition(tasks).mapInArrow(read, ddl)
 
 
-def _write_store(scored, root: str, folder: str) -> list[str]:
+def _write_store(scored, root: str, folder: str) -> None:
     """Each partition of ``scored`` as one Parquet object ``<folder>/part-<n>.parquet`` under
     ``root`` (an object store's URI), written by its task through ``pyarrow.fs``. The name is
     the partition's, so a retried or speculative attempt replaces its own object whole."""
@@ -139,8 +139,7 @@ def _write_store(scored, root: str, folder: str) -> list[str]:
             pq.write_table(table, f"{base.rstrip('/')}/{folder}/{name}", filesystem=fs)
         yield pa.RecordBatch.from_pylist([{"file": name, "rows": table.num_rows}])
 
-    return [r.file for r in scored.mapInArrow(write, "file string, rows long").collect()
-            if r.rows]
+    scored.mapInArrow(write, "file string, rows long").collect()
 
 
 def _timestamp(F, frame, column: str):
@@ -176,8 +175,7 @@ def publish_segments(settings: Settings, *, version: str | None = None, spark=No
     if table.local:
         raw = spark.read.parquet(str(table))
     else:  # Spark has no S3 client here (no hadoop-aws): the executors read through pyarrow.fs
-        raw = _read_store(spark, settings.offline_uri or "", table.relative_to(
-            settings.offline_root), table.glob("day=*/*.parquet"))
+        raw = _read_store(spark, settings.offline_uri or "", table)
     rows = raw.select("customer_id", *(_timestamp(F, raw, c) for c in ("event_timestamp",
                                                                         "created_timestamp")),
                       *FEATURE_NAMES)
