@@ -16,13 +16,13 @@ export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export NO_PROXY := *
 export no_proxy := *
 
-.PHONY: install demo test test-unit airflow-ui airflow-stop prod-up prod-down prod-status mlflow-ui feast-plan feast-serve feast-ui bench bench-compare clean
+.PHONY: install demo test test-fast test-unit test-integration test-dates lint airflow-ui airflow-stop prod-up prod-down prod-status mlflow-ui feast-plan feast-serve feast-ui bench bench-compare clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-# The second install is for the manifest checks (tests/test_manifests.py): the kserve SDK's typed
+# The second install is for the manifest checks (tests/unit/deploy/test_manifests.py): the kserve SDK's typed
 # objects and kubectl's kustomize. Their own pins clash with the lock (protobuf, typeguard) and
 # only the models and the binary are used, so they come without their dependencies.
 $(STAMP): pyproject.toml requirements.lock | $(PY)
@@ -41,7 +41,7 @@ $(CHROMIUM):
 	else echo "the browser test needs Debian's chromium: sudo apt-get install -y chromium"; fi
 
 # Prometheus (and promtool) for the rule unit tests and the scrape-and-alert test of the
-# monitoring exporter (tests/test_prometheus.py).
+# monitoring exporter (tests/integration/prometheus/test_prometheus.py).
 PROMETHEUS ?= /usr/bin/prometheus
 $(PROMETHEUS):
 	@if [ "$$(id -u)" = 0 ]; then \
@@ -54,11 +54,40 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/kmeans demo
 
-test: install | $(CHROMIUM) $(PROMETHEUS)
-	$(PY) -m pytest
+# The tiers (tests/README.md): lint (seconds), test-fast (tests/unit/ without the slow ones: no
+# service, no Spark, no Airflow DB; under 2 minutes), test (lint, then every test: under 20
+# minutes on a quiet 2-core machine). PYTEST_ARGS adds pytest options, e.g. PYTEST_ARGS=-x.
+LINT_PATHS := pipeline dags tests benchmarks feature_repo
+lint: install
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy pipeline
+
+test: install lint | $(CHROMIUM) $(PROMETHEUS)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest tests/unit -m "not slow" -q $(PYTEST_ARGS)
 
 test-unit: install
-	$(PY) -m pytest -m "not integration"
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install | $(CHROMIUM) $(PROMETHEUS)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+# The suite on other dates: every process the tests start sees the wall clock of $(DATES)
+# (libfaketime, preloaded: +N days from now, or @<date> to start there), the JVM and the servers
+# too. The monotonic clock stays real: timed waits (Event.wait, sleeps) need it.
+# E.g. make test-dates DATES=+400d PYTEST_ARGS=tests/unit
+DATES ?= +400d @2028-02-29T12:00:00
+FAKETIME_LIB = $(shell $(PY) -c "import libfaketime, os; print(os.path.join(os.path.dirname(libfaketime.__file__), 'vendor', 'libfaketime', 'src', 'libfaketime.so.1'))")
+test-dates: install | $(CHROMIUM) $(PROMETHEUS)
+	@for when in $(DATES); do \
+	  echo "== the clock at $$when"; \
+	  LD_PRELOAD=$(FAKETIME_LIB) FAKETIME="$$(echo $$when | tr T ' ')" FAKETIME_NO_CACHE=1 \
+	  DONT_FAKE_MONOTONIC=1 FAKETIME_FORCE_MONOTONIC_FIX=0 \
+	    $(PY) -m pytest $(or $(PYTEST_ARGS),-q) || exit 1; \
+	done
 
 # standalone starts its components as `airflow ...` subprocesses: the venv must be on PATH.
 # Sized for a small machine (standalone's default is 32 LocalExecutor workers), in a process group

@@ -279,7 +279,7 @@ def suite_cluster(work: Path) -> dict:
 
 def run_cluster_engine(work: Path, folder: Path, ks, init) -> dict:
     """The engine on a Spark standalone cluster on this machine: two workers of one core
-    (``tests/standalone.py``), one block per executor, staged on each executor's own disk."""
+    (``tests/helpers/processes.py``), one block per executor, staged on each executor's own disk."""
     sys.path.insert(0, str(HERE.parent / "tests"))
     from standalone import SparkCluster, wait_executors
 

@@ -3,7 +3,7 @@ folder and from an S3 API, beside a plain pyarrow copy.
 
 The sample lake (``kmeans generate``'s generator: 20,000 customers x 10 days, the active ones
 each day: about 120,000 rows) in a temporary home; the S3 API is moto's server on loopback
-(``tests/standalone.py``, a venv of its own under ``.cache/``), the same files uploaded to a
+(``tests/helpers/processes.py``, a venv of its own under ``.cache/``), the same files uploaded to a
 bucket. Each figure is the median of 3 runs.
 
 - **ingest_lake, folder**: what ``kmeans ingest`` and ``kmeans_ingest_lake`` run: each day's
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.core.settings import load_settings  # noqa: E402
 from pipeline.data.datagen import LAKE_TABLE, generate_lake  # noqa: E402
 from pipeline.data.ingest import ingest_lake  # noqa: E402
-from tests.standalone import S3Server  # noqa: E402
+from tests.helpers.processes import S3Server  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "lake.json"
 REPORT = ROOT / "benchmarks" / "LAKE.md"

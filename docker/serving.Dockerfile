@@ -76,7 +76,7 @@ LABEL org.opencontainers.image.title="kmeans-platform/serving" \
       org.opencontainers.image.revision="${GIT_SHA}"
 
 # The same command and arguments as the InferenceService's container; the
-# integration test tests/test_serving_standalone.py runs this entry point
+# integration test tests/integration/server/test_serving_standalone.py runs this entry point
 # (with the platform-only packages made unimportable) and checks it.
 ENTRYPOINT ["kmeans-serve"]
 CMD ["--host", "0.0.0.0", "--port", "8080"]

@@ -1,4 +1,5 @@
-"""Shared fixtures. The environment is set here, before anything imports airflow or pyspark."""
+"""Shared fixtures, and the tier of each test. The environment is set here, before anything
+imports airflow or pyspark. Shared functions live in ``tests/helpers/``."""
 
 from __future__ import annotations
 
@@ -23,57 +24,42 @@ os.environ["KMEANS_SPARK_DRIVER_MEMORY"] = "1g"
 os.environ["KMEANS_SPARK_PARTITIONS"] = "3"
 os.environ["KMEANS_MIN_ROWS"] = "200"
 os.environ["KMEANS_HOME"] = str(_SESSION_DIR / "default-home")
-# The S3 tests' server (moto, tests/standalone.py) takes any key. Set before Spark starts, so its
-# Python workers have them too; and no AWS SDK call may look for an instance role on the
+# The S3 tests' server (moto, tests/helpers/processes.py) takes any key. Set before Spark starts,
+# so its Python workers have them too; and no AWS SDK call may look for an instance role on the
 # network (the metadata address is not loopback).
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
-START = dt.date(2026, 11, 1)
-DAYS = 3
-END = dt.datetime(2026, 11, 4, tzinfo=dt.UTC)
-BEGIN = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+from tests.helpers.clock import BEGIN, DAYS, END, START  # noqa: E402
+from tests.helpers.homes import make_settings  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
 
 
-def make_settings(home: Path, **overrides):
-    from pipeline.core.settings import load_settings
-
-    return load_settings(home=home, **overrides)
-
-
-def shifted(frame):
-    """Customers who spend three times as much, browse twice as much, wait twice as long between
-    orders and stayed a year longer: still valid data, another population (6 of 12 features
-    drift), with the same segment structure (shifts in each feature's model space)."""
-    return frame.assign(total_spend_30d=frame.total_spend_30d * 3,
-                        avg_order_value=frame.avg_order_value * 3,
-                        sessions_30d=frame.sessions_30d * 2,
-                        categories_browsed_30d=frame.categories_browsed_30d + 6,
-                        tenure_days=frame.tenure_days + 365,
-                        days_since_last_order=frame.days_since_last_order * 2)
+def pytest_collection_modifyitems(config, items):
+    """The tier of a test is the folder it is in: ``tests/integration/<component>/`` starts
+    what it needs (``integration``), ``tests/unit/<package>/`` needs no service, no Spark and
+    no Airflow DB (``unit``). A test marked against its folder is a collection error."""
+    for item in items:
+        parts = Path(item.fspath).resolve().relative_to(TESTS).parts
+        tier = parts[0] if parts[0] in ("unit", "integration") else None
+        if tier is None:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/unit/<package>/ or "
+                                    "tests/integration/<component>/")
+        if tier == "unit" and item.get_closest_marker("integration"):
+            raise pytest.UsageError(f"{item.nodeid} is marked integration but lives in "
+                                    "tests/unit/: move it to tests/integration/<component>/")
+        item.add_marker(getattr(pytest.mark, tier))
 
 
-def train_champion(root: Path, *, customers: int = 1200, seed: int = 17, k: int = 4,
-                   **overrides):
-    """A home with sample data landed, the Feast repo applied and a k-means champion (version
-    1) trained on it in-process and registered; its settings (``overrides``: more settings)."""
-    from pipeline.data import features
-    from pipeline.data.datagen import generate_lake
-    from pipeline.data.ingest import ingest_lake
-    from pipeline.promotion.register import register
-    from pipeline.training import stages
-
-    settings = make_settings(root, **overrides)
-    generate_lake(settings.lake_dir, n_customers=customers, start=START, days=DAYS, seed=seed)
-    ingest_lake(settings, BEGIN.date(), END.date())
-    features.apply_repo(settings)
-    snap = features.training_snapshot(settings, BEGIN, END)
-    trained = stages.train(settings, snap.path, {"k_min": k, "k_max": k, "engine": "local",
-                                                 "max_iter": 30, "seed": 3})
-    register(settings, trained["run_id"])
-    return settings
+@pytest.fixture
+def umask_022():
+    """The usual umask, so an owner-only mode is the code's doing and not the environment's."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
 
 
 @pytest.fixture

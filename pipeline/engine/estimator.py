@@ -10,6 +10,7 @@ iteration. Every candidate K (and every initialisation) travels in the same pass
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from pipeline.engine.kernel import (
 )
 
 log = logging.getLogger(__name__)
+#: Seconds between two progress lines of a fit (none for a fit shorter than this).
+PROGRESS_EVERY_S = 5.0
 
 EMPTY_POLICIES = ("farthest", "split")
 INIT_METHODS = ("k-means||", "k-means++")
@@ -274,7 +277,12 @@ def lloyd(source: Source, inits: dict[tuple[int, int], np.ndarray], *, max_iter:
     n_iter = dict.fromkeys(centroids, 0)
     converged = dict.fromkeys(centroids, False)
     events: dict[tuple[int, int], list[dict]] = {key: [] for key in centroids}
+    said = time.monotonic()
     for it in range(max_iter):
+        if time.monotonic() - said >= PROGRESS_EVERY_S:  # a long fit shows it is moving
+            said = time.monotonic()
+            log.info("lloyd: iteration %d of at most %d, %d of %d fits still moving", it + 1,
+                     max_iter, len(active), len(centroids))
         stats = source.step([centroids[key].astype(np.float32) for key in active])
         still = []
         for key, (sums, counts, _inertia) in zip(active, stats, strict=True):
@@ -462,8 +470,9 @@ default='k-means||'
     Notes
     -----
     It passes scikit-learn's estimator checks (``parametrize_with_checks``) with both
-    initialisations; expected failures: none (``tests/test_estimator_checks.py`` keeps that
-    list, with a reason for any entry). A row of weight w counts as w copies of it exactly
+    initialisations; expected failures: none
+    (``tests/unit/engine/test_estimator_checks.py`` keeps that list, with a reason for any
+    entry). A row of weight w counts as w copies of it exactly
     when the seeding sees every row (k-means++ on up to 50,000 rows; k-means|| when every row
     becomes a candidate), and in distribution otherwise: k-means|| keeps each row on its own
     random draw.

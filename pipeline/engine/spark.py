@@ -332,6 +332,22 @@ def _is_key(name: str) -> bool:
     return len(name) == 20 and all(c in "0123456789abcdef" for c in name)
 
 
+def _filesystem_now(root: Path) -> float:
+    """Now, as the file system under ``root`` stamps it: a key's age is then the difference of
+    two times the same clock wrote, so a process whose clock jumped (an NTP step, a restored
+    VM, a faked clock) neither removes a block written a moment ago nor keeps a stale one.
+    The process's clock where ``root`` cannot be written."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".now-", dir=root)
+    except OSError:
+        return time.time()
+    try:
+        return os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
 def stage_usage(root: str | Path) -> list[dict]:
     """Every key under a stage dir: blocks, bytes, temporary files and hours since last use.
 
@@ -343,7 +359,7 @@ def stage_usage(root: str | Path) -> list[dict]:
     root = Path(root)
     if not root.is_dir():
         return []
-    now = time.time()
+    now = _filesystem_now(root)
     out = []
     for key in sorted(p for p in root.iterdir() if p.is_dir() and _is_key(p.name)):
         files = [f for f in key.iterdir() if f.is_file()]
@@ -366,7 +382,8 @@ def clean_stage(root: str | Path, *, retention_hours: float, keep: Sequence[str]
     []
     """
     removed: list[str] = []
-    cutoff = time.time() - retention_hours * 3600
+    now = _filesystem_now(Path(root)) if Path(root).is_dir() else time.time()
+    cutoff = now - retention_hours * 3600
     for entry in stage_usage(root):
         key = Path(entry["path"])
         if entry["key"] not in keep and key.stat().st_mtime < cutoff:
@@ -376,7 +393,7 @@ def clean_stage(root: str | Path, *, retention_hours: float, keep: Sequence[str]
             continue
         for tmp in key.glob(f"*{TEMP_SUFFIX}"):
             try:
-                old = tmp.stat().st_mtime < time.time() - TEMP_MAX_AGE_S
+                old = tmp.stat().st_mtime < now - TEMP_MAX_AGE_S
             except FileNotFoundError:
                 continue
             if old:

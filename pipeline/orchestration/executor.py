@@ -12,7 +12,7 @@ launchers in :mod:`pipeline.orchestration.airflow_env` do). The modules are impo
 nothing is run: no thread, connection, Spark session or settings exist in the worker when a task
 forks, so the usual care about forking after threads does not arise. A module that fails to
 import is logged and skipped: the task imports it itself and fails with its own error.
-Measured in ``tests/test_airflow_scheduler.py``'s deployment: see the README.
+Measured in ``tests/integration/airflow/test_airflow_scheduler.py``'s deployment: see the README.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ no temporaries). It must give what the model's own NumPy path gives
 (:meth:`~pipeline.model.kmeans_segments.Preprocessor.transform` then
 :meth:`~pipeline.model.kmeans_segments.SegmentModel.assign_scaled`): the same steps in the same
 order, squared distances summed feature by feature in float64. A property test
-(``tests/test_preprocessing_property.py``) checks the two against each other on random input.
+(``tests/unit/model/test_preprocessing_property.py``) checks the two against each other on
+random input.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ Transports, behind one interface (:class:`EventStream`):
    :class:`~pipeline.promotion.publish.ChampionSegmenter`), the same rows are assigned with the
    champion, the version the inference server serves as stable, and each customer's new segment
    is pushed through ``customer_segment_push`` to the ``customer_segment`` view: readable from
-   the online store within a second or two of the event (tests/test_sources_stream.py).
+   the online store within a second or two of the event (benchmarks/bench_stream.py; the
+   correctness of it in tests/integration/redis/test_sources_stream.py).
 6. Only then acknowledge the batch (``XACK``; Kafka: commit the offsets). A crash anywhere before
    leaves the batch unacknowledged: it is delivered again (at-least-once) and steps 2 and 4 make
    that idempotent.

@@ -1,0 +1,312 @@
+"""The DAGs as Airflow's users meet them: the real scheduler, API server, dag-processor and
+triggerer (LocalExecutor, one process per task), with the metadata in the local PostgreSQL, every
+action through the REST API or the UI in Debian's Chromium (Playwright); not ``dag.test()``.
+
+One deployment serves the whole module, in order; a test whose predecessor failed sets up
+what it needs itself (a champion, a challenger) through the pipeline's functions, so one failure
+does not fail the tests after it:
+
+1. unpausing ``kmeans_training`` gives a green scheduled run on data that ends yesterday;
+2. a run triggered through the REST API with default params, on drifted data, waits at
+   ``drift_review``; in the browser, the Required Actions page links the Evidently report
+   (served by the project's Airflow plugin) and it opens; the approval, through the REST API,
+   registers the challenger; the grid shows the run green;
+3. ``kmeans_rollback``, triggered from the UI's form with every param at its default, rolls a
+   promotion back; the grid shows it green and its return value says what it did;
+4. unpausing ``kmeans_monitoring`` gives a green scheduled run of the last hour's window, whose
+   report the plugin serves in the UI's browser session.
+
+The screenshots are kept in ``test-artifacts/airflow-ui/`` (git ignores the folder).
+
+Waits follow progress: a run is waited for while its state, its tasks' states or its task logs
+change (a long fit logs a line every few seconds), so a loaded machine only makes it slower.
+The data is small (600 customers x 7 days) so that it does not take all day either.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+import pytest
+
+from tests.helpers import airflow_ui, clock
+from tests.helpers.homes import make_settings, shifted, train_and_register
+from tests.helpers.net import free_port
+from tests.helpers.waiting import wait_until
+
+pytestmark = pytest.mark.timeout(1500)
+
+PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+#: Seconds a run may go without any progress (state, task states, task log growth).
+STALL_TIMEOUT = 600.0
+LAKE_CUSTOMERS, LAKE_DAYS = 600, 7
+SCREENSHOTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "airflow-ui"
+
+
+
+class Rest:
+    """Airflow's REST API as a user's script calls it: a token from /auth/token, then JSON."""
+
+    def __init__(self, airflow):
+        self.airflow, self.url = airflow, airflow.url
+
+    def __call__(self, method: str, path: str, body: dict | None = None) -> dict:
+        req = urllib.request.Request(
+            self.url + path, method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self.airflow.token()}",
+                     "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as reply:  # a loaded box is slow
+                return json.load(reply)
+        except urllib.error.HTTPError as err:
+            raise AssertionError(f"{method} {path}: {err.code} {err.read()[:500]!r}") from None
+
+    def tasks(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        found = self("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        return {t["task_id"]: t["state"] for t in found["task_instances"]}
+
+    def wait_run(self, dag_id: str, run_id: str, *, until=("success", "failed"),
+                 task: tuple[str, str] | None = None) -> str:
+        """Poll a run until its state is in ``until`` (or ``task`` = (task_id, state) holds);
+        a failed task ends the wait at once with the states. The wait lasts while the run
+        makes progress (:func:`run_progress`)."""
+        seen: dict = {}
+
+        def done() -> str | None:
+            state = self("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            tasks = seen["tasks"] = self.tasks(dag_id, run_id)
+            if task is not None and tasks.get(task[0]) == task[1]:
+                return state
+            if state in until or "failed" in tasks.values():
+                return state if task is None else f"{state} {tasks}"
+            return None
+
+        return wait_until(done, STALL_TIMEOUT, f"{dag_id} {run_id} done",
+                          progress=lambda: (repr(seen.get("tasks")),
+                                            run_progress(self.airflow, dag_id, run_id)),
+                          interval=2, ignore=(OSError, AssertionError))
+
+    def first_run(self, dag_id: str) -> list:
+        """The DAG's runs, once the scheduler has created one."""
+        return wait_until(lambda: self("GET", f"/api/v2/dags/{dag_id}/dagRuns")["dag_runs"],
+                          STALL_TIMEOUT, f"the scheduler's first {dag_id} run",
+                          progress=lambda: log_size(self.airflow.logs / "scheduler.log"),
+                          interval=1)
+
+
+def log_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def run_progress(airflow, dag_id: str, run_id: str) -> int:
+    """Bytes in the run's task logs: each task writes as it goes, and a fit logs every few
+    seconds (pipeline.engine.estimator.PROGRESS_EVERY_S)."""
+    folder = airflow.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def ensure_champion(settings) -> str:
+    """The champion's version; when an earlier test left none, one trained in-process on the
+    deployment's data and registered, so this test does not fail for the earlier one."""
+    from pipeline import registry
+
+    if champion := registry.current_aliases(settings)["champion"]:
+        return champion
+    _train_and_register(settings)
+    return registry.current_aliases(settings)["champion"]
+
+
+def ensure_challenger(settings) -> str:
+    """The challenger's version; one registered from an in-process run when there is none."""
+    from pipeline import registry
+
+    ensure_champion(settings)
+    if challenger := registry.current_aliases(settings)["challenger"]:
+        return challenger
+    _train_and_register(settings)
+    return registry.current_aliases(settings)["challenger"]
+
+
+def _train_and_register(settings) -> None:
+    from pipeline.data import features
+    from pipeline.data.ingest import ingest_lake
+
+    end = dt.datetime.combine(clock.TODAY, dt.time(), dt.UTC)
+    begin = end - dt.timedelta(days=LAKE_DAYS)
+    ingest_lake(settings, begin.date(), end.date())
+    features.apply_repo(settings)
+    train_and_register(settings, begin, end)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """A fresh PostgreSQL database for Airflow's metadata, a KMEANS_HOME with data that ends
+    yesterday, and Airflow's components started on it; everything stopped and dropped after."""
+    from pipeline.data.datagen import generate_lake
+    from pipeline.orchestration import airflow_env
+
+    root = tmp_path_factory.mktemp("scheduler")
+    database = f"kmeans_airflow_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    settings = make_settings(root / "home")
+    generate_lake(settings.lake_dir, n_customers=LAKE_CUSTOMERS, days=LAKE_DAYS, seed=21)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "KMEANS_"))}
+    env.update({"KMEANS_HOME": str(settings.home), "KMEANS_SPARK_MASTER": "local[2,4]",
+                "KMEANS_SPARK_DRIVER_MEMORY": "1g", "KMEANS_ROLLOUT_BACKEND": "none",
+                # The drifted population's clusters are looser than the champion's: the
+                # comparison gate would refuse the challenger, and it is not what this is about.
+                "KMEANS_GATE_COMPARISON_TOLERANCE": "1.0",
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"})
+    airflow = airflow_env.start(
+        root / "airflow", port=free_port(), parallelism=2, base_env=env,
+        sql_alchemy_conn=f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
+        ready_timeout=STALL_TIMEOUT)
+    try:
+        yield airflow, settings
+    finally:
+        airflow.stop()
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def ui(deployment):
+    """Debian's Chromium, logged in to the deployment's UI as admin."""
+    airflow, _ = deployment
+    with airflow_ui.browser(SCREENSHOTS) as page:
+        airflow_ui.log_in(page, airflow.url, airflow.username, airflow.password)
+        yield page
+
+
+def test_unpausing_gives_a_green_scheduled_run(deployment, ui):
+    airflow, settings = deployment
+    rest = Rest(airflow)
+    # The trigger form accepts every default (no field flagged, Trigger enabled).
+    airflow_ui.trigger_with_defaults(ui, airflow.url, "kmeans_training", submit=False)
+    assert rest("GET", "/api/v2/dags/kmeans_training")["is_paused"] is True
+    rest("PATCH", "/api/v2/dags/kmeans_training", {"is_paused": False})
+    runs = rest.first_run("kmeans_training")
+    assert [r["run_type"] for r in runs] == ["scheduled"], runs
+    run_id = runs[0]["dag_run_id"]
+    assert rest.wait_run("kmeans_training", run_id) == "success", rest.tasks(
+        "kmeans_training", run_id)
+    tasks = rest.tasks("kmeans_training", run_id)
+    assert tasks.pop("drift_review") == "skipped", "no champion yet: no drift to review"
+    assert set(tasks.values()) == {"success"}, tasks
+    # The run's params (every default) are the run's conf as the UI shows them.
+    from pipeline import registry
+
+    assert registry.current_aliases(settings)["champion"] == "1"
+    # Both executor workers imported the pipeline before taking work (executor.py): the task
+    # processes forked from them found it imported.
+    from pipeline.orchestration.executor import PRELOAD
+
+    said = [line for line in (airflow.logs / "scheduler.log").read_text().splitlines()
+            if "LocalExecutor worker preloaded" in line]
+    assert len(said) >= 2 and all(f"'{name}'" in line for line in said for name in PRELOAD), said
+
+
+def test_a_default_run_on_drifted_data_waits_for_review_and_an_approval_registers(deployment,
+                                                                                  ui):
+    from pipeline import registry
+
+    airflow, settings = deployment
+    rest = Rest(airflow)
+    champion = ensure_champion(settings)
+    for part in sorted(settings.lake_dir.glob("*/day=*/*.parquet")):
+        shifted(pd.read_parquet(part)).to_parquet(part, index=False)
+    run = rest("POST", "/api/v2/dags/kmeans_training/dagRuns",
+               {"logical_date": None, "conf": {}})
+    run_id = run["dag_run_id"]
+    assert run["run_type"] == "manual"
+    state = rest.wait_run("kmeans_training", run_id, task=("drift_review", "awaiting_input"))
+    assert state == "running", state
+    hitl = (f"/api/v2/dags/kmeans_training/dagRuns/{run_id}/taskInstances/drift_review/-1/"
+            "hitlDetails")
+    request = rest("GET", hitl)
+    # The body links the Evidently report over HTTP, served by Airflow's API server itself.
+    link = request["body"].split("[Open the Evidently drift report](")[1].split(")")[0]
+    assert link.startswith(f"{airflow.url}/kmeans/reports/drift/") and link.endswith(".html")
+    with urllib.request.urlopen(f"{airflow.url}/kmeans/reports/", timeout=30) as reply:
+        assert link.rsplit("/", 1)[1] in reply.read().decode()
+    # A reviewer opens it from the Required Actions page, in one click.
+    opened, content = airflow_ui.open_review_report(ui, airflow.url, "kmeans_training", run_id)
+    assert opened == link
+    assert content == (settings.reports_dir / "drift" / link.rsplit("/", 1)[1]).read_bytes()
+
+    rest("PATCH", hitl, {"chosen_options": ["Approve"], "params_input": {}})
+    assert rest.wait_run("kmeans_training", run_id) == "success", rest.tasks(
+        "kmeans_training", run_id)
+    assert set(rest.tasks("kmeans_training", run_id).values()) == {"success"}
+    aliases = registry.current_aliases(settings)
+    challenger = aliases["challenger"]
+    assert aliases == {"champion": champion, "challenger": challenger, "previous": None}
+    assert int(challenger) > int(champion)
+    entry = registry.read_audit(settings)[-1]
+    assert (entry["alias"], entry["to_version"]) == ("challenger", challenger)
+    assert entry["figures"]["drift_review"]["chosen"] == ["Approve"]
+    airflow_ui.see_run_succeeded_in_grid(ui, airflow.url, "kmeans_training", run_id,
+                                         timeout_s=120)
+
+
+def test_rollback_from_the_ui_form_with_defaults_says_what_it_did(deployment, ui):
+    """Every param at its default (a reason is filled in); what happened to the challenger is
+    in the task's return value (its keeping is shown in
+    tests/integration/mlflow/test_registry.py)."""
+    from pipeline import registry
+
+    airflow, settings = deployment
+    rest = Rest(airflow)
+    champion, challenger = ensure_champion(settings), ensure_challenger(settings)
+    registry.promote(settings, challenger, reason="canary passed", actor="test")
+    rest("PATCH", "/api/v2/dags/kmeans_rollback", {"is_paused": False})
+    run_id = airflow_ui.trigger_with_defaults(ui, airflow.url, "kmeans_rollback")
+    assert rest.wait_run("kmeans_rollback", run_id) == "success", rest.tasks(
+        "kmeans_rollback", run_id)
+    airflow_ui.see_run_succeeded_in_grid(ui, airflow.url, "kmeans_rollback", run_id,
+                                         timeout_s=120)
+    assert registry.current_aliases(settings) == {"champion": champion, "challenger": None,
+                                                  "previous": None}
+    done = rest("GET", f"/api/v2/dags/kmeans_rollback/dagRuns/{run_id}/"
+                       "taskInstances/rollback/xcomEntries/return_value")
+    value = done["value"] if isinstance(done["value"], dict) else json.loads(done["value"])
+    assert value["summary"] == f"champion {challenger} -> {champion}; no challenger"
+    entry = registry.read_audit(settings)[-1]
+    assert entry["reason"] == "rolled back by hand from Airflow"
+    assert entry["actor"] == run_id
+
+
+def test_unpausing_the_monitoring_gives_a_green_hourly_run(deployment, ui):
+    """The hourly window of the scheduler's run (no traffic here: too few rows to judge);
+    nothing to watch, no retraining; the window's entry is on the index the plugin serves."""
+    airflow, settings = deployment
+    rest = Rest(airflow)
+    champion = ensure_champion(settings)
+    rest("PATCH", "/api/v2/dags/kmeans_monitoring", {"is_paused": False})
+    runs = rest.first_run("kmeans_monitoring")
+    assert [r["run_type"] for r in runs] == ["scheduled"], runs
+    run_id = runs[0]["dag_run_id"]
+    assert rest.wait_run("kmeans_monitoring", run_id) == "success", rest.tasks(
+        "kmeans_monitoring", run_id)
+    assert rest.tasks("kmeans_monitoring", run_id) == {
+        "window": "success", "watch": "success", "retrain_decision": "success",
+        "trigger_training": "skipped"}
+    found = rest("GET", f"/api/v2/dags/kmeans_monitoring/dagRuns/{run_id}/"
+                        "taskInstances/window/xcomEntries/return_value")
+    window = found["value"] if isinstance(found["value"], dict) else json.loads(found["value"])
+    assert window["status"] == "too_few_rows" and window["champion_version"] == champion, window
+    start = dt.datetime.fromisoformat(window["start"])
+    assert dt.datetime.fromisoformat(window["end"]) - start == dt.timedelta(hours=1)
+    ui.goto(f"{airflow.url}/kmeans/reports/monitoring/index.html")
+    assert ui.get_by_role("link", name=window["window"]).count() == 1
+    airflow_ui.screenshot(ui, "monitoring-index")
