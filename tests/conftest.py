@@ -36,6 +36,8 @@ from tests.helpers.clock import BEGIN, DAYS, END, START  # noqa: E402
 from tests.helpers.homes import make_settings  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
+#: Fixtures that start what a unit test may not: Spark, Airflow's metadata DB.
+SERVICE_FIXTURES = {"spark", "airflow_db"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -51,6 +53,9 @@ def pytest_collection_modifyitems(config, items):
         if tier == "unit" and item.get_closest_marker("integration"):
             raise pytest.UsageError(f"{item.nodeid} is marked integration but lives in "
                                     "tests/unit/: move it to tests/integration/<component>/")
+        if tier == "unit" and (started := SERVICE_FIXTURES & set(item.fixturenames)):
+            raise pytest.UsageError(f"{item.nodeid} lives in tests/unit/ but starts "
+                                    f"{sorted(started)}: move it to tests/integration/")
         item.add_marker(getattr(pytest.mark, tier))
 
 
