@@ -89,13 +89,14 @@ test-dates: install | $(CHROMIUM) $(PROMETHEUS)
 	    $(PY) -m pytest $(or $(PYTEST_ARGS),-q) || exit 1; \
 	done
 
-# standalone starts its components as `airflow ...` subprocesses: the venv must be on PATH.
-# Sized for a small machine (standalone's default is 32 LocalExecutor workers), in a process group
-# of its own that Ctrl-C or `make airflow-stop` (from another shell) ends as a whole: its
-# scheduler can ignore SIGTERM for minutes (pipeline/orchestration/airflow_env.py).
+# Airflow's scheduler, API server (on 127.0.0.1 only), dag-processor and triggerer on the SQLite
+# metadata of AIRFLOW_HOME, sized for a small machine, in a process group of their own that
+# Ctrl-C or `make airflow-stop` (from another shell) ends as a whole: the scheduler can ignore
+# SIGTERM for minutes (pipeline/orchestration/airflow_env.py). The port: AIRFLOW_PORT=..., else
+# the settings' (KMEANS_AIRFLOW_PORT, AIRFLOW__API__PORT, KMEANS_PORT_BASE; default 8080).
 AIRFLOW_PARALLELISM ?= 4
 airflow-ui: install
-	AIRFLOW_PARALLELISM=$(AIRFLOW_PARALLELISM) $(PY) -m pipeline.orchestration.airflow_env
+	AIRFLOW_PARALLELISM=$(AIRFLOW_PARALLELISM) $(if $(AIRFLOW_PORT),KMEANS_AIRFLOW_PORT=$(AIRFLOW_PORT)) $(PY) -m pipeline.orchestration.airflow_env
 
 airflow-stop:
 	@$(PY) -m pipeline.orchestration.airflow_env stop
@@ -103,9 +104,11 @@ airflow-stop:
 # The production profile on this machine (pipeline/orchestration/stack.py): PostgreSQL databases,
 # an MLflow server, Feast on Redis, the inference server once a champion exists, each in a
 # process group of its own; logs, state and the env file (tokens, 0600) in .kmeans/prod/.
-# Ports default to the last prod-up's (first: MLflow 5050, server 8090); PROD_MLFLOW_PORT=...
+# Ports and the databases' prefix: PROD_MLFLOW_PORT=..., PROD_SERVING_PORT=..., PROD_AIRFLOW_PORT=...,
+# PROD_DB_PREFIX=...; else the settings' when set (KMEANS_DEPLOYMENT, KMEANS_PORT_BASE, ...), else
+# the last prod-up's, else MLflow 5050, server 8090, Airflow 8080, databases kmeans_*.
 prod-up: install
-	$(PY) -m pipeline.orchestration.stack up $(if $(PROD_MLFLOW_PORT),--mlflow-port $(PROD_MLFLOW_PORT)) $(if $(PROD_SERVING_PORT),--serving-port $(PROD_SERVING_PORT)) $(if $(PROD_AIRFLOW_PORT),--airflow-port $(PROD_AIRFLOW_PORT))
+	$(PY) -m pipeline.orchestration.stack up $(if $(PROD_MLFLOW_PORT),--mlflow-port $(PROD_MLFLOW_PORT)) $(if $(PROD_SERVING_PORT),--serving-port $(PROD_SERVING_PORT)) $(if $(PROD_AIRFLOW_PORT),--airflow-port $(PROD_AIRFLOW_PORT)) $(if $(PROD_DB_PREFIX),--db-prefix $(PROD_DB_PREFIX))
 
 prod-down:
 	@$(PY) -m pipeline.orchestration.stack down
@@ -113,8 +116,10 @@ prod-down:
 prod-status:
 	@$(PY) -m pipeline.orchestration.stack status
 
+# On 127.0.0.1, at MLFLOW_UI_PORT=..., else the settings' mlflow_ui_port (KMEANS_MLFLOW_UI_PORT,
+# KMEANS_PORT_BASE + 1; default 5000).
 mlflow-ui: install
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath .kmeans/mlflow.db) --port 5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath .kmeans/mlflow.db) --host 127.0.0.1 --port $(or $(MLFLOW_UI_PORT),$(shell $(PY) -m pipeline.core.settings mlflow_ui_port))
 
 # The stock feast CLI in feature_repo/, on the default home .kmeans/ (after `make demo`, or
 # `kmeans ingest` + `kmeans apply`); `feast materialize-incremental <end>` works the same way.

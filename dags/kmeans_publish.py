@@ -7,8 +7,10 @@ store. Applications then read a customer's segment through Feast (``get_online_f
 ``customer_segment:segment``, or ``feast serve``) without calling the model.
 
 Scheduled on the champion asset (``kmeans://customer_segments/champion``): the training DAG's
-``rollout`` and the rollback DAG's ``sync_server`` emit it, so the segments follow every
-promotion and rollback. Trigger it by hand to republish (``version``: score with another
+``rollout`` (only when the champion moved), the rollback DAG's ``sync_server``, the promote
+DAG and ``kmeans promote``/``kmeans rollback`` (through Airflow's API) emit it, so the segments
+follow every promotion and rollback; a run for a champion that is published already is
+skipped. Trigger it by hand to republish (``version``: score with another
 registered version, e.g. to compare). ``kmeans publish-segments`` does the same from a shell.
 """
 
@@ -31,12 +33,13 @@ from pipeline.orchestration.dag_defaults import CHAMPION_ASSET, DAG_ARGS
     },
 )
 def kmeans_publish():
-    # No retry: a failed publication leaves the previous one online; fix and trigger again.
-    @task(retries=0)
-    def publish(params=None) -> dict:
+    # A failed publication leaves the previous one online (a retry publishes anew). A run the
+    # asset triggered is skipped when the champion is published already.
+    @task
+    def publish(params=None, **context) -> dict:
         from pipeline.orchestration import flow
 
-        return flow.publish(params or {})
+        return flow.publish(params or {}, context)
 
     publish()
 

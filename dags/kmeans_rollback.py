@@ -33,7 +33,7 @@ from pipeline.orchestration.dag_defaults import CHAMPION_ASSET, DAG_ARGS
     },
 )
 def kmeans_rollback():
-    @task(retries=0)  # a refused rollback (nothing to return to, lock held) is for a person
+    @task  # a refused rollback (nothing to return to, lock held) fails at once (flow.final)
     def rollback(params=None, run_id=None) -> dict:
         from pipeline.orchestration import flow
 

@@ -17,7 +17,9 @@ skips the rest and the run ends cleanly. Under the threshold ``drift_review`` is
 
 A task waits for what it reads: snapshot after ingest, materialize after snapshot (Feast refuses
 reads of a view while it materializes), ready_to_serve after register and materialize. A
-misspelt conf key or ``k_min > k_max`` fails ``window`` at once, without retries.
+misspelt conf key or ``k_min > k_max`` fails ``window`` at once, without retries; a failure of
+the infrastructure (an Airflow API call that timed out) is retried. ``rollout`` succeeds, and
+so emits the champion asset that republishes the segments, only when the champion moved.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ from pipeline.training.params import TrainParams
     },
 )
 def kmeans_training():
-    @task(retries=0)  # a configuration error fails once, at once: a retry cannot fix it
+    # A bad param fails at once (flow.final: no retry can fix it); an infrastructure failure
+    # (an Airflow API call that timed out on a busy box) takes the retries.
+    @task
     def window(**context) -> tuple[str, str]:
         from pipeline.orchestration import flow
 
@@ -80,7 +84,7 @@ def kmeans_training():
 
         return flow.snapshot(window)
 
-    @task(retries=0)  # a bad batch stays bad: fail at once, keep the report
+    @task  # a bad batch stays bad: it fails at once (flow.final), the report kept
     def validate(snapshot_path: str) -> str:
         from pipeline.orchestration import flow
 
@@ -98,7 +102,7 @@ def kmeans_training():
 
         return flow.evaluate(trained, snapshot_path, params)
 
-    @task(retries=0)  # a refused model stays refused: fail at once, the figures are logged
+    @task  # a refused model stays refused: it fails at once (flow.final), figures logged
     def gates(evaluated: dict, snapshot_path: str, report: str) -> dict:
         from pipeline.orchestration import flow
 
@@ -130,8 +134,10 @@ def kmeans_training():
 
         return flow.ready_to_serve(registered)
 
-    # Its success emits the champion asset: kmeans_publish republishes the segments.
-    @task(retries=0, outlets=[Asset(**CHAMPION_ASSET)])  # a rolled-back rollout: no retry
+    # Its success emits the champion asset: kmeans_publish republishes the segments. It succeeds
+    # only when the champion moved (else it is skipped: no event); a rolled-back rollout fails
+    # at once (flow.final).
+    @task(outlets=[Asset(**CHAMPION_ASSET)])
     def rollout(registered: dict) -> dict:
         from pipeline.orchestration import flow
 

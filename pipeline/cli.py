@@ -31,6 +31,7 @@ from pipeline.engine.spark import clean_stage, executor_stage_root, stage_usage
 from pipeline.monitoring.exporter import make_server as make_exporter
 from pipeline.monitoring.window import monitor_window, prometheus_path
 from pipeline.orchestration import flow
+from pipeline.orchestration.airflow_api import emit_champion_moved
 from pipeline.promotion import gates as gate_checks
 from pipeline.promotion.gates import GateRefused
 from pipeline.promotion.publish import publish_segments
@@ -252,12 +253,17 @@ def promote(
     actor: Annotated[str | None, typer.Option(help="Who (default: your user name).")] = None,
 ):
     """Make a version champion: previous <- old champion; challenger removed if it was this
-    version. Refused if another promotion or rollback is in progress."""
+    version. Refused if another promotion or rollback is in progress. Then the live server is
+    told, and Airflow (a champion asset event: kmeans_publish republishes the segments)."""
     settings = _settings()
     found = registry.model_version(settings, version)
     figures = gate_checks.figures_of(gate_checks.load_summary(settings, found.run_id))
-    _echo({**registry.promote(settings, version, reason=reason, actor=actor, figures=figures),
-           "server": ro.sync_stable(settings)})
+    done = registry.promote(settings, version, reason=reason, actor=actor, figures=figures)
+    _echo({**done, "server": ro.sync_stable(settings),
+           # kmeans_publish republishes the segments on this event, as after the DAGs' moves
+           "publication": emit_champion_moved(settings, {"operation": "promotion",
+                                                         "champion": version,
+                                                         "reason": reason, "via": "cli"})})
 
 
 @app.command(cls=_Command)
@@ -272,9 +278,12 @@ def rollback(
     """Make previous (or --to-version) champion again; a pending challenger is kept unless
     --drop-challenger. Refused if another promotion or rollback is in progress."""
     settings = _settings()
-    _echo({**registry.rollback(settings, reason=reason, to_version=to_version, actor=actor,
-                               drop_challenger=drop_challenger),
-           "server": ro.sync_stable(settings)})
+    done = registry.rollback(settings, reason=reason, to_version=to_version, actor=actor,
+                             drop_challenger=drop_challenger)
+    _echo({**done, "server": ro.sync_stable(settings),
+           "publication": emit_champion_moved(settings, {"operation": "rollback",
+                                                         "champion": done["champion"],
+                                                         "reason": reason, "via": "cli"})})
 
 
 @app.command(cls=_Command)

@@ -16,6 +16,7 @@ from pipeline.core.settings import Settings
 from pipeline.data import features, ingest
 from pipeline.data.datagen import default_start, generate_lake
 from pipeline.data.features import feature_store, online_features
+from pipeline.engine.spark import stop_session
 from pipeline.monitoring.window import monitor_window, monitoring_dir
 from pipeline.orchestration import airflow_env
 from pipeline.serving.server import build_app, running
@@ -57,6 +58,9 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
     if quiet:
         quiet_dependencies()  # again: importing Airflow reset the warning filters
     run = dag.test(logical_date=end, run_conf={"lookback_days": days, "k_min": 2, "k_max": 8})
+    # The train task's Spark session is done with: stopped here, in order, so that nothing
+    # Spark writes on its way out lands after the demo's last line (see stop_session).
+    stop_session()
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     print(f"   run {run.run_id}: {run.state}; tasks {json.dumps(states)}")
     if str(run.state) != "success":
@@ -80,15 +84,17 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
     _say("6/6", f"where to look (demo took {time.monotonic() - t0:.0f} s)")
     print(f"   MLflow run {registered['run_id']}, model {settings.model_name} version "
           f"{registered['version']} (k={registered['k']}, silhouette {registered['silhouette']}):")
-    print("     make mlflow-ui   then open http://127.0.0.1:5000")
+    print(f"     make mlflow-ui   then open http://127.0.0.1:{settings.mlflow_ui_port}")
     print(f"   validation reports: {settings.reports_dir / 'validation'}")
     print(f"   drift reports:      {settings.reports_dir / 'drift'} (Evidently HTML, from the "
           f"second run on; gate figures in MLflow under gates/)")
     print(f"   rejected rows:      {settings.rejected_dir}")
     print(f"   alias audit trail:  {settings.home / 'audit' / 'aliases.jsonl'} (kmeans audit)")
-    print("   Airflow UI:         make airflow-ui   (airflow standalone on dags/; drift reviews "
-          "wait there; this demo's dag.test() run is kept apart, in "
-          f"airflow/{DAG_TEST_DB})")
+    print(f"   Airflow UI:         make airflow-ui   then open {settings.airflow_url} (the "
+          "DAGs of dags/; drift reviews wait there; this demo's dag.test() run is kept "
+          f"apart, in airflow/{DAG_TEST_DB})")
+    print("   promote, roll back: the kmeans_promote and kmeans_rollback DAGs, or kmeans "
+          "promote / kmeans rollback")
     print("   serve and roll out: kmeans serve; kmeans rollout  (README: Serving, Promotion)")
 
 

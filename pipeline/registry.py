@@ -88,6 +88,65 @@ def configure(settings: Settings) -> str:
     return exp.experiment_id
 
 
+def monitoring_experiment_name(settings: Settings) -> str:
+    """The MLflow experiment of the monitoring windows: ``<experiment>-monitoring``."""
+    return f"{settings.mlflow_experiment}-monitoring"
+
+
+def monitoring_artifact_root(settings: Settings) -> Path | None:
+    """Where the monitoring runs' artifacts go in the embedded default:
+    ``<home>/mlartifacts/monitoring`` (beside the training runs', owner-only); None in the
+    production profile, whose MLflow server keeps the artifacts where it keeps the others."""
+    return settings.artifact_root / "monitoring" if settings.profile == "local" else None
+
+
+def monitoring_experiment(settings: Settings) -> str:
+    """The id of the monitoring experiment, created with its artifact location under the home
+    (:func:`monitoring_artifact_root`) when it is missing.
+
+    An experiment created without a location (as every version before this one did) has
+    MLflow's default, ``<cwd of the process that created it>/mlruns/<id>``: outside the home,
+    and MLflow cannot move an experiment's location. Such an experiment is renamed
+    ``<name>-misplaced-<id>`` (its runs and figures stay readable there, the windows' JSON
+    keep their run ids) and a new one is created in the right place, with a warning naming
+    both: no new run writes to the old location.
+    """
+    from mlflow.exceptions import MlflowException
+
+    c = client(settings)  # configure(): the store exists and MLflow points at it
+    name = monitoring_experiment_name(settings)
+    root = monitoring_artifact_root(settings)
+    last: Exception | None = None
+    for _ in range(3):  # another process may be creating or renaming it at the same time
+        exp = c.get_experiment_by_name(name)
+        if exp is not None and (root is None or _is_under(exp.artifact_location, root)):
+            return exp.experiment_id
+        try:
+            if exp is not None:
+                aside = f"{name}-misplaced-{exp.experiment_id}"
+                c.rename_experiment(exp.experiment_id, aside)
+                log.warning("MLflow experiment %r (id %s) keeps its artifacts at %s, outside "
+                            "%s: renamed %r; the monitoring runs go to a new experiment %r",
+                            name, exp.experiment_id, exp.artifact_location, root, aside, name)
+            location = None if root is None else private_dir(root).as_uri()
+            return c.create_experiment(name, artifact_location=location)
+        except MlflowException as err:
+            last = err
+    raise RuntimeError(f"could not create the MLflow experiment {name!r}: {last}")
+
+
+def _is_under(location: str | None, root: Path) -> bool:
+    """Whether an experiment's artifact location (a local path or ``file:`` URI) lies in
+    ``root``."""
+    if not location:
+        return False
+    parsed = urllib.parse.urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        return False
+    path = Path(urllib.request.url2pathname(parsed.path if parsed.scheme else location))
+    return path.resolve().is_relative_to(root.resolve())
+
+
 def sqlite_store(settings: Settings) -> Path | None:
     """The file of the MLflow store when it is SQLite (the embedded default), else None."""
     uri = settings.mlflow_tracking_uri

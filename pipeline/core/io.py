@@ -26,6 +26,7 @@ import json
 import os
 import socket
 import stat
+import tempfile
 import threading
 import time
 import uuid
@@ -59,6 +60,29 @@ def utc_now_iso(timespec: str = "seconds") -> str:
 
 
 # ---------------------------------------------------------------- atomic writes
+
+
+#: The variables through which a process's metrics live in files (prometheus_client's two names).
+METRICS_DIR_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+
+
+def outliving_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a process that may outlive this one (a server, a scheduler): ``env``
+    (default this process's) without the metrics folder Feast made for this process.
+
+    Importing feast creates a temporary ``feast_metrics_*`` folder, points
+    :data:`METRICS_DIR_VARIABLES` at it and deletes it when this process exits. A child that
+    inherited the variables then fails on its first metric (``FileNotFoundError``) once this
+    process is gone: ``make prod-up`` exits while its Airflow runs on. Without them, a child
+    that imports feast makes (and removes) a folder of its own. A folder a user chose is kept.
+    """
+    out = dict(os.environ if env is None else env)
+    for name in METRICS_DIR_VARIABLES:
+        folder = out.get(name)
+        if folder and Path(folder).name.startswith("feast_metrics_") \
+                and Path(folder).parent == Path(tempfile.gettempdir()):
+            del out[name]
+    return out
 
 
 def temp_name(path: Path) -> Path:

@@ -12,7 +12,14 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.core.io import StorePath
@@ -44,6 +51,33 @@ FEATURE_NAMES: list[str] = list(FEATURES)
 _NOT_SETTINGS = {"KMEANS_KERNEL_THREADS", "KMEANS_ALERT_WEBHOOK_URL", "KMEANS_SOAK_SECONDS"}
 #: KMEANS_STAGE_DIR value that stages on each executor's own local dirs.
 EXECUTOR_STAGE_DIR = "executor"
+
+# ---- one deployment's names and ports ------------------------------------------------------
+#: The deployment of the defaults: its names are the historical ones (kmeans_mlflow, ...).
+DEFAULT_DEPLOYMENT = "kmeans"
+#: A deployment's name: it starts database names, Redis keys and the Feast project.
+DEPLOYMENT_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+#: Each port of a deployment is KMEANS_PORT_BASE + its offset when a base is set, else its
+#: default; a setting of its own (KMEANS_AIRFLOW_PORT, ...) wins over both.
+PORT_OFFSETS = {"airflow": 0, "mlflow_ui": 1, "spark_ui": 2, "prod_mlflow": 3,
+                "prod_serving": 4}
+DEFAULT_PORTS = {"airflow": 8080, "mlflow_ui": 5000, "spark_ui": 4040, "prod_mlflow": 5050,
+                 "prod_serving": 8090}
+#: Where the Airflow plugin mounts its app, and serves the reports folder, on the API server.
+AIRFLOW_PLUGIN_PREFIX = "/kmeans"
+AIRFLOW_REPORTS_PATH = f"{AIRFLOW_PLUGIN_PREFIX}/reports"
+LOOPBACK = "127.0.0.1"
+
+
+def airflow_url(port: int, host: str = LOOPBACK) -> str:
+    """The Airflow API server's base URL: the one place every Airflow URL is built from (the
+    API server's base URL, the tasks' execution API, the review links, the printed address)."""
+    return f"http://{host}:{port}"
+
+
+def airflow_reports_url(port: int, host: str = LOOPBACK) -> str:
+    """Where the Airflow plugin serves the reports folder on the API server at ``port``."""
+    return airflow_url(port, host) + AIRFLOW_REPORTS_PATH
 
 
 class Settings(BaseSettings):
@@ -78,10 +112,12 @@ class Settings(BaseSettings):
     redis_connection_string: str = Field(
         "127.0.0.1:6379", description="Feast online store (Redis) in the production profile."
     )
-    feast_project: str = Field(
-        "customer_segments", pattern=r"^[A-Za-z0-9][A-Za-z0-9_]*$",
+    feast_project: str = Field(  # type: ignore[assignment]
+        None, validate_default=False, pattern=r"^[A-Za-z0-9][A-Za-z0-9_]*$",
         description="Feast project: names the registry's objects and ends every key of the "
-                    "online store, so deployments sharing one Redis keep apart.")
+                    "online store, so deployments sharing one Redis keep apart (default: "
+                    "customer_segments for the deployment 'kmeans', else "
+                    "<deployment>_customer_segments).")
     postgres_url: SecretStr | None = Field(
         None, description="PostgreSQL server of the production stack on one machine "
                           "(`make prod-up`: MLflow's backend store, Airflow's metadata), e.g. "
@@ -279,12 +315,14 @@ class Settings(BaseSettings):
         description="Event stream the consumer reads: redis://host:port/db (Redis Streams with "
                     "a consumer group, the embedded default) or kafka://host:port[,host:port] "
                     "(Kafka through confluent-kafka, the production profile).")
-    stream_name: str = Field(
-        "kmeans:customer_events", min_length=1,
-        description="Redis stream key, or Kafka topic, of the customer events.")
-    stream_group: str = Field(
-        "kmeans-consumer", min_length=1,
-        description="Consumer group (Redis) or group.id (Kafka) of the stream consumer.")
+    stream_name: str = Field(  # type: ignore[assignment]
+        None, min_length=1, validate_default=False,
+        description="Redis stream key, or Kafka topic, of the customer events (default: "
+                    "<deployment>:customer_events).")
+    stream_group: str = Field(  # type: ignore[assignment]
+        None, min_length=1, validate_default=False,
+        description="Consumer group (Redis) or group.id (Kafka) of the stream consumer "
+                    "(default: <deployment>-consumer).")
     stream_consumer: str | None = Field(
         None, description="This consumer's name in the group; stable across restarts so that "
                           "a restarted consumer re-reads its own unacknowledged events first "
@@ -328,6 +366,35 @@ class Settings(BaseSettings):
     kserve_namespace: str = Field("kmeans", description="Namespace of the InferenceService.")
     kserve_name: str = Field("customer-segments", description="Name of the InferenceService.")
 
+    # one deployment's names and ports: two deployments on one machine, one PostgreSQL and one
+    # Redis differ in KMEANS_DEPLOYMENT and KMEANS_PORT_BASE (and KMEANS_HOME)
+    deployment: str = Field(
+        DEFAULT_DEPLOYMENT, pattern=DEPLOYMENT_PATTERN,
+        description="Name of this deployment: the prefix of its PostgreSQL databases "
+                    "(<deployment>_mlflow, <deployment>_airflow: `make prod-up`), of its Redis "
+                    "stream and consumer group, and of its Feast project unless those are set "
+                    "themselves. Lower-case letters, digits and _.")
+    port_base: int | None = Field(
+        None, ge=1024, le=65535 - max(PORT_OFFSETS.values()),
+        description="First of the deployment's ports: Airflow's API server +0, `make "
+                    "mlflow-ui` +1, Spark's UI +2, the stack's MLflow server +3 and inference "
+                    "server +4. Unset: 8080, 5000, 4040, 5050, 8090. A port's own setting wins.")
+    airflow_port: int = Field(  # type: ignore[assignment]
+        None, ge=1, le=65535, validate_default=False,
+        description="Port of Airflow's API server (`make airflow-ui`, `make prod-up`); its URL, "
+                    "the tasks' execution API and the review links all follow it. Default: "
+                    "Airflow's own AIRFLOW__API__PORT when set, else from port_base, else 8080.")
+    mlflow_ui_port: int = Field(  # type: ignore[assignment]
+        None, ge=1, le=65535, validate_default=False,
+        description="Port of `make mlflow-ui` (MLFLOW_UI_PORT=... there). Default: from "
+                    "port_base, else 5000.")
+    spark_ui_port: int = Field(  # type: ignore[assignment]
+        None, ge=0, le=65535, validate_default=False,
+        description="Port of the Spark driver's web UI; 0 switches the UI off. Default: from "
+                    "port_base, else 4040 (Spark tries the next ports when it is taken).")
+
+    _explicit: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
     @model_validator(mode="before")
     @classmethod
     def _no_unknown_env(cls, data):
@@ -365,6 +432,58 @@ class Settings(BaseSettings):
         if problem:
             raise ValueError(f"{name} {problem}")
         return value
+
+    @model_validator(mode="after")
+    def _fill_deployment(self) -> Settings:
+        """The names and ports a deployment derives (:data:`PORT_OFFSETS`); which of them were
+        given, not derived, is kept for :meth:`explicit`."""
+        given = {n for n in ("feast_project", "stream_name", "stream_group", "airflow_port",
+                             "mlflow_ui_port", "spark_ui_port") if getattr(self, n) is not None}
+        if "deployment" in self.model_fields_set:
+            given.add("deployment")
+        if self.port_base is not None:
+            given.add("port_base")
+        name = self.deployment
+        if self.feast_project is None:
+            self.feast_project = ("customer_segments" if name == DEFAULT_DEPLOYMENT
+                                  else f"{name}_customer_segments")
+        if self.stream_name is None:
+            self.stream_name = f"{name}:customer_events"
+        if self.stream_group is None:
+            self.stream_group = f"{name}-consumer"
+        if self.airflow_port is None:
+            airflow_own = os.environ.get("AIRFLOW__API__PORT")
+            if airflow_own:
+                try:
+                    self.airflow_port = int(airflow_own)
+                except ValueError:
+                    raise ValueError(f"AIRFLOW__API__PORT {airflow_own!r} is no port") from None
+                given.add("airflow_port")
+            else:
+                self.airflow_port = self.deployment_port("airflow")
+        if self.mlflow_ui_port is None:
+            self.mlflow_ui_port = self.deployment_port("mlflow_ui")
+        if self.spark_ui_port is None:
+            self.spark_ui_port = self.deployment_port("spark_ui")
+        self._explicit = frozenset(given)
+        return self
+
+    def deployment_port(self, name: str) -> int:
+        """The port ``name`` of :data:`PORT_OFFSETS` as the port base gives it (its default
+        without one); the port's own setting is not looked at."""
+        if self.port_base is None:
+            return DEFAULT_PORTS[name]
+        return self.port_base + PORT_OFFSETS[name]
+
+    def explicit(self, name: str) -> bool:
+        """Whether the deployment setting ``name`` was given (by an argument, KMEANS_* or, for
+        airflow_port, AIRFLOW__API__PORT) rather than derived."""
+        return name in self._explicit
+
+    @property
+    def airflow_url(self) -> str:
+        """The Airflow API server's URL (:func:`airflow_url` of :attr:`airflow_port`)."""
+        return airflow_url(self.airflow_port)
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> Settings:
@@ -464,3 +583,9 @@ def token_problem(token: str) -> str | None:
 def load_settings(**overrides) -> Settings:
     """Read the settings from the environment; keyword arguments win over it."""
     return Settings(**overrides)
+
+
+if __name__ == "__main__":  # the Makefile: `python -m pipeline.core.settings mlflow_ui_port`
+    import sys
+
+    print(*(getattr(load_settings(), name) for name in sys.argv[1:]))

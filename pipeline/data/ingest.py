@@ -81,6 +81,10 @@ class IngestResult:
     failed_days: list[str] = field(default_factory=list)
     #: Missing days whose landing was deleted (``delete_missing=True`` only).
     deleted_days: list[str] = field(default_factory=list)
+    #: Rows of the days whose landing changed: a day landed again with the same rows adds
+    #: none (its day is in ``unchanged_days``), so landing it twice starts no second training.
+    new: int = 0
+    unchanged_days: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -313,6 +317,17 @@ def _reason_counts(rejected: pd.DataFrame) -> dict[str, int]:
 # ---------------------------------------------------------------- ingest
 
 
+def _same_landing(out: StorePath, table: pa.Table) -> bool:
+    """Whether the day's landed file holds exactly ``table`` (same schema, rows and order)."""
+    if not out.exists():
+        return False
+    try:
+        return out.read_table().replace_schema_metadata(None).equals(
+            table.replace_schema_metadata(None))
+    except (OSError, ValueError):  # unreadable: land the day again
+        return False
+
+
 def ingest_lake(settings: Settings, start: dt.date, end: dt.date, *,
                 delete_missing: bool = False, now: dt.datetime | None = None) -> IngestResult:
     """Land the lake's days in [start, end) in the offline feature table.
@@ -376,8 +391,12 @@ def ingest_lake(settings: Settings, start: dt.date, end: dt.date, *,
                 f"and their reasons are in {kept}")
             result.failed_days.append(key)
             continue
-        out.write_parquet(pa.Table.from_pandas(accepted, preserve_index=False),
-                          mode=PRIVATE_FILE_MODE)
+        table = pa.Table.from_pandas(accepted, preserve_index=False)
+        if _same_landing(out, table):
+            result.unchanged_days.append(key)
+        else:
+            out.write_parquet(table, mode=PRIVATE_FILE_MODE)
+            result.new += len(accepted)
         if len(rejected):
             bad_file.write_parquet(_rejected_table(rejected), mode=PRIVATE_FILE_MODE)
             for text, count in _reason_counts(rejected).items():

@@ -16,6 +16,13 @@ object array), one unique integer id per cluster, and finite centroids, medians,
 standard deviations (each > 0). Every refusal is an :class:`ArtifactError` naming the file,
 the field and what it held. Writing lives in the project (``pipeline.model.artifact``).
 
+What a row may hold to be scored is defined here too, once, for the logged model and the
+project's server alike (:class:`InputCheck`): at least one known value, and each value finite
+and within its feature's valid range widened by a tolerance (the ranges and the tolerance are
+recorded in ``model.json``; a feature without a range: float32's range). A refused row raises
+:class:`InputError`, whose message names the row, the feature, its value and the accepted range;
+the server answers 400 with the same text.
+
 Example
 -------
 >>> import numpy as np
@@ -49,6 +56,11 @@ _CHUNK_DOUBLES = 32_768  # a (rows, k) block of squared distances: 256 KiB, stay
 
 class ArtifactError(ValueError):
     """The artifact is missing, incomplete or does not match its checksums."""
+
+
+class InputError(ValueError):
+    """Rows that cannot be scored; the message names each row (up to :data:`NAMED_ROWS`), the
+    feature, its value and the accepted range."""
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -85,14 +97,17 @@ def _standardise(raw: np.ndarray, means: np.ndarray, stds: np.ndarray) -> np.nda
 
 
 def _as_float_rows(data: Any, names: Sequence[str]) -> np.ndarray:
-    """A float64 copy of ``data``'s feature columns: a DataFrame (columns by name) or an array
-    (columns in the order of ``names``)."""
+    """A writable float64 copy of ``data``'s feature columns: a DataFrame (columns by name) or
+    an array (columns in the order of ``names``). The steps work in place on it."""
     if hasattr(data, "columns"):  # a pandas DataFrame, without importing pandas
         absent = [n for n in names if n not in data.columns]
         if absent:
             raise ValueError(f"the frame lacks feature columns {absent}; it has "
                              f"{list(data.columns)}")
-        return np.asarray(data[list(names)].to_numpy(dtype=np.float64, na_value=np.nan))
+        # copy=True: under pandas 3 (copy-on-write) to_numpy otherwise hands out a read-only
+        # view of the frame's block.
+        rows = data[list(names)].to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+        return rows if rows.flags.writeable else rows.copy()
     raw = np.array(data, dtype=np.float64)  # a copy: the steps work in place
     if raw.ndim != 2 or raw.shape[1] != len(names):
         raise ValueError(f"expected rows of shape (n, {len(names)}) for features "
@@ -242,6 +257,118 @@ def _positions(names: Sequence[str], chosen: Collection[str]) -> np.ndarray:
     return np.asarray([i for i, n in enumerate(names) if n in wanted], dtype=np.int64)
 
 
+# ---------------------------------------------------------------- what a row may hold
+
+#: Bound of a value of a feature without a recorded range: what float32 holds.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: The tolerance a model applies when its artifact records none (the server's default).
+DEFAULT_RANGE_TOLERANCE = 10.0
+#: How many refused rows an :class:`InputError` names.
+NAMED_ROWS = 5
+#: What :meth:`InputCheck.flags` finds in a row.
+ROW_OK, ROW_OUTSIDE, ROW_EMPTY = 0, 1, 2
+
+
+class InputCheck:
+    """What a raw feature row must hold to be scored: at least one known value (NaN marks a
+    missing one), and every known value finite and within its feature's valid range
+    ``[min, max]`` widened by ``tolerance`` times that range's width on each side (a feature
+    without a range: float32's range).
+
+    The one definition of the check: the logged model (``SegmentPyfunc.predict``) and the
+    project's server both call it, and raise its message (the server as a 400). The server finds
+    the flags with a compiled copy of :meth:`flags` (a test keeps the two equal).
+    """
+
+    def __init__(self, names: Sequence[str], ranges: Any = None,
+                 tolerance: float = DEFAULT_RANGE_TOLERANCE):
+        if not _finite_number(tolerance) or tolerance < 0:
+            raise ValueError(f"range tolerance must be a finite number >= 0, got "
+                             f"{_kind(tolerance)}")
+        self.names = [str(n) for n in names]
+        self.tolerance = float(tolerance)
+        ranges = dict(ranges or {})
+        self.ranges: dict[str, tuple[float, float]] = {}
+        self.lo = np.full(len(self.names), -FLOAT32_MAX)
+        self.hi = np.full(len(self.names), FLOAT32_MAX)
+        for j, name in enumerate(self.names):
+            if name not in ranges:
+                continue
+            low, high = (float(v) for v in ranges[name])
+            self.ranges[name] = (low, high)
+            slack = self.tolerance * (high - low)
+            self.lo[j] = max(low - slack, -FLOAT32_MAX)
+            self.hi[j] = min(high + slack, FLOAT32_MAX)
+
+    def flags(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """Per row of ``x`` (n, d) float64: ``ROW_OUTSIDE`` when a value lies outside its
+        feature's accepted range (infinity included), ``ROW_EMPTY`` when every value is missing,
+        else ``ROW_OK``; and how many rows are not OK."""
+        x = np.asarray(x, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            outside = ((x < self.lo) | (x > self.hi)).any(axis=1)
+        empty = np.isnan(x).all(axis=1)
+        flags = np.where(outside, ROW_OUTSIDE, np.where(empty, ROW_EMPTY, ROW_OK))
+        flags = flags.astype(np.int8)
+        return flags, int(np.count_nonzero(flags))
+
+    def problem(self, row: np.ndarray, flag: int) -> str:
+        """Why one row cannot be scored, naming the feature, its value and what is accepted."""
+        if flag == ROW_EMPTY:
+            return ("no feature value (all null); a row needs at least one known value of "
+                    f"{self.names}")
+        with np.errstate(invalid="ignore"):
+            j = int(np.flatnonzero((row < self.lo) | (row > self.hi))[0])
+        name, value = self.names[j], float(row[j])
+        if not math.isfinite(value):
+            return (f"feature {name}: {value} is not a finite number (accepted range "
+                    f"[{self.lo[j]:.6g}, {self.hi[j]:.6g}])")
+        spec = self.ranges.get(name)
+        valid = (f"valid range [{spec[0]:g}, {spec[1]:g}] widened by {self.tolerance:g} times "
+                 "its width (KMEANS_RANGE_TOLERANCE)" if spec is not None
+                 else "float32's range")
+        return (f"feature {name}: {value:.6g} is outside the accepted range "
+                f"[{self.lo[j]:.6g}, {self.hi[j]:.6g}] ({valid})")
+
+    def message(self, x: np.ndarray, flags: np.ndarray, bad: int) -> str:
+        """The refusal of a batch: the first :data:`NAMED_ROWS` refused rows, by position."""
+        rows = np.flatnonzero(flags)
+        problems = [f"row {i}: {self.problem(x[i], flags[i])}"
+                    for i in rows[:NAMED_ROWS].tolist()]
+        more = f" (and {bad - NAMED_ROWS} more rows)" if bad > NAMED_ROWS else ""
+        return "; ".join(problems) + more
+
+    def check(self, x: np.ndarray) -> None:
+        """:class:`InputError` naming the refused rows of ``x``, if any."""
+        flags, bad = self.flags(x)
+        if bad:
+            raise InputError(self.message(np.asarray(x, dtype=np.float64), flags, bad))
+
+
+def _input_check(names: list[str], metadata: dict[str, Any]) -> InputCheck:
+    """The check recorded in ``model.json`` (``input_ranges``, ``range_tolerance``), checked:
+    :class:`ArtifactError` names what is wrong."""
+    ranges = metadata.get("input_ranges")
+    if ranges is None:
+        ranges = {}
+    if not isinstance(ranges, dict):
+        raise ArtifactError(f"input_ranges must be an object {{feature: [min, max]}}, got "
+                            f"{_kind(ranges)}")
+    for name, pair in ranges.items():
+        if name not in names:
+            raise ArtifactError(f"input_ranges names {name!r}, which is not among the "
+                                f"features {names}")
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                or not all(_finite_number(v) for v in pair) or pair[0] > pair[1]):
+            raise ArtifactError(f"input_ranges of feature {name!r} must be [min, max], finite "
+                                f"numbers with min <= max, got {_kind(pair)}")
+    tolerance = metadata.get("range_tolerance", DEFAULT_RANGE_TOLERANCE)
+    if not _finite_number(tolerance) or tolerance < 0:
+        raise ArtifactError(f"range_tolerance must be a finite number >= 0, got "
+                            f"{_kind(tolerance)}")
+    return InputCheck(names, ranges, tolerance)
+
+
 # ---------------------------------------------------------------- the model
 
 
@@ -309,6 +436,8 @@ class SegmentModel:
             raise ArtifactError(f"distance_p99 must be a finite number >= 0 (the "
                                 f"out-of-distribution threshold), got {_kind(threshold)}")
         self.ood_threshold = math.inf if threshold is None else float(threshold)
+        #: what a raw row must hold to be scored (:meth:`check_input`)
+        self.input_check = _input_check(self.feature_names, metadata)
         self._centroids64_t = np.ascontiguousarray(self.centroids.T, dtype=np.float64)
 
     @classmethod
@@ -384,6 +513,13 @@ class SegmentModel:
             return cls(centroids, pre, meta)
         except ArtifactError as err:
             raise ArtifactError(f"{METADATA} or {CENTROIDS}: {err}") from err
+
+    def check_input(self, raw: Any) -> np.ndarray:
+        """Raw feature rows (DataFrame or (n, d) array) as float64, checked by
+        :attr:`input_check`: :class:`InputError` names every row that cannot be scored."""
+        rows = _as_float_rows(raw, self.feature_names)
+        self.input_check.check(rows)
+        return rows
 
     def assign(self, raw: Any) -> Assignment:
         """Assign raw feature rows (DataFrame or (n, d) array; NaN = missing, imputed)."""

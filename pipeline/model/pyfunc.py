@@ -7,12 +7,19 @@ loads and serves wherever those are installed (``mlflow.pyfunc.load_model``,
 ``mlflow models serve``, ``mlflow.pyfunc.spark_udf``).
 
 Input: a DataFrame with the feature columns (double; a missing column or NaN is a missing value,
-imputed with the training median). Output: one row per input row with ``cluster``,
-``distance``, ``runner_up``, ``margin`` and ``ood``.
+imputed with the training median). Each row is checked as the project's server checks it
+(``kmeans_segments.InputCheck``, the ranges recorded in the artifact): a row with no known value,
+or with a value that is not finite or lies outside its feature's accepted range, raises an
+``MlflowException`` (``INVALID_PARAMETER_VALUE``, a 400 from ``mlflow models serve``) whose
+message names the row, the feature and the accepted range, the text the server answers with.
+Output: one row per input row with ``cluster``, ``distance``, ``runner_up``, ``margin`` and
+``ood``.
 """
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 try:  # the logged model: MLflow puts its code_paths folder on sys.path
@@ -30,7 +37,11 @@ class SegmentPyfunc(PythonModel):
         frame = pd.DataFrame(model_input)
         # A feature column the caller left out is missing in every row (the signature marks
         # every feature optional); reindex adds it as NaN and drops columns the model ignores.
-        result = self.model.assign(frame.reindex(columns=self.model.feature_names))
+        try:
+            rows = self.model.check_input(frame.reindex(columns=self.model.feature_names))
+        except kmeans_segments.InputError as err:
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from err
+        result = self.model.assign(rows)
         return pd.DataFrame({name: getattr(result, name)
                              for name in kmeans_segments.OUTPUTS}, index=frame.index)
 

@@ -20,7 +20,9 @@ champion's rows of that window with the reference sample the champion was traine
   predictions: over ``KMEANS_MONITOR_MAX_SHADOW_SHIFT`` the window is ``drift``.
 
 The figures go to a JSON file and an HTML report under ``<reports>/monitoring/``, an index page
-listing every window, the MLflow experiment ``<experiment>-monitoring`` (one run per window)
+listing every window, the MLflow experiment ``<experiment>-monitoring`` (one run per window,
+with the report files as its artifacts, and tags saying where the report is served; the
+experiment's artifacts are under the home: :func:`pipeline.registry.monitoring_experiment`)
 and a Prometheus text file that :mod:`pipeline.monitoring.exporter` serves. Re-running a
 window rewrites its files and its run: it is idempotent like the training DAG.
 """
@@ -32,6 +34,10 @@ import html
 import json
 import logging
 import math
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +46,12 @@ import pandas as pd
 from sklearn.metrics import silhouette_score
 
 from pipeline import registry
-from pipeline.core.io import atomic_write_bytes
+from pipeline.core.io import atomic_write_bytes, make_private
 from pipeline.core.predictions import read_window
 from pipeline.core.settings import FEATURE_NAMES, Settings
 from pipeline.monitoring.shadow import shadow_figures
 from pipeline.promotion import drift
+from pipeline.promotion.gates import report_url
 
 log = logging.getLogger(__name__)
 
@@ -232,14 +239,17 @@ def _reasons(checks: dict[str, tuple[float, float]]) -> list[str]:
 
 
 def _finish(settings: Settings, figures: dict) -> dict:
-    """Write the window's JSON and HTML, the index, the Prometheus file and the MLflow run."""
+    """Write the window's JSON and HTML, the index, the Prometheus file and the MLflow run
+    (whose artifacts are the window's report files)."""
     folder = monitoring_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     wid = figures["window"]
     figures["report"] = f"{wid}.html"
-    figures["mlflow_run_id"] = _log_run(settings, figures)
-    _write(folder / f"{wid}.json", json.dumps(figures, indent=1, default=_plain))
-    _write(folder / f"{wid}.html", render_window(figures))
+    with _window_run(settings, figures) as run_id:
+        figures["mlflow_run_id"] = run_id
+        _write(folder / f"{wid}.json", json.dumps(figures, indent=1, default=_plain))
+        _write(folder / f"{wid}.html", render_window(figures))
+        _log_report(folder, figures)
     _write(folder / "index.html", render_index(settings))
     write_prometheus(settings, figures)
     log.info("monitoring window %s: %s (%s rows)%s; report %s", wid, figures["status"],
@@ -264,24 +274,43 @@ METRICS = ("segment_psi", "distance_ratio", "novelty_rate", "low_margin_share", 
 SHADOW_METRICS = ("max_shift", "mean_shift", "points")
 
 
-def _log_run(settings: Settings, figures: dict) -> str:
-    """One MLflow run per window (the same run again when a window is re-run)."""
+#: The run's artifact folder holding the window's report files.
+REPORT_ARTIFACTS = "report"
+
+
+def report_files(folder: Path, figures: dict) -> list[Path]:
+    """The window's report files: its HTML and JSON, and Evidently's feature drift report when
+    the window had enough rows for one."""
+    names = [figures["report"], f"{figures['window']}.json", figures.get("features_report")]
+    return [folder / name for name in names if name and (folder / name).is_file()]
+
+
+def report_tags(settings: Settings, figures: dict) -> dict[str, str]:
+    """Where the run's report is: ``report``, its path in the reports folder (the path after
+    ``/kmeans/reports/`` in the reports app), and ``report_url``, its address in the reports
+    app when the reports are served (``KMEANS_REPORTS_URL``), else its file's URI."""
+    path = monitoring_dir(settings) / figures["report"]
+    relative = path.relative_to(settings.reports_dir).as_posix()
+    return {"report": relative, "report_url": report_url(settings, path) or path.as_uri()}
+
+
+@contextmanager
+def _window_run(settings: Settings, figures: dict) -> Iterator[str]:
+    """One MLflow run per window (the same run again when a window is re-run), in the
+    monitoring experiment (:func:`pipeline.registry.monitoring_experiment`); yields its id
+    while it is active."""
     import mlflow
 
-    registry.configure(settings)
-    client = registry.client(settings)
-    name = f"{settings.mlflow_experiment}-monitoring"
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = (experiment.experiment_id if experiment is not None
-                     else client.create_experiment(name))
-    found = client.search_runs([experiment_id], f"tags.window = '{figures['window']}'",
-                               max_results=1)
+    experiment_id = registry.monitoring_experiment(settings)
+    found = registry.client(settings).search_runs(
+        [experiment_id], f"tags.window = '{figures['window']}'", max_results=1)
     run_id = found[0].info.run_id if found else None
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id,
                           run_name=figures["window"]) as run:
         mlflow.set_tags({"window": figures["window"], "status": figures["status"],
                          "champion_version": figures.get("champion_version", ""),
-                         "reasons": "; ".join(figures["reasons"])[:4000]})
+                         "reasons": "; ".join(figures["reasons"])[:4000],
+                         **report_tags(settings, figures)})
         values = {k: figures[k] for k in METRICS if _finite(figures.get(k))}
         share = (figures.get("feature_drift") or {}).get("drift_share")
         if _finite(share):
@@ -291,7 +320,21 @@ def _log_run(settings: Settings, figures: dict) -> str:
         values.update({f"shadow_{k}": float(shadow[k]) for k in SHADOW_METRICS
                        if _finite(shadow.get(k))})
         mlflow.log_metrics(values)
-        return run.info.run_id
+        yield run.info.run_id
+
+
+def _log_report(folder: Path, figures: dict) -> None:
+    """The window's report files as artifacts of the active run (under ``report/``), owner-only
+    when the artifacts are local files (MLflow copies them with the umask's modes)."""
+    import mlflow
+
+    for path in report_files(folder, figures):
+        mlflow.log_artifact(str(path), artifact_path=REPORT_ARTIFACTS)
+    uri = mlflow.get_artifact_uri(REPORT_ARTIFACTS)
+    if uri.startswith("file:"):
+        local = Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
+        for path in [local, *local.glob("*")]:
+            make_private(path)
 
 
 def _finite(value) -> bool:

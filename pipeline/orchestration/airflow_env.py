@@ -17,8 +17,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.core.io import PRIVATE_FILE_MODE, atomic_write_json
-from pipeline.core.settings import PROJECT_ROOT, Settings
+from pipeline.core.io import PRIVATE_FILE_MODE, atomic_write_json, outliving_env
+from pipeline.core.settings import (
+    LOOPBACK,
+    PROJECT_ROOT,
+    Settings,
+    airflow_reports_url,
+    airflow_url,
+    load_settings,
+)
 
 DAGS_FOLDER = PROJECT_ROOT / "dags"
 
@@ -69,37 +76,66 @@ def _pgid_file() -> Path:
         "standalone.pgid"
 
 
-def standalone(parallelism: int = 4) -> int:
-    """``airflow standalone`` sized for a small machine (its default is 32 LocalExecutor
-    workers), in a process group of its own that Ctrl-C or :func:`stop` ends as a whole (its
-    scheduler can ignore SIGTERM for minutes). Returns its exit code."""
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "AIRFLOW__CORE__PARALLELISM": str(parallelism),
-           "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(parallelism),
-           "AIRFLOW__API__WORKERS": "1", "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-           "AIRFLOW__CORE__EXECUTOR": os.environ.get("AIRFLOW__CORE__EXECUTOR")
-           or PRELOADING_EXECUTOR,
-           "KMEANS_REPORTS_URL": os.environ.get("KMEANS_REPORTS_URL")
-           or "http://localhost:8080/kmeans/reports"}
-    _pgid_file().parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([str(bin_dir / "airflow"), "standalone"], env=env,
-                            start_new_session=True)
+def serve_ui(parallelism: int = 4, *, say=print) -> int:
+    """``make airflow-ui``: Airflow's scheduler, API server, dag-processor and triggerer on the
+    SQLite metadata of AIRFLOW_HOME (:func:`start`, as ``make prod-up`` starts them on
+    PostgreSQL), the API server on loopback only, at the settings' ``airflow_port``
+    (KMEANS_AIRFLOW_PORT, else AIRFLOW__API__PORT, else from KMEANS_PORT_BASE, else 8080).
+
+    "Airflow is ready" is said once the UI's page and the reports page answer and the DAGs are
+    parsed; where the admin password is kept is said at every start (the password itself only
+    at the first, when it is generated). Runs until Ctrl-C, SIGTERM or :func:`stop` (from
+    another shell), which end the components' process group as a whole (the scheduler can
+    ignore SIGTERM for minutes). Returns the exit code."""
+    settings = load_settings()
+    home = Path(os.environ.get("AIRFLOW_HOME") or settings.home / "airflow")
+    conn = (os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+            or f"sqlite:///{home / 'airflow.db'}")
+    passwords = home / "passwords.json"
+    first_start = not passwords.exists()
+    say(f"starting Airflow at {airflow_url(settings.airflow_port)} (logs: "
+        f"{home / 'components'}) ...")
     # Ctrl-C (SIGINT) and a polite kill (SIGTERM) both end the whole group.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.default_int_handler)
-    _pgid_file().write_text(str(proc.pid))
     try:
-        return proc.wait()
+        running = start(home, sql_alchemy_conn=conn, port=settings.airflow_port,
+                        parallelism=parallelism)
+    except KeyboardInterrupt:
+        return 130
+    except (RuntimeError, TimeoutError, OSError, subprocess.CalledProcessError) as err:
+        say(f"Airflow did not start: {err}")
+        return 1
+    _pgid_file().parent.mkdir(parents=True, exist_ok=True)
+    _pgid_file().write_text(str(running.pgid))
+    try:
+        say(f"Airflow is ready: {running.url} (listening on {LOOPBACK} only)")
+        say(f"reports: {running.url}/plugin/kmeans-reports (K-means reports in the navigation)")
+        say(f"log in as {running.username}; the password is kept in {passwords}")
+        if first_start:
+            say(f"the password generated at this first start: {running.password}")
+        say("Ctrl-C or `make airflow-stop` (another shell) stops it")
+        while _group_alive(running.pgid):
+            time.sleep(1.0)
+        say(f"Airflow's components exited; see {running.logs}")
+        return 1
     except KeyboardInterrupt:
         return 0
     finally:
-        stop_group(proc.pid)
+        stop_group(running.pgid)
         _pgid_file().unlink(missing_ok=True)
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def stop() -> str:
-    """Stop the standalone Airflow that :func:`standalone` started (from another shell)."""
+    """Stop the Airflow that :func:`serve_ui` started (from another shell)."""
     try:
         pgid = int(_pgid_file().read_text())
     except (OSError, ValueError):
@@ -169,7 +205,7 @@ class Airflow:
 
 def _free_port() -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
 
 
@@ -179,6 +215,10 @@ def component_env(home: Path, *, sql_alchemy_conn: str, port: int, parallelism: 
 
     The JWT and API secrets are generated once per AIRFLOW_HOME and kept in a private file
     there: components that disagree on them reject each other's tokens.
+
+    Every Airflow URL here comes from ``port`` through :func:`airflow_url`: the API server's
+    base URL, the tasks' execution API and the review links (KMEANS_REPORTS_URL, unless the
+    base environment sets it: a proxy in front, say). The API server listens on loopback only.
     """
     secrets_file = home / "secrets.json"
     if secrets_file.exists():
@@ -187,8 +227,8 @@ def component_env(home: Path, *, sql_alchemy_conn: str, port: int, parallelism: 
         keys = {"jwt": secrets.token_urlsafe(32), "api": secrets.token_urlsafe(32)}
         atomic_write_json(secrets_file, keys, mode=PRIVATE_FILE_MODE)
     bin_dir = Path(sys.executable).parent
-    env = dict(os.environ if base is None else base)
-    url = f"http://127.0.0.1:{port}"
+    env = outliving_env(base)
+    url = airflow_url(port)
     env.update({
         "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
         "AIRFLOW_HOME": str(home),
@@ -202,11 +242,10 @@ def component_env(home: Path, *, sql_alchemy_conn: str, port: int, parallelism: 
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(parallelism),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn,
-        # Airflow derives its async engine's URL as asyncpg's; psycopg 3 is async itself.
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": sql_alchemy_conn.replace(
-            "postgresql+psycopg://", "postgresql+psycopg_async://", 1),
-        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__HOST": LOOPBACK,
         "AIRFLOW__API__PORT": str(port),
+        # the tasks' settings (their airflow_port) name the same server
+        "KMEANS_AIRFLOW_PORT": str(port),
         "AIRFLOW__API__BASE_URL": url,
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__API__SECRET_KEY": keys["api"],
@@ -221,8 +260,14 @@ def component_env(home: Path, *, sql_alchemy_conn: str, port: int, parallelism: 
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
         # The drift review links its report where the plugin serves it (airflow_plugin.py).
-        "KMEANS_REPORTS_URL": env.get("KMEANS_REPORTS_URL") or f"{url}/kmeans/reports",
+        "KMEANS_REPORTS_URL": env.get("KMEANS_REPORTS_URL") or airflow_reports_url(port),
     })
+    if sql_alchemy_conn.startswith("postgresql+psycopg://"):
+        # Airflow derives its async engine's URL as asyncpg's; psycopg 3 is async itself.
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = sql_alchemy_conn.replace(
+            "postgresql+psycopg://", "postgresql+psycopg_async://", 1)
+    else:  # SQLite: Airflow derives aiosqlite's URL itself
+        env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC", None)
     env.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
     return env
 
@@ -231,7 +276,9 @@ def start(home: Path, *, sql_alchemy_conn: str, port: int = 8080, parallelism: i
           base_env: dict[str, str] | None = None, ready_timeout: float = 180.0) -> Airflow:
     """Migrate the metadata DB, then start the scheduler, API server, dag-processor and
     triggerer (LocalExecutor) as one process group, logging to ``<home>/components/``; return
-    once the API server answers and the DAGs are parsed. :meth:`Airflow.stop` ends them all.
+    once the UI's page and the reports page answer and the DAGs are parsed (:func:`_wait_ready`:
+    ``ready_timeout`` counts seconds in which the components' logs did not grow).
+    :meth:`Airflow.stop` ends them all.
 
     The admin password is generated into a private file (``<home>/passwords.json``, the simple
     auth manager's), never printed.
@@ -261,7 +308,7 @@ def start(home: Path, *, sql_alchemy_conn: str, port: int = 8080, parallelism: i
         # leader would keep the group looking alive. After this process, init does.
         threading.Thread(target=proc.wait, name=f"reap-airflow-{name}", daemon=True).start()
     (home / "components.pgid").write_text(str(leader))
-    running = Airflow(home=home, url=f"http://127.0.0.1:{port}", username="admin",
+    running = Airflow(home=home, url=airflow_url(port), username="admin",
                       password=json.loads(passwords.read_text())["admin"], pgid=leader,
                       logs=logs)
     try:
@@ -272,33 +319,72 @@ def start(home: Path, *, sql_alchemy_conn: str, port: int = 8080, parallelism: i
     return running
 
 
+#: What the UI's page (``GET /``) holds: Airflow's single-page app.
+UI_PAGE_MARKERS = ("<title>Airflow</title>", 'id="root"')
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as reply:
+            return reply.status, reply.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, ""
+
+
+def readiness(airflow: Airflow) -> str | None:
+    """What is not ready yet (None: all is): the UI's page (GET / answers 200 with the UI's
+    html), the reports page the plugin serves, and the project's DAGs parsed."""
+    status, page = _get(f"{airflow.url}/")
+    if status != 200 or not all(marker in page for marker in UI_PAGE_MARKERS):
+        return f"the UI's page answers {status}"
+    status, _ = _get(f"{airflow.url}/kmeans/reports/")
+    if status != 200:
+        return f"the reports page answers {status}"
+    status, listed = _get(f"{airflow.url}/api/v2/dags?limit=100",
+                          {"Authorization": f"Bearer {airflow.token()}"})
+    if status != 200:
+        return f"the DAG list answers {status}"
+    found = {d["dag_id"] for d in json.loads(listed)["dags"]}
+    # A file defines the DAG named like it, or several named from it (kmeans_ingest.py:
+    # kmeans_ingest_lake, ...).
+    if not all(any(d == p.stem or d.startswith(f"{p.stem}_") for d in found)
+               for p in DAGS_FOLDER.glob("*.py")):
+        return f"DAGs parsed so far: {sorted(found)}"
+    return None
+
+
+def _logs_size(logs: Path) -> int:
+    return sum(f.stat().st_size for f in logs.glob("*.log") if f.is_file())
+
+
 def _wait_ready(airflow: Airflow, timeout: float) -> None:
-    """Until the API server answers and the dag-processor has parsed the project's DAGs."""
-    deadline, last = time.monotonic() + timeout, "no answer yet"
-    while time.monotonic() < deadline:
+    """Until :func:`readiness` holds, while the components live (their exit fails the wait at
+    once) and make progress: ``timeout`` counts seconds in which their logs did not grow, so a
+    loaded machine only makes the wait longer."""
+    last, size = "no answer yet", -1
+    progressed = time.monotonic()
+    while True:
+        if not _group_alive(airflow.pgid):
+            raise RuntimeError(f"Airflow's components exited; see {airflow.logs}")
         try:
-            os.killpg(airflow.pgid, 0)
-        except ProcessLookupError:
-            raise RuntimeError(f"Airflow's components exited; see {airflow.logs}") from None
-        try:
-            req = urllib.request.Request(f"{airflow.url}/api/v2/dags?limit=100", headers={
-                "Authorization": f"Bearer {airflow.token()}"})
-            with urllib.request.urlopen(req, timeout=5) as reply:
-                found = {d["dag_id"] for d in json.load(reply)["dags"]}
-            # A file defines the DAG named like it, or several named from it (kmeans_ingest.py:
-            # kmeans_ingest_lake, ...).
-            if all(any(d == p.stem or d.startswith(f"{p.stem}_") for d in found)
-                   for p in DAGS_FOLDER.glob("*.py")):
+            problem = readiness(airflow)
+            if problem is None:
                 return
-            last = f"DAGs parsed so far: {sorted(found)}"
+            last = problem
         except (OSError, urllib.error.URLError, KeyError, ValueError) as err:
-            last = str(err)
+            last = str(err) or type(err).__name__
+        grown = _logs_size(airflow.logs)
+        if grown != size:
+            size, progressed = grown, time.monotonic()
+        elif time.monotonic() - progressed > timeout:
+            raise TimeoutError(f"Airflow not ready: its logs did not grow for {timeout:.0f} s "
+                               f"({last}); see {airflow.logs}")
         time.sleep(1.0)
-    raise TimeoutError(f"Airflow not ready after {timeout:.0f} s ({last}); see {airflow.logs}")
 
 
 if __name__ == "__main__":  # the Makefile's airflow-ui and airflow-stop
     if sys.argv[1:] == ["stop"]:
         print(stop())
     else:
-        raise SystemExit(standalone(int(os.environ.get("AIRFLOW_PARALLELISM", "4"))))
+        raise SystemExit(serve_ui(int(os.environ.get("AIRFLOW_PARALLELISM", "4"))))

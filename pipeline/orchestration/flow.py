@@ -8,22 +8,28 @@ stage's own function; nothing here but unpacking and packing.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any, TypeVar
 
 from pipeline import registry
+from pipeline.core.io import PRIVATE_FILE_MODE, atomic_write_json, file_lock
 from pipeline.core.settings import load_settings
 from pipeline.data import features
 from pipeline.data.ingest import OFFLINE_TABLE, PART, IngestRefused, ingest_lake, landed_rows
 from pipeline.data.sources import postgres, stream
-from pipeline.data.validation import validate_snapshot
+from pipeline.data.validation import ValidationFailed, validate_snapshot
 from pipeline.monitoring import actions as monitoring_actions
 from pipeline.monitoring.shadow import Shadow
 from pipeline.monitoring.window import monitor_window, monitoring_dir
 from pipeline.orchestration.dag_defaults import FEATURES_ASSET, INGEST_SOURCES
 from pipeline.promotion import gates as gate_checks
-from pipeline.promotion.publish import ChampionSegmenter, publish_segments
+from pipeline.promotion.gates import GateRefused
+from pipeline.promotion.publish import ChampionSegmenter, publish_segments, published_version
 from pipeline.promotion.register import register as register_run
 from pipeline.promotion.register import verify_serving
 from pipeline.rollout import controller as ro
@@ -33,7 +39,28 @@ from pipeline.training.params import TrainParams, parse_params, window
 
 log = logging.getLogger(__name__)
 
+_Task = TypeVar("_Task", bound=Callable[..., Any])
 
+
+def final(*errors: type[BaseException]) -> Callable[[_Task], _Task]:
+    """The task function's ``errors`` that a retry cannot fix (a bad param, a refused batch or
+    model, a rolled-back rollout) fail the task at once, without retries
+    (``AirflowFailException``). Anything else (an Airflow API call that timed out on a busy
+    box, a server away for a moment) fails the try, and the task's retries apply."""
+    def wrap(fn: _Task) -> _Task:
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except errors as err:
+                from airflow.sdk.exceptions import AirflowFailException
+
+                raise AirflowFailException(f"{type(err).__name__}: {err}") from err
+        return run  # type: ignore[return-value]
+    return wrap
+
+
+@final(ValueError)
 def interval(context: dict) -> tuple[str, str]:
     """The training window of a run: ``lookback_days`` days ending at the run's interval end.
 
@@ -76,7 +103,10 @@ def _run_type(context: dict) -> str | None:
 
 
 #: What each features asset event's extra says about the landing that emitted it.
-ARRIVAL_KEYS = ("source", "start", "end", "landed", "rejected")
+#: ``new``: the rows this landing added or changed (0 when the interval was landed before with
+#: the same rows): a training run on data arrival counts those, so landing a day twice (a manual
+#: run beside the scheduled one) does not start a second training.
+ARRIVAL_KEYS = ("source", "start", "end", "landed", "rejected", "new")
 
 
 def arrivals(context: dict) -> list[dict]:
@@ -97,11 +127,15 @@ def _enough_arrived(context: dict) -> None:
     from airflow.sdk.exceptions import AirflowSkipException
 
     least = load_settings().train_min_arrival_rows
-    landed = sum(int(a["landed"] or 0) for a in arrivals(context))
+    found = arrivals(context)
+    # An event of an earlier version has no "new": all it landed counts.
+    landed = sum(int((a["landed"] if a["new"] is None else a["new"]) or 0) for a in found)
     if landed < least:
+        again = sum(int(a["landed"] or 0) for a in found) - landed
         raise AirflowSkipException(
-            f"data arrival of {landed} rows, fewer than KMEANS_TRAIN_MIN_ARRIVAL_ROWS={least}: "
-            f"not retraining on it; the daily run takes these rows in")
+            f"data arrival of {landed} new rows ({again} landed again unchanged), fewer than "
+            f"KMEANS_TRAIN_MIN_ARRIVAL_ROWS={least}: not retraining on it; the daily run takes "
+            f"new rows in")
 
 
 def _arrival_end(context: dict) -> dt.datetime:
@@ -138,7 +172,9 @@ def _floor(value: dt.datetime, period: dt.timedelta) -> dt.datetime:
 
 # The training DAG's params beside TrainParams' fields: the window.
 WINDOW_PARAMS = ("lookback_days", "end_date", "reason")
+
 ROLLBACK_PARAMS = ("reason", "to_version", "drop_challenger")
+PROMOTE_PARAMS = ("version", "reason", "canary")
 
 
 def _known_only(params: dict, known: set[str]) -> None:
@@ -181,6 +217,7 @@ def snapshot(window: tuple[str, str]) -> str:
     return features.training_snapshot(settings, start, end).path
 
 
+@final(ValidationFailed)
 def validate(snapshot_path: str) -> str:
     settings = load_settings()
     return validate_snapshot(settings, features.Snapshot.load(snapshot_path)).report_html
@@ -198,6 +235,7 @@ def evaluate(trained: dict, snapshot_path: str, params: dict) -> dict:
             "silhouette": result["challenger"].get("silhouette")}
 
 
+@final(GateRefused)
 def gates(evaluated: dict, snapshot_path: str, report: str) -> dict:
     """The promotion gates; the summary says whether the drift needs a person's review."""
     return gate_checks.check(load_settings(), evaluated["run_id"], snapshot_path, report)
@@ -212,6 +250,7 @@ def ready_to_serve(registered: dict) -> dict:
     return verify_serving(load_settings(), version=registered["version"])
 
 
+@final(ValueError, LookupError, registry.AliasMoveInProgress)
 def rollback(params: dict, actor: str) -> dict:
     """Move ``champion`` back (to ``previous``, or the ``to_version`` param) for the given
     reason."""
@@ -223,29 +262,88 @@ def rollback(params: dict, actor: str) -> dict:
     return done
 
 
+@final(ValueError, LookupError, registry.AliasMoveInProgress, ro.RolloutError)
+def promote(params: dict, actor: str) -> dict:
+    """Make a version champion by hand (the promote DAG): the ``version`` param, else the
+    pending challenger. With ``canary`` and a rollout backend, it goes through the rollout's
+    steps (shadow, traffic shares) and is rolled back at the first failed step; else it is
+    promoted at once, as ``kmeans promote`` does, its gate figures in the audit trail."""
+    _known_only(params, set(PROMOTE_PARAMS))
+    settings = load_settings()
+    version = params.get("version") or None
+    if version is None:
+        found = registry.alias_version(settings, "challenger")
+        if found is None:
+            raise LookupError(f"model {settings.model_name!r} has no challenger to promote; "
+                              f"give a version")
+        version = str(found.version)
+    reason = str(params.get("reason") or "")
+    if params.get("canary") and ro.backend_for(settings) is not None:
+        state = ro.controller_for(settings).start(version)
+        if state.outcome != "promoted":
+            raise ro.RolloutError(f"version {version} was rolled back: {state.reason}")
+        log.warning("promoted version %s through the canary steps", version)
+        return {"champion": version, "how": "canary", "reason": reason,
+                "rollout": asdict(state)}
+    found = registry.model_version(settings, version)
+    figures = gate_checks.figures_of(gate_checks.load_summary(settings, found.run_id))
+    done = registry.promote(settings, version, reason=reason, actor=actor, figures=figures)
+    log.warning("promoted version %s: %s", version, done)
+    return {**done, "champion": version, "how": "at once" if not params.get("canary") else
+            "at once (no rollout backend: KMEANS_ROLLOUT_BACKEND=none)"}
+
+
+@final(ro.RolloutError)
 def rollout(registered: dict) -> dict:
     """Roll the newly registered challenger out on the configured backend (shadow, traffic
     steps, promoted), or say why not. A rolled-back rollout fails the task after the rollback
-    is complete, so the run shows red and the on-call sees the reason."""
+    is complete, so the run shows red and the on-call sees the reason.
+
+    The task's success emits the champion asset (the segments are republished), so it
+    succeeds only when the champion moved: the first version of a model, or a promoted
+    rollout. Otherwise (no rollout backend: the challenger waits) it is skipped, with the
+    reason in its log, and nothing is republished."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    done = rollout_outcome(registered)
+    if not done["champion_moved"]:
+        log.info("rollout skipped: %s", done["reason"])
+        raise AirflowSkipException(f"the champion did not move: {done['reason']}")
+    return done
+
+
+def rollout_outcome(registered: dict) -> dict:
+    """:func:`rollout` without Airflow: what happened, and whether the champion moved."""
     settings = load_settings()
     version = str(registered["version"])
     if "champion" in registered.get("aliases", []):
-        return {"version": version, "outcome": "skipped",
+        return {"version": version, "outcome": "first", "champion_moved": True,
                 "reason": "first version of the model: it is the champion already"}
     if ro.backend_for(settings) is None:
-        return {"version": version, "outcome": "skipped",
+        return {"version": version, "outcome": "skipped", "champion_moved": False,
                 "reason": "KMEANS_ROLLOUT_BACKEND=none: the challenger waits for "
                           "`kmeans rollout` or `kmeans promote`"}
     state = ro.controller_for(settings).start(version)
     if state.outcome != "promoted":
         raise ro.RolloutError(f"version {version} was rolled back: {state.reason}")
-    return asdict(state)
+    return {**asdict(state), "champion_moved": True}
 
 
-def publish(params: dict) -> dict:
-    """Publish every customer's segment (the customer_segment feature view)."""
+def publish(params: dict, context: dict | None = None) -> dict:
+    """Publish every customer's segment (the customer_segment feature view). A run the champion
+    asset triggered is skipped when the newest publication is the champion's already (an event
+    that moved nothing); a run by hand always publishes."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
     _known_only(params, {"version"})
-    done = publish_segments(load_settings(), version=params.get("version") or None)
+    settings = load_settings()
+    if not params.get("version") and (context or {}).get("triggering_asset_events"):
+        champion = registry.alias_version(settings, "champion")
+        published = published_version(settings)
+        if champion is not None and str(champion.version) == published:
+            raise AirflowSkipException(f"the newest publication is the champion's (version "
+                                       f"{published}) already: nothing to republish")
+    done = publish_segments(settings, version=params.get("version") or None)
     log.info("published the segments of %d customers with version %s: %s", done["customers"],
              done["model_version"], done["folder"])
     return done
@@ -393,8 +491,9 @@ def _land_lake(settings, start: dt.datetime, end: dt.datetime) -> dict:
     rejected = [settings.rejected_dir / OFFLINE_TABLE / f"day={day}" / PART for day in done.days]
     return {"source": "lake", "start": start.isoformat(), "end": end.isoformat(),
             "landed": done.accepted, "rejected": done.rejected, "reasons": done.reasons,
-            "quarantine": [str(p) for p in rejected if p.exists()],
-            "days": done.days, "missing_days": done.missing_days}
+            "new": done.new, "quarantine": [str(p) for p in rejected if p.exists()],
+            "days": done.days, "missing_days": done.missing_days,
+            "unchanged_days": done.unchanged_days}
 
 
 def _land_sql(settings, start: dt.datetime, end: dt.datetime) -> dict:
@@ -410,8 +509,24 @@ def _land_sql(settings, start: dt.datetime, end: dt.datetime) -> dict:
     quarantine = [f for f in done["files"] if f.startswith(str(settings.rejected_dir))]
     return {"source": "sql", "start": done["start"], "end": done["end"],
             "landed": done["accepted"], "rejected": done["rejected"],
+            "new": _new_rows(settings, f"sql-{done['source']}", done),
             "reasons": done["reasons"], "quarantine": quarantine, "name": done["source"],
             "rows": done["rows"], "days": done["days"], "checksum": done["checksum"]}
+
+
+def _new_rows(settings, name: str, done: dict) -> int:
+    """The landing's accepted rows, or 0 when the same interval was landed before with the same
+    rows (its checksum is kept per interval in ``<home>/sources/<name>.landings.json``)."""
+    path = settings.home / "sources" / f"{name}.landings.json"
+    key = f"{done['start']}/{done['end']}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.with_suffix(".lock"), wait=60):
+        seen = json.loads(path.read_text()) if path.exists() else {}
+        if seen.get(key) == done["checksum"]:
+            return 0
+        seen[key] = done["checksum"]
+        atomic_write_json(path, seen, mode=PRIVATE_FILE_MODE)
+    return int(done["accepted"])
 
 
 def _land_stream(settings, start: dt.datetime, end: dt.datetime) -> dict:
@@ -423,6 +538,7 @@ def _land_stream(settings, start: dt.datetime, end: dt.datetime) -> dict:
             "landed": landed_rows(settings, start, end, files="stream-*.parquet"),
             # What this drain quarantined, whatever the event times (bad ones may have none).
             "rejected": drained.rejected, "reasons": drained.reasons,
+            "new": drained.landed,  # events this drain wrote (redeliveries are not new)
             "quarantine": [str(settings.rejected_dir / stream.QUARANTINE_FOLDER
                                / OFFLINE_TABLE)] if drained.rejected else [],
             "drained": drained.to_dict()}

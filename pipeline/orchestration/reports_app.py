@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from pipeline.core.settings import load_settings
+from pipeline.core.settings import AIRFLOW_PLUGIN_PREFIX, load_settings
 
-URL_PREFIX = "/kmeans"
+URL_PREFIX = AIRFLOW_PLUGIN_PREFIX
 SERVED_SUFFIXES = {".html": "text/html; charset=utf-8", ".json": "application/json",
                    ".png": "image/png"}
 # The reports are self-contained pages; nothing they load may come from elsewhere, and no other

@@ -37,6 +37,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import socket
@@ -56,9 +57,21 @@ from pydantic import ValidationError
 
 from pipeline import registry
 from pipeline.core import preflight
-from pipeline.core.io import PRIVATE_FILE_MODE, atomic_write_bytes, atomic_write_json, private_dir
+from pipeline.core.io import (
+    PRIVATE_FILE_MODE,
+    atomic_write_bytes,
+    atomic_write_json,
+    outliving_env,
+    private_dir,
+)
 from pipeline.core.logs import quiet_dependencies
-from pipeline.core.settings import PROJECT_ROOT, Settings, load_settings
+from pipeline.core.settings import (
+    DEPLOYMENT_PATTERN,
+    PROJECT_ROOT,
+    Settings,
+    airflow_url,
+    load_settings,
+)
 from pipeline.data import features
 from pipeline.orchestration import airflow_env
 from pipeline.orchestration.airflow_env import stop_group
@@ -87,6 +100,30 @@ class StackConfig:
     mlflow_workers: int = 1
     #: Longest wait for a component to answer once started.
     start_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(DEPLOYMENT_PATTERN, self.db_prefix):
+            raise ValueError(f"database prefix {self.db_prefix!r}: lower-case letters, digits "
+                             f"and _, starting with a letter (at most 40)")
+
+    @staticmethod
+    def from_settings(settings: Settings) -> tuple[dict, dict]:
+        """What the deployment's settings give the ports and the prefix: (every such value,
+        the part that was set rather than derived). KMEANS_DEPLOYMENT names the databases,
+        KMEANS_PORT_BASE moves every port (Airflow +0, MLflow +3, the server +4), Airflow's
+        port follows KMEANS_AIRFLOW_PORT and AIRFLOW__API__PORT too."""
+        values = {"db_prefix": settings.deployment,
+                  "airflow_port": settings.airflow_port,
+                  "mlflow_port": settings.deployment_port("prod_mlflow"),
+                  "serving_port": settings.deployment_port("prod_serving")}
+        explicit = set()
+        if settings.explicit("deployment"):
+            explicit.add("db_prefix")
+        if settings.explicit("port_base"):
+            explicit |= {"airflow_port", "mlflow_port", "serving_port"}
+        if settings.explicit("airflow_port"):
+            explicit.add("airflow_port")
+        return values, {k: v for k, v in values.items() if k in explicit}
 
 
 @dataclass
@@ -166,6 +203,10 @@ class Stack:
             "KMEANS_MLFLOW_TRACKING_URI": self.mlflow_url,
             "KMEANS_REDIS_CONNECTION_STRING": self.base.redis_connection_string,
             "KMEANS_FEAST_PROJECT": self.base.feast_project,
+            # the deployment's names and its Airflow's port (the CLI tells Airflow of its
+            # promotions and rollbacks there: pipeline.orchestration.airflow_api)
+            "KMEANS_DEPLOYMENT": self.base.deployment,
+            "KMEANS_AIRFLOW_PORT": str(self.config.airflow_port),
             "KMEANS_POSTGRES_URL": self.postgres_url,
             **self.tokens(),
             "KMEANS_SERVING_HOST": LOOPBACK,
@@ -248,7 +289,8 @@ def spawn(stack: Stack, name: str, argv: Sequence[str], *, env: dict[str, str],
         out.write(f"==== {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} {name}: "
                   f"{shlex.join(argv)}\n".encode())
         out.flush()
-        proc = subprocess.Popen(list(argv), env=env, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(list(argv), env=outliving_env(env), stdout=out,
+                                stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
                                 cwd=PROJECT_ROOT)
     timeout = stack.config.start_timeout if timeout is None else timeout
@@ -339,7 +381,7 @@ def _redis_address(stack: Stack) -> str:
 
 
 def _airflow_url(stack: Stack) -> str:
-    return f"http://{LOOPBACK}:{stack.config.airflow_port}"
+    return airflow_url(stack.config.airflow_port)
 
 
 def _launch_airflow(stack: Stack) -> Group:
@@ -629,14 +671,28 @@ def _parser() -> argparse.ArgumentParser:
                                 description="The production profile on this machine.")
     sub = p.add_subparsers(dest="command", required=True)
     start = sub.add_parser("up", help="Start what is not running (make prod-up); ports and "
-                                      "prefix default to the last up's, else these.")
+                                      "prefix default to the settings' when set "
+                                      "(KMEANS_DEPLOYMENT, KMEANS_PORT_BASE, ...), else to the "
+                                      "last up's, else these.")
     start.add_argument("--mlflow-port", type=int, help=f"default {defaults.mlflow_port}")
     start.add_argument("--serving-port", type=int, help=f"default {defaults.serving_port}")
     start.add_argument("--airflow-port", type=int, help=f"default {defaults.airflow_port}")
-    start.add_argument("--db-prefix", help=f"default {defaults.db_prefix}")
+    start.add_argument("--db-prefix",
+                       help=f"databases <prefix>_mlflow, <prefix>_airflow (default "
+                            f"KMEANS_DEPLOYMENT, {defaults.db_prefix})")
     sub.add_parser("status", help="What runs, where, its log; the env file (make prod-status).")
     sub.add_parser("down", help="Stop every component (make prod-down).")
     return p
+
+
+def stack_config(settings: Settings, asked: dict | None = None) -> StackConfig:
+    """The stack's ports and prefix: those asked for (the command line: make prod-up's PROD_*),
+    else the settings' where set (KMEANS_DEPLOYMENT, KMEANS_PORT_BASE, KMEANS_AIRFLOW_PORT,
+    AIRFLOW__API__PORT), else the last up's (``<home>/prod/stack.json``), else the settings'
+    defaults."""
+    derived, explicit = StackConfig.from_settings(settings)
+    asked = {k: v for k, v in (asked or {}).items() if k != "command" and v is not None}
+    return StackConfig(**{**derived, **load_config(settings.home), **explicit, **asked})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -645,8 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_dependencies()
     try:
         base = load_settings()
-        asked = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
-        stack = Stack(base, StackConfig(**{**load_config(base.home), **asked}))
+        stack = Stack(base, stack_config(base, vars(args)))
         if args.command == "up":
             up(stack)
             print(f"env file: {stack.env_file}  (`. {stack.env_file}` in a shell)")

@@ -150,6 +150,14 @@ def _timestamp(F, frame, column: str):
     return F.col(column)
 
 
+def published_version(settings: Settings) -> str | None:
+    """The model version of the newest publication (None before the first): its folder's name
+    ends with it, and names sort by time."""
+    table = settings.offline_root / features.SEGMENT_TABLE
+    folders = sorted({part.parent.name for part in table.glob("published-*/*.parquet")})
+    return folders[-1].rsplit("-v", 1)[1] if folders else None
+
+
 def publish_segments(settings: Settings, *, version: str | None = None, spark=None,
                      materialize: bool = True, now: dt.datetime | None = None) -> dict:
     """Score every customer with the champion (or ``version``), write a publication of the
@@ -168,7 +176,8 @@ def publish_segments(settings: Settings, *, version: str | None = None, spark=No
     staging = out_dir / f".{name}.{uuid.uuid4().hex[:8]}"
     t0 = time.monotonic()
     spark = spark or spark_session(settings.spark_master, app_name="kmeans-publish",
-                                   driver_memory=settings.spark_driver_memory)
+                                   driver_memory=settings.spark_driver_memory,
+                                   ui_port=settings.spark_ui_port)
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     # The landed files hold nanosecond timestamps (pandas'), which Spark reads only as longs.
     spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")

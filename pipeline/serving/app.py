@@ -21,6 +21,7 @@ import asyncio
 import gc
 import hmac
 import itertools
+import json
 import logging
 import math
 import os
@@ -509,7 +510,7 @@ class InferenceApp:
 
     def _parse_v1(self, raw: bytes) -> tuple[str, object]:
         """The v1 body's instances as (kind, data): customer ids, or a float feature matrix."""
-        body = _loads(raw)
+        body = _loads(raw, constants=True)
         if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
             raise InvalidInput("body must be an object with 'instances': a list of feature "
                                "vectors, of {feature: value} objects, or of {'customer_id': id}")
@@ -649,12 +650,42 @@ def _json(payload, status: int = 200, versions=()) -> tuple:
             JSON_TYPES[0], versions)
 
 
-def _loads(raw: bytes):
+#: The bare tokens Python's ``json`` and Triton's JSON write for non-finite floats.
+_CONSTANTS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _loads(raw: bytes, *, constants: bool = False):
+    """The JSON body. With ``constants`` (the inference bodies), also what stock v2 clients
+    send for non-finite floats (``mlserver infer``, tritonclient in JSON mode: Python's
+    ``json.dumps``): the bare token ``NaN`` is a missing value, like null; ``Infinity``,
+    ``-Infinity`` and a number beyond float64 parse as infinite and the row check refuses them
+    naming the row and the feature. orjson parses every body; only a body it refuses that holds
+    such a token goes through Python's ``json`` (so valid JSON pays nothing)."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as err:
-        raise InvalidInput(f"body is not valid JSON (NaN and Infinity are not JSON either): "
-                           f"{err}") from err
+        if constants and (b"NaN" in raw or b"Infinity" in raw or "infinity" in str(err)):
+            return _loads_with_constants(raw)
+        raise InvalidInput(f"body is not valid JSON: {err}") from err
+
+
+def _parse_int(text: str) -> int | float:
+    """An integer as orjson reads it: beyond 64 bits, a float (infinite beyond float64)."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(text)
+
+
+def _loads_with_constants(raw: bytes):
+    """Python's JSON with ``NaN``/``Infinity``/``-Infinity``, as strict as orjson otherwise:
+    UTF-8 only, and nothing orjson could not write back (a lone surrogate in a string)."""
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_CONSTANTS.__getitem__,
+                          parse_int=_parse_int)
+        orjson.dumps(body)  # refuses what orjson refuses to write: lone surrogates, huge ints
+    except (ValueError, TypeError, RecursionError) as err:  # orjson's errors are TypeErrors
+        raise InvalidInput(f"body is not valid JSON (bare NaN and Infinity are accepted as "
+                           f"numbers): {err}") from err
+    return body
 
 
 def _object(raw: bytes, what: str, example: str) -> dict:
@@ -713,7 +744,7 @@ def _parse_v2(request: Request, service: SegmentService) -> tuple[dict, tuple[st
                                f"{brief(header_len.decode('latin-1'))} must be an integer no "
                                f"larger than the body ({len(raw)} bytes)")
         raw, blob = raw[:int(header_len)], raw[int(header_len):]
-    body = _loads(raw)
+    body = _loads(raw, constants=True)
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) \
             or len(body["inputs"]) != 1:
         raise InvalidInput("body must be an object with 'inputs': a list holding one tensor, "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from pipeline.model import kmeans_segments
 from pipeline.model.artifact import Assignment, SegmentModel
 
 #: Up to this many rows, the compiled pass beats the NumPy path.
@@ -85,15 +86,18 @@ def score_small(raw, log_cols, medians, means, stds, centroids):
     return best, second, d_best, d_second
 
 
-#: What :func:`row_flags` finds in a row.
-ROW_OK, ROW_OUTSIDE, ROW_EMPTY = 0, 1, 2
+#: What :func:`row_flags` finds in a row: the flags of the model's own check.
+ROW_OK, ROW_OUTSIDE, ROW_EMPTY = kmeans_segments.ROW_OK, kmeans_segments.ROW_OUTSIDE, \
+    kmeans_segments.ROW_EMPTY
 
 
 @njit(nogil=True, cache=True)
 def row_flags(raw, lo, hi):
     """Per raw row: ``ROW_OUTSIDE`` when a value lies outside ``[lo, hi]`` of its column
     (infinity included), ``ROW_EMPTY`` when every value is missing (NaN), else ``ROW_OK``; and
-    how many rows are not OK. One compiled pass: it runs before every request is scored."""
+    how many rows are not OK. One compiled pass: it runs before every request is scored. The
+    compiled copy of :meth:`~pipeline.model.kmeans_segments.InputCheck.flags` (a property test
+    keeps the two equal)."""
     n, d = raw.shape
     flags = np.zeros(n, np.int8)
     bad = 0

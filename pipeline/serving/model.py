@@ -16,8 +16,10 @@ Every row is checked before any model scores it, so the one-row compiled path, a
 and the vectorised path give the same answer: a row needs at least one known value, and each
 value must be finite and lie within its feature's valid range (``FEATURES`` in the settings)
 widened by ``range_tolerance`` times that range's width (features the table does not name: the
-float32 range). A row that fails gets a 400 naming the row and the feature; by ``customer_id``,
-a per-row error. No non-finite figure reaches an answer, a metric or the analysis window.
+float32 range). The check is the logged model's own (:class:`~pipeline.model.kmeans_segments.
+InputCheck`): the standalone model refuses the same rows with the same message. A row that fails
+gets a 400 naming the row and the feature; by ``customer_id``, a per-row error. No non-finite
+figure reaches an answer, a metric or the analysis window.
 """
 
 from __future__ import annotations
@@ -32,17 +34,14 @@ import numpy as np
 
 from pipeline.core.settings import FEATURES
 from pipeline.model.artifact import Assignment, SegmentModel
+from pipeline.model.kmeans_segments import NAMED_ROWS, InputCheck
 from pipeline.serving.errors import Conflict, InvalidInput, ModelNotFound, NotReady, brief
-from pipeline.serving.kernels import ROW_EMPTY, assign, id_buckets, row_flags, row_hash_buckets
+from pipeline.serving.kernels import assign, id_buckets, row_flags, row_hash_buckets
 
 log = logging.getLogger(__name__)
 
 BUCKETS = 10_000
 MODES = ("canary", "shadow")
-#: Bound of a value of a feature the settings' table does not name: what float32 holds.
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-#: How many bad rows an error message names.
-NAMED_ROWS = 5
 
 
 @dataclass(frozen=True)
@@ -170,7 +169,7 @@ class SegmentService:
         self.lookup = lookup  # OnlineLookup, or None when no online store is configured
         self.max_batch_rows = max_batch_rows
         self.range_tolerance = range_tolerance
-        self._limits_of: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._checks: dict[tuple[str, ...], InputCheck] = {}
         self.routing = Routing()
         self.stats = Stats()
         self._admin = threading.Lock()  # serializes state changes; reads never take it
@@ -285,53 +284,36 @@ class SegmentService:
         self.check_rows(rows, shape)
 
     # ---- the values a row may hold -------------------------------------------------------
-    def limits(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The lowest and highest accepted raw value of each feature."""
+    def input_check(self, names: list[str]) -> InputCheck:
+        """The check of rows of features ``names``: the settings' valid ranges widened by
+        ``range_tolerance`` (built once per feature list)."""
         key = tuple(names)
-        found = self._limits_of.get(key)
+        found = self._checks.get(key)
         if found is None:
-            lo = np.full(len(names), -FLOAT32_MAX)
-            hi = np.full(len(names), FLOAT32_MAX)
-            for j, name in enumerate(names):
-                spec = FEATURES.get(name)
-                if spec is not None:
-                    low, high = float(spec["min"]), float(spec["max"])
-                    slack = self.range_tolerance * (high - low)
-                    lo[j], hi[j] = max(low - slack, -FLOAT32_MAX), min(high + slack, FLOAT32_MAX)
-            found = self._limits_of[key] = (lo, hi)
+            ranges = {name: (float(spec["min"]), float(spec["max"]))
+                      for name, spec in FEATURES.items()}
+            found = self._checks[key] = InputCheck(names, ranges, self.range_tolerance)
         return found
 
+    def limits(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The lowest and highest accepted raw value of each feature."""
+        check = self.input_check(names)
+        return check.lo, check.hi
+
     def value_flags(self, x: np.ndarray, names: list[str]) -> tuple[np.ndarray, int]:
-        """Per row: usable, a value out of range, or no value at all (kernels.row_flags)."""
-        lo, hi = self.limits(names)
-        return row_flags(np.ascontiguousarray(x, dtype=np.float64), lo, hi)
+        """Per row: usable, a value out of range, or no value at all: :meth:`InputCheck.flags`
+        in one compiled pass (kernels.row_flags), since it runs before every request."""
+        check = self.input_check(names)
+        return row_flags(np.ascontiguousarray(x, dtype=np.float64), check.lo, check.hi)
 
     def value_problem(self, row: np.ndarray, flag: int, names: list[str]) -> str:
         """Why one row cannot be scored, naming the feature, its value and what is accepted."""
-        if flag == ROW_EMPTY:
-            return ("no feature value (all null); a row needs at least one known value of "
-                    f"{names}")
-        lo, hi = self.limits(names)
-        with np.errstate(invalid="ignore"):
-            j = int(np.flatnonzero((row < lo) | (row > hi))[0])
-        value = float(row[j])
-        spec = FEATURES.get(names[j])
-        if not np.isfinite(value):
-            return f"feature {names[j]}: {value} is not a finite number"
-        valid = (f"valid range [{spec['min']:g}, {spec['max']:g}] widened by "
-                 f"{self.range_tolerance:g} times its width (KMEANS_RANGE_TOLERANCE)"
-                 if spec is not None else "float32's range")
-        return (f"feature {names[j]}: {value:.6g} is outside the accepted range "
-                f"[{lo[j]:.6g}, {hi[j]:.6g}] ({valid})")
+        return self.input_check(names).problem(row, flag)
 
     def check_values(self, x: np.ndarray, names: list[str]) -> None:
         flags, bad = self.value_flags(x, names)
         if bad:
-            rows = np.flatnonzero(flags)
-            problems = [f"row {i}: {self.value_problem(x[i], flags[i], names)}"
-                        for i in rows[:NAMED_ROWS].tolist()]
-            more = f" (and {bad - NAMED_ROWS} more rows)" if bad > NAMED_ROWS else ""
-            raise InvalidInput("; ".join(problems) + more)
+            raise InvalidInput(self.input_check(names).message(x, flags, bad))
 
     def _assign(self, slot: Slot, x: np.ndarray) -> Assignment:
         """The slot's assignment of rows that passed :meth:`check_values`; refuses rows whose

@@ -37,6 +37,18 @@ _ERROR = {"description": "Error, with a message naming what was wrong",
           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 _NUMBER_OR_NULL: dict[str, Any] = {"type": "number", "nullable": True}
+#: An output's values: cluster ids (INT64), distances (FP64; null where a row failed), flags
+#: (BOOL), versions and errors (BYTES).
+_OUTPUT_VALUE: dict[str, Any] = {"anyOf": [
+    {"type": "integer"}, _NUMBER_OR_NULL, {"type": "boolean"}, {"type": "string"}]}
+#: What a feature value may be, for the tensor's and the instances' descriptions.
+MISSING_VALUES = (
+    "Rows (nested) or row-major values. null marks a missing value (imputed with the "
+    "training median); so does the bare token NaN, which stock clients (tritonclient in JSON "
+    "mode, `mlserver infer`, Python's json) write for a missing float, although it is not "
+    "JSON. Infinity, -Infinity and numbers beyond float64 are refused (400 naming the row and "
+    "the feature), as is a row with no known value or a value outside the feature's accepted "
+    "range.")
 #: The bodies the handlers read and write, by the names the route table uses.
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": {"type": "object", "required": ["error"],
@@ -75,8 +87,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0},
                       "minItems": 2, "maxItems": 2, "example": [1, 12]},
             "datatype": {"type": "string", "enum": ["FP32", "FP64"]},
-            "data": {"type": "array", "description": "Rows (nested) or row-major values; "
-                                                    "null marks a missing value",
+            "data": {"type": "array", "description": MISSING_VALUES,
                      "items": {"oneOf": [_NUMBER_OR_NULL,
                                          {"type": "array", "items": _NUMBER_OR_NULL}]}},
             "parameters": {"type": "object"}}},
@@ -113,14 +124,17 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "properties": {"name": {"type": "string", "enum": list(OUTPUTS)},
                                "datatype": {"type": "string"},
                                "shape": {"type": "array", "items": {"type": "integer"}},
-                               "data": {"type": "array"}}}}}},
+                               "data": {"type": "array", "items": _OUTPUT_VALUE,
+                                        "description": "One value per row, of the output's "
+                                                       "datatype"}}}}}},
     "V1Request": {
         "type": "object", "required": ["instances"],
-        "properties": {"instances": {"type": "array", "minItems": 1, "items": {"oneOf": [
-            {"type": "array", "items": _NUMBER_OR_NULL},
-            {"type": "object", "additionalProperties": _NUMBER_OR_NULL},
-            {"type": "object", "required": ["customer_id"],
-             "properties": {"customer_id": {"type": "integer"}}}]}}}},
+        "properties": {"instances": {
+            "type": "array", "minItems": 1, "description": MISSING_VALUES, "items": {"oneOf": [
+                {"type": "array", "items": _NUMBER_OR_NULL},
+                {"type": "object", "additionalProperties": _NUMBER_OR_NULL},
+                {"type": "object", "required": ["customer_id"],
+                 "properties": {"customer_id": {"type": "integer"}}}]}}}},
     "V1Response": {
         "type": "object", "required": ["predictions"],
         "properties": {"predictions": {"type": "array", "items": {
@@ -206,7 +220,11 @@ def document(model_name: str, routes: Iterable[Route] = ROUTES) -> dict[str, Any
         "info": {"title": "kmeans-platform inference server", "version": "1",
                  "description": f"Cluster assignment for model {model_name!r}: Open Inference "
                                 "Protocol v2 REST, KServe v1, admin API for the rollout "
-                                "controller. Errors are JSON {'error': message}."},
+                                "controller. Errors are JSON {'error': message}. In "
+                                "inference bodies a missing feature value is null or the "
+                                "bare token NaN (as tritonclient and `mlserver infer` send "
+                                "it); Infinity is refused with a 400 naming the row and the "
+                                "feature."},
         "paths": paths,
         "components": {"schemas": SCHEMAS, "securitySchemes": SECURITY_SCHEMES},
     })

@@ -54,7 +54,8 @@ def _source(settings: Settings, snap, pre: Preprocessor, params: TrainParams):
     if params.engine == "local":
         return in_process_source(spec)
     spark = spark_session(settings.spark_master, app_name="kmeans-train",
-                          driver_memory=settings.spark_driver_memory)
+                          driver_memory=settings.spark_driver_memory,
+                          ui_port=settings.spark_ui_port)
     return SparkBlockSource(spark, spec)
 
 

@@ -253,3 +253,37 @@ def see_run_succeeded_in_grid(
         raise _fail(page, "grid-not-success",
                     f"run {run_id} shows {seen['state'] or 'nothing'}") from None
     screenshot(page, "grid-success")
+
+
+REPORTS_ENTRY = "K-means reports"
+
+
+def open_reports_from_nav(page: Page, url: str) -> Page:
+    """Click "K-means reports" in the UI's navigation, as a person would; returns the page
+    once it shows the reports index (the UI embeds the plugin's page under
+    ``/plugin/kmeans-reports``). A click that goes nowhere fails, with a screenshot."""
+    page.goto(f"{url}/")
+    _settle(page)
+    entry = page.get_by_role("link", name=REPORTS_ENTRY)
+    try:
+        expect(entry.first).to_be_visible()
+    except AssertionError:
+        raise _fail(page, "reports-entry-missing", f"no {REPORTS_ENTRY!r} link in the "
+                                                   "navigation") from None
+    screenshot(page, "reports-entry")
+    before = page.url
+    entry.first.click()
+    try:
+        page.wait_for_url(lambda u: u != before)
+    except PlaywrightTimeout:
+        raise _fail(page, "reports-entry-dead", f"a click on {REPORTS_ENTRY!r} went nowhere") \
+            from None
+    _settle(page)
+    frame = page.frame_locator("iframe").first if page.locator("iframe").count() else page
+    try:
+        expect(frame.get_by_role("heading", name=REPORTS_ENTRY)).to_be_visible()
+        expect(frame.get_by_text(re.compile(r"^\d+ reports in "))).to_be_visible()
+    except AssertionError:
+        raise _fail(page, "reports-not-rendered", "the reports index is not shown") from None
+    screenshot(page, "reports-index")
+    return page

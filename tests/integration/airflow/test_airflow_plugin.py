@@ -47,4 +47,9 @@ def test_the_plugin_mounts_the_app_and_links_it_in_the_ui(airflow_db):
 
     plugin = airflow_plugin.KMeansPlugin
     assert plugin.fastapi_apps[0]["url_prefix"] == "/kmeans"
-    assert plugin.external_views[0]["href"] == "/kmeans/reports/"
+    view = plugin.external_views[0]
+    # with a url_route the UI links the entry to a page of its own that embeds href (without
+    # one, the entry was a button that went nowhere: tests/integration/airflow/test_airflow_ui.py
+    # clicks it)
+    assert (view["name"], view["href"], view["url_route"], view["destination"]) == (
+        "K-means reports", "/kmeans/reports/", "kmeans-reports", "nav")

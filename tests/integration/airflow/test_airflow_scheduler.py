@@ -11,8 +11,9 @@ does not fail the tests after it:
    ``drift_review``; in the browser, the Required Actions page links the Evidently report
    (served by the project's Airflow plugin) and it opens; the approval, through the REST API,
    registers the challenger; the grid shows the run green;
-3. ``kmeans_rollback``, triggered from the UI's form with every param at its default, rolls a
-   promotion back; the grid shows it green and its return value says what it did;
+3. ``kmeans promote`` from a shell creates the champion asset event through the REST API;
+   ``kmeans_rollback``, triggered from the UI's form with every param at its default, rolls
+   the promotion back; the grid shows it green and its return value says what it did;
 4. unpausing ``kmeans_monitoring`` gives a green scheduled run of the last hour's window, whose
    report the plugin serves in the UI's browser session.
 
@@ -38,6 +39,7 @@ import psycopg
 import pytest
 
 from tests.helpers import airflow_ui, clock
+from tests.helpers.airflow_rest import STALL_TIMEOUT, Rest
 from tests.helpers.homes import make_settings, shifted, train_and_register
 from tests.helpers.net import free_port
 from tests.helpers.waiting import wait_until
@@ -45,69 +47,9 @@ from tests.helpers.waiting import wait_until
 pytestmark = pytest.mark.timeout(1500)
 
 PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-#: Seconds a run may go without any progress (state, task states, task log growth).
-STALL_TIMEOUT = 600.0
 LAKE_CUSTOMERS, LAKE_DAYS = 600, 7
 SCREENSHOTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "airflow-ui"
 
-
-
-class Rest:
-    """Airflow's REST API as a user's script calls it: a token from /auth/token, then JSON."""
-
-    def __init__(self, airflow):
-        self.airflow, self.url = airflow, airflow.url
-
-    def __call__(self, method: str, path: str, body: dict | None = None) -> dict:
-        req = urllib.request.Request(
-            self.url + path, method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {self.airflow.token()}",
-                     "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=120) as reply:  # a loaded box is slow
-                return json.load(reply)
-        except urllib.error.HTTPError as err:
-            raise AssertionError(f"{method} {path}: {err.code} {err.read()[:500]!r}") from None
-
-    def tasks(self, dag_id: str, run_id: str) -> dict[str, str | None]:
-        found = self("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        return {t["task_id"]: t["state"] for t in found["task_instances"]}
-
-    def wait_run(self, dag_id: str, run_id: str, *, until=("success", "failed"),
-                 task: tuple[str, str] | None = None) -> str:
-        """Poll a run until its state is in ``until`` (or ``task`` = (task_id, state) holds);
-        a failed task ends the wait at once with the states. The wait lasts while the run
-        makes progress (:func:`run_progress`)."""
-        seen: dict = {}
-
-        def done() -> str | None:
-            state = self("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
-            tasks = seen["tasks"] = self.tasks(dag_id, run_id)
-            if task is not None and tasks.get(task[0]) == task[1]:
-                return state
-            if state in until or "failed" in tasks.values():
-                return state if task is None else f"{state} {tasks}"
-            return None
-
-        return wait_until(done, STALL_TIMEOUT, f"{dag_id} {run_id} done",
-                          progress=lambda: (repr(seen.get("tasks")),
-                                            run_progress(self.airflow, dag_id, run_id)),
-                          interval=2, ignore=(OSError, AssertionError))
-
-    def first_run(self, dag_id: str) -> list:
-        """The DAG's runs, once the scheduler has created one (a plain limit: the scheduler's
-        log grows with its heartbeats, so its size shows no progress of this)."""
-        return wait_until(lambda: self("GET", f"/api/v2/dags/{dag_id}/dagRuns")["dag_runs"],
-                          STALL_TIMEOUT, f"the scheduler's first {dag_id} run", interval=1,
-                          ignore=(OSError, AssertionError))
-
-
-def run_progress(airflow, dag_id: str, run_id: str) -> int:
-    """Bytes in the run's task logs: each task writes as it goes, and a fit logs every few
-    seconds (pipeline.engine.estimator.PROGRESS_EVERY_S)."""
-    folder = airflow.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def paused_try_reported(airflow, dag_id: str, run_id: str, task_id: str) -> None:
@@ -278,12 +220,30 @@ def test_rollback_from_the_ui_form_with_defaults_says_what_it_did(deployment, ui
     """Every param at its default (a reason is filled in); what happened to the challenger is
     in the task's return value (its keeping is shown in
     tests/integration/mlflow/test_registry.py)."""
+    from typer.testing import CliRunner
+
     from pipeline import registry
+    from pipeline.cli import app as cli
 
     airflow, settings = deployment
     rest = Rest(airflow)
     champion, challenger = ensure_champion(settings), ensure_challenger(settings)
-    registry.promote(settings, challenger, reason="canary passed", actor="test")
+    # `kmeans promote` from a shell of this deployment: the move, then a champion asset event
+    # through Airflow's API (kmeans_publish republishes on it, as after the DAGs' moves).
+    port = airflow.url.rsplit(":", 1)[1]
+    promoted = CliRunner().invoke(cli, ["promote", challenger, "--reason", "canary passed"],
+                                  env={"KMEANS_HOME": str(settings.home),
+                                       "AIRFLOW_HOME": str(airflow.home),
+                                       "KMEANS_AIRFLOW_PORT": port, "AIRFLOW__API__PORT": None})
+    assert promoted.exit_code == 0, promoted.output
+    publication = json.loads(promoted.stdout)["publication"]
+    assert publication["emitted"], publication
+    [asset] = [a for a in rest("GET", "/api/v2/assets")["assets"]
+               if a["uri"] == "kmeans://customer_segments/champion"]
+    events = rest("GET", f"/api/v2/assets/events?asset_id={asset['id']}")["asset_events"]
+    assert [e["extra"] for e in events if e["id"] == publication["event_id"]] == [
+        {"operation": "promotion", "champion": challenger, "reason": "canary passed",
+         "via": "cli"}]
     rest("PATCH", "/api/v2/dags/kmeans_rollback", {"is_paused": False})
     run_id = airflow_ui.trigger_with_defaults(ui, airflow.url, "kmeans_rollback")
     assert rest.wait_run("kmeans_rollback", run_id) == "success", rest.tasks(

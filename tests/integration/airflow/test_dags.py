@@ -65,6 +65,31 @@ def test_rollback_dag_is_manual_with_a_reason(airflow_db):
     assert dag.params["drop_challenger"] is False
 
 
+def _champion_events(run) -> int:
+    """How many champion asset events (kmeans_publish's trigger) the DAG run emitted."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    from pipeline.orchestration.dag_defaults import CHAMPION_ASSET
+
+    with create_session() as session:
+        return session.scalar(select(func.count()).select_from(AssetEvent).join(
+            AssetModel, AssetEvent.asset_id == AssetModel.id).where(
+            AssetModel.uri == CHAMPION_ASSET["uri"], AssetEvent.source_run_id == run.run_id))
+
+
+def test_promote_dag_is_manual_and_its_defaults_promote_the_challenger(airflow_db):
+    from pipeline.orchestration.airflow_env import load_dag
+
+    dag = load_dag("kmeans_promote")
+    assert dag.schedule is None
+    dag.params.validate()  # a plain "Trigger" works
+    assert (dag.params["version"], dag.params["canary"]) == (None, True)
+    assert [t.task_id for t in dag.topological_sort()] == ["promote", "ready_to_serve",
+                                                           "sync_server"]
+
+
 def test_training_dag_gates_then_reviews_drift_before_registering(airflow_db):
     from pipeline.orchestration.airflow_env import load_dag
 
@@ -114,6 +139,7 @@ def test_full_dag_run_registers_a_version_with_metrics_and_alias(airflow_db, tmp
     assert str(run.state) == "success", states
     assert states.pop("drift_review") == "skipped", "no champion: no drift to review"
     assert set(states.values()) == {"success"}
+    assert _champion_events(run) == 1, "the first version is the champion: publish it"
     champion = registry.alias_version(settings, "champion")
     challenger = registry.alias_version(settings, "challenger")
     assert champion is not None and str(champion.version) == str(challenger.version) == "1"
@@ -292,7 +318,11 @@ def test_drift_review_reject_ends_cleanly_approve_registers_and_rollback_dag(
 
     run, states, request = _run_reviewed("Approve", conf)
     assert str(run.state) == "success", states
+    # No rollout backend here: the challenger waits, the champion did not move, so rollout is
+    # skipped and emits no champion asset event (no republication of unchanged segments).
+    assert states.pop("rollout") == "skipped", states
     assert set(states.values()) == {"success"}, states
+    assert _champion_events(run) == 0
     assert registry.current_aliases(settings) == {"champion": "1", "challenger": "2",
                                                   "previous": None}
     version = registry.model_version(settings, "2")
@@ -309,8 +339,17 @@ def test_drift_review_reject_ends_cleanly_approve_registers_and_rollback_dag(
     assert entry["figures"]["profile"]["report"] == str(
         settings.reports_dir / "profiles" / "version-2" / "profile.html")
 
-    # A promotion, then the rollback DAG takes it back.
-    registry.promote(settings, "2", reason="canary passed", actor="rollout")
+    # The promote DAG with its defaults promotes the challenger (at once: no rollout backend)
+    # and emits the champion asset; then the rollback DAG takes it back.
+    promoted = load_dag("kmeans_promote").test(run_conf={"reason": "reviewed by the team"})
+    assert str(promoted.state) == "success"
+    assert registry.current_aliases(settings) == {"champion": "2", "challenger": None,
+                                                  "previous": "1"}
+    entry = [e for e in registry.read_audit(settings) if e["alias"] == "champion"][-1]
+    assert (entry["operation"], entry["to_version"], entry["actor"], entry["reason"]) == (
+        "promotion", "2", promoted.run_id, "reviewed by the team")
+    assert entry["figures"]["gates"]["drift"]["drift_share"] > 0.3
+    assert _champion_events(promoted) == 1
     rollback = load_dag("kmeans_rollback").test(run_conf={"reason": "segment shares jumped"})
     assert str(rollback.state) == "success"
     assert registry.current_aliases(settings) == {"champion": "1", "challenger": None,

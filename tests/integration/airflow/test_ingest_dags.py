@@ -100,7 +100,7 @@ def _run(dag_id: str, conf: dict | None = None, logical_date: dt.datetime | None
 
 
 def _extra(report: dict) -> dict:
-    return {k: report[k] for k in ("source", "start", "end", "landed", "rejected")}
+    return {k: report[k] for k in ("source", "start", "end", "landed", "rejected", "new")}
 
 
 # ---------------------------------------------------------------- the lake
@@ -134,10 +134,15 @@ def test_lake_lands_the_interval_quarantines_a_bad_row_and_emits_the_asset_event
         "total_spend_30d outside [0, 1e+06]"]
     assert events == [_extra(report)]
 
-    # Re-running the interval: the same files, byte for byte, and the same report.
+    assert report["new"] == lake.rows
+
+    # Re-running the interval: the same files, byte for byte, and the same report, but no new
+    # row (a training on this arrival counts new rows: landing a day twice trains once).
     landed = _files(settings.offline_dir, settings.rejected_dir)
     again = _run("kmeans_ingest_lake", conf)
-    assert again[:3] == (state, task_state, report)
+    assert again[:3] == (state, task_state, {**report, "new": 0,
+                                              "unchanged_days": report["days"]})
+    assert again[3] == [{**_extra(report), "new": 0}]
     assert _files(settings.offline_dir, settings.rejected_dir) == landed
 
     # Without start and end: the day that ended at the logical date.
@@ -208,7 +213,7 @@ def test_an_asset_triggered_training_run_trains_on_the_window_the_landing_ends(
     # the training window: the week that ends where the landing ends
     assert _xcom("kmeans_training", run_id, "window") == (iso(-6), iso(1))
     [arrival] = _xcom("kmeans_training", run_id, "window", key="arrivals")
-    assert {k: arrival[k] for k in ("source", "start", "end", "landed", "rejected")} \
+    assert {k: arrival[k] for k in ("source", "start", "end", "landed", "rejected", "new")} \
         == _extra(report)
     assert (arrival["dag_id"], arrival["run_id"]) == ("kmeans_ingest_lake", source_run_id)
 
@@ -252,8 +257,9 @@ def test_sql_lands_the_watermark_interval_of_the_configured_source(
         "discount_share outside [0, 1]"]
     assert events == [_extra(report)]
 
+    assert report["new"] == inside
     landed = _files(settings.offline_dir / OFFLINE_TABLE, settings.rejected_dir)
-    assert _run("kmeans_ingest_sql", conf)[:3] == (state, task_state, report)
+    assert _run("kmeans_ingest_sql", conf)[:3] == (state, task_state, {**report, "new": 0})
     assert _files(settings.offline_dir / OFFLINE_TABLE, settings.rejected_dir) == landed
 
     # An hour without a row: skipped, nothing emitted.
@@ -302,5 +308,6 @@ def test_stream_is_drained_and_the_rows_of_the_interval_reported(
     landed = _files(settings.offline_dir / OFFLINE_TABLE)
     state, task_state, again, events = _run("kmeans_ingest_stream", conf)
     assert (again["landed"], again["rejected"], again["drained"]["read"]) == (25, 0, 0)
+    assert (report["new"], again["new"]) == (30, 0)
     assert events == [_extra(again)]
     assert _files(settings.offline_dir / OFFLINE_TABLE) == landed

@@ -152,17 +152,8 @@ def test_feast_materialize_incremental(materialized, known):
 def test_feast_serve(layout, materialized, known, tmp_path):
     repo, _ = layout
     cid, values = known
-    port = free_port()
-    log = tmp_path / "feast-serve.log"
-    # Own process group: `feast serve` may start workers; all of them go at the end.
-    with log.open("w") as out:
-        server = subprocess.Popen([str(FEAST), "serve", "-h", "127.0.0.1", "-p", str(port)],
-                                  cwd=repo, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+    server, url, _ = _start(repo, "serve", tmp_path, timeout=45)
     try:
-        url = f"http://127.0.0.1:{port}"
-        # until /health answers; an exit fails at once with the log's tail
-        wait_ready(server, url, log, timeout=45, tail=2000, path="/health")
         reply = httpx.post(f"{url}/get-online-features", timeout=10, json={
             "feature_service": SERVICE, "entities": {"customer_id": [cid, 42]}})
         assert reply.status_code == 200, reply.text
@@ -174,6 +165,42 @@ def test_feast_serve(layout, materialized, known, tmp_path):
         assert all(served[n][1] is None for n in FEATURE_NAMES)  # unknown customer
     finally:
         _stop(server)
+
+
+def test_feast_ui(layout, materialized, tmp_path):
+    """`make feast-ui`: the stock web UI starts on the applied repo (it needs grpc_health, of
+    feast's grpcio extra) and lists the project."""
+    repo, _ = layout
+    server, url, log = _start(repo, "ui", tmp_path, timeout=90)
+    try:
+        projects = httpx.get(f"{url}/projects-list.json", timeout=10)
+        assert projects.status_code == 200, projects.text
+        assert [p["id"] for p in projects.json()["projects"]] == [
+            "customer_segments"]
+        page = httpx.get(f"{url}/", timeout=10)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        assert "ModuleNotFoundError" not in log.read_text()
+    finally:
+        _stop(server)
+
+
+def _start(repo: Path, command: str, tmp_path: Path, *, timeout: float):
+    """``feast <command>`` on loopback, once its /health answers (an exit fails at once with
+    the log's tail): the process, its URL and its log. Own process group: it may start
+    workers; :func:`_stop` ends all of them."""
+    port = free_port()
+    log = tmp_path / f"feast-{command}.log"
+    with log.open("w") as out:
+        server = subprocess.Popen([str(FEAST), command, "-h", "127.0.0.1", "-p", str(port)],
+                                  cwd=repo, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(server, url, log, timeout=timeout, tail=2000, path="/health")
+    except BaseException:
+        _stop(server)
+        raise
+    return server, url, log
 
 
 def _stop(server: subprocess.Popen) -> None:

@@ -1,12 +1,14 @@
 """The monitoring loop on real components: a champion registered in MLflow, the inference
 server on a loopback socket logging its predictions, then monitoring windows over that log
 (stationary, then drifted traffic) and the kmeans_monitoring DAG (dag.test) triggering
-kmeans_training once per cooldown."""
+kmeans_training once per cooldown. And where a window's MLflow run keeps its report: under the
+home, never under the working directory."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import time
 
 import httpx
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.settings import FEATURE_NAMES
-from tests.helpers.clock import BEGIN, DAYS, END, START, TODAY
+from tests.helpers.clock import BEGIN, DAYS, END, START, TODAY, at
 from tests.helpers.homes import make_settings, shifted
 from tests.helpers.processes import REPO
 
@@ -120,6 +122,10 @@ def test_drift_is_seen_reported_and_triggers_one_retraining(home, airflow_db):
         [registry.client(settings).get_experiment_by_name(
             f"{settings.mlflow_experiment}-monitoring").experiment_id])
     assert {r.data.tags["status"] for r in runs} == {"ok", "drift"}
+    [run] = [r for r in runs if r.info.run_id == drifted["mlflow_run_id"]]
+    assert run.data.tags["report"] == f"monitoring/{drifted['report']}"
+    assert _artifact_names(settings, run.info.run_id) == {
+        drifted["report"], f"{drifted['window']}.json", drifted["features_report"]}
     _see_in_chromium(folder / "index.html", drifted["window"])
     server, exporter = serve_in_thread(prometheus_path(settings))
     try:
@@ -299,3 +305,115 @@ def test_a_degrading_new_champion_is_rolled_back_within_its_watch(home, airflow_
     [action] = [a for a in read_actions(settings) if a["action"] == "rollback"]
     assert action["champion_version"] == version and action["rolled_back_to"] == "1"
     assert action["server"]["stable"] == "1"
+
+
+# ---------------------------------------------------------------- where the runs keep reports
+
+def _artifact_names(settings, run_id: str) -> set[str]:
+    from pipeline import registry
+    from pipeline.monitoring.window import REPORT_ARTIFACTS
+
+    listed = registry.client(settings).list_artifacts(run_id, REPORT_ARTIFACTS)
+    return {a.path.removeprefix(f"{REPORT_ARTIFACTS}/") for a in listed}
+
+
+def _local(uri: str):
+    """The folder of a local artifact location: a ``file:`` URI or a plain path."""
+    import urllib.parse
+    import urllib.request
+    from pathlib import Path
+
+    if not uri.startswith("file:"):
+        assert uri.startswith("/"), uri
+        return Path(uri)
+    return Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
+
+
+def test_a_window_run_keeps_its_report_under_the_home_and_links_it(settings, tmp_path,
+                                                                    monkeypatch):
+    """Run from another working directory, a window's run is in the monitoring experiment
+    whose artifacts are under ``<home>/mlartifacts/monitoring``; its artifacts are the window's
+    HTML and JSON report (the files the reports app serves, byte for byte) and its tags say
+    where the report is served. Nothing is written under the working directory. A re-run of the
+    window is the same run with the same artifacts."""
+    from pipeline import registry
+    from pipeline.monitoring.window import REPORT_ARTIFACTS, monitor_window, monitoring_dir
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    served = "http://127.0.0.1:8080/kmeans/reports/"
+    settings = settings.model_copy(update={"reports_url": served})
+    figures = monitor_window(settings, at(1), at(1, hours=1))  # no champion yet: still a run
+    assert figures["status"] == "no_champion"
+
+    client = registry.client(settings)
+    experiment = client.get_experiment_by_name(f"{settings.mlflow_experiment}-monitoring")
+    root = settings.artifact_root / "monitoring"
+    assert _local(experiment.artifact_location) == root
+    run = client.get_run(figures["mlflow_run_id"])
+    assert run.info.experiment_id == experiment.experiment_id
+    assert _local(run.info.artifact_uri).is_relative_to(root)
+    folder = monitoring_dir(settings)
+    wid = figures["window"]
+    assert _artifact_names(settings, run.info.run_id) == {f"{wid}.html", f"{wid}.json"}
+    for name in (f"{wid}.html", f"{wid}.json"):
+        copy = _local(run.info.artifact_uri) / REPORT_ARTIFACTS / name
+        assert copy.read_bytes() == (folder / name).read_bytes()
+        assert copy.stat().st_mode & 0o077 == 0  # owner-only, as the model's files
+    assert json.loads((folder / f"{wid}.json").read_text())["mlflow_run_id"] == run.info.run_id
+    assert run.data.tags["report"] == f"monitoring/{wid}.html"
+    assert run.data.tags["report_url"] == f"{served}monitoring/{wid}.html"
+
+    again = monitor_window(settings.model_copy(update={"reports_url": None}),
+                           at(1), at(1, hours=1))
+    assert again["mlflow_run_id"] == run.info.run_id
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    rerun = client.get_run(run.info.run_id)
+    assert rerun.data.tags["report_url"] == (folder / f"{wid}.html").as_uri()  # not served
+    assert _artifact_names(settings, run.info.run_id) == {f"{wid}.html", f"{wid}.json"}
+    assert list(cwd.iterdir()) == [], "MLflow wrote under the working directory"
+
+
+def test_a_misplaced_monitoring_experiment_is_set_aside_and_not_written_to(settings, tmp_path,
+                                                                           monkeypatch, caplog):
+    """A store from before: its monitoring experiment was created without an artifact location,
+    so MLflow put it at ``<cwd>/mlruns/<id>``. The next window renames it aside (its runs stay
+    there), says so in a warning, and records its run in a new experiment under the home;
+    nothing goes to the old location."""
+    from mlflow import MlflowClient
+
+    from pipeline import registry
+    from pipeline.monitoring.window import monitor_window
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    name = f"{settings.mlflow_experiment}-monitoring"
+    old_client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    old_id = old_client.create_experiment(name)  # what the earlier versions did
+    old_location = _local(old_client.get_experiment(old_id).artifact_location)
+    assert old_location == cwd / "mlruns" / old_id
+    old_run = old_client.create_run(old_id, run_name="an earlier window").info.run_id
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.registry"):
+        figures = monitor_window(settings, at(1), at(1, hours=1))
+
+    client = registry.client(settings)
+    experiment = client.get_experiment_by_name(name)
+    assert experiment.experiment_id != old_id
+    assert _local(experiment.artifact_location) == settings.artifact_root / "monitoring"
+    aside = client.get_experiment(old_id)
+    assert aside.name == f"{name}-misplaced-{old_id}"
+    assert [r.info.run_id for r in client.search_runs([old_id])] == [old_run]
+    run = client.get_run(figures["mlflow_run_id"])
+    assert run.info.experiment_id == experiment.experiment_id
+    assert f"{figures['window']}.html" in _artifact_names(settings, run.info.run_id)
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "pipeline.registry"]
+    assert str(old_location) in warning and f"{name}-misplaced-{old_id}" in warning
+    assert not (cwd / "mlruns").exists()
+    # the next window finds the new experiment in its place: nothing renamed again
+    monitor_window(settings, at(1, hours=1), at(1, hours=2))
+    assert client.get_experiment_by_name(name).experiment_id == experiment.experiment_id
+    assert len(client.search_runs([experiment.experiment_id])) == 2
+    assert not (cwd / "mlruns").exists()

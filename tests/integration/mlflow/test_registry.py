@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from pipeline import registry
 from pipeline.cli import app
+from tests.helpers.net import free_port
 
 
 @pytest.fixture
@@ -244,11 +245,18 @@ def _cli(*args):
     return runner.invoke(app, list(args))
 
 
-def test_cli_promote_rollback_and_audit(settings, versions):
+def test_cli_promote_rollback_and_audit(settings, versions, monkeypatch):
     _live(settings, *versions[:2])
+    monkeypatch.setenv("KMEANS_AIRFLOW_PORT", str(free_port()))  # no Airflow listens there
+    monkeypatch.delenv("AIRFLOW__API__PORT", raising=False)
     promoted = _cli("promote", "2", "--reason", "canary passed", "--actor", "erin")
     assert promoted.exit_code == 0, promoted.output
     assert json.loads(promoted.stdout)["champion"] == "2"
+    # No Airflow of this deployment answers here: the move stands, and the answer says how
+    # the segments get republished (tests/integration/airflow/test_airflow_scheduler.py
+    # shows the event reaching a real Airflow).
+    publication = json.loads(promoted.stdout)["publication"]
+    assert not publication["emitted"] and "trigger kmeans_publish" in publication["reason"]
     entry = registry.read_audit(settings)[-2]
     assert entry["figures"] == {"gates": "not run"}, "a version without gates says so"
     rolled = _cli("rollback", "--reason", "latency regression")

@@ -1,7 +1,12 @@
 """The registered model stands alone: in a fresh virtualenv with only MLflow, NumPy and pandas
 (this project not installed), ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` load
 ``models:/customer_segments@champion`` from the SQLite store and answer what the project's own
-server answers for the same rows."""
+server answers for the same rows, its own input example included; and refuse what the server
+refuses (a row without any value, a value out of range) with the server's message.
+
+Two virtualenvs: the pinned MLflow, NumPy and pandas (the model's requirements), and the newest
+ones the registry offers (resolved by uv without the lock, as a plain ``pip install mlflow``
+would: pandas 3 among them). Both come from uv's cache once it holds the wheels."""
 
 import importlib.metadata
 import json
@@ -9,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -30,19 +36,34 @@ OUTPUTS = ["cluster", "distance", "runner_up", "margin", "ood"]
 URI = "models:/customer_segments@champion"
 DROPPED = "tenure_days"  # left out of the "partial" request: missing in every row
 
-# Runs inside the fresh virtualenv: load the champion, predict, report what it can import.
+# Runs inside the fresh virtualenv: load the champion, predict (the requests, the model's own
+# input example), try the rows it must refuse, report versions and what it can import.
 LOAD_AND_PREDICT = """
-import importlib.util, json, sys
+import importlib.metadata, importlib.util, json, sys
 import mlflow
 import pandas as pd
+from mlflow.models import Model
 
 mlflow.set_tracking_uri(sys.argv[1])
 mlflow.set_registry_uri(sys.argv[1])
 model = mlflow.pyfunc.load_model(sys.argv[2])
 requests = json.load(open(sys.argv[3]))
 answers = {name: model.predict(pd.DataFrame(**frame)).to_dict(orient="list")
-           for name, frame in requests.items()}
-print(json.dumps({"answers": answers,
+           for name, frame in requests["good"].items()}
+local = mlflow.artifacts.download_artifacts(sys.argv[2])
+example = Model.load(local).load_input_example(local)
+answers["input_example"] = model.predict(example).to_dict(orient="list")
+refused = {}
+for name, frame in requests["bad"].items():
+    try:
+        model.predict(pd.DataFrame(**frame))
+        refused[name] = None
+    except Exception as err:
+        refused[name] = {"type": type(err).__name__, "message": getattr(err, "message", str(err)),
+                         "error_code": getattr(err, "error_code", None)}
+print(json.dumps({"answers": answers, "refused": refused,
+                  "versions": {n: importlib.metadata.version(n)
+                               for n in ("mlflow", "numpy", "pandas")},
                   "pipeline_importable": importlib.util.find_spec("pipeline") is not None}))
 """
 
@@ -83,18 +104,25 @@ def world(tmp_path_factory):
     return settings, model, raw
 
 
-@pytest.fixture(scope="module")
-def venv(tmp_path_factory):
-    """A fresh virtualenv with the pinned MLflow, NumPy and pandas, and nothing of this
-    project."""
-    root = tmp_path_factory.mktemp("standalone-venv")
-    pins = [f"{n}=={importlib.metadata.version(n)}" for n in ("mlflow", "numpy", "pandas")]
+@pytest.fixture(scope="module", params=["pinned", "newest"])
+def venv(request, tmp_path_factory):
+    """A fresh virtualenv with MLflow, NumPy and pandas, and nothing of this project: the pinned
+    versions (constrained by the lock), or the newest the registry offers (no constraint, as a
+    plain ``pip install mlflow pandas numpy`` resolves them). Both share uv's cache."""
+    root = tmp_path_factory.mktemp(f"standalone-venv-{request.param}")
+    if request.param == "pinned":
+        wanted = ["-c", str(ROOT / "requirements.lock"),
+                  *[f"{n}=={importlib.metadata.version(n)}" for n in ("mlflow", "numpy",
+                                                                       "pandas")]]
+    else:
+        wanted = ["mlflow", "pandas", "numpy"]
+    started = time.monotonic()
     subprocess.run([str(UV), "venv", str(root / "venv"), "--python", sys.executable, "-q"],
                    check=True, cwd=root, env=_clean_env(), timeout=120)
     python = root / "venv" / "bin" / "python"
-    subprocess.run([str(UV), "pip", "install", "-q", "--python", str(python),
-                    "-c", str(ROOT / "requirements.lock"), *pins],
+    subprocess.run([str(UV), "pip", "install", "-q", "--python", str(python), *wanted],
                    check=True, cwd=root, env=_clean_env(), timeout=300)
+    print(f"\n{request.param} venv built in {time.monotonic() - started:.1f} s")
     return python
 
 
@@ -110,6 +138,54 @@ def requests(world):
     full = pd.DataFrame(rows, columns=FEATURE_NAMES)
     partial = full.drop(columns=[DROPPED])
     return {"full": full, "partial": partial}
+
+
+SHARE = FEATURE_NAMES.index("discount_share")
+
+
+@pytest.fixture(scope="module")
+def bad_requests(world):
+    """Batches the server refuses: a row without any value, a value far outside its feature's
+    range, one beyond float32, and an infinite one; each among valid rows."""
+    _, _, raw = world
+    out = {}
+    for name, (row, value) in {"all_null": (1, None), "out_of_range": (2, 50.0),
+                               "beyond_float32": (0, 1e39), "infinite": (3, np.inf)}.items():
+        rows = np.nan_to_num(raw[:4].copy(), nan=0.5)
+        if value is None:
+            rows[row] = np.nan
+        else:
+            rows[row, SHARE] = value
+        out[name] = pd.DataFrame(rows, columns=FEATURE_NAMES)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server_refusals(world, bad_requests):
+    """The project server's 400 message for each of the bad batches (v2, JSON; infinity
+    through the binary tensor extension, which JSON cannot carry)."""
+    settings, _, _ = world
+    out = {}
+    with running(build_app(settings, with_feast=False, canary_alias=None)) as url, \
+            httpx.Client(base_url=url, timeout=30) as http:
+        for name, frame in bad_requests.items():
+            rows = frame.to_numpy()
+            infer = f"/v2/models/{settings.model_name}/infer"
+            if np.isinf(rows).any():
+                header = json.dumps({"inputs": [{
+                    "name": "features", "datatype": "FP64", "shape": list(rows.shape),
+                    "parameters": {"binary_data_size": rows.nbytes}}]}).encode()
+                reply = http.post(infer, content=header + rows.astype("<f8").tobytes(),
+                                  headers={"inference-header-content-length": str(len(header)),
+                                           "content-type": "application/octet-stream"})
+            else:
+                data = [[None if np.isnan(v) else float(v) for v in row] for row in rows]
+                reply = http.post(infer, json={"inputs": [{
+                    "name": "features", "datatype": "FP64", "shape": list(rows.shape),
+                    "data": data}]})
+            assert reply.status_code == 400, (name, reply.text)
+            out[name] = reply.json()["error"]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -183,27 +259,54 @@ def test_the_logged_model_records_what_it_needs(world):
     assert not [p for p in local.rglob("*") if p.suffix in (".pkl", ".pickle", ".cloudpickle")]
 
 
+def _split(frame: pd.DataFrame) -> dict:
+    """A frame as pandas' split orient (NaN and infinity as JSON null and bare tokens)."""
+    return {"columns": list(frame.columns), "data": frame.to_numpy().tolist()}
+
+
 def test_pyfunc_in_a_fresh_venv_answers_like_the_project_server(world, venv, requests,
-                                                                project_answers, tmp_path):
-    settings, _, _ = world
+                                                                project_answers, bad_requests,
+                                                                server_refusals, tmp_path):
+    settings, model, _ = world
     payload = tmp_path / "requests.json"
-    payload.write_text(json.dumps({name: json.loads(frame.to_json(orient="split",
-                                                                  index=False))
-                                   for name, frame in requests.items()}))
+    payload.write_text(json.dumps({  # Python's json writes NaN and Infinity bare
+        "good": {name: _split(frame) for name, frame in requests.items()},
+        "bad": {name: _split(frame) for name, frame in bad_requests.items()}}))
     done = subprocess.run([str(venv), "-c", LOAD_AND_PREDICT, settings.mlflow_tracking_uri, URI,
                            str(payload)], capture_output=True, text=True, cwd=tmp_path,
-                          env=_clean_env(), timeout=120)
+                          env=_clean_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\n{venv.parent.parent.name}: {result['versions']}")
     assert result["pipeline_importable"] is False, "the venv must not see this project"
+    if "newest" in str(venv):  # the unconstrained resolution is at least as new as the pins
+        for name, version in result["versions"].items():
+            ours = importlib.metadata.version(name)
+            assert tuple(map(int, version.split(".")[:2])) >= \
+                tuple(map(int, ours.split(".")[:2])), (name, version, ours)
     answers = result["answers"]
     _assert_same(answers["full"], project_answers["full"], "pyfunc vs server batch")
     _assert_same(answers["full"], project_answers["full_one_by_one"], "pyfunc vs one-row")
     _assert_same(answers["partial"], project_answers["partial"], "pyfunc vs v1 partial")
+    # the model's own input example: its rows sit on the first centroids
+    assert answers["input_example"]["cluster"] == model.cluster_ids[:3].tolist()
+    # what the server refuses, the model refuses, with the server's message
+    for name, message in server_refusals.items():
+        refusal = result["refused"][name]
+        assert refusal is not None, f"the model scored the {name} batch the server refuses"
+        assert refusal["type"] == "MlflowException", refusal
+        assert refusal["error_code"] == "INVALID_PARAMETER_VALUE", refusal
+        assert refusal["message"] == message, (name, refusal["message"], message)
+    assert server_refusals["all_null"].startswith("row 1: no feature value (all null)")
+    assert server_refusals["out_of_range"] == (
+        "row 2: feature discount_share: 50 is outside the accepted range [-10, 11] (valid range "
+        "[0, 1] widened by 10 times its width (KMEANS_RANGE_TOLERANCE))")
+    assert server_refusals["infinite"].startswith(
+        "row 3: feature discount_share: inf is not a finite number (accepted range [-10, 11])")
 
 
 def test_mlflow_models_serve_in_a_fresh_venv_answers_like_the_project_server(
-        world, venv, requests, project_answers, tmp_path):
+        world, venv, requests, project_answers, bad_requests, server_refusals, tmp_path):
     settings, _, _ = world
     port = free_port()
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
@@ -230,6 +333,16 @@ def test_mlflow_models_serve_in_a_fresh_venv_answers_like_the_project_server(
         bad = httpx.post(f"{base}/invocations", json={"dataframe_split": {
             "columns": FEATURE_NAMES, "data": [["a"] * len(FEATURE_NAMES)]}}, timeout=30)
         assert bad.status_code == 400, "the signature refuses text where a double belongs"
+        # rows the server refuses get a 400 here too, ending with the server's message (MLflow's
+        # scoring server puts "Failed to predict data '<the frame>'. Error: " before it)
+        for name in ("all_null", "out_of_range", "beyond_float32"):
+            refused = httpx.post(f"{base}/invocations", timeout=30, json={
+                "dataframe_split": json.loads(bad_requests[name].to_json(orient="split",
+                                                                         index=False))})
+            assert refused.status_code == 400, (name, refused.text)
+            assert refused.json()["error_code"] == "INVALID_PARAMETER_VALUE", refused.text
+            assert refused.json()["message"].endswith(f"Error: {server_refusals[name]}"), \
+                refused.text
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)  # its uvicorn child too

@@ -3,14 +3,18 @@
 The stack of ``make prod-up`` (:mod:`pipeline.orchestration.stack`) on the machine's PostgreSQL
 and Redis: an MLflow tracking server with a PostgreSQL backend store in a database of its own
 (uniquely named, dropped at the end) serving the artifacts, Feast's online store in Redis under
-a Feast project of its own (every key ends with its name; removed at the end), then the training
-flow the DAG runs (:mod:`pipeline.orchestration.flow`) in the production profile with Spark on
-``local[2,4]``, the inference server with both tokens, and everything stopped again. Also: the
-production profile's preflight names the one piece that is missing.
+a Feast project of its own (every key ends with its name; removed at the end), and Airflow on
+a database of its own. The stack is brought up by ``python -m pipeline.orchestration.stack up``
+(what ``make prod-up`` runs) as a process that exits before anything is trained: the training
+DAG is then triggered through Airflow's REST API and run by the stack's scheduler in the
+production profile, as a user meets it (a task that inherited the exited command's Feast metrics
+folder once failed at ``snapshot``). Then the inference server with both tokens, and everything
+stopped again. Also: the production profile's preflight names the one piece that is missing.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -34,11 +38,13 @@ from pipeline.core import preflight
 from pipeline.core.settings import FEATURE_NAMES, load_settings
 from pipeline.data.datagen import generate_lake
 from pipeline.data.features import feature_store, online_features
-from pipeline.orchestration import flow
 from pipeline.orchestration import stack as st
+from pipeline.orchestration.airflow_env import Airflow
 from pipeline.serving.__main__ import main as serve_main
+from tests.helpers.airflow_rest import STALL_TIMEOUT, Rest
 from tests.helpers.clock import DAYS, END, START
 from tests.helpers.net import free_port
+from tests.helpers.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 NAME = "customer_segments"
@@ -54,6 +60,16 @@ def _redis_keys(settings) -> list[bytes]:
     host, port, _ = preflight.redis_address(settings.redis_connection_string)
     with redis.Redis(host=host, port=port) as client:
         return list(client.scan_iter(match=b"*" + settings.feast_project.encode(), count=1000))
+
+
+def _task_log(home: Path, run_id: str, tasks: dict) -> str:
+    """The end of the first failed task's log, for the assertion message."""
+    failed = [t for t, state in tasks.items() if state == "failed"]
+    if not failed:
+        return ""
+    logs = sorted((home / "logs" / "dag_id=kmeans_training" / f"run_id={run_id}"
+                   / f"task_id={failed[0]}").rglob("*.log"))
+    return logs[-1].read_text(errors="replace")[-4000:] if logs else "no log"
 
 
 def _databases(stack: st.Stack) -> set[str]:
@@ -83,18 +99,28 @@ def test_the_stack_trains_registers_and_serves_in_the_production_profile(stack, 
     figures: dict[str, float] = {}
     t0 = time.monotonic()
 
-    # -- up, before any model: MLflow and Feast; the server waits for a champion.
-    up = {r["name"]: r for r in st.up(stack, say=lambda _: None)}
+    # -- `make prod-up` from a shell, before any model: the command exits, and what it started
+    # runs on without it (Feast's metrics folder of that process is gone with it: a task
+    # that inherited it failed at `snapshot`). The scheduler creates no run of its own here:
+    # the one training run below is triggered.
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.orchestration.stack", "up",
+         "--mlflow-port", str(stack.config.mlflow_port),
+         "--serving-port", str(stack.config.serving_port),
+         "--airflow-port", str(stack.config.airflow_port),
+         "--db-prefix", stack.config.db_prefix],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200,
+        env={**os.environ, "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"})
     figures["first up"] = time.monotonic() - t0
-    assert up["mlflow"]["state"] == "started", up
-    assert up["feast"]["state"] == "ready", up
-    assert up["serving"]["state"] == "waiting" and "has no champion yet" in up["serving"][
-        "reason"], up
-    figures["mlflow ready"], figures["feast apply"] = up["mlflow"]["seconds"], up["feast"][
-        "seconds"]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    up = {r["name"]: r for r in st.status(stack)["components"]}
+    assert up["mlflow"]["state"] == "running" and up["mlflow"]["healthy"], up
+    assert up["feast"]["state"] == "set up" and up["feast"]["healthy"], up
+    assert up["serving"]["state"] == "stopped", "no champion yet: the server waits"
+    assert "has no champion yet" in done.stdout + done.stderr
     # Airflow: its metadata in the stack's PostgreSQL, the LocalExecutor, the DAGs parsed.
-    assert up["airflow"]["state"] == "started", up
-    figures["airflow ready"] = up["airflow"]["seconds"]
+    assert up["airflow"]["state"] == "running" and up["airflow"]["healthy"], up
     assert {stack.database("mlflow"), stack.database("airflow")} <= _databases(stack)
     assert stat.S_IMODE(stack.env_file.stat().st_mode) == 0o600
     env = st.read_env_file(stack.env_file)
@@ -142,21 +168,30 @@ def test_the_stack_trains_registers_and_serves_in_the_production_profile(stack, 
         f"error: profile=production: Redis (the Feast online store) at 127.0.0.1:{closed} "
         f"(KMEANS_REDIS_CONNECTION_STRING) refused the connection (nothing listens there)")
 
-    # -- the training flow the DAG runs, on the stack.
+    # -- the training DAG, triggered through the REST API of the stack's Airflow, run by its
+    # scheduler and LocalExecutor after prod-up has exited.
     t1 = time.monotonic()
     generate_lake(settings.lake_dir, n_customers=1500, start=START, days=DAYS, seed=11)
-    window = flow.interval({"params": {"lookback_days": DAYS, "end_date": END.date().isoformat()}})
-    assert flow.ingest(window)["rejected"] == 0
-    flow.materialize(window)
-    snapshot = flow.snapshot(window)
-    report = flow.validate(snapshot)
-    params = {"k_min": 2, "k_max": 4}
-    trained = flow.train(snapshot, report, params)
-    gated = flow.gates(flow.evaluate(trained, snapshot, params), snapshot, report)
-    registered = flow.register(gated)
-    assert registered["version"] == "1" and "champion" in registered["aliases"], registered
-    assert flow.ready_to_serve(registered)["version"] == "1"
-    figures["training flow"] = time.monotonic() - t1
+    home = stack.dir / "airflow"
+    airflow = Airflow(home=home, url=f"http://127.0.0.1:{stack.config.airflow_port}",
+                      username="admin",
+                      password=json.loads((home / "passwords.json").read_text())["admin"],
+                      pgid=up["airflow"]["pgid"], logs=home / "logs")
+    rest = Rest(airflow)
+    wait_until(lambda: rest("GET", "/api/v2/dags/kmeans_training")["dag_id"], STALL_TIMEOUT,
+               "kmeans_training parsed", interval=1, ignore=(OSError, AssertionError))
+    rest("PATCH", "/api/v2/dags/kmeans_training", {"is_paused": False})
+    run_id = rest("POST", "/api/v2/dags/kmeans_training/dagRuns", {
+        "logical_date": None, "conf": {"lookback_days": DAYS, "end_date": END.date().isoformat(),
+                                       "k_min": 2, "k_max": 4}})["dag_run_id"]
+    state = rest.wait_run("kmeans_training", run_id)
+    tasks = rest.tasks("kmeans_training", run_id)
+    assert state == "success", (tasks, _task_log(home, run_id, tasks))
+    assert tasks.pop("drift_review") == "skipped" and set(tasks.values()) == {"success"}, tasks
+    trained = rest("GET", f"/api/v2/dags/kmeans_training/dagRuns/{run_id}/taskInstances/"
+                          "train/xcomEntries/return_value")["value"]
+    trained = trained if isinstance(trained, dict) else json.loads(trained)
+    figures["training DAG"] = time.monotonic() - t1
 
     # -- in the MLflow server's registry, in PostgreSQL, artifacts uploaded through the server.
     client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
@@ -288,3 +323,30 @@ def test_a_port_held_by_something_else_is_not_taken_for_the_server():
     assert preflight.http_problem("http://127.0.0.1:6379/health", 5.0) is not None
     assert preflight.redis_problem("127.0.0.1", 6379, {}, 5.0) is None
     assert preflight.postgres_problem("127.0.0.1", 5432, 5.0) is None
+
+
+def test_the_deployment_name_prefixes_the_databases_on_a_shared_server(tmp_path, monkeypatch):
+    """KMEANS_DEPLOYMENT alone (as `make prod-up` reads it; PROD_DB_PREFIX=... on the command
+    line wins) gives the stack's databases names of their own on the machine's PostgreSQL:
+    two deployments on one server do not share kmeans_mlflow and kmeans_airflow. The
+    components' databases only: no process is started."""
+    name = f"kmeans_test_{uuid.uuid4().hex[:10]}"
+    for key in [k for k in os.environ if k.startswith("KMEANS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("KMEANS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KMEANS_DEPLOYMENT", name)
+    base = load_settings()
+    assert base.feast_project == f"{name}_customer_segments"
+    assert base.stream_name == f"{name}:customer_events"
+    stack = st.Stack(base, st.stack_config(base))
+    databases_only = (st.Component(name="databases", databases=("mlflow", "airflow")),)
+    try:
+        st.up(stack, databases_only, say=lambda _: None)
+        created = {f"{name}_mlflow", f"{name}_airflow"}
+        assert created <= _databases(stack)
+        assert json.loads((stack.dir / st.CONFIG_FILE).read_text())["db_prefix"] == name
+        # the command line (PROD_DB_PREFIX=...) still wins
+        assert st.stack_config(base, {"db_prefix": f"{name}_cli"}).db_prefix == f"{name}_cli"
+    finally:
+        st.purge(stack, databases_only)
+    assert not {f"{name}_mlflow", f"{name}_airflow"} & _databases(stack)

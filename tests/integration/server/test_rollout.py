@@ -14,6 +14,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from airflow.sdk.exceptions import AirflowSkipException
 
 from pipeline import registry
 from pipeline.core.settings import FEATURE_NAMES
@@ -269,10 +270,12 @@ def test_training_dags_rollout_task(world, monkeypatch):
     monkeypatch.setenv("KMEANS_HOME", str(s.home))
     monkeypatch.setenv("KMEANS_ADMIN_TOKEN", ADMIN)
     registered = {"version": v2, "aliases": ["challenger"]}
-    skipped = flow.rollout(registered)
-    assert skipped["outcome"] == "skipped" and "KMEANS_ROLLOUT_BACKEND=none" in skipped["reason"]
+    # The champion did not move: the task is skipped, so it emits no champion asset event.
+    with pytest.raises(AirflowSkipException, match="KMEANS_ROLLOUT_BACKEND=none"):
+        flow.rollout(registered)
+    # The first version is the champion at once: the segments must be published.
     first = flow.rollout({"version": v1, "aliases": ["challenger", "champion"]})
-    assert first["outcome"] == "skipped" and "champion already" in first["reason"]
+    assert first["champion_moved"] and "champion already" in first["reason"]
     app = build_app(s, with_feast=False, canary_alias=None)
     with running(app) as url, Load(url, rows) as load:
         monkeypatch.setenv("KMEANS_ROLLOUT_BACKEND", "local")
@@ -280,5 +283,5 @@ def test_training_dags_rollout_task(world, monkeypatch):
         monkeypatch.setenv("KMEANS_ROLLOUT_STEPS", "shadow,100")
         monkeypatch.setenv("KMEANS_ROLLOUT_INTERVAL_SECONDS", "0.5")
         done = flow.rollout(registered)
-    assert done["outcome"] == "promoted" and load.failed == []
+    assert done["outcome"] == "promoted" and done["champion_moved"] and load.failed == []
     assert app.service.routing.stable.version == v2

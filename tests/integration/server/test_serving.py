@@ -162,8 +162,10 @@ def test_v1_named_features_with_nulls(http, model):
 J = "application/json"
 BAD = [
     (INFER, "not json", J, 400, "body is not valid JSON"),
+    # NaN is a missing value (stock clients write it); Infinity is refused naming the feature
     (INFER, '{"inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 12], '
-     '"data": [NaN, 1,1,1,1,1,1,1,1,1,1,1]}]}', J, 400, "NaN and Infinity are not JSON"),
+     '"data": [Infinity, 1,1,1,1,1,1,1,1,1,1,1]}]}', J, 400,
+     "row 0: feature total_spend_30d: inf is not a finite number"),
     (INFER, json.dumps(_features([[1.0] * 11])), J, 400,
      "features have shape [1, 11]; this model takes [n, 12]"),
     (INFER, json.dumps(_features([["a"] * 12])), J, 400,
@@ -183,7 +185,7 @@ BAD = [
     (INFER, json.dumps(_features([[1.0] * 12] * 101)), J, 400,
      "the batch has 101 rows; at most 100 allowed"),
     (INFER, json.dumps(_features([[1.0] * 12])).replace("1.0", "1e999", 1), J, 400,
-     "number is infinity"),
+     "row 0: feature total_spend_30d: inf is not a finite number"),
     (INFER, json.dumps({"inputs": [{"name": "features", "datatype": "FP64", "shape": [2, 12],
                                     "data": [1.0] * 12}]}), J, 400,
      "shape [2, 12] does not match 12 values"),
@@ -208,7 +210,9 @@ BAD = [
      "feature rows must all be lists of the same length"),
     (PREDICT, '{"instances": [{"customer_id": 99999999999999999999}]}', J, 400,
      "customer_id must be an integer, got 1e+20 (float)"),
-    (PREDICT, '{"instances": [[' + "1" * 400 + ']]}', J, 400, "number is infinity"),
+    # beyond float64: infinite, refused naming the row and the feature
+    (PREDICT, '{"instances": [[' + "1" * 400 + ', 1,1,1,1,1,1,1,1,1,1,1]]}', J, 400,
+     "row 0: feature total_spend_30d: inf is not a finite number"),
     (PREDICT, "[" * 20_000 + "]" * 20_000, J, 400, "depth limit exceeded"),
     (INFER, json.dumps(_features([[1.0] * 12] * 2000)), J, 413, "exceeds the limit of 65536 bytes"),
 ]

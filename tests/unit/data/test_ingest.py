@@ -78,7 +78,9 @@ def test_ingest_is_idempotent_and_quarantines(settings):
     out = sorted((settings.offline_dir / OFFLINE_TABLE).rglob("*.parquet"))
     hashes = [file_sha256(f) for f in out]
     second = ingest_lake(settings, start, end)
-    assert first.to_dict() == second.to_dict()
+    # the same rows again: nothing rewritten, and nothing new (no second training on it)
+    assert second.to_dict() == {**first.to_dict(), "new": 0, "unchanged_days": first.days}
+    assert first.new == first.accepted and first.unchanged_days == []
     assert [file_sha256(f) for f in out] == hashes
     assert first.rejected == 3 and first.reasons == {"mobile_share outside [0, 1]": 3}
     rejected = pq.read_table(settings.rejected_dir / OFFLINE_TABLE / clock.partition(1)).to_pandas()

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.orchestration.flow import arrivals, ingest_interval, interval
+from pipeline.orchestration.flow import arrivals, final, ingest_interval, interval
 from tests.helpers import clock
 
 UTC = dt.UTC
@@ -36,16 +36,40 @@ def test_end_date_param_wins():
     ({"kmax": 3}, r"unknown params \['kmax'\]; this DAG takes \[.*'k_max'"),
 ])
 def test_bad_params_fail_before_any_work(params, message):
+    """A bad param fails the window task at once: AirflowFailException, which Airflow does not
+    retry (a retry cannot fix it)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
     ctx = {"params": params, "data_interval_end": clock.at(7)}
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(AirflowFailException, match=message) as raised:
         interval(ctx)
+    assert isinstance(raised.value.__cause__, ValueError)
 
 
-def _asset_run(run_after: dt.datetime, *ends: str, lookback: int = 2) -> dict:
+def test_an_infrastructure_failure_keeps_the_retries():
+    """Only the named errors end the task at once; anything else (an Airflow API call that
+    timed out on a busy box) stays what it was, so the task's retries apply."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    @final(ValueError)
+    def task(error: Exception):
+        raise error
+
+    with pytest.raises(AirflowFailException, match="ValueError: bad"):
+        task(ValueError("bad"))
+    with pytest.raises(TimeoutError, match="API call timed out"):
+        task(TimeoutError("API call timed out"))
+
+
+def _asset_run(run_after: dt.datetime, *ends: str, lookback: int = 2,
+               new: list[int | None] | None = None) -> dict:
     """The context of a run the scheduler created on data arrival: no data interval, the
-    landings' asset events."""
+    landings' asset events (5 rows landed each; ``new``: how many of them were new, default
+    all; None: an event without the key, as an earlier version emitted)."""
+    news = new or [5] * len(ends)
     events = [SimpleNamespace(extra={"source": "sql", "start": None, "end": end, "landed": 5,
-                                     "rejected": 0},
+                                     "rejected": 0,
+                                     **({} if news[i] is None else {"new": news[i]})},
                               source_dag_id="kmeans_ingest_sql", source_run_id=f"r{i}",
                               timestamp=run_after - dt.timedelta(seconds=10 - i))
               for i, end in enumerate(ends)]
@@ -80,11 +104,29 @@ def test_an_asset_triggered_run_on_a_trickle_is_skipped(monkeypatch):
     context = _asset_run(clock.at(8, hours=13, minutes=41),
                          clock.iso(8, hours=13), clock.iso(8, hours=12))  # 10 rows
     monkeypatch.setenv("KMEANS_TRAIN_MIN_ARRIVAL_ROWS", "11")
-    with pytest.raises(AirflowSkipException, match="arrival of 10 rows, fewer than "
-                                                   "KMEANS_TRAIN_MIN_ARRIVAL_ROWS=11"):
+    with pytest.raises(AirflowSkipException, match=r"arrival of 10 new rows \(0 landed again "
+                                                   r"unchanged\), fewer than "
+                                                   r"KMEANS_TRAIN_MIN_ARRIVAL_ROWS=11"):
         interval(context)
     monkeypatch.setenv("KMEANS_TRAIN_MIN_ARRIVAL_ROWS", "10")
     assert interval(context)[1] == clock.iso(8, hours=13)
+
+
+def test_landing_the_same_rows_again_starts_no_second_training(monkeypatch):
+    """A day landed twice (a run by hand beside the scheduled one): the second landing's event
+    says it brought no new row, so the training it would trigger is skipped. An event without
+    ``new`` (from an earlier version) counts all it landed."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    monkeypatch.setenv("KMEANS_TRAIN_MIN_ARRIVAL_ROWS", "1")
+    queued = clock.at(8, hours=13, minutes=41)
+    again = _asset_run(queued, clock.iso(8, hours=13), new=[0])
+    with pytest.raises(AirflowSkipException, match=r"arrival of 0 new rows \(5 landed again "):
+        interval(again)
+    assert interval(_asset_run(queued, clock.iso(8, hours=13), new=[None]))[1] == \
+        clock.iso(8, hours=13)
+    assert interval(_asset_run(queued, clock.iso(8, hours=13), clock.iso(8, hours=12),
+                               new=[0, 3]))[1] == clock.iso(8, hours=13)
 
 
 def test_the_landings_that_triggered_a_run_are_listed_oldest_first():
