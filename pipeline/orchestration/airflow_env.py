@@ -338,11 +338,11 @@ def readiness(airflow: Airflow) -> str | None:
     status, page = _get(f"{airflow.url}/")
     if status != 200 or not all(marker in page for marker in UI_PAGE_MARKERS):
         return f"the UI's page answers {status}"
-    status, _ = _get(f"{airflow.url}/kmeans/reports/")
+    auth = {"Authorization": f"Bearer {airflow.token()}"}  # the reports are for users only
+    status, _ = _get(f"{airflow.url}/kmeans/reports/", auth)
     if status != 200:
         return f"the reports page answers {status}"
-    status, listed = _get(f"{airflow.url}/api/v2/dags?limit=100",
-                          {"Authorization": f"Bearer {airflow.token()}"})
+    status, listed = _get(f"{airflow.url}/api/v2/dags?limit=100", auth)
     if status != 200:
         return f"the DAG list answers {status}"
     found = {d["dag_id"] for d in json.loads(listed)["dags"]}

@@ -1,6 +1,11 @@
 """The reports folder over HTTP, read-only: the app the Airflow plugin mounts at ``/kmeans``
 (:mod:`pipeline.orchestration.airflow_plugin`). ``/reports/`` lists the reports, newest first;
-``/reports/<path>`` serves one (HTML, JSON or PNG under KMEANS_HOME/reports, nothing else).
+``/reports/<path>`` serves one (HTML, JSON or PNG under KMEANS_HOME/reports, nothing else: a
+symbolic link that leads out of the folder is neither listed nor served).
+
+The reports show the data's figures, so they are for Airflow's users only: :func:`make_app`
+takes the check a request must pass (the plugin gives Airflow's auth manager: a bearer token,
+or the UI's session cookie), and refuses with 401 before anything is read.
 
 Apart from the plugin so that it can be used, and tested, without importing Airflow.
 """
@@ -9,13 +14,21 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.core.settings import AIRFLOW_PLUGIN_PREFIX, load_settings
 
@@ -49,10 +62,18 @@ async def report(request: Request) -> Response:
     return FileResponse(path, media_type=SERVED_SUFFIXES[path.suffix], headers=HEADERS)
 
 
+def _listed(root: Path) -> list[Path]:
+    """The served reports, newest first: files inside the folder once links are followed."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.rglob("*")
+             if p.suffix in SERVED_SUFFIXES and p.is_file() and p.resolve().is_relative_to(root)]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 async def index(request: Request) -> Response:
     root = _root()
-    found = sorted((p for p in root.rglob("*") if p.is_file() and p.suffix in SERVED_SUFFIXES),
-                   key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
+    found = _listed(root)
     rows = "\n".join(
         f"<tr><td>{html.escape(p.parent.relative_to(root).as_posix() or '.')}</td>"
         f"<td><a href=\"{quote(p.relative_to(root).as_posix())}\">{html.escape(p.name)}</a></td>"
@@ -68,7 +89,39 @@ async def index(request: Request) -> Response:
     return HTMLResponse(page, headers=HEADERS)
 
 
-reports_app = Starlette(routes=[
-    Route("/reports/", index),
-    Route("/reports/{path:path}", report),
-])
+#: A request's check: None lets it through, a response refuses it.
+Check = Callable[[Request], Awaitable[Response | None]]
+
+
+class _Guarded:
+    """The app behind ``check``: every HTTP request passes it first."""
+
+    def __init__(self, app: ASGIApp, check: Check) -> None:
+        self.app, self.check = app, check
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refused = await self.check(Request(scope, receive))
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def refusal(status: int, reason: str) -> Response:
+    return JSONResponse({"error": reason}, status_code=status, headers=HEADERS)
+
+
+def make_app(check: Check | None) -> Starlette:
+    """The reports app; every request passes ``check`` first (None: no check, for tests of
+    the app alone and for a caller that guards it itself)."""
+    app = Starlette(routes=[
+        Route("/reports/", index),
+        Route("/reports/{path:path}", report),
+    ])
+    if check is not None:
+        app.add_middleware(_Guarded, check=check)
+    return app
+
+
+reports_app = make_app(None)

@@ -42,6 +42,41 @@ def test_refuses_what_is_not_a_report_inside_the_folder(client, path):
     assert "outside the reports folder" not in reply.text
 
 
+def test_a_link_out_of_the_folder_is_neither_listed_nor_served(client, settings, tmp_path):
+    """The index showed /etc/passwd's size and date through a symbolic link."""
+    outside = tmp_path / "elsewhere.html"
+    outside.write_text("<html>not a report of ours</html>")
+    (settings.reports_dir / "drift" / "passwd.html").symlink_to(outside)
+    (settings.reports_dir / "inside.html").symlink_to(settings.reports_dir / "drift" /
+                                                      "a-vs-v1.html")
+    index = client.get("/reports/").text
+    assert "passwd" not in index and "3 reports" in index  # a link inside the folder stays
+    assert client.get("/reports/drift/passwd.html").status_code == 404
+    assert client.get("/reports/inside.html").text == "<html>evidently</html>"
+
+
+def test_every_request_passes_the_check_before_anything_is_read(settings):
+    """The plugin gives Airflow's auth manager as the check (the real API server's 401 and 200:
+    tests/integration/airflow/test_airflow_ui.py and test_airflow_scheduler.py)."""
+    asked = []
+
+    async def check(request):
+        asked.append(request.url.path)
+        if request.headers.get("authorization") != "Bearer good":
+            return reports_app.refusal(401, "not authenticated")
+        return None
+
+    guarded = TestClient(reports_app.make_app(check))
+    (settings.reports_dir / "drift").mkdir(parents=True)
+    (settings.reports_dir / "drift" / "r.html").write_text("<html>r</html>")
+    for path in ("/reports/", "/reports/drift/r.html", "/reports/../secret.html"):
+        refused = guarded.get(path)
+        assert (refused.status_code, refused.json()) == (401, {"error": "not authenticated"})
+    assert guarded.get("/reports/drift/r.html",
+                       headers={"Authorization": "Bearer good"}).text == "<html>r</html>"
+    assert len(asked) == 4
+
+
 def test_the_plugin_mounts_the_app_and_links_it_in_the_ui(airflow_db):
     from pipeline.orchestration import airflow_plugin
 

@@ -52,6 +52,13 @@ class UI:
     def said(self) -> str:
         return self.out.read_text(errors="replace")
 
+    def auth(self) -> dict[str, str]:
+        """A bearer token of the admin user (its password from the kept file)."""
+        password = json.loads((self.home / "passwords.json").read_text())["admin"]
+        token = httpx.post(f"{self.url}/auth/token", timeout=30, json={
+            "username": "admin", "password": password}).json()["access_token"]
+        return {"Authorization": f"Bearer {token}"}
+
 
 @pytest.fixture(scope="module")
 def airflow_ui_target(tmp_path_factory):
@@ -77,7 +84,10 @@ def airflow_ui_target(tmp_path_factory):
             return False
         # what a person opening the printed address right then gets
         ui.ready_page = httpx.get(f"{ui.url}/", timeout=30).status_code
-        ui.ready_reports = httpx.get(f"{ui.url}/kmeans/reports/", timeout=30).status_code
+        # the reports are for Airflow's users: without a token 401, with one 200
+        ui.ready_reports = (httpx.get(f"{ui.url}/kmeans/reports/", timeout=30).status_code,
+                            httpx.get(f"{ui.url}/kmeans/reports/", timeout=30,
+                                      headers=ui.auth()).status_code)
         return True
 
     def dead() -> str | None:
@@ -105,7 +115,7 @@ def airflow_ui_target(tmp_path_factory):
 
 def test_ready_is_said_once_the_ui_answers_and_says_where_the_password_is(airflow_ui_target):
     ui = airflow_ui_target
-    assert (ui.ready_page, ui.ready_reports) == (200, 200), ui.said()
+    assert (ui.ready_page, ui.ready_reports) == (200, (401, 200)), ui.said()
     page = httpx.get(f"{ui.url}/", timeout=30).text
     assert "<title>Airflow</title>" in page and 'id="root"' in page
     said = ui.said()
