@@ -8,6 +8,7 @@ an MLflow server, Redis for Feast, Spark on Kubernetes and a serving token.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Literal
@@ -159,6 +160,13 @@ class Settings(BaseSettings):
         0.2, ge=0, le=1,
         description="Largest share of a lake day's rows ingest may reject; above it the day "
                     "fails and its previous landing is kept.")
+    ingest_earliest_event: dt.date = Field(
+        dt.date(2000, 1, 1), ge=dt.date(1678, 1, 1),
+        description="Earliest event day every source accepts (YYYY-MM-DD): a row whose "
+                    "event_timestamp or created_timestamp is before it is quarantined with the "
+                    "reason, so sentinel dates (1900-01-01, 1700-01-01) do not land in "
+                    "partitions of their own. The latest accepted is this host's clock plus 5 "
+                    "minutes (later rows are 'in the future').")
     reports_url: str | None = Field(
         None, description="Base URL that serves the reports folder (the Airflow plugin's "
                           "<Airflow URL>/kmeans/reports); the drift review links the Evidently "
@@ -194,6 +202,35 @@ class Settings(BaseSettings):
     admin_max_concurrency: int = Field(
         4, ge=1, description="Admin API requests in flight before it answers 503: a budget of "
                              "its own, apart from max_concurrency.")
+    max_pipelined_requests: int = Field(
+        16, ge=1, le=1024,
+        description="Requests one connection may have read ahead of their answers (HTTP/1.1 "
+                    "pipelining); beyond it the server stops reading from that connection "
+                    "until its answers went out.")
+    max_queued_requests: int = Field(
+        1024, ge=1,
+        description="Pipelined requests read ahead of their turn (waiting behind another "
+                    "request of their connection), over all connections; beyond it the server "
+                    "stops reading further ones until some have run.")
+    max_lookup_ids: int = Field(
+        1000, ge=1,
+        description="Customer ids one request may look up in the online store; more get a 400 "
+                    "naming this limit (feature vectors are bounded by max_batch_rows).")
+    max_write_buffer_bytes: int = Field(
+        256 * 1024, ge=16 * 1024, le=64 * 1024 * 1024,
+        description="Answer bytes a connection may have waiting for its client to read them "
+                    "(beyond the answer being written); above it the server reads no further "
+                    "request from that connection and starts no further answer.")
+    write_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600,
+        description="Time a connection's unread answers (over max_write_buffer_bytes) may wait "
+                    "without the client reading any of them; then the connection is closed and "
+                    "the answers dropped.")
+    shutdown_grace_seconds: float = Field(
+        20.0, ge=3, le=3600,
+        description="Time from SIGTERM to the server's exit: requests in flight get all but "
+                    "the last 2 s of it to finish; what is still running then is cancelled. "
+                    "The predictor's terminationGracePeriodSeconds is larger.")
     range_tolerance: float = Field(
         10.0, ge=0, le=1000,
         description="How far outside a feature's valid range (FEATURES min and max) a served "

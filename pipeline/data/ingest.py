@@ -18,8 +18,16 @@ A day replaces its earlier landing only when it can be trusted:
   and the day in ``missing_days``: an outage of the lake must not delete data. Only
   ``delete_missing=True`` (``kmeans ingest --delete-missing``) deletes it. An interval of which
   no day has files is an error and deletes nothing.
-- Rows dated in the future (beyond this host's clock plus :data:`FUTURE_TOLERANCE`) and rows
-  whose features are all missing are rejected with their reasons.
+- A file that lacks columns refuses its day like an unreadable file (whatever its share of
+  the day's rows: landing the rest would replace the day with fewer rows); its rows are kept with
+  the reason under ``<home>/rejected/failed/...``.
+- Timestamps are parsed value by value (:func:`parse_timestamps`): ISO 8601 text with any offset
+  or ``Z``, or without one (taken as UTC), mixed freely in one column, and timestamp types.
+- Rows dated in the future (beyond this host's clock plus :data:`FUTURE_TOLERANCE`), before
+  ``Settings.ingest_earliest_event`` (sentinel dates such as 1900-01-01), or beyond what pandas
+  holds, and rows whose features are all missing are rejected with their reasons.
+- Every row read is accepted or rejected: :func:`check_rows_accounted` raises
+  :class:`RowsUnaccounted` (a bug, never a data problem) before anything is written otherwise.
 
 Landed partitions and rejected rows hold customer data: they are written owner-only (0600).
 The offline table may be in an object store (``KMEANS_OFFLINE_URI``, :class:`StorePath`): each
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -62,10 +71,36 @@ PART = "part-00000.parquet"
 FUTURE_TOLERANCE = pd.Timedelta(minutes=5)
 #: Folder of ``rejected_dir`` that keeps the rejected rows of refused days.
 FAILED_FOLDER = "failed"
+#: The earliest event day accepted when the caller gives none (``Settings.ingest_earliest_event``).
+EARLIEST_EVENT: dt.date = Settings.model_fields["ingest_earliest_event"].default
+#: The days pandas timestamps (nanoseconds) hold whole, [first, last): a time outside them has no
+#: day pandas can compute, so it is rejected before any day arithmetic.
+FIRST_DAY = pd.Timestamp(pd.Timestamp.min.ceil("D").date(), tz="UTC")
+LAST_DAY = pd.Timestamp(pd.Timestamp.max.floor("D").date(), tz="UTC")
 
 
 class SchemaError(ValueError):
     """A source partition lacks columns the platform needs."""
+
+
+class RowsUnaccounted(RuntimeError):
+    """The rows read are not the rows accepted plus the rows rejected: a bug in the landing,
+    raised before anything is written, so no row is ever lost (or doubled) silently."""
+
+
+def check_rows_accounted(read: int, accepted: int, rejected: int, *, where: str) -> None:
+    """Every source's invariant: each row read is accepted or rejected, once. Raises
+    :class:`RowsUnaccounted` naming ``where`` (the source and interval) otherwise.
+
+    Examples
+    --------
+    >>> check_rows_accounted(100, 67, 33, where="sql source shop [start, end)")
+    """
+    if read != accepted + rejected:
+        raise RowsUnaccounted(
+            f"{where}: {read} rows read but {accepted} accepted + {rejected} rejected = "
+            f"{accepted + rejected}: {read - accepted - rejected} rows unaccounted for (a bug: "
+            f"nothing was written)")
 
 
 @dataclass
@@ -81,6 +116,8 @@ class IngestResult:
     failed_days: list[str] = field(default_factory=list)
     #: Missing days whose landing was deleted (``delete_missing=True`` only).
     deleted_days: list[str] = field(default_factory=list)
+    #: Rows read from the landed days: always ``accepted + rejected``.
+    rows: int = 0
     #: Rows of the days whose landing changed: a day landed again with the same rows adds
     #: none (its day is in ``unchanged_days``), so landing it twice starts no second training.
     new: int = 0
@@ -179,15 +216,132 @@ def _missing_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in [*KEY_COLUMNS, *FEATURE_NAMES] if c not in frame.columns]
 
 
+# ---------------------------------------------------------------- timestamps
+
+_LATE_TEXT = re.compile(r"\+?\d{5,}-.*")  # a year past 9999, as PostgreSQL writes it
+#: Text with a time and an offset (``Z``, ``+05:00``, ``-0330``, ``+05``); a date alone is naive.
+_WITH_OFFSET = r"[T:].*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)\s*$"
+
+
+def _text_beyond(text: str) -> int:
+    """-1 or 1 for the text PostgreSQL gives for what no datetime holds (``-infinity``, a year
+    BC; ``infinity``, a year past 9999), else 0."""
+    low = text.strip().lower()
+    if low in ("infinity", "+infinity") or _LATE_TEXT.fullmatch(low):
+        return 1
+    if low == "-infinity" or low.endswith(" bc"):
+        return -1
+    return 0
+
+
+def _one_timestamp(value: object) -> tuple[pd.Timestamp | None, int]:
+    """A value pandas' vectorized ISO 8601 parser left out: (its time, 0) when it is one inside
+    the days pandas holds, (None, -1 or 1) when it is a time before or after them, (None, 0)
+    when it is not a time."""
+    if isinstance(value, str):
+        side = _text_beyond(value)
+        if side:
+            return None, side
+        try:
+            value = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None, 0
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        value = dt.datetime.combine(value, dt.time())
+    if not isinstance(value, dt.datetime):  # pd.Timestamp is one too
+        return None, 0
+    try:
+        moment = (value.replace(tzinfo=dt.UTC) if value.tzinfo is None
+                  else value.astimezone(dt.UTC))
+    except (OverflowError, ValueError):  # an offset that crosses year 1 or 9999
+        return None, -1 if value.year < 2000 else 1
+    if moment < FIRST_DAY.to_pydatetime():
+        return None, -1
+    if moment >= LAST_DAY.to_pydatetime():
+        return None, 1
+    return pd.Timestamp(moment).as_unit("ns"), 0
+
+
+def _parse_objects(values: pd.Series) -> pd.Series:
+    """Times of an object or string column, each value on its own. Text with an offset and
+    naive text are parsed apart: pandas' ISO 8601 parser reads a naive value that follows one
+    with an offset in that offset, not in UTC."""
+    raw = values.to_numpy(dtype=object)
+    present = values.notna().to_numpy()
+    if pd.api.types.infer_dtype(values, skipna=True) == "string":
+        is_text = present
+    else:
+        is_text = np.fromiter((isinstance(v, str) for v in raw), dtype=bool, count=len(raw))
+    text_at = np.flatnonzero(is_text)
+    with_offset = pd.Series(raw[text_at], dtype=object).str.contains(
+        _WITH_OFFSET, regex=True).to_numpy(dtype=bool)
+    out = np.full(len(raw), np.datetime64("NaT"), dtype="datetime64[ns]")
+    for at in (text_at[with_offset], text_at[~with_offset], np.flatnonzero(present & ~is_text)):
+        if len(at):
+            parsed = pd.to_datetime(pd.Series(raw[at], dtype=object), utc=True,
+                                    errors="coerce", format="ISO8601")
+            out[at] = parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[ns]")
+    return pd.Series(out, index=values.index).dt.tz_localize("UTC")
+
+
+def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Each value parsed on its own merits: ISO 8601 text with an offset, with ``Z`` or without
+    one (naive: taken as UTC), mixed freely in one column (not in the format of the first value,
+    as ``pd.to_datetime`` infers it), Python or pandas times, dates (their midnight UTC), and
+    timestamp columns. Numbers are not times (an epoch is a type change, see
+    :func:`type_problems`).
+
+    Returns ``(times, side)``: the UTC times, NaT where a value is missing, not a time, or outside
+    the days pandas holds [:data:`FIRST_DAY`, :data:`LAST_DAY`); ``side`` is -1 where the value
+    is a time before them (``-infinity``, 1677-09-21, a year BC), 1 after them (``infinity``,
+    a year past 2262), else 0. Index as ``values``.
+    """
+    side = np.zeros(len(values), dtype=np.int8)
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        times = pd.to_datetime(values, utc=True)  # its unit kept: what was landed before
+    elif pd.api.types.is_object_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype):
+        times = _parse_objects(values)
+        left = np.flatnonzero((times.isna() & values.notna()).to_numpy())
+        if len(left):
+            raw = values.to_numpy(dtype=object)
+            parsed = [_one_timestamp(raw[i]) for i in left]
+            found = [(i, stamp) for i, (stamp, _) in zip(left, parsed, strict=True)
+                     if stamp is not None]
+            if found:
+                times = times.copy()
+                times.iloc[[i for i, _ in found]] = [stamp for _, stamp in found]
+            side[left] = [s for _, s in parsed]
+    else:  # numbers, booleans: not times
+        times = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    early, late = (times < FIRST_DAY).to_numpy(), (times >= LAST_DAY).to_numpy()
+    if early.any() or late.any():  # a unit coarser than ns holds them: outside all the same
+        side[early], side[late] = -1, 1
+        times = times.where(~(early | late))
+    return times, pd.Series(side, index=values.index)
+
+
 # ---------------------------------------------------------------- rows
 
 
-def split_valid(frame: pd.DataFrame, day: dt.date, *,
-                now: dt.datetime | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split one day's rows into accepted rows and rejected rows with a ``reject_reason``.
+def _midnight(day: dt.date) -> pd.Timestamp | None:
+    """The start of ``day`` in UTC; None for a day pandas cannot hold whole."""
+    try:
+        start = pd.Timestamp(day, tz="UTC")
+    except (OverflowError, ValueError):  # pandas' OutOfBoundsDatetime is a ValueError
+        return None
+    return start if FIRST_DAY <= start < LAST_DAY else None
+
+
+def split_valid(frame: pd.DataFrame, day: dt.date, *, now: dt.datetime | None = None,
+                earliest: dt.date | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split one day's rows into accepted rows and rejected rows with a ``reject_reason``; the
+    rejected rows keep their index (the rows' positions for the callers that count on it).
 
     ``now`` (default: the clock) is the time after which (plus :data:`FUTURE_TOLERANCE`) a row's
-    timestamps count as future.
+    timestamps count as future; ``earliest`` (default :data:`EARLIEST_EVENT`; the sources pass
+    ``Settings.ingest_earliest_event``) the first day they may be on. Timestamps are parsed
+    value by value (:func:`parse_timestamps`); each row is accepted or rejected, never dropped
+    (:func:`check_rows_accounted`).
     """
     missing = _missing_columns(frame)
     if missing:
@@ -211,15 +365,25 @@ def split_valid(frame: pd.DataFrame, day: dt.date, *,
         latest = latest.tz_localize("UTC")
     latest += FUTURE_TOLERANCE
 
+    first = pd.Timestamp((earliest or EARLIEST_EVENT).isoformat(), tz="UTC")
+    too_early = f"before ingest_earliest_event={first.date()}"
+
     ids = pd.to_numeric(frame["customer_id"], errors="coerce")
     flag(ids.isna() | (ids <= 0) | (ids % 1 != 0) | (ids >= 2**63),
          "customer_id missing or not a positive integer")
-    ts = pd.to_datetime(frame["event_timestamp"], utc=True, errors="coerce")
+    ts, side = parse_timestamps(frame["event_timestamp"])
+    flag(side < 0, f"event_timestamp {too_early}")
+    flag(side > 0, "event_timestamp in the future")
     flag(ts.isna(), "event_timestamp missing or not a timestamp")
     flag(ts > latest, "event_timestamp in the future")
-    day_start = pd.Timestamp(day, tz="UTC")
-    flag((ts < day_start) | (ts >= day_start + pd.Timedelta(days=1)),
-         f"event_timestamp outside partition day={day}")
+    flag(ts < first, f"event_timestamp {too_early}")
+    day_start = _midnight(day)
+    day_end = None if day_start is None else day_start + pd.Timedelta(days=1)
+    outside = f"event_timestamp outside partition day={day}"
+    if day_start is None:
+        flag(pd.Series(True, index=frame.index), outside)
+    else:
+        flag((ts < day_start) | (ts >= day_end), outside)
     values: dict[str, pd.Series] = {}
     for name, spec in FEATURES.items():
         values[name] = pd.to_numeric(frame[name], errors="coerce")
@@ -235,13 +399,16 @@ def split_valid(frame: pd.DataFrame, day: dt.date, *,
     flag(keys.duplicated(keep="first").reindex(frame.index, fill_value=False),
          "duplicate (customer_id, event_timestamp)")
     if "created_timestamp" in frame.columns:
-        created = pd.to_datetime(frame["created_timestamp"], utc=True, errors="coerce")
+        created, created_side = parse_timestamps(frame["created_timestamp"])
+        flag(created_side < 0, f"created_timestamp {too_early}")
+        flag(created_side > 0, "created_timestamp in the future")
         flag(frame["created_timestamp"].notna() & created.isna(),
              "created_timestamp is not a timestamp")
         # Feast breaks ties by creation time: a future one would win over every later fix. The
         # end of the row's day is allowed even if still ahead (the landing time of a day).
-        flag(created > max(latest, day_start + pd.Timedelta(days=1)),
+        flag(created > (latest if day_end is None else max(latest, day_end)),
              "created_timestamp in the future")
+        flag(created < first, f"created_timestamp {too_early}")
     else:
         created = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
 
@@ -249,27 +416,34 @@ def split_valid(frame: pd.DataFrame, day: dt.date, *,
     accepted = frame.loc[~bad].copy()
     accepted["customer_id"] = ids[~bad].astype("int64")
     accepted["event_timestamp"] = ts[~bad]
-    # A row without a creation time was created when its day was landed.
-    accepted["created_timestamp"] = created[~bad].fillna(day_start + pd.Timedelta(days=1))
+    # A row without a creation time was created when its day was landed (day_end is set when
+    # any row is accepted: outside the days pandas holds, every row is rejected).
+    accepted["created_timestamp"] = created[~bad].fillna(day_end if day_end is not None
+                                                         else pd.NaT)
     rejected = raw.loc[bad].copy()
     rejected["reject_reason"] = reason[bad]
+    check_rows_accounted(len(frame), len(accepted), len(rejected),
+                         where=f"split_valid day={day}")
     return accepted[OFFLINE_COLUMNS], rejected
 
 
 @dataclass
 class _Day:
-    """One lake day as read: rows to check, rows already rejected by file, unreadable files."""
+    """One lake day as read: rows to check, rows already rejected by file, unreadable files,
+    files that lack columns (each with its rows and the reason)."""
 
     frames: list[pd.DataFrame] = field(default_factory=list)
     rejected: list[pd.DataFrame] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    incomplete: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     rows: int = 0
 
 
 def _read_day(fs: pafs.FileSystem, files: list[str]) -> _Day:
-    """Read a day's files one by one: a file whose columns are missing or of the wrong type has
-    all its rows rejected with that reason, before files are combined (combining an int64
-    column with a timestamp column would hide the type change)."""
+    """Read a day's files one by one: a file whose columns are of the wrong type has all its
+    rows rejected with that reason, before files are combined (combining an int64 column with a
+    timestamp column would hide the type change); a file that lacks columns is set apart (it
+    refuses the day)."""
     day = _Day()
     for path in files:
         try:
@@ -285,7 +459,9 @@ def _read_day(fs: pafs.FileSystem, files: list[str]) -> _Day:
         problems = list(type_problems(frame).values())
         if missing:
             problems.insert(0, f"file lacks columns {missing}")
-        if problems:
+            day.incomplete.append((f"{path} lacks columns {missing} ({len(frame)} rows)",
+                                   frame.assign(reject_reason="; ".join(problems))))
+        elif problems:
             day.rejected.append(frame.assign(reject_reason="; ".join(problems)))
         else:
             day.frames.append(frame)
@@ -373,14 +549,26 @@ def ingest_lake(settings: Settings, start: dt.date, end: dt.date, *,
             _missing_day(result, key, [out, bad_file], delete_missing=delete_missing,
                          what="has no Parquet files" if not files else "holds no rows")
             continue
+        if read.incomplete:
+            # However few its rows, landing the rest would replace the day with fewer rows.
+            kept = _keep_failed_attempt(settings, key, pd.concat(
+                [frame for _, frame in read.incomplete], ignore_index=True))
+            failures[key] = (f"{len(read.incomplete)} of {len(files)} files lack columns: "
+                             f"{', '.join(what for what, _ in read.incomplete)}; expected "
+                             f"{OFFLINE_COLUMNS} (created_timestamp optional); the previous "
+                             f"landing is kept, the file's rows and the reason are in {kept}")
+            result.failed_days.append(key)
+            continue
         if read.frames:
             accepted, rejected = split_valid(pd.concat(read.frames, ignore_index=True), day,
-                                             now=now)
+                                             now=now, earliest=settings.ingest_earliest_event)
         else:
             accepted, rejected = _empty_offline(), pd.DataFrame({"reject_reason": []})
         parts = [f for f in [*read.rejected, rejected] if len(f)]
         if parts:
             rejected = pd.concat(parts, ignore_index=True)
+        check_rows_accounted(read.rows, len(accepted), len(rejected),
+                             where=f"lake ingest of day={key}")
         share = len(rejected) / read.rows
         if share > settings.ingest_max_reject_share:
             kept = _keep_failed_attempt(settings, key, rejected)
@@ -404,6 +592,7 @@ def ingest_lake(settings: Settings, start: dt.date, end: dt.date, *,
         else:
             bad_file.unlink(missing_ok=True)  # a re-run with clean data leaves no stale rejects
         result.days.append(key)
+        result.rows += read.rows
         result.accepted += len(accepted)
         result.rejected += len(rejected)
     if failures:

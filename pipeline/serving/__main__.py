@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from pipeline.core import preflight
 from pipeline.core.settings import load_settings
 from pipeline.serving.model import MODES
-from pipeline.serving.server import serve
+from pipeline.serving.server import serve, token_problems
 
 #: Dependencies whose INFO logs and warnings are noise to someone running the server.
 NOISY_LOGGERS = ("mlflow", "feast", "alembic", "urllib3", "numba", "httpx")
@@ -102,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
                              for e in err.errors())
         print(f"error: {problems}", file=sys.stderr)
+        return 2
+    problem = token_problems(settings)  # before any server is asked: a fix of the settings
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:  # the production profile's servers: MLflow, Redis unless --no-feast, PostgreSQL if set
         preflight.check(settings, needs=("postgres", "mlflow", *(("redis",) if args.feast else ())))

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ from pipeline.serving.openapi import document
 from pipeline.serving.predlog import PredictionLog
 from pipeline.serving.protocol import BINARY_DTYPES, OUTPUTS
 from pipeline.serving.routes import ROUTES, Route, Router
+from pipeline.serving.transport import CLIENT_GONE, QueueBudget
 
 log = logging.getLogger("pipeline.serving")
 
@@ -102,6 +104,13 @@ class Metrics:
         self.inflight = Gauge("kmeans_inflight_requests", "Requests in flight", registry=r)
         self.limited = Counter("kmeans_rejected_busy_total",
                                "Requests refused at the concurrency limit", registry=r)
+        self.closed = Counter("kmeans_connections_closed_total",
+                              "Connections the server closed, by reason (write_timeout: the "
+                              "client read none of its answers in time)", ["reason"],
+                              registry=r)
+        self.lookup_ids = Counter("kmeans_lookup_ids_total",
+                                  "Customer ids read from the online store (a lookup whose "
+                                  "client went stops reading)", registry=r)
         self.slot = Gauge("kmeans_model_version", "Version loaded in each slot (-1: empty)",
                           ["slot"], registry=r)
         self.weight = Gauge("kmeans_canary_weight_percent", "Share of keys sent to the canary",
@@ -189,7 +198,9 @@ class InferenceApp:
                  access_log: BinaryIO | None = None, tune_gc: bool = False,
                  server_version: str = "0.1.0", body_timeout: float = 30.0,
                  max_admin_concurrency: int = 4, max_header_bytes: int = 32 * 1024,
-                 header_timeout: float = 10.0, prediction_log: PredictionLog | None = None):
+                 header_timeout: float = 10.0, prediction_log: PredictionLog | None = None,
+                 max_pipelined: int = 16, max_queued: int = 1024,
+                 max_write_buffer: int = 256 * 1024, write_timeout: float = 30.0):
         for what, value in (("token", token), ("admin_token", admin_token)):
             problem = None if value is None else token_problem(value)
             if problem:  # an empty token must not read as "no token": that opens the route
@@ -201,7 +212,8 @@ class InferenceApp:
         self.token = token.encode() if token is not None else None
         self.admin_token = admin_token.encode() if admin_token is not None else None
         for what, seconds in (("body_timeout", body_timeout),
-                              ("header_timeout", header_timeout)):
+                              ("header_timeout", header_timeout),
+                              ("write_timeout", write_timeout)):
             if not 0 < seconds < math.inf:
                 raise ValueError(f"{what}={seconds!r} should be a number of seconds > 0")
         self.max_body_bytes = max_body_bytes
@@ -211,6 +223,11 @@ class InferenceApp:
         # Enforced by the HTTP protocol, before this app sees a request (server.running/serve).
         self.max_header_bytes = max_header_bytes
         self.header_timeout = header_timeout
+        self.max_pipelined = max_pipelined  # requests one connection may read ahead
+        self.max_queued = max_queued  # requests read ahead, waiting, server-wide
+        self.max_write_buffer = max_write_buffer  # unread answer bytes per connection
+        self.write_timeout = write_timeout
+        self.queue_budget: QueueBudget | None = None  # the protocol's (limited_protocol)
         self.loader = loader
         # One JSON line per request, written straight to a binary stream (no logging module:
         # a LogRecord per request costs more than scoring the row); flushed twice a second.
@@ -232,6 +249,7 @@ class InferenceApp:
         self._openapi = orjson.dumps(document(service.name))  # built once, served as is
         self.metrics.routing(service.routing.describe())
         self.metrics.inflight.set_function(lambda: self.inflight)
+        service.ids_read = self.metrics.lookup_ids.inc
 
     def _bind(self, route: Route) -> Endpoint:
         return Endpoint(route.name, getattr(self, route.handler), route.methods, route.guard,
@@ -297,6 +315,13 @@ class InferenceApp:
         except ServingError as err:
             status, body, ctype = err.status, orjson.dumps({"error": str(err)}), JSON_TYPES[0]
             extra = tuple((k.encode(), v.encode()) for k, v in err.headers.items())
+        except asyncio.CancelledError as err:
+            # The client went before its answer (the protocol cancels the task: 499, nothing
+            # to send), or the shutdown's grace period ran out (503, the client may retry).
+            status, ctype = (499 if CLIENT_GONE in err.args else 503), JSON_TYPES[0]
+            body = orjson.dumps({"error": "the server is shutting down; retry on another "
+                                          "replica"})
+            extra = ((b"connection", b"close"),)
         except Exception:  # a fault of ours, not of the input: logged, counted, JSON
             log.exception("request %s on %s failed", request_id, path)
             status, ctype, extra = 500, JSON_TYPES[0], ()
@@ -306,11 +331,16 @@ class InferenceApp:
                 self.inflight -= 1
             elif budget == "admin":
                 self.admin_inflight -= 1
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", ctype),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"x-request-id", request_id.encode()), *extra]})
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        if status != 499:
+            try:
+                await send({"type": "http.response.start", "status": status,
+                            "headers": [(b"content-type", ctype),
+                                        (b"content-length", str(len(body)).encode()),
+                                        (b"x-request-id", request_id.encode()), *extra]})
+                await send({"type": "http.response.body",
+                            "body": b"" if method == "HEAD" else body})
+            except asyncio.CancelledError:  # gone while its answer waited to be written
+                status = 499
         elapsed = time.perf_counter() - start
         m = self.metrics
         m.child(m.requests, route_name, str(status)).inc()
@@ -351,6 +381,10 @@ class InferenceApp:
                  "method": None, "path": None, "route": "unknown", "status": status, "ms": None,
                  "versions": [], "error": reason}, option=orjson.OPT_APPEND_NEWLINE))
 
+    def connection_closed(self, reason: str) -> None:
+        """A connection the HTTP protocol closed (its client read no answer in time)."""
+        self.metrics.child(self.metrics.closed, reason).inc()
+
     def _check_token(self, headers: dict, guard: str) -> None:
         expected = self.token if guard == "predict" else self.admin_token
         if expected is None:
@@ -371,7 +405,7 @@ class InferenceApp:
         if ctype and ctype not in JSON_TYPES and not (
                 binary and ctype == b"application/octet-stream"):
             raise UnsupportedMediaType(
-                f"content-type {ctype.decode('latin-1')!r} is not supported; send "
+                f"content-type {brief(ctype.decode('latin-1'))} is not supported; send "
                 "application/json (or application/octet-stream with "
                 "Inference-Header-Content-Length for binary tensors)")
         length = headers.get(b"content-length", b"")
@@ -418,12 +452,12 @@ class InferenceApp:
 
     def _check_model(self, params: Mapping[str, str]) -> None:
         if params["name"] != self.service.name:
-            raise ModelNotFound(f"model {params['name']!r} is unknown; this server serves "
+            raise ModelNotFound(f"model {brief(params['name'])} is unknown; this server serves "
                                 f"[{self.service.name!r}]")
         version = params.get("version")
         if version is not None and version not in self._loaded():
-            raise ModelNotFound(f"version {version!r} of {self.service.name!r} is not loaded; "
-                                f"loaded: {self._loaded()}")
+            raise ModelNotFound(f"version {brief(version)} of {self.service.name!r} is not "
+                                f"loaded; loaded: {self._loaded()}")
 
     def _loaded(self) -> list[str]:
         r = self.service.routing
@@ -519,6 +553,7 @@ class InferenceApp:
             raise InvalidInput("instances is empty; send at least 1 row")
         self.service.check_rows(len(instances))
         if all(isinstance(r, dict) and set(r) == {"customer_id"} for r in instances):
+            self.service.check_ids(len(instances))
             return "customer_id", [r["customer_id"] for r in instances]
         if all(isinstance(r, dict) for r in instances):
             instances = self._rows_from_objects(instances)
@@ -539,10 +574,18 @@ class InferenceApp:
         service = self.service
         ids = None
         if kind == "customer_id":
+            service.check_ids(len(data))  # before a look at each id
             ids = _int_list(data)
-            service.check_rows(len(ids))
-            # Off the event loop: a store read must not stall the other requests.
-            pred = await asyncio.to_thread(service.predict_entities, ids, version=version)
+            # Off the event loop: a store read must not stall the other requests. When the
+            # client goes, the task is cancelled: a lookup not started yet is dropped from the
+            # pool's queue, and a running one stops at its next chunk of ids.
+            stop = threading.Event()
+            try:
+                pred = await asyncio.to_thread(service.predict_entities, ids, version=version,
+                                               stop=stop)
+            except asyncio.CancelledError:
+                stop.set()
+                raise
         elif len(data) <= INLINE_ROWS:
             pred = service.predict_vectors(data, version=version)
         else:
@@ -560,6 +603,8 @@ class InferenceApp:
                       "inflight": self.inflight, "max_concurrency": self.max_concurrency,
                       "admin_inflight": self.admin_inflight,
                       "max_admin_concurrency": self.max_admin_concurrency,
+                      "queued": None if self.queue_budget is None else self.queue_budget.queued,
+                      "max_queued": self.max_queued,
                       "window": {v: w.summary() for v, w in s.stats.windows.items()}})
 
     async def admin_load(self, request):
@@ -594,6 +639,10 @@ class InferenceApp:
                 raise ModelNotFound(str(err)) from err
             except ArtifactError as err:
                 raise Unprocessable(f"version {version or alias} was not loaded: {err}") from err
+            except RecursionError as err:  # a JSON file nested deeper than Python reads
+                raise Unprocessable(f"version {version or alias} was not loaded: its "
+                                    "model.json or checksums.json is nested too deeply to "
+                                    "read") from err
             routing = self.service.load(model, got, slot)
         return self._routing_reply(routing)
 
@@ -769,7 +818,7 @@ def _parse_v2(request: Request, service: SegmentService) -> tuple[dict, tuple[st
     else:
         if len(shape) not in (1, 2) or shape[1:] not in ([], [1]):
             raise InvalidInput(f"customer_id has shape {brief(shape)}; allowed: [n] or [n, 1]")
-        service.check_rows(shape[0], shape)
+        service.check_ids(shape[0], shape)
     params = tensor.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     data: list | np.ndarray | None

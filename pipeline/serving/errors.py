@@ -38,6 +38,7 @@ class Conflict(ServingError):
 
 class PayloadTooLarge(ServingError):
     status = 413
+    headers = {"connection": "close"}  # the body was not read: drop the rest of it
 
 
 class UnsupportedMediaType(ServingError):
@@ -59,6 +60,35 @@ class TooBusy(ServingError):
 
 def brief(value, limit: int = 80) -> str:
     """``repr(value)``, clipped: an error message names what it got without echoing a huge
-    input back."""
-    text = repr(value)
+    input back. A value nested too deeply for ``repr`` (JSON parsers accept 1,024 levels,
+    Python's recursion limit is about as deep) is shown by its first levels."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"{_outline(value, limit)}… (nested too deeply to show)"
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _outline(value, limit: int) -> str:
+    """The start of ``value``'s repr, following first items down without recursion."""
+    parts: list[str] = []
+    size = 0
+    while size < limit:
+        if isinstance(value, (list, tuple)):
+            opening = "[" if isinstance(value, list) else "("
+            if not value:
+                parts.append(opening + ("]" if opening == "[" else ")"))
+                break
+            piece, value = opening, value[0]
+        elif isinstance(value, dict):
+            if not value:
+                parts.append("{}")
+                break
+            key = next(iter(value))
+            piece, value = f"{{{repr(key)[:limit]}: ", value[key]
+        else:
+            parts.append(repr(value)[:limit])
+            break
+        parts.append(piece)
+        size += len(piece)
+    return "".join(parts)[:limit]

@@ -28,6 +28,7 @@ import logging
 import math
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,11 +38,18 @@ from pipeline.model.artifact import Assignment, SegmentModel
 from pipeline.model.kmeans_segments import NAMED_ROWS, InputCheck
 from pipeline.serving.errors import Conflict, InvalidInput, ModelNotFound, NotReady, brief
 from pipeline.serving.kernels import assign, id_buckets, row_flags, row_hash_buckets
+from pipeline.serving.lookup import OnlineRows
 
 log = logging.getLogger(__name__)
 
 BUCKETS = 10_000
 MODES = ("canary", "shadow")
+#: Ids read from the online store at a time: a lookup whose client went stops between chunks.
+LOOKUP_CHUNK = 256
+
+
+class Abandoned(Exception):
+    """Raised in a lookup's worker thread once its request was cancelled (its client went)."""
 
 
 @dataclass(frozen=True)
@@ -161,13 +169,15 @@ class SegmentService:
     """One named model: stable and canary slots, routing, vectorized scoring, lookups by id."""
 
     def __init__(self, name: str, *, lookup=None, max_batch_rows: int = 10_000,
-                 range_tolerance: float = 10.0):
+                 range_tolerance: float = 10.0, max_lookup_ids: int = 1000):
         if not 0 <= range_tolerance < float("inf"):
             raise ValueError(f"range_tolerance={range_tolerance!r} should be a finite number "
                              ">= 0")
         self.name = name
         self.lookup = lookup  # OnlineLookup, or None when no online store is configured
         self.max_batch_rows = max_batch_rows
+        self.max_lookup_ids = max_lookup_ids
+        self.ids_read: Callable[[int], object] | None = None  # told of each chunk read
         self.range_tolerance = range_tolerance
         self._checks: dict[tuple[str, ...], InputCheck] = {}
         self.routing = Routing()
@@ -207,7 +217,7 @@ class SegmentService:
                     raise Conflict(f"version {version} is already the stable version")
                 new = Routing(r.stable, Slot(model, version), 0.0, r.mode)
             else:
-                raise InvalidInput(f"slot {slot!r} is not known; use 'stable' or 'canary'")
+                raise InvalidInput(f"slot {brief(slot)} is not known; use 'stable' or 'canary'")
             self.routing = new
         log.info("model %s version %s loaded as %s (k=%d)", self.name, version, slot, model.k)
         return new
@@ -217,7 +227,7 @@ class SegmentService:
             r = self.routing
             mode = mode or r.mode
             if mode not in MODES:
-                raise InvalidInput(f"mode {mode!r} is not known; use one of {list(MODES)}")
+                raise InvalidInput(f"mode {brief(mode)} is not known; use one of {list(MODES)}")
             if not 0 <= weight <= 100:
                 raise InvalidInput(f"weight {weight} must be a percentage in [0, 100]")
             if r.canary is None and (weight > 0 or mode == "shadow"):
@@ -269,6 +279,18 @@ class SegmentService:
             declared = "" if shape is None else f" (input shape {brief(shape)})"
             raise InvalidInput(f"the batch has {n} rows; at most {self.max_batch_rows} "
                                f"allowed{declared}")
+
+    def check_ids(self, n: int, shape: list[int] | None = None) -> None:
+        """Refuse a lookup of more customer ids than ``max_lookup_ids`` (each id is a read of
+        the online store, far dearer than scoring a row) or an empty one."""
+        if n == 0 or n <= self.max_lookup_ids:
+            self.check_rows(n, shape)
+        else:
+            declared = "" if shape is None else f" (input shape {brief(shape)})"
+            raise InvalidInput(f"the request looks up {n} customer ids; at most "
+                               f"{self.max_lookup_ids} allowed per request "
+                               f"(KMEANS_MAX_LOOKUP_IDS){declared}: split it, or send feature "
+                               "vectors")
 
     def check_shape(self, shape: list[int]) -> None:
         """Refuse a features tensor's declared shape before any array is built from it (Python
@@ -393,7 +415,7 @@ class SegmentService:
                     None)
         if slot is None:
             loaded = [s.version for s in (routing.stable, routing.canary) if s]
-            raise ModelNotFound(f"version {version!r} of {self.name!r} is not loaded; "
+            raise ModelNotFound(f"version {brief(version)} of {self.name!r} is not loaded; "
                                 f"loaded: {loaded}")
         a = self._assign(slot, x)
         self._record(version, a.cluster, a.distance)
@@ -422,15 +444,18 @@ class SegmentService:
             w.agreed += int((cluster == stable_cluster).sum())
             w.stable_distance.extend(_finite(stable_distance[:256]).tolist())
 
-    def predict_entities(self, ids: list[int], *, version: str | None = None) -> Prediction:
+    def predict_entities(self, ids: list[int], *, version: str | None = None,
+                         stop: threading.Event | None = None) -> Prediction:
         """Score customers by id through the online store. An unknown id, or stored features
         that cannot be scored (no value at all, or a value out of range), is a per-row error;
-        only the rows that can be scored reach the model and the analysis window."""
+        only the rows that can be scored reach the model and the analysis window. The store is
+        read :data:`LOOKUP_CHUNK` ids at a time; once ``stop`` is set (the request was
+        cancelled) the next chunk is not read: :class:`Abandoned`."""
         stable = self._stable()
-        self.check_rows(len(ids))
+        self.check_ids(len(ids))
         if self.lookup is None:
             raise NotReady("no Feast online store is configured for lookups by customer_id")
-        rows = self.lookup.fetch(ids)
+        rows = self._fetch(ids, stop)
         names = stable.model.feature_names
         n = len(ids)
         errors = ["" if ok else f"customer_id {ids[i]} has no online features"
@@ -462,6 +487,21 @@ class SegmentService:
         pred.error = errors
         pred.features = values
         return pred
+
+
+    def _fetch(self, ids: list[int], stop: threading.Event | None):
+        parts = []
+        for at in range(0, len(ids), LOOKUP_CHUNK):
+            if stop is not None and stop.is_set():
+                raise Abandoned(f"the request was cancelled after {at} of {len(ids)} ids")
+            chunk = ids[at:at + LOOKUP_CHUNK]
+            parts.append(self.lookup.fetch(chunk))
+            if self.ids_read is not None:
+                self.ids_read(len(chunk))
+        if len(parts) == 1:
+            return parts[0]
+        return OnlineRows(*(np.concatenate([getattr(part, name) for part in parts])
+                            for name in ("values", "found", "stale", "age_seconds")))
 
 
 def bucket(keys: np.ndarray) -> np.ndarray:

@@ -156,6 +156,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "loaded": {"type": "array", "items": {"type": "string"}},
         "inflight": {"type": "integer"}, "max_concurrency": {"type": "integer"},
         "admin_inflight": {"type": "integer"}, "max_admin_concurrency": {"type": "integer"},
+        "queued": {"type": "integer", "nullable": True,
+                   "description": "Pipelined requests read ahead, waiting behind another "
+                                  "of their connection, over all connections"},
+        "max_queued": {"type": "integer"},
         "window": {"type": "object"}}},
     "AdminWindow": {"type": "object", "properties": {
         "routing": {"$ref": "#/components/schemas/Routing"},

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Generic, Literal, TypeVar
 
-from pipeline.serving.errors import ModelNotFound
+from pipeline.serving.errors import ModelNotFound, brief
 
 Guard = Literal["predict", "admin"]
 GUARDS: tuple[Guard, ...] = ("predict", "admin")
@@ -172,8 +172,9 @@ class _Shape(Generic[T]):
         value, _, verb = parts[at].partition(":")
         target = self.by_verb.get(verb)
         if target is None:
-            use = ", ".join(p.replace(f"{{{last}}}", value) for p in self.verb_paths)
-            raise ModelNotFound(f"verb {verb!r} is not supported; use {use}")
+            shown = value if len(value) <= 64 else f"{value[:64]}…"
+            use = ", ".join(p.replace(f"{{{last}}}", shown) for p in self.verb_paths)
+            raise ModelNotFound(f"verb {brief(verb)} is not supported; use {use}")
         params[last] = value
         return target, params
 
@@ -255,7 +256,7 @@ class Router(Generic[T]):
             shape = table.get(pick(parts))
             if shape is not None:
                 return shape.match(parts)
-        raise ModelNotFound(f"no route {path!r}; {NO_ROUTE_HINT}")
+        raise ModelNotFound(f"no route {brief(path)}; {NO_ROUTE_HINT}")
 
 
 def _picker(positions: tuple[int, ...]) -> Callable[[list[str]], tuple]:

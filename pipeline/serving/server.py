@@ -18,6 +18,7 @@ import uvicorn
 from pipeline import registry
 from pipeline.core.settings import Settings
 from pipeline.data.features import feature_store
+from pipeline.model.artifact import ArtifactError
 from pipeline.serving.app import InferenceApp
 from pipeline.serving.lookup import OnlineLookup
 from pipeline.serving.model import SegmentService
@@ -26,13 +27,41 @@ from pipeline.serving.transport import limited_protocol
 
 log = logging.getLogger(__name__)
 
+#: Shortest bearer token the production profile serves with (a guessable token is no token).
+MIN_TOKEN_LENGTH = 16
+#: Of the shutdown grace period, what is kept for cancelling what still runs and exiting.
+EXIT_RESERVE_SECONDS = 2.0
+
+
+def token_problems(settings: Settings) -> str | None:
+    """Why the production profile's tokens cannot serve, naming the variable, or None."""
+    if settings.profile != "production":
+        return None
+    for name in ("serving_token", "admin_token"):
+        token = getattr(settings, name)
+        if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            return (f"KMEANS_{name.upper()} has {len(token.get_secret_value())} characters; "
+                    f"the production profile needs at least {MIN_TOKEN_LENGTH} (e.g. "
+                    "`openssl rand -hex 24`)")
+    return None
+
+
+def drain_seconds(grace: float) -> int:
+    """How long requests in flight may finish after SIGTERM, of a ``grace`` period to exit
+    (whole seconds, as uvicorn takes it)."""
+    return max(int(grace - EXIT_RESERVE_SECONDS), 1)
+
 
 def registry_loader(settings: Settings):
     """``loader(version=..., alias=...)`` for the admin API: download and verify a version
     (LookupError for an unknown version or alias, ArtifactError for a tampered artifact)."""
 
     def load(version: str | None = None, alias: str | None = None):
-        return registry.download_model(settings, alias or "champion", version=version)
+        try:
+            return registry.download_model(settings, alias or "champion", version=version)
+        except RecursionError as err:  # a JSON file of the artifact nested too deeply
+            raise ArtifactError("the artifact's model.json or checksums.json is nested too "
+                                "deeply to read") from err
     return load
 
 
@@ -63,7 +92,8 @@ def build_app(settings: Settings, *, alias: str = "champion", version: str | Non
         lookup = online_lookup(settings, model.feature_names)
     service = SegmentService(settings.model_name, lookup=lookup,
                              max_batch_rows=settings.max_batch_rows,
-                             range_tolerance=settings.range_tolerance)
+                             range_tolerance=settings.range_tolerance,
+                             max_lookup_ids=settings.max_lookup_ids)
     service.load(model, version, "stable")
     if canary_alias:
         found = registry.alias_version(settings, canary_alias)
@@ -83,28 +113,47 @@ def build_app(settings: Settings, *, alias: str = "champion", version: str | Non
                         access_log=access_log, body_timeout=settings.body_timeout_seconds,
                         max_admin_concurrency=settings.admin_max_concurrency,
                         max_header_bytes=settings.max_header_bytes,
-                        header_timeout=settings.header_timeout_seconds)
+                        header_timeout=settings.header_timeout_seconds,
+                        max_pipelined=settings.max_pipelined_requests,
+                        max_queued=settings.max_queued_requests,
+                        max_write_buffer=settings.max_write_buffer_bytes,
+                        write_timeout=settings.write_timeout_seconds)
 
 
 def serve(settings: Settings, **kwargs) -> None:
-    """Serve until SIGINT or SIGTERM; ``kwargs`` go to :func:`build_app`."""
+    """Serve until SIGINT or SIGTERM; ``kwargs`` go to :func:`build_app`. After SIGTERM the
+    server reads no new request, gives those in flight up to ``shutdown_grace_seconds`` less
+    :data:`EXIT_RESERVE_SECONDS` to finish, cancels what still runs (503) and exits."""
+    problem = token_problems(settings)
+    if problem:
+        raise ValueError(problem)
     # JSON lines on the process's standard output: `kmeans serve` runs its commands with
     # sys.stdout redirected to stderr (stdout is kept for a command's JSON result).
     stdout = sys.__stdout__ if sys.__stdout__ is not None else sys.stdout
     app = build_app(settings, access_log=stdout.buffer, **kwargs)
+    serve_app(app, settings.serving_host, settings.serving_port,
+              grace=settings.shutdown_grace_seconds)
+
+
+def serve_app(app, host: str, port: int, *, grace: float = 20.0) -> None:
+    """Serve ``app`` in this (main) thread until SIGINT or SIGTERM, draining as :func:`serve`
+    says; the server's own process (GC tuned for serving)."""
     app.tune_gc = True  # a process of its own
-    uvicorn.run(app, host=settings.serving_host, port=settings.serving_port, log_level="warning",
-                access_log=False, loop="uvloop", http=limited_protocol(app), lifespan="on")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                loop="uvloop", http=limited_protocol(app), lifespan="on",
+                timeout_graceful_shutdown=drain_seconds(grace))
 
 
 @contextlib.contextmanager
-def running(app, host: str = "127.0.0.1", port: int = 0):
-    """Run ``app`` on loopback in a background thread; yields the base URL."""
+def running(app, host: str = "127.0.0.1", port: int = 0, grace: float = 10.0):
+    """Run ``app`` on loopback in a background thread; yields the base URL. On leaving, the
+    server drains as after SIGTERM (``grace``: see :func:`serve`)."""
     sock = socket.socket()
     sock.bind((host, port))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, loop="uvloop",
-                            http=limited_protocol(app), lifespan="on")
+                            http=limited_protocol(app), lifespan="on",
+                            timeout_graceful_shutdown=drain_seconds(grace))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -117,5 +166,5 @@ def running(app, host: str = "127.0.0.1", port: int = 0):
         yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=grace + 10)
         sock.close()

@@ -4,14 +4,24 @@ Reading (:func:`read_interval`): the rows with ``start <= watermark < end``, ord
 watermark then the key columns (``customer_id, event_timestamp``), come through a server-side
 (named) cursor in chunks of ``chunk_rows``, each a pandas frame: memory holds one chunk, not the
 table. A table name is quoted as an identifier (``schema.table`` allowed; names are taken as
-written, so case-sensitive); a query (``SELECT ...``/``WITH ...``) is wrapped as a subquery. The
-session runs in UTC; a ``timestamp`` without time zone is read as UTC. ``numeric`` columns are
-read as floats.
+written, so case-sensitive); a query (``SELECT ...``/``WITH ...``) must parse as one statement on
+its own (PostgreSQL's ``EXPLAIN`` of it alone, before anything is read: a query that closes the
+subquery early, ``SELECT * FROM ev) AS k --``, is refused) and is wrapped as a subquery on lines
+of its own, so a trailing ``-- comment`` ends at its line. The session runs in UTC; a
+``timestamp`` without time zone is read as UTC. ``numeric`` columns are read as floats. A value
+Python cannot hold (``infinity``, a year BC or past 9999 in a date or timestamp column) fails
+the fast read; the landing then reads the interval again with loaders that keep such a value as
+PostgreSQL's text, and its row is quarantined with a reason naming the column (when the
+landing uses the column; an extra column's text is only kept in the quarantine).
 
 Landing (:func:`land_interval`), the contract of every source (:mod:`pipeline.data.sources`):
 
 - The rows are validated per day of their ``event_timestamp`` by
-  :func:`pipeline.data.ingest.split_valid`, the ingest rules. A relation without a
+  :func:`pipeline.data.ingest.split_valid`, the ingest rules (times parsed value by value, ISO
+  8601 text without an offset taken as UTC; event days from
+  ``Settings.ingest_earliest_event`` to now). Every row read is accepted or rejected
+  (:func:`pipeline.data.ingest.check_rows_accounted`, checked before anything is written). A
+  relation without a
   ``created_timestamp`` column gets the watermark as creation time: Feast breaks ties by it, so a
   row updated in the database (a later watermark) wins over its earlier landing.
 - Accepted rows of each day go to
@@ -69,6 +79,7 @@ import pandas as pd
 import psycopg
 import pyarrow as pa
 from psycopg import sql
+from psycopg.types.datetime import DateLoader, TimestampLoader, TimestamptzLoader
 from psycopg.types.numeric import FloatLoader
 
 from pipeline.core.io import (
@@ -85,8 +96,12 @@ from pipeline.data.ingest import (
     FAILED_FOLDER,
     OFFLINE_COLUMNS,
     OFFLINE_TABLE,
+    RowsUnaccounted,
     _reason_counts,
     _rejected_table,
+    _text_beyond,
+    check_rows_accounted,
+    parse_timestamps,
     split_valid,
 )
 
@@ -112,6 +127,11 @@ class SourceUnavailable(ConnectionError, ValueError):
 
 class IntervalRefused(ValueError):
     """Too many rows of the interval were rejected; its earlier landing is kept."""
+
+
+class UnreadableValue(ValueError):
+    """A value of the relation that Python cannot hold (``infinity``, a year BC or past 9999):
+    :func:`read_interval` raises it unless ``lenient``; the landing then reads leniently."""
 
 
 # ---------------------------------------------------------------- names
@@ -159,13 +179,38 @@ def _relation(query_or_table: str) -> sql.Composable:
         if ";" in query:
             raise ValueError("the query must be a single statement (no ';')")
         # Always run with parameters (the interval): a '%' of the query is itself, not one.
-        return sql.SQL("({}) AS kmeans_source").format(sql.SQL(query.replace("%", "%%")))
+        # On lines of its own: a trailing "-- comment" ends at its line, not at our ')'.
+        return sql.SQL("(\n{}\n) AS kmeans_source").format(_query_text(query))
     parts = query_or_table.strip().split(".")
     if len(parts) > 2:
         raise ValueError(f"table {query_or_table!r}: expected table or schema.table")
     for part in parts:
         _identifier(part, "table name part")
     return sql.Identifier(*parts)
+
+
+def _query_text(query: str) -> sql.SQL:
+    return sql.SQL(query.replace("%", "%%"))
+
+
+def _check_query(conn: psycopg.Connection, query_or_table: str, url: str) -> None:
+    """A query must parse as one statement on its own (``EXPLAIN`` of it alone, which plans it
+    without running it): one that closes the subquery it is wrapped in early would escape the
+    interval's WHERE clause (``SELECT * FROM ev) AS k --``)."""
+    if not _QUERY.match(query_or_table):
+        return
+    query = query_or_table.strip().rstrip(";").strip()
+    try:
+        conn.execute(sql.SQL("EXPLAIN\n{}\n").format(_query_text(query)), ())
+    except psycopg.errors.SyntaxError as err:
+        raise ValueError(f"the query {query_or_table!r} does not parse as one statement on its "
+                         f"own ({_one_line(err)}): give a table name (schema.table, a view), or "
+                         f"one SELECT whose parentheses, quotes and comments close within it"
+                         ) from None
+    except psycopg.OperationalError as err:
+        raise SourceUnavailable(f"lost PostgreSQL at {redact(url)}: {_one_line(err)}") from None
+    except psycopg.Error as err:
+        raise _refused(err, url, f"reading {query_or_table!r}") from None
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -196,10 +241,25 @@ def _one_line(err: Exception) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def _lenient(loader: type[psycopg.adapt.Loader]) -> type[psycopg.adapt.Loader]:
+    """``loader`` that gives a value Python cannot hold as PostgreSQL's text of it (pure Python,
+    several times slower than the C loaders: only for a re-read)."""
+
+    class Lenient(loader):  # type: ignore[valid-type, misc]
+        def load(self, data: Any) -> Any:
+            try:
+                return super().load(data)
+            except psycopg.DataError:
+                return bytes(data).decode()
+
+    return Lenient
+
+
 @contextmanager
-def connect(url: str) -> Iterator[psycopg.Connection]:
+def connect(url: str, *, lenient: bool = False) -> Iterator[psycopg.Connection]:
     """A read-only connection in UTC that reads ``numeric`` as float; one clear error if the
-    server cannot be reached."""
+    server cannot be reached. ``lenient``: dates and timestamps Python cannot hold are read as
+    their text."""
     try:
         conn = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS)
     except psycopg.OperationalError as err:
@@ -209,6 +269,10 @@ def connect(url: str) -> Iterator[psycopg.Connection]:
         raise ValueError(f"bad PostgreSQL URL {redact(url)}: {_one_line(err)}") from None
     try:
         conn.adapters.register_loader("numeric", FloatLoader)
+        if lenient:
+            for name, loader in (("timestamptz", TimestamptzLoader),
+                                 ("timestamp", TimestampLoader), ("date", DateLoader)):
+                conn.adapters.register_loader(name, _lenient(loader))
         conn.read_only = True
         conn.execute("SET TIME ZONE 'UTC'")
         conn.commit()  # the setting stays for the session
@@ -223,10 +287,12 @@ def _refused(err: psycopg.Error, url: str, what: str) -> ValueError:
 
 def read_interval(url: str, query_or_table: str, watermark_column: str, start: dt.datetime,
                   end: dt.datetime, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                  key_columns: Sequence[str] = DEFAULT_KEY_COLUMNS) -> Iterator[pd.DataFrame]:
+                  key_columns: Sequence[str] = DEFAULT_KEY_COLUMNS,
+                  lenient: bool = False) -> Iterator[pd.DataFrame]:
     """The rows with ``start <= watermark < end``, ordered by the watermark then
     ``key_columns``, as frames of at most ``chunk_rows`` rows, read through a server-side
-    cursor in one read-only transaction (naive times are UTC)."""
+    cursor in one read-only transaction (naive times are UTC). A value Python cannot hold
+    raises :class:`UnreadableValue`, or with ``lenient`` is read as PostgreSQL's text."""
     start, end = _utc(start), _utc(end)
     if end <= start:
         raise ValueError(f"interval end={end.isoformat()} must be after start={start.isoformat()}")
@@ -234,9 +300,10 @@ def read_interval(url: str, query_or_table: str, watermark_column: str, start: d
         raise ValueError(f"chunk_rows={chunk_rows} must be at least 1")
     watermark = _identifier(watermark_column, "watermark column")
     order = sql.SQL(", ").join([watermark, *(_identifier(k, "key column") for k in key_columns)])
-    query = sql.SQL("SELECT * FROM {relation} WHERE {wm} >= %s AND {wm} < %s ORDER BY {order}"
+    query = sql.SQL("SELECT * FROM {relation}\nWHERE {wm} >= %s AND {wm} < %s\nORDER BY {order}"
                     ).format(relation=_relation(query_or_table), wm=watermark, order=order)
-    with connect(url) as conn:
+    with connect(url, lenient=lenient) as conn:
+        _check_query(conn, query_or_table, url)
         with conn.cursor(name=f"kmeans_{uuid.uuid4().hex[:12]}") as cur:
             cur.itersize = chunk_rows
             try:
@@ -247,6 +314,12 @@ def read_interval(url: str, query_or_table: str, watermark_column: str, start: d
             except psycopg.OperationalError as err:
                 raise SourceUnavailable(f"lost PostgreSQL at {redact(url)}: "
                                         f"{_one_line(err)}") from None
+            except psycopg.DataError as err:
+                if err.sqlstate is None:  # raised by a loader on this side, not by the server
+                    raise UnreadableValue(
+                        f"{query_or_table!r} holds a value Python cannot hold "
+                        f"({_one_line(err)}); land_interval quarantines its row") from None
+                raise _refused(err, url, f"reading {query_or_table!r}") from None
             except psycopg.Error as err:
                 raise _refused(err, url, f"reading {query_or_table!r}") from None
 
@@ -257,12 +330,16 @@ def earliest_watermark(url: str, query_or_table: str,
     watermark = _identifier(watermark_column, "watermark column")
     query = sql.SQL("SELECT min({wm}) FROM {relation}").format(
         wm=watermark, relation=_relation(query_or_table))
-    with connect(url) as conn:
+    with connect(url, lenient=True) as conn:
+        _check_query(conn, query_or_table, url)
         try:
             row = conn.execute(query, ()).fetchone()  # () like every query: '%' escaped
         except psycopg.Error as err:
             raise _refused(err, url, f"reading {query_or_table!r}") from None
     value = row[0] if row else None
+    if isinstance(value, str) and _text_beyond(value):
+        raise ValueError(f"watermark column {watermark_column!r} starts at {value!r}, not a "
+                         f"time Python can hold: give the first run a start (--start)")
     if value is not None and not isinstance(value, dt.datetime):
         raise ValueError(f"watermark column {watermark_column!r} holds {type(value).__name__}, "
                          f"expected a timestamp")
@@ -320,10 +397,12 @@ def _landed_intervals(settings: Settings, source: str) -> dict[tuple[dt.datetime
     return found
 
 
-def _split_by_day(frame: pd.DataFrame, now: dt.datetime,
-                  fallback: dt.date) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
-    """Accepted rows per day of their event time, and every rejected row."""
-    ts = pd.to_datetime(frame["event_timestamp"], utc=True, errors="coerce")
+def _split_by_day(frame: pd.DataFrame, now: dt.datetime, fallback: dt.date,
+                  earliest: dt.date) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Accepted rows per day of their event time, and every rejected row: each row of
+    ``frame`` is one or the other. Event times are parsed as split_valid parses them, value by
+    value; one that has no day pandas can hold (NaT) is judged with the ``fallback`` day."""
+    ts, _ = parse_timestamps(frame["event_timestamp"])  # NaT outside [FIRST_DAY, LAST_DAY)
     days = ts.dt.floor("D")  # not strftime: ten times slower
     accepted: dict[str, pd.DataFrame] = {}
     rejected = []
@@ -332,13 +411,17 @@ def _split_by_day(frame: pd.DataFrame, now: dt.datetime,
         # Newest watermark first: of one key's rows, the latest version lands (as it would,
         # by its creation time, had the versions landed in two intervals).
         rows = frame.loc[days == midnight].iloc[::-1]
-        good, bad = split_valid(rows, day, now=now)
+        good, bad = split_valid(rows, day, now=now, earliest=earliest)
         if len(good):
             good = good.sort_values(["customer_id", "event_timestamp"], kind="stable")
             accepted[day.isoformat()] = good.reset_index(drop=True)
         rejected.append(bad)
-    if ts.isna().any():  # no day to check them against: rejected for their timestamp
-        rejected.append(split_valid(frame.loc[ts.isna()], fallback, now=now)[1])
+    undated = days.isna()
+    if undated.any():  # no day to check them against: rejected for their timestamp
+        good, bad = split_valid(frame.loc[undated], fallback, now=now, earliest=earliest)
+        if len(good):  # split_valid rejects a row without a time: one here is a bug
+            raise RowsUnaccounted(f"{len(good)} rows without an event day were accepted")
+        rejected.append(bad)
     parts = [r for r in rejected if len(r)]
     return accepted, (pd.concat(parts) if parts else frame.iloc[:0].assign(reject_reason=""))
 
@@ -387,8 +470,14 @@ def _land(settings: Settings, source: str, url: str, query_or_table: str, waterm
                              f"contains it")
         replaced.append((s, e))
 
-    frames = list(read_interval(url, query_or_table, watermark_column, start, end,
-                                chunk_rows=chunk_rows))
+    try:
+        frames = list(read_interval(url, query_or_table, watermark_column, start, end,
+                                    chunk_rows=chunk_rows))
+    except UnreadableValue as err:  # a row to quarantine, not a reason to stop the source
+        log.warning("source %s: %s; reading [%s, %s) again with such values as text", source,
+                    err, start.isoformat(), end.isoformat())
+        frames = list(read_interval(url, query_or_table, watermark_column, start, end,
+                                    chunk_rows=chunk_rows, lenient=True))
     frame = pd.concat(frames, ignore_index=True) if frames else None
     if frame is None:  # no rows: nothing to validate, earlier files of the interval go
         accepted: dict[str, pd.DataFrame] = {}
@@ -398,7 +487,10 @@ def _land(settings: Settings, source: str, url: str, query_or_table: str, waterm
         rows = len(frame)
         if "created_timestamp" not in frame.columns and watermark_column in frame.columns:
             frame["created_timestamp"] = frame[watermark_column]
-        accepted, rejected = _split_by_day(frame, now, start.date())
+        accepted, rejected = _split_by_day(frame, now, start.date(),
+                                           settings.ingest_earliest_event)
+    check_rows_accounted(rows, sum(len(f) for f in accepted.values()), len(rejected),
+                         where=f"sql source {source} [{start.isoformat()}, {end.isoformat()})")
 
     name = _file_name(source, start, end)
     quarantine = StorePath.at(settings.rejected_dir / KIND / source

@@ -1,9 +1,10 @@
 """The event stream: customer events land in the offline feature table and the Feast online store.
 
 Each event is a JSON object: ``event_id`` (unique, the producer's), ``customer_id``,
-``event_timestamp`` (ISO 8601; naive means UTC), the twelve features of
+``event_timestamp`` (ISO 8601 text, e.g. ``2030-01-31T06:00:00Z``; naive means UTC; no epoch
+numbers, no "now" or "today"; from ``Settings.ingest_earliest_event`` on), the twelve features of
 :data:`~pipeline.core.settings.FEATURE_NAMES` (numbers or null) and optionally
-``created_timestamp``. :func:`publish` writes them.
+``created_timestamp`` (the same format). :func:`publish` writes them.
 
 Transports, behind one interface (:class:`EventStream`):
 
@@ -21,11 +22,16 @@ Transports, behind one interface (:class:`EventStream`):
 :class:`Consumer` processes one batch at a time:
 
 1. Parse each message; one that is not a JSON object, or whose fields have the wrong JSON types,
-   is quarantined with the reason.
+   is quarantined with the reason. Reading one entry never raises (:func:`parse_event`): JSON
+   nested past the recursion limit, a number beyond a float, a timestamp near pandas' limits,
+   or any other error while reading it is that entry's reason (with the exception's type), so
+   one "poison pill" never stops the batch, nor every consumer that reads it after.
 2. Drop redeliveries: an event whose ``event_id`` already landed (with the same content) is not
    written to the offline table again (it is pushed again: harmless, see 5). One that landed with
    other content is quarantined ("event_id ... already landed with other values").
-3. Validate with :func:`pipeline.data.ingest.split_valid`, the ingest rules, per event day.
+3. Validate with :func:`pipeline.data.ingest.split_valid`, the ingest rules, per event day
+   (:func:`validate_rows`): should that raise, the rows that raise on their own are quarantined
+   with the error and the others validated again.
 4. Under a file lock: record every event in the event index (a SQLite file under
    ``<home>/stream/``: event id -> the file that holds it, ``offline/<path>`` for a file of the
    offline table's folder, local or ``KMEANS_OFFLINE_URI``), then write the accepted events of each
@@ -45,9 +51,10 @@ Transports, behind one interface (:class:`EventStream`):
    is pushed through ``customer_segment_push`` to the ``customer_segment`` view: readable from
    the online store within a second or two of the event (benchmarks/bench_stream.py; the
    correctness of it in tests/integration/redis/test_sources_stream.py).
-6. Only then acknowledge the batch (``XACK``; Kafka: commit the offsets). A crash anywhere before
-   leaves the batch unacknowledged: it is delivered again (at-least-once) and steps 2 and 4 make
-   that idempotent.
+6. Only then acknowledge the batch (``XACK``; Kafka: commit the offsets), once its counts add up
+   (:meth:`BatchResult.check`: read = landed + duplicates + repeated + rejected). A crash
+   anywhere before leaves the batch unacknowledged: it is delivered again (at-least-once) and
+   steps 2 and 4 make that idempotent.
 7. Hand the batch's accepted rows to the observers (the shadow model,
    :mod:`pipeline.monitoring.shadow`). An observer that fails is logged; it never stops the
    consumer, and a crash before this step means an observer may see a batch twice.
@@ -61,6 +68,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import signal
 import socket
 import sqlite3
@@ -86,7 +94,13 @@ from pipeline.core.io import (
 )
 from pipeline.core.settings import FEATURE_NAMES, Settings
 from pipeline.data import features
-from pipeline.data.ingest import OFFLINE_TABLE, split_valid
+from pipeline.data.ingest import (
+    FUTURE_TOLERANCE,
+    OFFLINE_TABLE,
+    RowsUnaccounted,
+    check_rows_accounted,
+    split_valid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -395,10 +409,15 @@ def stream_dir(settings: Settings) -> Path:
 # ---------------------------------------------------------------- parsing
 
 
+class StreamInvariantError(RuntimeError):
+    """The consumer's accounting does not add up (a bug): raised before the batch is
+    acknowledged, so it is delivered again and nothing is lost silently."""
+
+
 @dataclass
 class BatchResult:
     """What one batch (or a run of batches) did; ``read`` = ``landed`` + ``duplicates`` +
-    ``rejected`` + ``repeated``."""
+    ``rejected`` + ``repeated`` (:meth:`check`)."""
 
     read: int = 0
     landed: int = 0            # new events written to the offline table
@@ -419,62 +438,153 @@ class BatchResult:
         for text, count in other.reasons.items():
             self.reasons[text] = self.reasons.get(text, 0) + count
 
+    def check(self) -> None:
+        """Raise :class:`StreamInvariantError` unless every message read has one outcome (read
+        = landed + duplicates + repeated + rejected) and each rejected one its reason."""
+        outcomes = self.landed + self.duplicates + self.repeated + self.rejected
+        if outcomes != self.read or sum(self.reasons.values()) != self.rejected:
+            raise StreamInvariantError(
+                f"read {self.read} != landed {self.landed} + duplicates {self.duplicates} + "
+                f"repeated {self.repeated} + rejected {self.rejected}, or the reasons count "
+                f"{sum(self.reasons.values())} rejected")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 _ID_REASON = "customer_id missing or not a positive integer"
 _TS_REASON = "event_timestamp missing or not a timestamp"
+#: Longest reason text kept (an exception's message, an event id quoted in a reason).
+REASON_CHARS = 300
+
+#: The timestamps an event may carry: ISO 8601 text (RFC 3339's space for ``T`` allowed), a
+#: date, optionally a time to the nanosecond, optionally ``Z`` or an offset. Nothing else:
+#: pandas' own parser also takes "now", "today" or "Jan 5", which would land an event at the
+#: moment it was read, or at a guess.
+ISO_8601 = re.compile(
+    r"\d{4}-\d{2}-\d{2}"
+    r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?", re.ASCII)
+#: How far past the clock a time may be before reading stops at it: the ingest rules then
+#: judge what is left (the future beyond :data:`~pipeline.data.ingest.FUTURE_TOLERANCE`, a
+#: creation time up to its event's day end) with the same reasons.
+FUTURE_HORIZON = FUTURE_TOLERANCE + pd.Timedelta(days=1)
+#: The earliest event day when the caller gives none: the setting's default.
+_EARLIEST: dt.date = Settings.model_fields["ingest_earliest_event"].default
+
+
+def _clip(text: str, limit: int = REASON_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _error(err: BaseException) -> str:
+    """An exception as a reason's detail: its type and its message, clipped."""
+    return _clip(f"{type(err).__name__}: {err}", REASON_CHARS // 2)
 
 
 def _timestamp(value: Any) -> pd.Timestamp | None:
-    if not isinstance(value, str):
+    """An ISO 8601 timestamp (naive means UTC) in UTC, or None for anything else."""
+    if not isinstance(value, str) or not ISO_8601.fullmatch(value):
         return None
     try:
         ts = pd.Timestamp(value)
-    except (ValueError, TypeError, OverflowError):
+    except (ValueError, TypeError, OverflowError):  # out of pandas' range, 25:00, +99:00
         return None
     if ts is pd.NaT:
         return None
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
+def _out_of_range(name: str, ts: pd.Timestamp, first: pd.Timestamp,
+                  horizon: pd.Timestamp) -> str:
+    """The reason a time is before the earliest event day (``Settings.ingest_earliest_event``:
+    sentinel dates such as 1900-01-01, pandas' lower limit) or far in the future (near pandas'
+    upper limit), as ingest words them; "" inside."""
+    if ts < first:
+        return f"{name} before ingest_earliest_event={first.date().isoformat()}"
+    if ts > horizon:
+        return f"{name} in the future"
+    return ""
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def parse_event(payload: bytes | None) -> tuple[dict[str, Any] | None, str | None, str]:
+def _is_text(value: str) -> bool:
+    """UTF-8 encodable (JSON's ``\\ud800`` is a lone surrogate: SQLite and Parquet refuse it)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_event(payload: bytes | None, *, now: dt.datetime | None = None,
+                earliest: dt.date | None = None,
+                ) -> tuple[dict[str, Any] | None, str | None, str]:
     """``(row for split_valid, event_id, "")`` of a payload, or ``(None, event_id or None,
-    reason)`` when its JSON or the JSON types of its fields are wrong (reasons as ingest's)."""
+    reason)`` when it is not an event (reasons as ingest's where ingest has the same rule).
+
+    ``earliest`` (default: the ``ingest_earliest_event`` setting's default) is the first day an
+    event or creation time may be on; a time more than :data:`FUTURE_HORIZON` past ``now``
+    (default: the clock) is in the future.
+
+    Never raises: any error while reading one entry (JSON nested past the recursion limit, a
+    number beyond a float, a bug) is that entry's reason, with the exception's type, so one
+    entry never stops the batch (the "poison pill" that crashed every consumer that read it).
+    """
+    seen: dict[str, str] = {}
+    try:
+        first = pd.Timestamp(earliest or _EARLIEST, tz="UTC")
+        horizon = pd.Timestamp(now if now is not None else utc_now())
+        horizon = (horizon if horizon.tzinfo else horizon.tz_localize("UTC")) + FUTURE_HORIZON
+        return _parse_event(payload, seen, first, horizon)
+    except Exception as err:  # any error is this entry's, never the batch's
+        return None, seen.get("event_id"), f"event could not be read ({_error(err)})"
+
+
+def _parse_event(payload: bytes | None, seen: dict[str, str], first: pd.Timestamp,
+                 horizon: pd.Timestamp) -> tuple[dict[str, Any] | None, str | None, str]:
     if payload is None:
         return None, None, "stream entry has no event (no 'event' field, or it was deleted)"
     try:
         event = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as err:
-        return None, None, f"event is not valid JSON ({type(err).__name__}: {err})"[:300]
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        # RecursionError: arrays or objects nested past the interpreter's recursion limit.
+        return None, None, f"event is not valid JSON ({_error(err)})"
     if not isinstance(event, dict):
         return None, None, f"event is a JSON {type(event).__name__}, expected an object"
     event_id = event.get("event_id")
     if not isinstance(event_id, str | int) or isinstance(event_id, bool) or event_id == "":
         return None, None, "event_id missing or not a string"
     event_id = str(event_id)
+    if not _is_text(event_id):
+        return None, None, "event_id is not valid Unicode text (a lone surrogate)"
+    seen["event_id"] = event_id
     cid = event.get("customer_id")
     if not isinstance(cid, int) or isinstance(cid, bool) or not 0 < cid < 2**63:
         return None, event_id, _ID_REASON
     ts = _timestamp(event.get("event_timestamp"))
     if ts is None:
         return None, event_id, _TS_REASON
+    if reason := _out_of_range("event_timestamp", ts, first, horizon):
+        return None, event_id, reason
     row: dict[str, Any] = {"customer_id": cid, "event_timestamp": ts}
     for name in FEATURE_NAMES:
         value = event.get(name)
         if value is not None and not _is_number(value):
             return None, event_id, f"{name} is not numeric"
-        row[name] = math.nan if value is None else float(value)
+        try:
+            row[name] = math.nan if value is None else float(value)
+        except OverflowError as err:  # an integer of hundreds of digits
+            return None, event_id, f"{name} is not finite ({_error(err)})"
     created = event.get("created_timestamp")
     if created is not None:
         created_ts = _timestamp(created)
         if created_ts is None:
             return None, event_id, "created_timestamp is not a timestamp"
+        if reason := _out_of_range("created_timestamp", created_ts, first, horizon):
+            return None, event_id, reason
         row["created_timestamp"] = created_ts
     else:
         row["created_timestamp"] = pd.NaT
@@ -561,7 +671,9 @@ class Consumer:
         started = time.perf_counter()
         now = utc_now()
         result = BatchResult(read=len(messages), batches=1)
-        parsed = [(msg, *parse_event(msg.payload), _digest(msg.payload)) for msg in messages]
+        earliest = self.settings.ingest_earliest_event
+        parsed = [(msg, *parse_event(msg.payload, now=now, earliest=earliest),
+                   _digest(msg.payload)) for msg in messages]
         with file_lock(self.lock_path, wait=LOCK_WAIT_SECONDS):
             known = self.index.lookup([
                 *(f"message:{msg.id}" for msg, *_ in parsed),
@@ -590,16 +702,16 @@ class Consumer:
                     if seen[event_id] == digest:
                         result.repeated += 1
                     else:
-                        bad.append((msg, event_id, f"event_id {event_id} repeated in the batch "
-                                                   "with other values"))
+                        bad.append((msg, event_id, f"event_id {_clip(str(event_id), 100)} repeated "
+                                                   "in the batch with other values"))
                 elif done(str(event_id), landed=True) and known[str(event_id)][1] != digest:
-                    bad.append((msg, event_id, f"event_id {event_id} already landed with "
-                                               "other values"))
+                    bad.append((msg, event_id, f"event_id {_clip(str(event_id), 100)} already "
+                                               "landed with other values"))
                 else:
                     seen[str(event_id)] = digest
                     rows.append(row)
                     meta.append((msg, str(event_id), digest, done(str(event_id), landed=True)))
-            accepted, rejected = self._validate(rows, now)
+            accepted, rejected = validate_rows(rows, now, earliest=earliest)
             for j in rejected.index:  # split_valid keeps the row positions as its index
                 msg, key, _, landed = meta[j]
                 bad.append((msg, key, str(rejected.at[j, "reject_reason"])))
@@ -612,6 +724,7 @@ class Consumer:
             for *_, reason in bad:
                 result.reasons[reason] = result.reasons.get(reason, 0) + 1
             result.pushed, result.segments = self._push(accepted)
+        result.check()  # before the ack: a batch whose counts do not add up is not acknowledged
         self.stream.ack([msg.id for msg in messages])
         for observe in self.observers:
             try:
@@ -622,25 +735,6 @@ class Consumer:
         result.seconds = time.perf_counter() - started
         log.debug("stream batch %s", result.to_dict())
         return result
-
-    def _validate(self, rows: list[dict[str, Any]],
-                  now: dt.datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """split_valid, the ingest rules, on each event day; index = position in ``rows``."""
-        if not rows:
-            return _empty_accepted(), pd.DataFrame({"reject_reason": pd.Series(dtype=object)})
-        frame = pd.DataFrame(rows)
-        frame["customer_id"] = frame["customer_id"].astype("int64")
-        for column in ("event_timestamp", "created_timestamp"):
-            frame[column] = pd.to_datetime(frame[column], utc=True)
-        frame = frame.astype({name: "float64" for name in FEATURE_NAMES})
-        days = frame["event_timestamp"].dt.date
-        accepted, rejected = [], []
-        for day in sorted(days.unique()):
-            part = frame.loc[days == day]
-            good, bad = split_valid(part, day, now=now)
-            accepted.append(good)
-            rejected.append(bad)
-        return pd.concat(accepted), pd.concat(rejected)
 
     def _land(self, rows: pd.DataFrame, keys: list[tuple[str, str]],
               bad: list[tuple[Message, str | None, str]], now: dt.datetime) -> None:
@@ -702,6 +796,73 @@ class Consumer:
             self.store.push(SEGMENT_PUSH_SOURCE, segments, to=_online_mode())
         self.index.set_latest(m for m, ok in zip(marks, fresh, strict=True) if ok)
         return len(rows), 0 if segments is None else len(segments)
+
+
+def validate_rows(rows: list[dict[str, Any]], now: dt.datetime, *,
+                  earliest: dt.date | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """split_valid, the ingest rules, on each event day; index = position in ``rows``.
+
+    Should the batch's validation raise, each row is validated on its own: the rows that
+    raise alone are rejected with the error (type and message), the others validated
+    together again. Only an error of the batch that no row of it raises alone (a bug, not
+    an event) stops the batch, unacknowledged; so does a broken invariant.
+    """
+    positions = list(range(len(rows)))
+    try:
+        return _split(rows, positions, now, earliest)
+    except _BUGS:
+        raise
+    except Exception as err:  # find the row, then judge the others
+        log.warning("validating a batch of %d events failed (%s): validating them one by "
+                    "one", len(rows), _error(err))
+    failed: dict[int, str] = {}
+    for j in positions:
+        try:
+            _split([rows[j]], [j], now, earliest)
+        except _BUGS:
+            raise
+        except Exception as err:  # this event's, quarantined with it
+            failed[j] = f"event could not be validated ({_error(err)})"
+    rest = [j for j in positions if j not in failed]
+    accepted, rejected = _split([rows[j] for j in rest], rest, now, earliest)
+    errors = pd.DataFrame({"reject_reason": pd.Series(failed, dtype=object)})
+    return accepted, pd.concat([rejected, errors]) if len(rejected) else errors
+
+
+def _split(rows: list[dict[str, Any]], positions: list[int], now: dt.datetime,
+           earliest: dt.date | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """split_valid on each event day of ``rows`` (indexed by ``positions``): accepted and
+    rejected rows, each index a position, every position in exactly one of them."""
+    if not rows:
+        return _empty_accepted(), pd.DataFrame({"reject_reason": pd.Series(dtype=object)})
+    frame = pd.DataFrame(rows, index=positions)
+    frame["customer_id"] = frame["customer_id"].astype("int64")
+    for column in ("event_timestamp", "created_timestamp"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    frame = frame.astype({name: "float64" for name in FEATURE_NAMES})
+    days = frame["event_timestamp"].dt.date
+    accepted, rejected = [], []
+    for day in sorted(days.unique()):
+        part = frame.loc[days == day]
+        good, bad = split_valid(part, day, now=now, earliest=earliest)
+        _check_split(part, good, bad, where=f"stream batch, day={day}")
+        accepted.append(good)
+        rejected.append(bad)
+    return pd.concat(accepted), pd.concat(rejected)
+
+
+def _check_split(rows: pd.DataFrame, accepted: pd.DataFrame, rejected: pd.DataFrame, *,
+                 where: str) -> None:
+    """The invariant of split_valid: accepted + rejected = the rows read, each row once (its
+    position, the index, in exactly one of them: the batch maps them back to messages)."""
+    check_rows_accounted(len(rows), len(accepted), len(rejected), where=where)
+    if not accepted.index.append(rejected.index).sort_values().equals(rows.index.sort_values()):
+        raise StreamInvariantError(f"{where}: split_valid's accepted and rejected rows are not "
+                                   "the rows given, each once")
+
+
+#: Errors of the code, not of an event: they stop the batch (unacknowledged, delivered again).
+_BUGS = (StreamInvariantError, RowsUnaccounted)
 
 
 def _online_mode():

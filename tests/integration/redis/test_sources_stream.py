@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,9 @@ import pandas as pd
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hy_settings
+from hypothesis import strategies as hy
 
 from pipeline.core.settings import FEATURE_NAMES
 from pipeline.data import features
@@ -403,6 +407,206 @@ def test_segments_follow_the_champion_and_observers_see_each_batch(home, client,
         assert (pd.to_datetime(online_now.features_at, utc=True) == later).all()
     finally:
         consumer.close()
+
+
+# ---------------------------------------------------------------- poison pills (issue 23)
+
+
+def deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_poison_pills_are_quarantined_and_kmeans_consume_lands_every_good_event(
+        home, client, names, tmp_path):
+    """The entries that crashed ``kmeans consume``, and every consumer that read them after it,
+    among good events: some already delivered to this consumer before a crash (its backlog),
+    some to another consumer that died (claimed), the rest new. One ``kmeans consume``, as users
+    run it: every good event lands once, each bad one is quarantined with its reason, the whole
+    stream is acknowledged, exit 0 and no traceback; a second consumer finds nothing to do."""
+    s = make_settings(home, **names)
+    base, now = 8_000_000, pd.Timestamp.now(tz="UTC").floor("s")
+
+    def good(i: int) -> dict:
+        return event(i, base + i, now - pd.Timedelta(minutes=i))
+
+    def bad(i: int, **changes) -> dict:
+        return event(i, base + i, now - pd.Timedelta(minutes=i), **changes)
+
+    big = json.dumps(bad(105)).replace('"tenure_days": 105.0', '"tenure_days": ' + "9" * 400)
+    assert "9" * 400 in big
+    poison: dict[int, tuple[dict | str, str]] = {
+        # delivered to this consumer before it crashed: its own backlog when it starts again
+        101: (big, "tenure_days is not finite (OverflowError: "),
+        102: ('{"event_id": "ev-deep", "x": ' + deep(5_000) + "}",
+              "event is not valid JSON (RecursionError: "),
+        103: (deep(100_000), "event is not valid JSON (RecursionError: "),
+        104: (bad(104, event_timestamp="1677-09-21T00:12:44Z"),  # fixed-date: pandas' limit
+              "event_timestamp before ingest_earliest_event="),
+        # delivered to a consumer that died: claimed
+        111: (bad(111, event_timestamp="now"), "event_timestamp missing or not a timestamp"),
+        112: (bad(112, event_timestamp="today"), "event_timestamp missing or not a timestamp"),
+        113: (bad(113, event_timestamp="1900-01-01T00:00:00Z"),  # fixed-date: hostile input
+              "event_timestamp before ingest_earliest_event="),
+        114: (bad(114, event_timestamp="1700-01-01"),  # fixed-date: hostile input
+              "event_timestamp before ingest_earliest_event="),
+    }
+    own = [good(i) for i in range(0, 5)] + [poison[i][0] for i in (101, 102, 103, 104)]
+    dead = [good(i) for i in range(5, 10)] + [poison[i][0] for i in (111, 112, 113, 114)]
+    new = [good(i) for i in range(10, 20)]
+    ids = st.publish(client, s.stream_name, [*own, *dead, *new])
+    by_poison = dict(zip((101, 102, 103, 104, 111, 112, 113, 114),
+                         ids[5:9] + ids[14:18], strict=True))
+    total = len(ids)
+    client.xgroup_create(s.stream_name, s.stream_group, id="0", mkstream=True)
+    client.xreadgroup(s.stream_group, s.stream_consumer, {s.stream_name: ">"}, count=len(own))
+    client.xreadgroup(s.stream_group, "died", {s.stream_name: ">"}, count=len(dead))
+    assert client.xpending(s.stream_name, s.stream_group)["pending"] == len(own) + len(dead)
+
+    env = {**os.environ, "KMEANS_HOME": str(home), "KMEANS_STREAM_BATCH_SIZE": "4",
+           "KMEANS_STREAM_CLAIM_IDLE_SECONDS": "0.5",
+           **{f"KMEANS_{k.upper()}": v for k, v in names.items()}}
+
+    def consume(*args: str, name: str) -> tuple[dict, str]:
+        done = subprocess.run([str(KMEANS), "consume", *args], env=env, capture_output=True,
+                              text=True, timeout=600)
+        (tmp_path / f"{name}.log").write_text(done.stderr)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
+        return json.loads(done.stdout), done.stderr
+
+    counts, _ = consume("--max-events", str(total), "--seconds", "300", name="first")
+    assert counts["read"] == total, counts
+    assert (counts["landed"], counts["rejected"]) == (20, len(poison)), counts
+    assert counts["duplicates"] == counts["repeated"] == 0
+    assert sum(counts["reasons"].values()) == len(poison)
+    info = client.xinfo_groups(s.stream_name)[0]
+    assert (int(info["pending"]), int(info["lag"])) == (0, 0)
+    assert client.xpending(s.stream_name, s.stream_group)["pending"] == 0
+
+    # Every good event once offline, with its values; the poison pills' customers nowhere.
+    rows = stream_rows(s, range(base, base + 200)).sort_values("customer_id")
+    assert rows.customer_id.tolist() == [base + i for i in range(20)]
+    assert rows.tenure_days.tolist() == [float(i) for i in range(20)]
+    # Each bad entry in the quarantine, once, with its reason and its payload as it arrived.
+    q = quarantine(s)
+    q = q[q.message_id.isin(ids)]
+    assert sorted(q.message_id) == sorted(by_poison.values())
+    reasons = dict(zip(q.message_id, q.reject_reason, strict=True))
+    for i, (_, reason) in poison.items():
+        assert reasons[by_poison[i]].startswith(reason), (i, reasons[by_poison[i]])
+    payloads = dict(zip(q.message_id, q.payload, strict=True))
+    assert payloads[by_poison[103]] == deep(100_000)
+    assert payloads[by_poison[101]] == big
+    # Online: the good customers' features.
+    got = online(features.feature_store(s), s, [base + i for i in range(20)])
+    assert got.tenure_days.tolist() == [float(i) for i in range(20)]
+
+    # A second consumer (another name, claiming at once) has nothing pending and nothing new.
+    env["KMEANS_STREAM_CONSUMER"] = f"{s.stream_consumer}-second"
+    again, _ = consume("--seconds", "3", name="second")
+    assert again["read"] == 0 and again["batches"] == 0, again
+    assert client.xpending(s.stream_name, s.stream_group)["pending"] == 0
+
+
+# The kinds of broken entry the property test mixes in; each is quarantined.
+BROKEN = ["not json", "400 digits", "nested", "pandas' limit", "now", "today", "1900",
+          "lone surrogate", "customer_id", "out of range", "future", "no feature", "no event",
+          "a list", "other values"]
+
+
+@hy_settings(max_examples=60, deadline=None, database=None,
+             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(plan=hy.lists(hy.sampled_from(["good", "good", "good", "copy", *BROKEN]), min_size=1,
+                     max_size=40),
+       batch=hy.integers(min_value=1, max_value=12))
+def test_any_mix_of_good_and_broken_entries_balances_and_lands_each_good_event_once(
+        home, client, plan, batch):
+    """Random mixes of good events, exact copies of earlier ones (repeated in their batch, or
+    duplicates of a landed one) and broken entries of every kind, read in batches of 1-12:
+    landed + rejected + duplicates + repeated = read, every good event lands exactly once
+    and nothing stays pending."""
+    tag = uuid.uuid4().hex[:10]
+    s = make_settings(home, stream_name=f"kmeans-test:{tag}", stream_group=f"g-{tag}",
+                      stream_consumer=f"c-{tag}", stream_batch_size=batch)
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    first = _property_customers["next"]
+    _property_customers["next"] += len(plan)
+    entries: list[dict | str | None] = []
+    goods: list[dict] = []
+    copies = broken = 0
+    for n, kind in enumerate(plan):
+        customer = first + n
+        e: dict | str | None = event(n, customer, now - pd.Timedelta(seconds=n))
+        assert isinstance(e, dict)
+        e["event_id"] = f"prop-{tag}-{n}"
+        if kind in ("copy", "other values") and not goods:
+            kind = "good"  # nothing to copy yet
+        broken += kind in BROKEN
+        if kind == "good":
+            goods.append(e)
+        elif kind == "copy":
+            e, copies = goods[n % len(goods)], copies + 1
+        elif kind == "other values":  # an event id that landed, with other values
+            e = {**goods[n % len(goods)], "orders_30d": 999.0}
+        elif kind == "not json":
+            e = "{not json"
+        elif kind == "400 digits":
+            e = json.dumps(e).replace('"mobile_share": 0.5', '"mobile_share": ' + "7" * 400)
+        elif kind == "nested":
+            e = '{"event_id": "x", "a": ' + deep(2_000 + 97 * n) + "}"
+        elif kind == "pandas' limit":
+            e["event_timestamp"] = "1677-09-21T00:12:44Z"  # fixed-date: hostile input
+        elif kind in ("now", "today"):
+            e["event_timestamp"] = kind
+        elif kind == "1900":
+            e["event_timestamp"] = "1900-01-01T00:00:00Z"  # fixed-date: hostile input
+        elif kind == "lone surrogate":
+            e["event_id"] = "\ud800"
+        elif kind == "customer_id":
+            e["customer_id"] = 2**70
+        elif kind == "out of range":
+            e["orders_30d"] = -1.0
+        elif kind == "future":
+            e["event_timestamp"] = (now + pd.Timedelta(days=3)).isoformat()
+        elif kind == "no feature":
+            e.update({name: None for name in FEATURE_NAMES})
+        elif kind == "a list":
+            e = "[1, 2, 3]"
+        elif kind == "no event":
+            e = None
+        entries.append(e)
+    for e in entries:  # one by one, in order: the entries without an event among them
+        if e is None:
+            client.xadd(s.stream_name, {"other": "field"})
+        else:
+            st.publish(client, s.stream_name, [e])
+
+    consumer = st.Consumer(s, st.open_stream(s), store=_property_store(s))
+    try:
+        result = drain(consumer, client, s)
+    finally:
+        consumer.close()
+        client.delete(s.stream_name)
+    result.check()
+    assert result.read == len(plan)
+    assert result.landed + result.rejected + result.duplicates + result.repeated == result.read
+    assert result.landed == len(goods)
+    assert result.rejected == broken, result.reasons
+    assert result.duplicates + result.repeated == copies
+    rows = stream_rows(s, range(first, first + len(plan)))
+    assert sorted(rows.customer_id) == sorted(g["customer_id"] for g in goods)
+    assert sorted(rows.tenure_days) == sorted(g["tenure_days"] for g in goods)
+
+
+_property_customers = {"next": 9_000_000}
+_property_stores: dict = {}
+
+
+def _property_store(s):
+    """One Feast store for the property test's examples (building one takes a while)."""
+    if "store" not in _property_stores:
+        _property_stores["store"] = features.feature_store(s)
+    return _property_stores["store"]
 
 
 # ---------------------------------------------------------------- Kafka (not exercised)

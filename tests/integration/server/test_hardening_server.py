@@ -39,7 +39,7 @@ from pipeline.serving.openapi import document
 from pipeline.serving.server import running
 from tests.helpers.artifacts import tamper
 from tests.helpers.homes import make_settings
-from tests.helpers.net import free_port, wait_ready
+from tests.helpers.net import free_port, log_tail, wait_ready
 from tests.helpers.serving import (
     ADMIN_AUTH,
     AUTH,
@@ -138,6 +138,15 @@ def test_an_empty_token_is_refused_by_the_app(model):
     ({"KMEANS_PROFILE": "production", "KMEANS_SERVING_TOKEN": "tok-a",
       "KMEANS_MLFLOW_TRACKING_URI": "http://127.0.0.1:1"},
      "profile=production needs KMEANS_ADMIN_TOKEN"),
+    # issue 23: a 1-character token was served in production
+    ({"KMEANS_PROFILE": "production", "KMEANS_SERVING_TOKEN": "t",
+      "KMEANS_ADMIN_TOKEN": "admin-token-0123456789", "KMEANS_MLFLOW_TRACKING_URI":
+      "http://127.0.0.1:1"},
+     "KMEANS_SERVING_TOKEN has 1 characters; the production profile needs at least 16"),
+    ({"KMEANS_PROFILE": "production", "KMEANS_SERVING_TOKEN": "serving-token-0123456789",
+      "KMEANS_ADMIN_TOKEN": "admin-15-chars!", "KMEANS_MLFLOW_TRACKING_URI":
+      "http://127.0.0.1:1"},
+     "KMEANS_ADMIN_TOKEN has 15 characters; the production profile needs at least 16"),
 ])
 def test_the_server_entry_point_refuses_to_start_with_an_empty_or_missing_token(
         tmp_path, env, message):
@@ -173,7 +182,8 @@ SHAPES = [
     ([2, 12], 48, {"blob": b"\0" * 48}, "binary_data_size 48 does not match shape [2, 12] of "
                                         "FP32 (4 bytes each)"),
     ([BIG], 0, {"name": "customer_id", "dtype": "INT64"},
-     f"the batch has {BIG} rows; at most 10000 allowed (input shape [{BIG}])"),
+     f"the request looks up {BIG} customer ids; at most 1000 allowed per request "
+     f"(KMEANS_MAX_LOOKUP_IDS) (input shape [{BIG}])"),
     ([2, 2], 32, {"name": "customer_id", "dtype": "INT64", "blob": b"\0" * 32},
      "customer_id has shape [2, 2]; allowed: [n] or [n, 1]"),
     ([-1, 12], 0, {}, "shape [-1, 12] must be a list of non-negative integers"),
@@ -760,15 +770,20 @@ SOAK_SERVER = textwrap.dedent('''
     import sys
     from pathlib import Path
 
-    from pipeline.serving.server import running
+    from pipeline.data.features import feature_store
+    from pipeline.serving.lookup import OnlineLookup
+    from pipeline.serving.server import serve_app
+    from tests.helpers.homes import make_settings
     from tests.helpers.serving import make_app, tiny_model
 
-    app = make_app(tiny_model(Path(sys.argv[1])), max_concurrency=64, body_timeout=2.0,
-                   header_timeout=2.0)
-    app.tune_gc = True  # a process of its own, as `kmeans serve` runs it
-    with running(app) as url:
-        print(url, flush=True)
-        sys.stdin.read()  # serve until the test closes standard input
+    model_dir, lake_home, port, grace = sys.argv[1:5]
+    model = tiny_model(Path(model_dir))
+    lookup = OnlineLookup(feature_store(make_settings(Path(lake_home))), "customer_segments_v1",
+                          model.feature_names)
+    app = make_app(model, lookup=lookup, max_concurrency=64, body_timeout=2.0,
+                   header_timeout=2.0, write_timeout=2.0)
+    # As `kmeans serve` runs it: the main thread, SIGTERM drains then exits (GC tuned).
+    serve_app(app, "127.0.0.1", int(port), grace=float(grace))
 ''')
 
 
@@ -779,30 +794,70 @@ def _peak_rss_mb(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
-def test_soak_mixed_valid_and_hostile_traffic(tmp_path):
-    """KMEANS_SOAK_SECONDS (default 30) of valid clients next to stalled bodies, huge and slow
-    heads and amplification attempts: valid requests keep being answered, the server's peak
-    memory stays bounded, and nothing answers 5xx."""
-    seconds = float(os.environ.get("KMEANS_SOAK_SECONDS", "30"))
-    proc = subprocess.Popen([sys.executable, "-c", SOAK_SERVER, str(tmp_path / "m")], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def _count_answers(sock: socket.socket, count: int) -> dict[int, int]:
+    """Read ``count`` answers of a pipelining connection; their statuses counted."""
+    sock.settimeout(120)  # a read waits for the next bytes, not for the whole
+    seen: dict[int, int] = {}
+    data = b""
+    while sum(seen.values()) < count:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        data += chunk
+        at = 0
+        while True:  # whole answers only: each has a content-length
+            head_end = data.find(b"\r\n\r\n", at)
+            if head_end < 0:
+                break
+            head = data[at:head_end]
+            length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+            if len(data) < head_end + 4 + length:
+                break
+            code = int(head.split(b" ", 2)[1])
+            seen[code] = seen.get(code, 0) + 1
+            at = head_end + 4 + length
+        data = data[at:]
+    return seen
+
+
+#: The soak server's peak memory bound (VmHWM), and its grace period after SIGTERM.
+SOAK_PEAK_MB, SOAK_GRACE_S = 700, 6.0
+
+
+def test_soak_mixed_valid_and_hostile_traffic(tmp_path, lake_home):
+    """KMEANS_SOAK_SECONDS (default 60) of valid clients (feature rows and lookups by id) next
+    to stalled bodies, huge and slow heads, amplification attempts, pipelining connections,
+    slow readers and abandoned requests (big batches and lookups, the connection closed at
+    once): valid requests keep being answered, the server's peak memory stays under
+    SOAK_PEAK_MB, nothing answers 5xx, and on SIGTERM it exits within its grace period."""
+    seconds = float(os.environ.get("KMEANS_SOAK_SECONDS", "60"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    stderr = tmp_path / "server.stderr"
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", SOAK_SERVER, str(tmp_path / "m"),
+                                 str(lake_home), str(port), str(SOAK_GRACE_S)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+    exited_after = None
     try:
-        url = proc.stdout.readline().strip()
-        assert url.startswith("http://"), url
+        wait_ready(proc, url, stderr)
         stop = threading.Event()
         statuses: dict[str, list[int]] = {}
         lock = threading.Lock()
 
-        def note(kind: str, status: int) -> None:
+        def note(kind: str, status: int, times: int = 1) -> None:
             with lock:
-                statuses.setdefault(kind, []).append(status)
+                statuses.setdefault(kind, []).extend([status] * times)
 
         def valid(seed: int) -> list[float]:
             latencies = []
             one, batch = features(valid_rows(1, seed)), features(valid_rows(20, seed))
+            by_id = {"inputs": [{"name": "customer_id", "datatype": "INT64", "shape": [2],
+                                 "data": [100_002 + seed, 100_010 + seed]}]}
             with httpx.Client(base_url=url, headers=AUTH, timeout=30) as http:
                 while not stop.is_set():
-                    for body in (one, one, one, batch):
+                    for body in (one, one, one, batch, by_id):
                         t0 = time.perf_counter()
                         reply = http.post(INFER, json=body)
                         latencies.append(time.perf_counter() - t0)
@@ -853,10 +908,53 @@ def test_soak_mixed_valid_and_hostile_traffic(tmp_path):
                                       headers={"content-type": "application/json"})
                     note("amplification", reply.status_code)
 
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        def pipelining() -> None:
+            probes = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" * 20_000
+            while not stop.is_set():
+                with socket.create_connection(_address(url)) as sock:
+                    sender = threading.Thread(target=sock.sendall, args=(probes,), daemon=True)
+                    sender.start()
+                    for code, n in _count_answers(sock, 20_000).items():
+                        note("pipelined", code, n)
+                    sender.join()
+
+        def post(body: bytes) -> bytes:
+            return (f"POST {INFER} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                    f"authorization: Bearer {TOKEN}\r\ncontent-length: {len(body)}\r\n\r\n"
+                    ).encode() + body
+
+        def abandoned() -> None:
+            lookup = post(json.dumps({"inputs": [{
+                "name": "customer_id", "datatype": "INT64", "shape": [1000],
+                "data": list(range(100_000, 101_000))}]}).encode())
+            batch = post(json.dumps(features(valid_rows(10_000, seed=4).round(4))).encode())
+            while not stop.is_set():
+                for payload in (lookup, lookup, lookup, batch):
+                    with socket.create_connection(_address(url)) as sock:
+                        sock.sendall(payload)  # and gone at once
+                    note("abandoned", 0)
+                time.sleep(0.05)  # the attacker's pace, not a wait
+
+        def slow_readers() -> None:
+            three = post(json.dumps(features(valid_rows(10_000, seed=5).round(4))).encode()) * 3
+            while not stop.is_set():
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.connect(_address(url))
+                sock.settimeout(30)
+                try:
+                    sock.sendall(three)  # the server stops reading: this blocks until...
+                except (TimeoutError, BrokenPipeError, ConnectionResetError):
+                    pass
+                got = _read_until_closed(sock, 30)  # ...the write timeout closes it
+                sock.close()
+                note("slow_reader", int(got.split(b" ", 2)[1]) if got[:5] == b"HTTP/" else 0)
+
+        with concurrent.futures.ThreadPoolExecutor(11) as pool:
             clients = [pool.submit(valid, seed) for seed in range(3)]
             hostile = [pool.submit(f) for f in (stalled_bodies, huge_heads, slow_heads,
-                                                amplification)]
+                                                amplification, pipelining, abandoned,
+                                                slow_readers)]
             time.sleep(seconds)  # the soak's fixed duration: part of the test
             stop.set()
             latencies = sorted(t for c in clients for t in c.result())
@@ -864,20 +962,34 @@ def test_soak_mixed_valid_and_hostile_traffic(tmp_path):
                 h.result()
         peak = _peak_rss_mb(proc.pid)
         metrics = httpx.get(f"{url}/metrics").text
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        try:
+            proc.wait(timeout=SOAK_GRACE_S)
+            exited_after = time.monotonic() - sent
+        except subprocess.TimeoutExpired:
+            pass
     finally:
-        proc.stdin.close()
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[int(len(latencies) * 0.99)]
     counts = {k: {s: v.count(s) for s in sorted(set(v))} for k, v in statuses.items()}
     print(f"\nsoak {seconds:g} s: {len(latencies)} valid requests, p50 {p50 * 1000:.2f} ms, "
-          f"p99 {p99 * 1000:.2f} ms; server peak RSS {peak:.0f} MB; statuses {counts}")
+          f"p99 {p99 * 1000:.2f} ms; server peak RSS {peak:.0f} MB; exited "
+          f"{exited_after if exited_after is None else round(exited_after, 1)} s after SIGTERM "
+          f"(grace {SOAK_GRACE_S:g} s); statuses {counts}")
     assert set(statuses["valid"]) == {200}, counts["valid"]
     assert set(statuses["amplification"]) == {400}
     assert set(statuses.get("stalled", [408])) == {408}
     assert set(statuses.get("huge_head", [431])) == {431}
     assert set(statuses.get("slow_head", [408])) == {408}
+    assert set(statuses["pipelined"]) == {200}, counts["pipelined"]
+    assert set(statuses.get("slow_reader", [200])) <= {200, 0}, counts["slow_reader"]
     server_5xx = [line for line in metrics.splitlines()
                   if line.startswith("kmeans_requests_total{") and 'status="5' in line]
     assert server_5xx == [], server_5xx
-    assert peak < 1024, peak  # memory stays bounded; p99 is reported above
+    assert peak < SOAK_PEAK_MB, peak  # memory stays bounded; p99 is reported above
+    assert exited_after is not None, f"still running {SOAK_GRACE_S:g} s after SIGTERM: " \
+        f"{log_tail(stderr)}"
