@@ -279,9 +279,7 @@ def promote(params: dict, actor: str) -> dict:
         version = str(found.version)
     reason = str(params.get("reason") or "")
     if params.get("canary") and ro.backend_for(settings) is not None:
-        state = ro.controller_for(settings).start(version)
-        if state.outcome != "promoted":
-            raise ro.RolloutError(f"version {version} was rolled back: {state.reason}")
+        state = _promoted_by_rollout(settings, version)
         log.warning("promoted version %s through the canary steps", version)
         return {"champion": version, "how": "canary", "reason": reason,
                 "rollout": asdict(state)}
@@ -323,10 +321,16 @@ def rollout_outcome(registered: dict) -> dict:
         return {"version": version, "outcome": "skipped", "champion_moved": False,
                 "reason": "KMEANS_ROLLOUT_BACKEND=none: the challenger waits for "
                           "`kmeans rollout` or `kmeans promote`"}
+    return {**asdict(_promoted_by_rollout(settings, version)), "champion_moved": True}
+
+
+def _promoted_by_rollout(settings, version: str):
+    """Roll ``version`` out through the backend's steps; its final state once promoted, or
+    :class:`RolloutError` once it was rolled back (the rollback is complete then)."""
     state = ro.controller_for(settings).start(version)
     if state.outcome != "promoted":
         raise ro.RolloutError(f"version {version} was rolled back: {state.reason}")
-    return {**asdict(state), "champion_moved": True}
+    return state
 
 
 def publish(params: dict, context: dict | None = None) -> dict:
