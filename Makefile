@@ -15,6 +15,10 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export NO_PROXY := *
 export no_proxy := *
+# Every process the targets start (Airflow's components and tasks, Spark's Python workers, the CLI
+# and server subprocesses of the tests) imports the same large libraries; with
+# PYTHONDONTWRITEBYTECODE set (some CI images set it) each would compile them from source again.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install demo test test-fast test-unit test-integration test-dates lint airflow-ui airflow-stop prod-up prod-down prod-status mlflow-ui feast-plan feast-serve feast-ui bench bench-compare clean
 
@@ -58,10 +62,13 @@ demo: install
 # service, no Spark, no Airflow DB; under 2 minutes), test (lint, then every test: under 20
 # minutes on a quiet 2-core machine). PYTEST_ARGS adds pytest options, e.g. PYTEST_ARGS=-x.
 LINT_PATHS := pipeline dags tests benchmarks feature_repo
+# lint: style (ruff), the import contracts (import-linter), types (mypy), and the declared
+# dependencies against the imports (deptry: [tool.deptry] in pyproject.toml).
 lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy pipeline
+	$(VENV)/bin/deptry pipeline dags feature_repo
 
 test: install lint | $(CHROMIUM) $(PROMETHEUS)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -92,29 +99,29 @@ test-dates: install | $(CHROMIUM) $(PROMETHEUS)
 # Airflow's scheduler, API server (on 127.0.0.1 only), dag-processor and triggerer on the SQLite
 # metadata of AIRFLOW_HOME, sized for a small machine, in a process group of their own that
 # Ctrl-C or `make airflow-stop` (from another shell) ends as a whole: the scheduler can ignore
-# SIGTERM for minutes (pipeline/orchestration/airflow_env.py). The port: AIRFLOW_PORT=..., else
+# SIGTERM for minutes (pipeline/devtools/airflow_env.py). The port: AIRFLOW_PORT=..., else
 # the settings' (KMEANS_AIRFLOW_PORT, AIRFLOW__API__PORT, KMEANS_PORT_BASE; default 8080).
 AIRFLOW_PARALLELISM ?= 4
 airflow-ui: install
-	AIRFLOW_PARALLELISM=$(AIRFLOW_PARALLELISM) $(if $(AIRFLOW_PORT),KMEANS_AIRFLOW_PORT=$(AIRFLOW_PORT)) $(PY) -m pipeline.orchestration.airflow_env
+	AIRFLOW_PARALLELISM=$(AIRFLOW_PARALLELISM) $(if $(AIRFLOW_PORT),KMEANS_AIRFLOW_PORT=$(AIRFLOW_PORT)) $(PY) -m pipeline.devtools.airflow_env
 
 airflow-stop:
-	@$(PY) -m pipeline.orchestration.airflow_env stop
+	@$(PY) -m pipeline.devtools.airflow_env stop
 
-# The production profile on this machine (pipeline/orchestration/stack.py): PostgreSQL databases,
+# The production profile on this machine (pipeline/devtools/stack.py): PostgreSQL databases,
 # an MLflow server, Feast on Redis, the inference server once a champion exists, each in a
 # process group of its own; logs, state and the env file (tokens, 0600) in .kmeans/prod/.
 # Ports and the databases' prefix: PROD_MLFLOW_PORT=..., PROD_SERVING_PORT=..., PROD_AIRFLOW_PORT=...,
 # PROD_DB_PREFIX=...; else the settings' when set (KMEANS_DEPLOYMENT, KMEANS_PORT_BASE, ...), else
 # the last prod-up's, else MLflow 5050, server 8090, Airflow 8080, databases kmeans_*.
 prod-up: install
-	$(PY) -m pipeline.orchestration.stack up $(if $(PROD_MLFLOW_PORT),--mlflow-port $(PROD_MLFLOW_PORT)) $(if $(PROD_SERVING_PORT),--serving-port $(PROD_SERVING_PORT)) $(if $(PROD_AIRFLOW_PORT),--airflow-port $(PROD_AIRFLOW_PORT)) $(if $(PROD_DB_PREFIX),--db-prefix $(PROD_DB_PREFIX))
+	$(PY) -m pipeline.devtools.stack up $(if $(PROD_MLFLOW_PORT),--mlflow-port $(PROD_MLFLOW_PORT)) $(if $(PROD_SERVING_PORT),--serving-port $(PROD_SERVING_PORT)) $(if $(PROD_AIRFLOW_PORT),--airflow-port $(PROD_AIRFLOW_PORT)) $(if $(PROD_DB_PREFIX),--db-prefix $(PROD_DB_PREFIX))
 
 prod-down:
-	@$(PY) -m pipeline.orchestration.stack down
+	@$(PY) -m pipeline.devtools.stack down
 
 prod-status:
-	@$(PY) -m pipeline.orchestration.stack status
+	@$(PY) -m pipeline.devtools.stack status
 
 # On 127.0.0.1, at MLFLOW_UI_PORT=..., else the settings' mlflow_ui_port (KMEANS_MLFLOW_UI_PORT,
 # KMEANS_PORT_BASE + 1; default 5000).

@@ -156,7 +156,10 @@ def run_engine(source, ks, init=None, *, label=""):
 
 
 def spark_session(memory: str, task_cpus: int = 1):
-    from pipeline.engine.spark import spark_session as make
+    try:
+        from pipeline.engine.session import spark_session as make
+    except ImportError:  # compare_commits.py against a commit before engine/session.py
+        from pipeline.engine.spark import spark_session as make
 
     return make("local[2]", app_name="kmeans-bench", driver_memory=memory, extra={
         "spark.task.cpus": str(task_cpus),
@@ -283,7 +286,7 @@ def run_cluster_engine(work: Path, folder: Path, ks, init) -> dict:
     sys.path.insert(0, str(HERE.parent / "tests"))
     from standalone import SparkCluster, wait_executors
 
-    from pipeline.engine.spark import spark_session as make
+    from pipeline.engine.session import spark_session as make
 
     shutil.rmtree(work / "cluster", ignore_errors=True)
     with SparkCluster(work / "cluster", workers=2, memory="6g") as cluster:

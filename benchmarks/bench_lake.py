@@ -38,8 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.core.settings import load_settings  # noqa: E402
-from pipeline.data.datagen import LAKE_TABLE, generate_lake  # noqa: E402
+from pipeline.data.datagen import generate_lake  # noqa: E402
 from pipeline.data.ingest import ingest_lake  # noqa: E402
+from pipeline.data.lake import LAKE_TABLE  # noqa: E402
 from tests.helpers.processes import S3Server  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "lake.json"

@@ -1,7 +1,7 @@
 """Monitoring sensitivity: false alarms on stationary traffic and detection delay per drift kind.
 
 A champion is trained on the generated lake (3,000 customers, 3 days), the inference server
-runs on loopback with its prediction log, and :func:`pipeline.monitoring.replay.sensitivity`
+runs on loopback with its prediction log, and :func:`pipeline.devtools.replay.sensitivity`
 sends 20 stationary windows and 10 windows of each drift kind (``shift``, ``new_segment``,
 ``vanished_segment``, ``trend``: a tenth of the shift more each window) through it, then
 monitors each window with the configured thresholds.
@@ -9,7 +9,7 @@ monitors each window with the configured thresholds.
 Side by side, from the same windows: what a user would get from Evidently's feature drift test
 alone (the training gate's column test: share of drifted columns over
 ``KMEANS_DRIFT_SHARE_THRESHOLD``), from the cluster-aware figures alone (segment PSI, distance
-ratio, novelty rate, low-margin share), and from both (what the monitoring DAG flags).
+ratio, ood rate, low-margin share), and from both (what the monitoring DAG flags).
 
     .venv/bin/python benchmarks/bench_monitoring.py      # about 2 minutes
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results" / "monitoring.json"
 REPORT = ROOT / "benchmarks" / "MONITORING.md"
 CUSTOMERS, SEED = 3000, 11
-CLUSTER_FIGURES = ("segment_psi", "distance_ratio", "novelty_rate", "low_margin_share")
+CLUSTER_FIGURES = ("segment_psi", "distance_ratio", "ood_rate", "low_margin_share")
 
 
 def champion_home(work: Path) -> Path:
@@ -129,7 +129,7 @@ def main() -> None:
     from pipeline.core.logs import quiet_dependencies
     from pipeline.core.settings import load_settings
     from pipeline.data.datagen import generate_customers
-    from pipeline.monitoring.replay import sensitivity
+    from pipeline.devtools.replay import sensitivity
     from pipeline.monitoring.window import Thresholds
     from pipeline.serving.server import build_app, running
 

@@ -109,7 +109,7 @@ def main() -> None:
     from pipeline.core.settings import FEATURE_NAMES
     from pipeline.data import features
     from pipeline.data.ingest import OFFLINE_TABLE
-    from pipeline.engine.spark import spark_session
+    from pipeline.engine.session import spark_session
     from pipeline.promotion import publish
 
     quiet_dependencies()

@@ -389,7 +389,8 @@ def write_report(r: dict) -> None:
 def main() -> None:
     t0 = time.monotonic()
     settings = load_settings(home=Path(tempfile.mkdtemp()))
-    threshold, half_life = settings.monitor_max_shadow_shift, settings.shadow_half_life_points
+    monitoring = settings.monitoring
+    threshold, half_life = monitoring.monitor_max_shadow_shift, monitoring.shadow_half_life_points
     demo_found, model, customers = demo(threshold)
     result = {"date": dt.date.today().isoformat(),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "

@@ -108,9 +108,9 @@ def consumer_rate(settings, client, events: list[dict], stream: str, segments: b
 def throughput(settings, client, n: int, batch: int) -> dict:
     now = pd.Timestamp.now(tz="UTC").floor("s")
     events = make_events(n, 10_000_000, now)
-    plain = consumer_rate(settings, client, events, settings.stream_name, segments=False)
+    plain = consumer_rate(settings, client, events, settings.stream.stream_name, segments=False)
     with_segments = consumer_rate(settings, client, make_events(n, 11_000_000, now),
-                                  settings.stream_name + ":s", segments=True)
+                                  settings.stream.stream_name + ":s", segments=True)
     # Baseline: Feast's push of the same rows, same batches, same core.
     frame = pd.DataFrame(events)
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
@@ -154,14 +154,14 @@ def freshness(settings, client, home: Path, n: int, names: dict) -> dict:
     seen: dict[int, float] = {}
     expect = {e["customer_id"]: e["tenure_days"] for e in events}
     try:
-        st.publish(client, settings.stream_name, [events[n]])  # warm-up
+        st.publish(client, settings.stream.stream_name, [events[n]])  # warm-up
         while read(store, [base + n]).segment.isna().all():
             time.sleep(0.05)
         next_write, i = time.perf_counter(), 0
         deadline = time.monotonic() + 120
         while len(seen) < n and time.monotonic() < deadline:
             if i < n and time.perf_counter() >= next_write:
-                client.xadd(settings.stream_name, {st.EVENT_FIELD: json.dumps(events[i])})
+                client.xadd(settings.stream.stream_name, {st.EVENT_FIELD: json.dumps(events[i])})
                 written[base + i] = time.perf_counter()
                 i += 1
                 next_write += 0.005

@@ -18,14 +18,16 @@ while none is configured (``KMEANS_SQL_URL``, ``KMEANS_SQL_TABLE``, ``KMEANS_SQL
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import Asset, CronTriggerTimetable, dag, task
 
+from pipeline.data.params import IntervalParams
 from pipeline.orchestration.dag_defaults import (
     DAG_ARGS,
     FEATURES_ASSET,
     INGEST_SOURCES,
     IngestSource,
 )
+from pipeline.orchestration.params import dag_params
 
 
 def ingest_dag(source: str, spec: IngestSource) -> None:
@@ -38,14 +40,8 @@ def ingest_dag(source: str, spec: IngestSource) -> None:
         **DAG_ARGS,
         tags=["kmeans", "ingest", source],
         doc_md=f"{__doc__}\nThis DAG lands {spec.doc}.",
-        params={
-            "start": Param(None, type=["null", "string"], format="date-time",
-                           description="Interval start (UTC), to (re)land any interval by hand; "
-                                       "default: the period that ended at the run's logical "
-                                       "date."),
-            "end": Param(None, type=["null", "string"], format="date-time",
-                         description="Interval end (UTC, excluded); with start."),
-        },
+        # The interval params come from one typed model (pipeline.data.params).
+        params=dag_params(IntervalParams),
     )
     def kmeans_ingest():
         @task(outlets=[Asset(**FEATURES_ASSET)])  # kmeans_training trains on arrival

@@ -4,7 +4,7 @@ The ``window`` task reads the inference server's prediction log for the hour tha
 the run's logical date (or the ``start`` and ``end`` params, UTC; re-running a run recomputes
 the same window) and compares the champion's rows with the reference sample it was trained
 on: feature drift (Evidently, the training gate's column test) and cluster-aware drift (the
-PSI of the segment shares, mean distance over the reference's, novelty rate beyond the
+PSI of the segment shares, mean distance over the reference's, ood rate beyond the
 training p99 distance, low-margin share, silhouette on a sample, per-cluster shares, distances
 and profile moves). The figures go to a report and to the index of every window, served by
 the project's Airflow plugin at ``/kmeans/reports/monitoring/index.html`` (the task's log
@@ -12,7 +12,7 @@ prints the report's link), to the MLflow experiment ``customer_segments-monitori
 per window) and to the Prometheus exporter (``kmeans monitor-exporter``).
 
 For ``KMEANS_WATCH_HOURS`` after a promotion, the ``watch`` task also judges the new champion:
-novelty rate, distance ratio and segment-share PSI against its own training (from the window),
+ood rate, distance ratio and segment-share PSI against its own training (from the window),
 error rate and p99 latency (from the server). Past a threshold it is rolled back to
 ``previous`` (registry lock, audit trail) and the server is told, as ``kmeans_rollback`` does.
 
@@ -24,9 +24,11 @@ action is recorded in ``<home>/audit/monitoring.jsonl`` with the figures that ca
 from __future__ import annotations
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
+from pipeline.data.params import IntervalParams
 from pipeline.orchestration.dag_defaults import DAG_ARGS
+from pipeline.orchestration.params import dag_params
 
 
 @dag(
@@ -36,13 +38,8 @@ from pipeline.orchestration.dag_defaults import DAG_ARGS
     tags=["kmeans", "monitoring", "segmentation"],
     doc_md=__doc__,
     render_template_as_native_obj=True,
-    params={
-        "start": Param(None, type=["null", "string"], format="date-time",
-                       description="Window start (UTC), to (re)compute any window by hand; "
-                                   "default: the hour that ended at the run's logical date."),
-        "end": Param(None, type=["null", "string"], format="date-time",
-                     description="Window end (UTC); with start."),
-    },
+    # The window params come from one typed model (pipeline.data.params).
+    params=dag_params(IntervalParams),
 )
 def kmeans_monitoring():
     @task

@@ -13,9 +13,11 @@ live server is then told, and ``sync_server`` emits the champion asset so that
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, dag, task
 
 from pipeline.orchestration.dag_defaults import CHAMPION_ASSET, DAG_ARGS
+from pipeline.orchestration.params import dag_params
+from pipeline.promotion.params import PromoteParams
 
 
 @dag(
@@ -24,18 +26,8 @@ from pipeline.orchestration.dag_defaults import CHAMPION_ASSET, DAG_ARGS
     **DAG_ARGS,
     tags=["kmeans", "promotion", "segmentation"],
     doc_md=__doc__,
-    params={
-        "version": Param(None, type=["null", "string"], pattern=r"^\d+$",
-                         description="Version to make champion; empty: the pending "
-                                     "challenger."),
-        "reason": Param("promoted by hand from Airflow", type="string", minLength=1,
-                        maxLength=1000,
-                        description="Why (kept in the audit trail)."),
-        "canary": Param(True, type="boolean",
-                        description="Roll it out through the canary steps (rolled back "
-                                    "automatically when it misbehaves) where a rollout "
-                                    "backend is configured; off: promote at once."),
-    },
+    # The params come from one typed model (pipeline.promotion.params).
+    params=dag_params(PromoteParams),
 )
 def kmeans_promote():
     @task  # a refused promotion (no such version, lock held, canary failed) fails at once

@@ -16,9 +16,11 @@ registered version, e.g. to compare). ``kmeans publish-segments`` does the same 
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, dag, task
 
 from pipeline.orchestration.dag_defaults import CHAMPION_ASSET, DAG_ARGS
+from pipeline.orchestration.params import dag_params
+from pipeline.promotion.params import PublishParams
 
 
 @dag(
@@ -27,10 +29,9 @@ from pipeline.orchestration.dag_defaults import CHAMPION_ASSET, DAG_ARGS
     **DAG_ARGS,
     tags=["kmeans", "segments", "feast"],
     doc_md=__doc__,
-    params={
-        "version": Param(None, type=["null", "string"], pattern=r"^\d+$",
-                         description="Registry version to score with; empty: the champion."),
-    },
+    # The params come from one typed model (pipeline.promotion.params), the same that
+    # types the CLI's options.
+    params=dag_params(PublishParams),
 )
 def kmeans_publish():
     # A failed publication leaves the previous one online (a retry publishes anew). A run the

@@ -11,9 +11,11 @@ back from or to. The ``rollback`` task's return value (XCom) and log say what ha
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, dag, task
 
 from pipeline.orchestration.dag_defaults import CHAMPION_ASSET, DAG_ARGS
+from pipeline.orchestration.params import dag_params
+from pipeline.promotion.params import RollbackParams
 
 
 @dag(
@@ -22,15 +24,9 @@ from pipeline.orchestration.dag_defaults import CHAMPION_ASSET, DAG_ARGS
     **DAG_ARGS,
     tags=["kmeans", "rollback", "segmentation"],
     doc_md=__doc__,
-    params={
-        "reason": Param("rolled back by hand from Airflow", type="string", minLength=1,
-                        description="Why the champion is rolled back (kept in the audit trail)."),
-        "to_version": Param(None, type=["null", "string"], pattern=r"^\d+$",
-                            description="Version to return to; empty: the 'previous' alias."),
-        "drop_challenger": Param(False, type="boolean",
-                                 description="Also remove a pending challenger (kept by "
-                                             "default)."),
-    },
+    # The params come from one typed model (pipeline.promotion.params), the same that
+    # types the CLI's options.
+    params=dag_params(RollbackParams),
 )
 def kmeans_rollback():
     @task  # a refused rollback (nothing to return to, lock held) fails at once (flow.final)

@@ -27,11 +27,11 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
 from pipeline.orchestration.dag_defaults import CHAMPION_ASSET, DAG_ARGS, FEATURES_ASSET
 from pipeline.orchestration.params import dag_params
-from pipeline.training.params import TrainParams
+from pipeline.training.params import TrainParams, WindowParams
 
 
 @dag(
@@ -44,17 +44,10 @@ from pipeline.training.params import TrainParams
     tags=["kmeans", "training", "segmentation"],
     doc_md=__doc__,
     params={
-        # The training params come from one typed model (pipeline.training.params), the same
-        # that types the CLI's options; the window's own params follow.
+        # The training params come from typed models (pipeline.training.params): the sweep's,
+        # the same that types the CLI's options, then the window's.
         **dag_params(TrainParams),
-        "lookback_days": Param(7, type="integer", minimum=1, maximum=365,
-                               description="Days of data that end at the interval end."),
-        "end_date": Param(None, type=["null", "string"], format="date",
-                          description="Optional window end (YYYY-MM-DD); default: the data "
-                                      "interval end."),
-        "reason": Param(None, type=["null", "string"], maxLength=1000,
-                        description="Why this run (kmeans_monitoring says which figures "
-                                    "drifted); logged by the window task."),
+        **dag_params(WindowParams),
     },
 )
 def kmeans_training():

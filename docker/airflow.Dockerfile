@@ -38,18 +38,30 @@ RUN mkdir -p /usr/share/man/man1 \
 ENV JAVA_HOME=/opt/java
 USER 50000
 
-# Pinning apache-airflow to the base image's own version (AIRFLOW_VERSION is
-# set by the official image) stops pip from up- or downgrading Airflow to
-# satisfy the project; requirements.lock constrains everything else. If the
-# project's pins and Airflow's requirements cannot both hold, this step fails
-# at build time instead of producing a scheduler that breaks at import.
-RUN --mount=type=bind,from=builder,source=/tmp/wheels,target=/tmp/wheels \
-    --mount=type=bind,source=requirements.lock,target=/tmp/requirements.lock \
-    WHEEL="$(ls /tmp/wheels/kmeans_platform-*.whl)" \
+# The dependencies first, in a layer that only the declarations feed (a change
+# of the code reuses it; docker/project_deps.py lists what pyproject.toml
+# declares for the extra). Pinning apache-airflow to the base image's own
+# version (AIRFLOW_VERSION is set by the official image) stops pip from up- or
+# downgrading Airflow to satisfy the project; requirements.lock constrains
+# everything else. If the project's pins and Airflow's requirements cannot
+# both hold, this step fails at build time instead of producing a scheduler
+# that breaks at import.
+RUN --mount=type=bind,source=pyproject.toml,target=/tmp/deps/pyproject.toml \
+    --mount=type=bind,source=requirements.lock,target=/tmp/deps/requirements.lock \
+    --mount=type=bind,source=docker/project_deps.py,target=/tmp/deps/project_deps.py \
+    python /tmp/deps/project_deps.py --pyproject /tmp/deps/pyproject.toml platform \
+      > /tmp/requirements.txt \
  && pip install --no-cache-dir \
       "apache-airflow==${AIRFLOW_VERSION}" \
-      -c /tmp/requirements.lock \
-      "${WHEEL}[platform]"
+      -c /tmp/deps/requirements.lock \
+      -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+
+# Then the project's wheel, without dependencies (the pipeline image, on the
+# same list, runs `pip check`; the official image's own providers are not
+# this project's to check).
+RUN --mount=type=bind,from=builder,source=/tmp/wheels,target=/tmp/wheels \
+    pip install --no-cache-dir --no-deps /tmp/wheels/kmeans_platform-*.whl
 
 # DAGs are baked in: image tag == DAG version, no git-sync sidecar needed.
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/

@@ -29,10 +29,18 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-COPY . .
-# Dependencies resolved strictly within the lock file's pins.
+# The dependencies first, in a layer that only the declarations feed: a change of the code
+# reuses it. Resolved strictly within the lock file's pins (docker/project_deps.py lists what
+# pyproject.toml declares for the extra).
+COPY pyproject.toml requirements.lock docker/project_deps.py ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install -c requirements.lock ".[platform]"
+    python project_deps.py platform > requirements.txt \
+ && pip install -c requirements.lock -r requirements.txt
+# Then the code, without dependencies; `pip check` fails the build if the layer above missed one.
+COPY . .
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps . \
+ && pip check
 
 # ---------------------------------------------------------------- runtime ---
 FROM ${PYTHON_IMAGE} AS runtime

@@ -33,10 +33,17 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-COPY . .
-# The serving extra only, resolved strictly within the lock file's pins.
+# The serving extra's dependencies only, first, in a layer that only the declarations feed (a
+# change of the code reuses it), resolved strictly within the lock file's pins.
+COPY pyproject.toml requirements.lock docker/project_deps.py ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install -c requirements.lock ".[serving]"
+    python project_deps.py serving > requirements.txt \
+ && pip install -c requirements.lock -r requirements.txt
+# Then the code, without dependencies; `pip check` fails the build if the layer above missed one.
+COPY . .
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps . \
+ && pip check
 
 # ---------------------------------------------------------------- runtime ---
 FROM ${PYTHON_IMAGE} AS runtime

@@ -11,6 +11,10 @@ Between publications the stream consumer (``kmeans consume``) assigns each fresh
 same champion and pushes the customer's new segment through ``customer_segment_push`` to the
 online store, so a customer's segment follows their activity within seconds. The offline
 history holds the batch publications.
+
+The fields are the published table's, declared once in ``pipeline/model/schema.py``
+(``PUBLISHED``: name, Feast type, description); this repo stays plain declarations, as the
+``feast`` CLI reads it, and ``tests/unit/model/test_schema.py`` checks that the two agree.
 """
 
 from datetime import timedelta

@@ -1,16 +1,21 @@
 """K-means customer segmentation platform.
 
 The package is a stack of layers, each importing only from the layers below it (the
-import-linter contracts in ``pyproject.toml`` state the order and ``make test`` checks them):
+import-linter contracts in ``pyproject.toml`` state the order and ``make lint`` checks them):
 
 1. ``core``: settings, small I/O helpers (atomic write, file lock, clock)
 2. ``model``: the artifact (centroids, preprocessing, checksums) and the standalone pyfunc
 3. ``engine``: k-means over any source, in-process or Spark; imports nothing else from here
-4. ``data``: lake, ingest and quarantine, Feast features, validation, sample data
-5. ``registry``: MLflow runs, versions, aliases under a lock, audit trail
-6. ``training``, then ``promotion`` (gates, drift review, registration)
-7. ``serving`` and ``rollout`` (a base, a controller and its backends)
-8. ``orchestration`` (what the DAG tasks call), then ``demo`` and ``cli``
+4. ``data``: lake, ingest and quarantine, Feast features, validation, sources, sample data;
+   beside it ``registry``: MLflow runs, versions, aliases under a lock, audit trail
+5. ``training``, then ``promotion`` (gates, drift review, registration)
+6. ``monitoring``: windows of the prediction log against the champion, reports, actions
+7. ``serving`` (the inference server: core, model, registry and the online features only) and
+   ``rollout`` (a base, a controller and its backends)
+8. ``orchestration``: what the DAG tasks call
+9. ``devtools``: Airflow and the production profile on one machine, the replay harness; not
+   product, nothing below imports it
+10. ``demo``, ``cli`` and ``spark_entry``: the entry points
 
 Nothing runs at import time. Imports sit at the top of each module, except the libraries in
 :data:`LAZY_IMPORTS`: they are imported inside the functions that use them, so that the

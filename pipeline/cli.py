@@ -9,6 +9,7 @@ import inspect
 import json
 import logging
 import sys
+import typing
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -27,18 +28,20 @@ from pipeline.data.ingest import ingest_lake
 from pipeline.data.sources import postgres, stream
 from pipeline.data.validation import ValidationFailed, validate_snapshot
 from pipeline.demo import run_demo
-from pipeline.engine.spark import clean_stage, executor_stage_root, stage_usage
+from pipeline.engine.staging import clean_stage, executor_stage_root, stage_usage
 from pipeline.monitoring.exporter import make_server as make_exporter
 from pipeline.monitoring.window import monitor_window, prometheus_path
 from pipeline.orchestration import flow
 from pipeline.orchestration.airflow_api import emit_champion_moved
 from pipeline.promotion import gates as gate_checks
 from pipeline.promotion.gates import GateRefused
+from pipeline.promotion.params import PublishParams, RollbackParams
 from pipeline.promotion.publish import publish_segments
 from pipeline.promotion.register import register as register_run
 from pipeline.registry import AliasMoveInProgress
 from pipeline.rollout import controller as ro
 from pipeline.rollout.base import RolloutError
+from pipeline.serving.params import ServeParams
 from pipeline.serving.server import serve as run_server
 from pipeline.training import stages
 from pipeline.training.params import TrainParams
@@ -92,12 +95,18 @@ def options_from(model: type[BaseModel]):
     the options are declared, as the DAG's Params are derived from it too."""
     def wrap(fn):
         signature = inspect.signature(fn)
-        kept = [p for p in signature.parameters.values() if p.name != "params"]
+        # The command's own parameters keep their Annotated help (resolved: the module's
+        # annotations are strings, which typer reads no further once the signature is new).
+        own = typing.get_type_hints(fn, include_extras=True)
+        kept = [p.replace(annotation=own.get(p.name, p.annotation))
+                for p in signature.parameters.values() if p.name != "params"]
         added, hints = [], {}
         for name, field in model.model_fields.items():
-            annotation = field.annotation
-            option = typer.Option(field.default, f"--{name.replace('_', '-')}",
-                                  help=field.description, show_default=True)
+            annotation, flag = field.annotation, f"--{name.replace('_', '-')}"
+            if annotation is bool:  # a switch both ways, as typer gives an undeclared bool
+                flag = f"{flag}/--no-{name.replace('_', '-')}"
+            option = typer.Option(field.default, flag, help=field.description,
+                                  show_default=True)
             added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
                                            default=option, annotation=annotation))
             hints[name] = annotation
@@ -109,8 +118,7 @@ def options_from(model: type[BaseModel]):
 
         command.__signature__ = signature.replace(  # type: ignore[attr-defined]
             parameters=[*kept, *added])
-        command.__annotations__ = {**{k: v for k, v in fn.__annotations__.items()
-                                      if k != "params"}, **hints}
+        command.__annotations__ = {**{k: v for k, v in own.items() if k != "params"}, **hints}
         del command.__wrapped__  # typer must read the new signature, not the original's
         return command
     return wrap
@@ -267,23 +275,21 @@ def promote(
 
 
 @app.command(cls=_Command)
+@options_from(RollbackParams)
 def rollback(
-    reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")],
-    to_version: Annotated[str | None, typer.Option(
-        help="Version to return to (default: the one behind 'previous').")] = None,
-    drop_challenger: Annotated[bool, typer.Option(
-        help="Also remove a pending challenger (kept by default).")] = False,
-    actor: Annotated[str | None, typer.Option(help="Who (default: your user name).")] = None,
+    actor: Annotated[str | None, typer.Option(help="Who (default: your user name).")] = None, *,
+    params: RollbackParams,
 ):
     """Make previous (or --to-version) champion again; a pending challenger is kept unless
     --drop-challenger. Refused if another promotion or rollback is in progress."""
     settings = _settings()
-    done = registry.rollback(settings, reason=reason, to_version=to_version, actor=actor,
-                             drop_challenger=drop_challenger)
+    done = registry.rollback(settings, reason=params.reason, to_version=params.to_version,
+                             actor=actor, drop_challenger=params.drop_challenger)
     _echo({**done, "server": ro.sync_stable(settings),
            "publication": emit_champion_moved(settings, {"operation": "rollback",
                                                          "champion": done["champion"],
-                                                         "reason": reason, "via": "cli"})})
+                                                         "reason": params.reason,
+                                                         "via": "cli"})})
 
 
 @app.command(cls=_Command)
@@ -351,13 +357,11 @@ def monitor(
 
 
 @app.command("publish-segments", cls=_Command)
-def publish_segments_command(
-    version: Annotated[str | None, typer.Option(
-        help="Registry version to score with; default: the champion.")] = None,
-):
+@options_from(PublishParams)
+def publish_segments_command(*, params: PublishParams):
     """Score every customer's latest features with the champion (a Spark job) and publish the
     customer_segment feature view: offline table and online store."""
-    _echo(publish_segments(_settings(), version=version))
+    _echo(publish_segments(_settings(), version=params.version))
 
 
 @app.command("monitor-exporter", cls=_Command)
@@ -374,30 +378,13 @@ def monitor_exporter(
 
 
 @app.command(cls=_Command)
-def serve(
-    alias: Annotated[str, typer.Option(help="Model alias to serve as the stable version.")] =
-    "champion",
-    version: Annotated[str | None, typer.Option(
-        help="Serve this registry version instead of the alias (KServe canary revisions).")] =
-    None,
-    canary_alias: Annotated[str, typer.Option(
-        help="Alias loaded as the canary when it exists ('' for none).")] = "challenger",
-    canary_mode: Annotated[str, typer.Option(
-        help="shadow: the canary scores, the stable answers; canary: the canary answers its "
-             "weight's share.")] = "shadow",
-    canary_weight: Annotated[float, typer.Option(
-        min=0, max=100, help="Percent of keys the canary answers (canary mode).")] = 0.0,
-    host: Annotated[str | None, typer.Option(help="Bind address (KMEANS_SERVING_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(min=0, max=65535,
-                                             help="Port (KMEANS_SERVING_PORT).")] = None,
-):
+@options_from(ServeParams)
+def serve(*, params: ServeParams):
     """Serve the model behind an alias (Open Inference Protocol v2 and KServe v1)."""
-    if canary_mode not in ("shadow", "canary"):
-        raise ValueError(f"--canary-mode {canary_mode!r} should be 'shadow' or 'canary'")
-    overrides = {k: v for k, v in (("serving_host", host), ("serving_port", port)) if v is not None}
-    run_server(_settings(**overrides), alias=alias, version=version,
-               canary_alias=canary_alias or None, canary_mode=canary_mode,
-               canary_weight=canary_weight)
+    run_server(_settings(**params.setting_overrides()), alias=params.alias,
+               version=params.version, canary_alias=params.canary_alias or None,
+               canary_mode=params.canary_mode, canary_weight=params.canary_weight,
+               with_feast=params.feast)
 
 
 @app.command(cls=_Command)
@@ -448,8 +435,8 @@ def ingest_sql(
     """Land a PostgreSQL table or query in the offline feature table, by watermark interval
     (the source of the kmeans_ingest_sql DAG unless the options name another)."""
     settings = _settings()
-    url = url or (settings.sql_url.get_secret_value() if settings.sql_url else None)
-    table, watermark = table or settings.sql_table, watermark or settings.sql_watermark
+    url = url or (settings.sql.sql_url.get_secret_value() if settings.sql.sql_url else None)
+    table, watermark = table or settings.sql.sql_table, watermark or settings.sql.sql_watermark
     missing = [f"--{name} (or KMEANS_SQL_{name.upper()})"
                for name, value in (("url", url), ("table", table), ("watermark", watermark))
                if not value]
@@ -458,7 +445,7 @@ def ingest_sql(
     assert url is not None and table is not None and watermark is not None  # for mypy
     _echo(postgres.ingest_sql(settings, url=url, table=table, watermark=watermark,
                               start=start, end=end, incremental=incremental,
-                              lag_seconds=lag_seconds, source=source or settings.sql_source))
+                              lag_seconds=lag_seconds, source=source or settings.sql.sql_source))
 
 
 def _utc(value: dt.datetime) -> dt.datetime:

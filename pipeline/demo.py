@@ -16,9 +16,9 @@ from pipeline.core.settings import Settings
 from pipeline.data import features, ingest
 from pipeline.data.datagen import default_start, generate_lake
 from pipeline.data.features import feature_store, online_features
-from pipeline.engine.spark import stop_session
+from pipeline.devtools import airflow_env
+from pipeline.engine.session import stop_session
 from pipeline.monitoring.window import monitor_window, monitoring_dir
-from pipeline.orchestration import airflow_env
 from pipeline.serving.server import build_app, running
 
 # The demo's dag.test() run keeps its Airflow state apart from the scheduler's (airflow.db):
@@ -76,8 +76,8 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
     figures = monitor_window(settings, *window)
     print(f"   window {figures['window']}: {figures['status']}, {figures.get('rows', 0)} rows; "
           f"segment PSI {figures.get('segment_psi', float('nan')):.3f}, distance ratio "
-          f"{figures.get('distance_ratio', float('nan')):.2f}, novelty rate "
-          f"{figures.get('novelty_rate', float('nan')):.3f}")
+          f"{figures.get('distance_ratio', float('nan')):.2f}, ood rate "
+          f"{figures.get('ood_rate', float('nan')):.3f}")
     print(f"   report: {monitoring_dir(settings) / figures['report']}")
     print(f"   every window: {monitoring_dir(settings) / 'index.html'}")
 
@@ -111,8 +111,8 @@ def _serve_examples(settings: Settings) -> tuple[dt.datetime, dt.datetime]:
     app = build_app(settings)
     feature_names = app.service.feature_names
     headers = {}
-    if settings.serving_token:
-        headers["Authorization"] = f"Bearer {settings.serving_token.get_secret_value()}"
+    if settings.serving.serving_token:
+        headers["Authorization"] = f"Bearer {settings.serving.serving_token.get_secret_value()}"
     ids = [100_001, 100_002, 100_003]
     rows = online_features(feature_store(settings), settings.feature_service, ids)
     # Missing values travel as null and are imputed by the model, as in training.

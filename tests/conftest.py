@@ -99,7 +99,7 @@ def snapshot_path(lake_home):
 
 @pytest.fixture(scope="session")
 def spark():
-    from pipeline.engine.spark import spark_session
+    from pipeline.engine.session import spark_session
 
     return spark_session("local[2,4]", app_name="kmeans-tests", driver_memory="1g")
 
@@ -107,6 +107,6 @@ def spark():
 @pytest.fixture(scope="session")
 def airflow_db():
     """Airflow metadata DB (SQLite) for dag.test(), migrated once per session."""
-    from pipeline.orchestration import airflow_env
+    from pipeline.devtools import airflow_env
 
     return airflow_env.prepare(make_settings(_SESSION_DIR / "airflow-settings"))

@@ -236,8 +236,12 @@ def build_ours(centroids, token: str, *, with_feast: bool = True, access_log=Non
 
         extra["prediction_log"] = PredictionLog(
             Path(tempfile.mkdtemp(prefix="bench-predictions-")), list(names))
-    return InferenceApp(service, token=token, admin_token=token + "-admin",
-                        access_log=access_log or sys.stdout.buffer,
+    if "serving" in inspect.signature(InferenceApp).parameters:  # the app takes its section
+        extra["serving"] = settings_mod.ServingSettings(serving_token=token,
+                                                        admin_token=token + "-admin")
+    else:  # a commit before ServingSettings (compare_commits.py)
+        extra.update(token=token, admin_token=token + "-admin")
+    return InferenceApp(service, access_log=access_log or sys.stdout.buffer,
                         tune_gc=True, **extra)  # as `kmeans serve` runs
 
 

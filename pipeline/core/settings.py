@@ -4,26 +4,56 @@ All values come from ``KMEANS_*`` environment variables (or a ``.env`` file) on 
 of the active profile. ``local`` (the default) needs no servers: SQLite for MLflow and the Feast
 online store, Parquet for the lake and the offline store, Spark ``local[*]``. ``production`` expects
 an MLflow server, Redis for Feast, Spark on Kubernetes and a serving token.
+
+The settings are grouped by the component that reads them, as MLServer groups its own: the
+deployment's paths, stores, names and ports at the top, and one section each for serving,
+monitoring, the promotion gates, the event stream, the SQL source and the rollout
+(``settings.serving.max_body_bytes``), declared in :mod:`pipeline.core.sections`. A component
+takes its section, not the whole. The variable names stay flat, ``KMEANS_`` + the field's name
+(``KMEANS_MAX_BODY_BYTES``), whatever its section, and so do the keyword arguments of
+:func:`load_settings`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Self
 
 from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
-    ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from pipeline.core.io import StorePath
+from pipeline.core.sections import (
+    ENV_PREFIX,
+    SECTION_OF,
+    SECTIONS,
+    GateSettings,
+    MonitoringSettings,
+    RolloutSettings,
+    ServingSettings,
+    SqlSourceSettings,
+    StreamSettings,
+)
+
+# Re-exported: callers import the token rule with the settings it checks.
+from pipeline.core.sections import token_problem as token_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: URI schemes pyarrow.fs opens (KMEANS_OFFLINE_URI).
@@ -56,6 +86,10 @@ EXECUTOR_STAGE_DIR = "executor"
 # ---- one deployment's names and ports ------------------------------------------------------
 #: The deployment of the defaults: its names are the historical ones (kmeans_mlflow, ...).
 DEFAULT_DEPLOYMENT = "kmeans"
+#: The Feast project of the default deployment; another deployment's is
+#: ``<deployment>_customer_segments``. feature_repo/feature_store.yaml names the same project for
+#: the stock `feast` CLI, and a test checks that it does.
+DEFAULT_FEAST_PROJECT = "customer_segments"
 #: A deployment's name: it starts database names, Redis keys and the Feast project.
 DEPLOYMENT_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 #: Each port of a deployment is KMEANS_PORT_BASE + its offset when a base is set, else its
@@ -81,15 +115,33 @@ def airflow_reports_url(port: int, host: str = LOOPBACK) -> str:
     return airflow_url(port, host) + AIRFLOW_REPORTS_PATH
 
 
-class Settings(BaseSettings):
-    """Settings of one deployment of the platform."""
+def default_feast_project(deployment: str) -> str:
+    """The Feast project of ``deployment`` when KMEANS_FEAST_PROJECT does not name one."""
+    if deployment == DEFAULT_DEPLOYMENT:
+        return DEFAULT_FEAST_PROJECT
+    return f"{deployment}_{DEFAULT_FEAST_PROJECT}"
 
-    model_config = SettingsConfigDict(
-        env_prefix="KMEANS_", env_file=PROJECT_ROOT / ".env", extra="forbid",
-        validate_default=True,
-        # A refused value is named by its setting, never echoed: it may be a token.
-        hide_input_in_errors=True,
-    )
+
+_SETTINGS_CONFIG = SettingsConfigDict(
+    env_prefix=ENV_PREFIX, env_file=PROJECT_ROOT / ".env", extra="forbid",
+    validate_default=True,
+    # A refused value is named by its setting, never echoed: it may be a token.
+    hide_input_in_errors=True,
+)
+
+
+class _FlatSource(BaseSettings):
+    """The base of the flat class the environment and ``.env`` are read through
+    (:func:`_flat_settings_class`)."""
+
+    model_config = _SETTINGS_CONFIG
+
+
+class Settings(BaseSettings):
+    """Settings of one deployment of the platform: its paths, stores, names and ports, and one
+    section per component (:data:`SECTIONS`)."""
+
+    model_config = _SETTINGS_CONFIG
 
     profile: Literal["local", "production"] = Field(
         "local", description="local: embedded default, no servers; production: cluster services."
@@ -98,7 +150,6 @@ class Settings(BaseSettings):
         PROJECT_ROOT / ".kmeans",
         description="Working folder of the embedded default: lake, stores, reports, staged blocks.",
     )
-    # Filled from `home` after validation (typed as the filled value).
     lake_dir: Path = Field(None, validate_default=False,  # type: ignore[assignment]
                            description="Data lake root (default: <home>/lake).")
     lake_url: str | None = Field(
@@ -171,238 +222,14 @@ class Settings(BaseSettings):
         None, description="Base URL that serves the reports folder (the Airflow plugin's "
                           "<Airflow URL>/kmeans/reports); the drift review links the Evidently "
                           "report there. Unset: the review names the report's path.")
-    serving_host: str = Field("127.0.0.1", description="Inference server bind address.")
-    serving_port: int = Field(8080, ge=0, le=65535, description="Inference server port.")
-    serving_token: SecretStr | None = Field(
-        None, description="Bearer token for predictions (printable ASCII, no spaces); unset: "
-                          "predictions need no token (local profile only). Required in the "
-                          "production profile; an empty value is refused, not taken as unset.")
-    admin_token: SecretStr | None = Field(
-        None, description="Bearer token for the admin endpoints that change state (printable "
-                          "ASCII, no spaces, not the serving token); unset: the admin API is "
-                          "off. Required in the production profile.")
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
-    max_batch_rows: int = Field(10_000, ge=1, description="Largest batch in one request.")
-    max_concurrency: int = Field(
-        256, ge=1, description="Requests in flight before the server answers 503 (probes exempt)."
-    )
-    max_header_bytes: int = Field(
-        32 * 1024, ge=1024, le=1024 * 1024,
-        description="Largest request line plus headers; larger heads get 431 and the "
-                    "connection is closed.")
-    header_timeout_seconds: float = Field(
-        10.0, gt=0, le=3600,
-        description="Time a request's line and headers may take to arrive (and an idle new "
-                    "connection may wait); then 408 and the connection is closed.")
-    body_timeout_seconds: float = Field(
-        30.0, gt=0, le=3600,
-        description="Time a request's body may take to arrive once its headers did; then 408 "
-                    "and the connection is closed. A request takes a concurrency slot only "
-                    "once its body is read.")
-    admin_max_concurrency: int = Field(
-        4, ge=1, description="Admin API requests in flight before it answers 503: a budget of "
-                             "its own, apart from max_concurrency.")
-    max_pipelined_requests: int = Field(
-        16, ge=1, le=1024,
-        description="Requests one connection may have read ahead of their answers (HTTP/1.1 "
-                    "pipelining); beyond it the server stops reading from that connection "
-                    "until its answers went out.")
-    max_queued_requests: int = Field(
-        1024, ge=1,
-        description="Pipelined requests read ahead of their turn (waiting behind another "
-                    "request of their connection), over all connections; beyond it the server "
-                    "stops reading further ones until some have run.")
-    max_lookup_ids: int = Field(
-        1000, ge=1,
-        description="Customer ids one request may look up in the online store; more get a 400 "
-                    "naming this limit (feature vectors are bounded by max_batch_rows).")
-    max_write_buffer_bytes: int = Field(
-        256 * 1024, ge=16 * 1024, le=64 * 1024 * 1024,
-        description="Answer bytes a connection may have waiting for its client to read them "
-                    "(beyond the answer being written); above it the server reads no further "
-                    "request from that connection and starts no further answer.")
-    write_timeout_seconds: float = Field(
-        30.0, gt=0, le=3600,
-        description="Time a connection's unread answers (over max_write_buffer_bytes) may wait "
-                    "without the client reading any of them; then the connection is closed and "
-                    "the answers dropped.")
-    shutdown_grace_seconds: float = Field(
-        20.0, ge=3, le=3600,
-        description="Time from SIGTERM to the server's exit: requests in flight get all but "
-                    "the last 2 s of it to finish; what is still running then is cancelled. "
-                    "The predictor's terminationGracePeriodSeconds is larger.")
-    range_tolerance: float = Field(
-        10.0, ge=0, le=1000,
-        description="How far outside a feature's valid range (FEATURES min and max) a served "
-                    "value may lie, in widths of that range: with 10 a share in [0, 1] is "
-                    "accepted in [-10, 11]. Farther values, and values beyond float32, get a "
-                    "400 naming the row and the feature.")
-
-    prediction_log_sample_rate: float = Field(
-        1.0, ge=0, le=1,
-        description="Share of prediction requests the server writes to the prediction log "
-                    "(<home>/predictions/hour=.../*.parquet), which the monitoring DAG reads; "
-                    "0 turns the log off.")
-    prediction_log_max_queue_rows: int = Field(
-        100_000, ge=1,
-        description="Rows the prediction log may hold in memory before it drops (and counts) "
-                    "new ones rather than slow a request.")
-
-    # monitoring (the kmeans_monitoring DAG; monitoring/drift.yaml documents the same figures)
-    monitor_min_rows: int = Field(
-        500, ge=1, description="Fewest champion rows in a monitoring window for it to be "
-                               "judged; fewer: the window is reported as too_few_rows.")
-    monitor_max_segment_psi: float = Field(
-        0.2, gt=0, description="Monitoring: largest population stability index of the segment "
-                               "shares against the champion's reference.")
-    monitor_max_distance_ratio: float = Field(
-        1.25, gt=0, description="Monitoring: largest ratio of the window's mean distance to "
-                                "the assigned centroid over the reference's.")
-    monitor_max_novelty_rate: float = Field(
-        0.05, ge=0, le=1, description="Monitoring: largest share of points beyond the "
-                                      "training 99th-percentile distance (1% expected).")
-    monitor_max_low_margin_share: float = Field(
-        0.15, ge=0, le=1, description="Monitoring: largest share of points closer to a "
-                                      "cluster boundary than the reference's 5th-percentile "
-                                      "margin (5% expected).")
-    monitor_max_shadow_shift: float = Field(
-        0.25, gt=0, description="Monitoring: largest shift of a centroid of the streaming "
-                                "shadow model from the champion's, in the champion's mean "
-                                "distance of a point to its centroid "
-                                "(pipeline/monitoring/shadow.py).")
-    monitor_retrain_cooldown_hours: float = Field(
-        24.0, ge=0, description="Monitoring triggers kmeans_training at most once per this "
-                                "many hours, however long the drift lasts.")
-    watch_hours: float = Field(
-        6.0, ge=0, description="After a promotion, the new champion is watched this many "
-                               "hours: a monitoring window that finds it degraded rolls it "
-                               "back to 'previous' (0: no watch).")
-    watch_max_error_rate: float = Field(
-        0.01, ge=0, le=1, description="Watch: largest share of the champion's requests that "
-                                      "failed with a server error.")
-    watch_max_p99_ms: float = Field(
-        250.0, gt=0, description="Watch: largest p99 latency (ms) of the champion's requests.")
-
-    # promotion gates
-    # Defaults sit below what the generated demo data gives (silhouette interval lower bound
-    # about 0.27, Davies-Bouldin about 1.38, smallest cluster about 14%), so a healthy model
-    # passes and a degenerate one does not.
-    gate_min_silhouette_lo: float = Field(
-        0.20, ge=-1, le=1,
-        description="Quality gate: lowest allowed lower bound of the challenger's 95% bootstrap "
-                    "silhouette interval on the holdout.")
-    gate_max_davies_bouldin: float = Field(
-        2.0, gt=0, description="Quality gate: highest allowed Davies-Bouldin index on the holdout.")
-    gate_min_cluster_share: float = Field(
-        0.01, ge=0, lt=1,
-        description="Quality gate: smallest allowed share of training rows in any cluster "
-                    "(an empty cluster, or a relocated one, is always refused).")
-    gate_comparison_tolerance: float = Field(
-        0.05, ge=0, le=1,
-        description="Comparison gate: how much worse than the champion the challenger may score "
-                    "on the same holdout, relative (silhouette and Davies-Bouldin).")
-    drift_column_threshold: float = Field(
-        0.1, gt=0,
-        description="Drift gate: normalised Wasserstein distance above which a feature column "
-                    "counts as drifted (monitoring/drift.yaml drift_column_threshold).")
-    drift_share_threshold: float = Field(
-        0.3, ge=0, le=1,
-        description="Drift gate: share of drifted feature columns above which a person must "
-                    "approve the model (monitoring/drift.yaml drift_share_threshold).")
-    drift_sample_rows: int = Field(
-        5000, ge=100,
-        description="Rows of the reference sample kept with each registered model, and of the "
-                    "new snapshot compared with it.")
-    alias_lock_wait_seconds: float = Field(
-        30.0, ge=0,
-        description="How long registering a challenger waits for a promotion or rollback in "
-                    "progress (promote and rollback themselves never wait).")
-
-    # the sources the kmeans_ingest_<source> DAGs land (dags/kmeans_ingest.py)
-    sql_url: SecretStr | None = Field(
-        None, description="PostgreSQL source of the kmeans_ingest_sql DAG, "
-                          "postgresql://user@host:port/db (a password is best given by "
-                          "PGPASSWORD or ~/.pgpass); unset: that DAG skips. Set with "
-                          "KMEANS_SQL_TABLE and KMEANS_SQL_WATERMARK. Not the stack's "
-                          "KMEANS_POSTGRES_URL.")
-    sql_table: str | None = Field(
-        None, min_length=1, description="Table (schema.table) or SELECT query the "
-                                        "kmeans_ingest_sql DAG reads (`kmeans ingest-sql "
-                                        "--table`).")
-    sql_watermark: str | None = Field(
-        None, min_length=1, description="Timestamp column the kmeans_ingest_sql DAG reads the "
-                                        "rows of its interval by (`kmeans ingest-sql "
-                                        "--watermark`).")
-    sql_source: str | None = Field(
-        None, pattern=r"^[a-z0-9_]{1,64}$",
-        description="Source name of the kmeans_ingest_sql DAG's landings (`kmeans ingest-sql "
-                    "--source`); default: from the table name (a query needs one).")
     train_min_arrival_rows: int = Field(
         1000, ge=0, description="Fewest rows the landings that trigger a kmeans_training run "
                                 "on data arrival (the features asset) must bring; a run "
                                 "triggered by fewer is skipped (the daily run takes them in).")
-    stream_drain_seconds: float = Field(
-        300.0, gt=0, le=3300,
-        description="Most seconds a kmeans_ingest_stream run drains the stream; it stops "
-                    "earlier once it is caught up.")
-
-    # stream (pipeline/data/sources/stream.py, `kmeans consume`)
-    stream_url: str = Field(
-        "redis://127.0.0.1:6379/0",
-        description="Event stream the consumer reads: redis://host:port/db (Redis Streams with "
-                    "a consumer group, the embedded default) or kafka://host:port[,host:port] "
-                    "(Kafka through confluent-kafka, the production profile).")
-    stream_name: str = Field(  # type: ignore[assignment]
-        None, min_length=1, validate_default=False,
-        description="Redis stream key, or Kafka topic, of the customer events (default: "
-                    "<deployment>:customer_events).")
-    stream_group: str = Field(  # type: ignore[assignment]
-        None, min_length=1, validate_default=False,
-        description="Consumer group (Redis) or group.id (Kafka) of the stream consumer "
-                    "(default: <deployment>-consumer).")
-    stream_consumer: str | None = Field(
-        None, description="This consumer's name in the group; stable across restarts so that "
-                          "a restarted consumer re-reads its own unacknowledged events first "
-                          "(default: the host name). Two consumers on one host need two names.")
-    stream_batch_size: int = Field(
-        1000, ge=1, le=100_000, description="Most events the consumer reads, lands, pushes and "
-                                            "acknowledges in one batch.")
-    stream_claim_idle_seconds: float = Field(
-        60.0, gt=0, description="Unacknowledged events of another consumer idle this long are "
-                                "claimed (XAUTOCLAIM) and processed: that consumer is taken "
-                                "for dead. Keep it well above a batch's processing time.")
-    stream_segments: bool = Field(
-        True, description="The consumer also assigns each fresh event with the champion and "
-                          "pushes the customer's new segment to the customer_segment view "
-                          "(near-real-time segments; off: features only).")
-    stream_model_refresh_seconds: float = Field(
-        10.0, gt=0, description="How often the consumer checks whether the champion moved; it "
-                                "then assigns with the new version.")
-    shadow_half_life_points: float = Field(
-        10_000.0, gt=0,
-        description="Half-life, in accepted events, of the streaming shadow model's memory "
-                    "(pipeline/monitoring/shadow.py): an event's weight halves after this many "
-                    "newer ones. Shorter follows drift sooner and is noisier.")
-
-    # rollout
-    rollout_backend: Literal["none", "local", "kubernetes"] = Field(
-        "none", description="Where the rollout controller moves traffic: 'local' (the inference "
-                            "server's admin API at serving_url), 'kubernetes' (a KServe "
-                            "InferenceService), or 'none' (registry aliases only).")
-    serving_url: str | None = Field(
-        None, description="Base URL of the inference server for the local backend "
-                          "(default http://<serving_host>:<serving_port>).")
-    rollout_steps: str = Field(
-        "shadow,10,50,100", description="Rollout steps: 'shadow' and canary percentages.")
-    rollout_interval_seconds: float = Field(
-        60.0, gt=0, description="Analysis interval of each rollout step.")
-    rollout_min_agreement: float = Field(
-        0.80, ge=0, le=1, description="Lowest assignment agreement a canary may show.")
-    rollout_max_distance_shift: float = Field(
-        0.25, ge=0, description="Largest relative shift of the canary's median distance.")
-    kserve_namespace: str = Field("kmeans", description="Namespace of the InferenceService.")
-    kserve_name: str = Field("customer-segments", description="Name of the InferenceService.")
-
+    alias_lock_wait_seconds: float = Field(
+        30.0, ge=0,
+        description="How long registering a challenger waits for a promotion or rollback in "
+                    "progress (promote and rollback themselves never wait).")
     # one deployment's names and ports: two deployments on one machine, one PostgreSQL and one
     # Redis differ in KMEANS_DEPLOYMENT and KMEANS_PORT_BASE (and KMEANS_HOME)
     deployment: str = Field(
@@ -429,19 +256,56 @@ class Settings(BaseSettings):
         None, ge=0, le=65535, validate_default=False,
         description="Port of the Spark driver's web UI; 0 switches the UI off. Default: from "
                     "port_base, else 4040 (Spark tries the next ports when it is taken).")
+    # The sections (pipeline/core/sections.py): each field is set by its flat KMEANS_<FIELD>.
+    serving: ServingSettings = Field(default_factory=ServingSettings,
+                                     description=ServingSettings.__doc__)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings,
+                                           description=MonitoringSettings.__doc__)
+    gates: GateSettings = Field(default_factory=GateSettings, description=GateSettings.__doc__)
+    stream: StreamSettings = Field(default_factory=StreamSettings,
+                                   description=StreamSettings.__doc__)
+    sql: SqlSourceSettings = Field(default_factory=SqlSourceSettings,
+                                   description=SqlSourceSettings.__doc__)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings,
+                                     description=RolloutSettings.__doc__)
 
     _explicit: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Read KMEANS_<FIELD> for every field of every section: the environment and ``.env``
+        are read as if the settings were one flat class; :meth:`_route` then files each value
+        under its section. Arguments still win over the environment, which wins over ``.env``."""
+        flat = _flat_settings_class()
+        env_file = getattr(dotenv_settings, "env_file", cls.model_config.get("env_file"))
+        return (init_settings, EnvSettingsSource(flat),
+                DotEnvSettingsSource(flat, env_file=env_file), file_secret_settings)
+
     @model_validator(mode="before")
     @classmethod
-    def _no_unknown_env(cls, data):
-        known = {f"KMEANS_{name.upper()}" for name in cls.model_fields}
-        unknown = sorted(k for k in os.environ if k.startswith("KMEANS_") and k not in known
+    def _route(cls, data: Any) -> Any:
+        """Refuse unknown KMEANS_* variables, then move each flat name (``max_body_bytes``)
+        into its section (``serving``); a flat name wins over the same field of a section
+        given whole."""
+        known = {f"{ENV_PREFIX}{name.upper()}" for name in setting_fields()}
+        unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known
                          and k not in _NOT_SETTINGS)
         if unknown:
             raise ValueError(f"unknown settings {unknown} in the environment; known: "
                              f"{sorted(known)}")
-        return data
+        if not isinstance(data, dict):
+            return data
+        routed = {key: value for key, value in data.items() if key not in SECTION_OF}
+        for section in SECTIONS:  # a section given whole (a model or a dict) is copied, not changed
+            routed[section] = dict(routed.get(section) or {})
+        for key, value in data.items():
+            if key in SECTION_OF:
+                routed[SECTION_OF[key]][key] = value
+        return routed
 
     @field_validator("offline_uri")
     @classmethod
@@ -459,35 +323,28 @@ class Settings(BaseSettings):
                              f"{sorted(STORE_SCHEMES)}")
         return value
 
-    @field_validator("serving_token", "admin_token")
-    @classmethod
-    def _token_is_usable(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        if value is None:
-            return None
-        name = f"KMEANS_{(info.field_name or '').upper()}"
-        problem = token_problem(value.get_secret_value())
-        if problem:
-            raise ValueError(f"{name} {problem}")
-        return value
-
     @model_validator(mode="after")
     def _fill_deployment(self) -> Settings:
         """The names and ports a deployment derives (:data:`PORT_OFFSETS`); which of them were
         given, not derived, is kept for :meth:`explicit`."""
-        given = {n for n in ("feast_project", "stream_name", "stream_group", "airflow_port",
-                             "mlflow_ui_port", "spark_ui_port") if getattr(self, n) is not None}
+        stream = self.stream
+        given = {n for n, v in (("feast_project", self.feast_project),
+                                ("stream_name", stream.stream_name),
+                                ("stream_group", stream.stream_group),
+                                ("airflow_port", self.airflow_port),
+                                ("mlflow_ui_port", self.mlflow_ui_port),
+                                ("spark_ui_port", self.spark_ui_port)) if v is not None}
         if "deployment" in self.model_fields_set:
             given.add("deployment")
         if self.port_base is not None:
             given.add("port_base")
         name = self.deployment
         if self.feast_project is None:
-            self.feast_project = ("customer_segments" if name == DEFAULT_DEPLOYMENT
-                                  else f"{name}_customer_segments")
-        if self.stream_name is None:
-            self.stream_name = f"{name}:customer_events"
-        if self.stream_group is None:
-            self.stream_group = f"{name}-consumer"
+            self.feast_project = default_feast_project(name)
+        if stream.stream_name is None:
+            stream.stream_name = f"{name}:customer_events"
+        if stream.stream_group is None:
+            stream.stream_group = f"{name}-consumer"
         if self.airflow_port is None:
             airflow_own = os.environ.get("AIRFLOW__API__PORT")
             if airflow_own:
@@ -530,18 +387,9 @@ class Settings(BaseSettings):
             self.stage_dir = (self.stage_dir or self.home / "blocks").expanduser().resolve()
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"sqlite:///{self.home / 'mlflow.db'}"
-        if (self.serving_token is not None and self.admin_token is not None
-                and self.serving_token.get_secret_value() == self.admin_token.get_secret_value()):
-            raise ValueError("KMEANS_ADMIN_TOKEN equals KMEANS_SERVING_TOKEN: every prediction "
-                             "client could drive the admin API; use two different tokens")
-        sql = {"KMEANS_SQL_URL": self.sql_url, "KMEANS_SQL_TABLE": self.sql_table,
-               "KMEANS_SQL_WATERMARK": self.sql_watermark}
-        unset = [name for name, value in sql.items() if value is None]
-        if 0 < len(unset) < len(sql):
-            raise ValueError(f"the SQL source needs {', '.join(sql)} together; {', '.join(unset)} "
-                             f"{'is' if len(unset) == 1 else 'are'} unset")
         if self.profile == "production":
-            missing = [n for n in ("serving_token", "admin_token") if getattr(self, n) is None]
+            missing = [n for n in ("serving_token", "admin_token")
+                       if getattr(self.serving, n) is None]
             if missing:
                 raise ValueError(
                     "profile=production needs " + ", ".join(f"KMEANS_{m.upper()}" for m in missing)
@@ -552,6 +400,18 @@ class Settings(BaseSettings):
                     f"got {self.mlflow_tracking_uri!r}"
                 )
         return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with ``update`` applied; a flat name (``max_body_bytes``) updates the field
+        of its section in a copy of that section, so the original is left as it was."""
+        update = dict(update or {})
+        sections: dict[str, dict[str, Any]] = {}
+        for key in [k for k in update if k in SECTION_OF]:
+            sections.setdefault(SECTION_OF[key], {})[key] = update.pop(key)
+        for section, values in sections.items():
+            current = update.get(section, getattr(self, section))
+            update[section] = current.model_copy(update=values, deep=deep)
+        return super().model_copy(update=update, deep=deep)
 
     # Derived locations; the folders are created by the stage that writes them, not here.
     @property
@@ -605,24 +465,62 @@ class Settings(BaseSettings):
         return self.home / "mlartifacts"
 
 
-def token_problem(token: str) -> str | None:
-    """What makes ``token`` unusable as a bearer token, or None. Never quotes the token."""
-    if not token:
-        return ("is set but empty, which is not the same as unset: set a non-empty token, or "
-                "unset it to run without one (local profile only)")
-    bad = next((i for i, c in enumerate(token) if not 33 <= ord(c) <= 126), None)
-    if bad is not None:
-        return (f"has a space, control or non-ASCII character at position {bad} (of "
-                f"{len(token)}); a bearer token is printable ASCII without spaces")
-    return None
+def setting_fields() -> dict[str, FieldInfo]:
+    """Every setting's field by its flat name, the one KMEANS_<NAME> sets: the top-level ones
+    and those of each section (a section itself is no setting).
+
+    Examples
+    --------
+    >>> setting_fields()["max_body_bytes"].default
+    4194304
+    """
+    fields = {name: field for name, field in Settings.model_fields.items()
+              if name not in SECTIONS}
+    for model in SECTIONS.values():
+        fields.update(model.model_fields)
+    return fields
 
 
-def load_settings(**overrides) -> Settings:
-    """Read the settings from the environment; keyword arguments win over it."""
+_FLAT: list[type[BaseSettings]] = []
+
+
+def _flat_settings_class() -> type[BaseSettings]:
+    """A settings class with every setting as a top-level field, which the environment and
+    ``.env`` sources read (they look up only a class's own fields); built once."""
+    if not _FLAT:
+        fields: dict[str, Any] = {name: (field.annotation, None)
+                                  for name, field in setting_fields().items()}
+        _FLAT.append(create_model("FlatSettings", __base__=_FlatSource, **fields))
+    return _FLAT[0]
+
+
+def setting(settings: Settings, name: str) -> Any:
+    """The value of setting ``name``: a flat name (``serving_port``) or a dotted one
+    (``serving.serving_port``), or a derived property (``airflow_url``)."""
+    section, _, field = name.rpartition(".")
+    if not section and name in SECTION_OF:
+        section = SECTION_OF[name]
+    owner = getattr(settings, section) if section else settings
+    try:
+        return getattr(owner, field)
+    except AttributeError:
+        raise ValueError(f"no setting {name!r}; known: {sorted(setting_fields())}") from None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment; keyword arguments win over it. Arguments take
+    the flat names (``load_settings(home=..., max_body_bytes=...)``): each goes to its section.
+
+    Examples
+    --------
+    >>> load_settings(max_body_bytes=8192).serving.max_body_bytes
+    8192
+    """
     return Settings(**overrides)
 
 
 if __name__ == "__main__":  # the Makefile: `python -m pipeline.core.settings mlflow_ui_port`
     import sys
 
-    print(*(getattr(load_settings(), name) for name in sys.argv[1:]))
+    loaded = load_settings()
+    print(*(setting(loaded, name) for name in sys.argv[1:]))

@@ -28,10 +28,9 @@ import pyarrow as pa
 
 from pipeline.core.io import atomic_write_parquet
 from pipeline.core.settings import FEATURE_NAMES
+from pipeline.data.lake import LAKE_TABLE
 
 log = logging.getLogger(__name__)
-
-LAKE_TABLE = "customer_activity"
 
 # Per segment: (share, log-mean spend, orders/30d, sessions/30d, recency days, tenure days,
 #               return rate, discount share, tickets/90d, mobile share, categories, email open)

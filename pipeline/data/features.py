@@ -31,6 +31,7 @@ from pipeline.core.io import (
 )
 from pipeline.core.settings import FEATURE_NAMES, Settings
 from pipeline.data.ingest import OFFLINE_TABLE
+from pipeline.model import schema
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +39,12 @@ log = logging.getLogger(__name__)
 #: names it for the stock CLI.
 PROJECT = "customer_segments"
 
-#: The published segments (feature_repo/segments.py): the offline table and its columns.
+#: The published segments (feature_repo/segments.py): the offline table and its columns, from
+#: the one declaration of the segment output (:mod:`pipeline.model.schema`).
 SEGMENT_TABLE = "customer_segment"
 SEGMENT_VIEW = "customer_segment"
-SEGMENT_SCHEMA = pa.schema([
-    ("customer_id", pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
-    ("segment", pa.int64()), ("distance", pa.float64()), ("margin", pa.float64()),
-    ("ood", pa.bool_()), ("model_version", pa.string()),
-    ("scored_at", pa.timestamp("us", tz="UTC")), ("features_at", pa.timestamp("us", tz="UTC")),
-])
-SEGMENT_FIELDS = ["segment", "distance", "margin", "ood", "model_version", "scored_at",
-                  "features_at"]
+SEGMENT_SCHEMA = schema.arrow_schema(schema.PUBLISHED)
+SEGMENT_FIELDS = schema.SEGMENT_FIELDS
 
 
 def filesystem(path: str | Path) -> tuple[pafs.FileSystem, str]:

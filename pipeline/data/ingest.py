@@ -58,7 +58,7 @@ from pipeline.core.io import (
     utc_now,
 )
 from pipeline.core.settings import FEATURE_NAMES, FEATURES, Settings
-from pipeline.data.datagen import LAKE_TABLE
+from pipeline.data.lake import LAKE_TABLE
 
 log = logging.getLogger(__name__)
 

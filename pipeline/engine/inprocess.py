@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.engine.estimator import ArraySource
-from pipeline.engine.spark import BlockSpec, load_staged
+from pipeline.engine.staging import BlockSpec, load_staged
 
 
 def in_process_source(spec: BlockSpec) -> ArraySource:

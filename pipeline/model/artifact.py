@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.io import atomic_path, atomic_write_json
-from pipeline.core.settings import FEATURES, Settings
+from pipeline.core.settings import FEATURES, ServingSettings
 from pipeline.model import kmeans_segments
 from pipeline.model.kmeans_segments import (
     CENTROIDS,
@@ -56,4 +56,4 @@ def input_limits(feature_names: list[str]) -> dict:
     each feature's valid range from the settings' table and the server's default tolerance."""
     return {"input_ranges": {name: [float(FEATURES[name]["min"]), float(FEATURES[name]["max"])]
                              for name in feature_names if name in FEATURES},
-            "range_tolerance": float(Settings.model_fields["range_tolerance"].default)}
+            "range_tolerance": float(ServingSettings.model_fields["range_tolerance"].default)}

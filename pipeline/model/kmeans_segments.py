@@ -39,7 +39,7 @@ import hashlib
 import json
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple, Self
 
@@ -50,7 +50,6 @@ CENTROIDS = "centroids.npy"
 METADATA = "model.json"
 CHECKSUMS = "checksums.json"
 FILES = (CENTROIDS, METADATA)  # the files checksums.json covers
-OUTPUTS = ("cluster", "distance", "runner_up", "margin", "ood")
 _CHUNK_DOUBLES = 32_768  # a (rows, k) block of squared distances: 256 KiB, stays in cache
 
 
@@ -382,6 +381,12 @@ class Assignment:
     runner_up: np.ndarray
     margin: np.ndarray
     ood: np.ndarray
+
+
+#: The output columns, in order: the fields of :class:`Assignment`. (The project declares each
+#: one's types for every side in ``pipeline.model.schema``; this module travels with the model
+#: and imports nothing of the project, so a test checks the two agree.)
+OUTPUTS: tuple[str, ...] = tuple(f.name for f in fields(Assignment))
 
 
 def artifact_checksums(folder: Path | str) -> dict[str, str]:

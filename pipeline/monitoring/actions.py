@@ -32,7 +32,7 @@ def retrain_decision(settings: Settings, figures: dict, *, actor: str,
     if figures.get("status") != "drift":
         return None
     now = now or dt.datetime.now(dt.UTC)
-    cooldown = dt.timedelta(hours=settings.monitor_retrain_cooldown_hours)
+    cooldown = dt.timedelta(hours=settings.monitoring.monitor_retrain_cooldown_hours)
     private_dir(actions_path(settings).parent)
     with file_lock(actions_path(settings).with_suffix(".lock"), wait=30):
         recent = [a for a in read_actions(settings) if a["action"] == "retrain"
@@ -63,7 +63,7 @@ def _append(settings: Settings, action: str, *, actor: str, figures: dict, at: d
              "window": figures["window"], "champion_version": figures.get("champion_version"),
              "report": figures.get("report"), "mlflow_run_id": figures.get("mlflow_run_id"),
              "figures": {k: figures.get(k) for k in (
-                 "rows", "segment_psi", "distance_ratio", "novelty_rate",
+                 "rows", "segment_psi", "distance_ratio", "ood_rate",
                  "low_margin_share", "silhouette")}
              | {"feature_drift_share": (figures.get("feature_drift") or {}).get("drift_share"),
                 "shadow_max_shift": (figures.get("shadow") or {}).get("max_shift")},

@@ -13,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: The exporter's port (``kmeans monitor-exporter --port``; monitoring/prometheus.yml scrapes it).
+EXPORTER_PORT = 9108
 #: Connections served at once (a thread each); one more is closed at once (a scraper retries).
 MAX_CONNECTIONS = 32
 #: Seconds a connection may stay idle (before or between requests) before it is closed.
@@ -48,7 +50,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             self._slots.release()
 
 
-def make_server(metrics_file: Path, host: str = "127.0.0.1", port: int = 9108
+def make_server(metrics_file: Path, host: str = "127.0.0.1", port: int = EXPORTER_PORT
                 ) -> BoundedHTTPServer:
     """An HTTP server answering ``/metrics`` from ``metrics_file`` (empty until the first
     window) and ``/-/healthy``; anything else is 404. At most :data:`MAX_CONNECTIONS`

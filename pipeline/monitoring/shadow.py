@@ -154,7 +154,7 @@ class Shadow:
                  refresh_seconds: float | None = None,
                  champion: ChampionSource | None = None):
         self.settings = settings
-        self.half_life_points = float(settings.shadow_half_life_points
+        self.half_life_points = float(settings.monitoring.shadow_half_life_points
                                       if half_life_points is None else half_life_points)
         if not self.half_life_points > 0:
             raise ValueError(f"half_life_points={half_life_points!r} should be > 0")

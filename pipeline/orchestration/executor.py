@@ -8,7 +8,7 @@ executor imports them once when it starts, so every task forked from it finds th
 the same code, imported earlier, as a pre-loading web server does.
 
 Set ``AIRFLOW__CORE__EXECUTOR=pipeline.orchestration.executor.PreloadingLocalExecutor`` (the
-launchers in :mod:`pipeline.orchestration.airflow_env` do). The modules are imported only,
+launchers in :mod:`pipeline.devtools.airflow_env` do). The modules are imported only,
 nothing is run: no thread, connection, Spark session or settings exist in the worker when a task
 forks, so the usual care about forking after threads does not arise. A module that fails to
 import is logged and skipped: the task imports it itself and fails with its own error.

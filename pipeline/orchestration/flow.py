@@ -18,9 +18,11 @@ from typing import Any, TypeVar
 
 from pipeline import registry
 from pipeline.core.io import PRIVATE_FILE_MODE, atomic_write_json, file_lock
+from pipeline.core.params import parse
 from pipeline.core.settings import load_settings
 from pipeline.data import features
 from pipeline.data.ingest import OFFLINE_TABLE, PART, IngestRefused, ingest_lake, landed_rows
+from pipeline.data.params import IntervalParams
 from pipeline.data.sources import postgres, stream
 from pipeline.data.validation import ValidationFailed, validate_snapshot
 from pipeline.monitoring import actions as monitoring_actions
@@ -29,13 +31,14 @@ from pipeline.monitoring.window import monitor_window, monitoring_dir
 from pipeline.orchestration.dag_defaults import FEATURES_ASSET, INGEST_SOURCES
 from pipeline.promotion import gates as gate_checks
 from pipeline.promotion.gates import GateRefused
+from pipeline.promotion.params import PromoteParams, PublishParams, RollbackParams
 from pipeline.promotion.publish import ChampionSegmenter, publish_segments, published_version
 from pipeline.promotion.register import register as register_run
 from pipeline.promotion.register import verify_serving
 from pipeline.rollout import controller as ro
 from pipeline.rollout import watch as rollout_watch
 from pipeline.training import stages
-from pipeline.training.params import TrainParams, parse_params, window
+from pipeline.training.params import TrainParams, WindowParams, parse_params, window
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +76,14 @@ def interval(context: dict) -> tuple[str, str]:
     (hourly trickles wait for the daily run instead of each starting a K sweep).
     """
     params = context.get("params") or {}
-    _known_only(params, {*TrainParams.model_fields, *WINDOW_PARAMS})
-    if params.get("reason"):
-        log.info("run reason: %s", params["reason"])
+    _known_only(params, {*TrainParams.model_fields, *WindowParams.model_fields})
+    span = parse(WindowParams, params, only_known=True)
+    if span.reason:
+        log.info("run reason: %s", span.reason)
     train_params(params)  # a bad K range fails here, before ingest and snapshot run
-    lookback = int(params.get("lookback_days", 7))
-    if params.get("end_date"):
-        try:
-            end = dt.datetime.fromisoformat(str(params["end_date"]))
-        except ValueError as err:
-            raise ValueError(f"end_date={params['end_date']!r} is not a date (YYYY-MM-DD)") from err
+    lookback = span.lookback_days
+    if span.end_date is not None:
+        end = dt.datetime(span.end_date.year, span.end_date.month, span.end_date.day)
     elif context.get("data_interval_end") is not None:
         end = context["data_interval_end"]
     elif _run_type(context) == "asset_triggered":
@@ -170,13 +171,6 @@ def _floor(value: dt.datetime, period: dt.timedelta) -> dt.datetime:
     return epoch + (value - epoch) // period * period
 
 
-# The training DAG's params beside TrainParams' fields: the window.
-WINDOW_PARAMS = ("lookback_days", "end_date", "reason")
-
-ROLLBACK_PARAMS = ("reason", "to_version", "drop_challenger")
-PROMOTE_PARAMS = ("version", "reason", "canary")
-
-
 def _known_only(params: dict, known: set[str]) -> None:
     """A run's conf may not carry keys the DAG does not know: a misspelt key (``kmax``) would
     otherwise be ignored and the run go ahead with the default."""
@@ -254,10 +248,9 @@ def ready_to_serve(registered: dict) -> dict:
 def rollback(params: dict, actor: str) -> dict:
     """Move ``champion`` back (to ``previous``, or the ``to_version`` param) for the given
     reason."""
-    _known_only(params, set(ROLLBACK_PARAMS))
-    done = registry.rollback(load_settings(), reason=str(params.get("reason") or ""),
-                             to_version=params.get("to_version") or None, actor=actor,
-                             drop_challenger=bool(params.get("drop_challenger")))
+    asked = parse(RollbackParams, dict(params or {}))
+    done = registry.rollback(load_settings(), reason=asked.reason, to_version=asked.to_version,
+                             actor=actor, drop_challenger=asked.drop_challenger)
     log.warning("rollback: %s", done["summary"])
     return done
 
@@ -268,17 +261,17 @@ def promote(params: dict, actor: str) -> dict:
     pending challenger. With ``canary`` and a rollout backend, it goes through the rollout's
     steps (shadow, traffic shares) and is rolled back at the first failed step; else it is
     promoted at once, as ``kmeans promote`` does, its gate figures in the audit trail."""
-    _known_only(params, set(PROMOTE_PARAMS))
+    asked = parse(PromoteParams, dict(params or {}))
     settings = load_settings()
-    version = params.get("version") or None
+    version = asked.version
     if version is None:
         found = registry.alias_version(settings, "challenger")
         if found is None:
             raise LookupError(f"model {settings.model_name!r} has no challenger to promote; "
                               f"give a version")
         version = str(found.version)
-    reason = str(params.get("reason") or "")
-    if params.get("canary") and ro.backend_for(settings) is not None:
+    reason = asked.reason
+    if asked.canary and ro.backend_for(settings) is not None:
         state = _promoted_by_rollout(settings, version)
         log.warning("promoted version %s through the canary steps", version)
         return {"champion": version, "how": "canary", "reason": reason,
@@ -287,7 +280,7 @@ def promote(params: dict, actor: str) -> dict:
     figures = gate_checks.figures_of(gate_checks.load_summary(settings, found.run_id))
     done = registry.promote(settings, version, reason=reason, actor=actor, figures=figures)
     log.warning("promoted version %s: %s", version, done)
-    return {**done, "champion": version, "how": "at once" if not params.get("canary") else
+    return {**done, "champion": version, "how": "at once" if not asked.canary else
             "at once (no rollout backend: KMEANS_ROLLOUT_BACKEND=none)"}
 
 
@@ -339,15 +332,15 @@ def publish(params: dict, context: dict | None = None) -> dict:
     that moved nothing); a run by hand always publishes."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    _known_only(params, {"version"})
+    asked = parse(PublishParams, dict(params or {}))
     settings = load_settings()
-    if not params.get("version") and (context or {}).get("triggering_asset_events"):
+    if asked.version is None and (context or {}).get("triggering_asset_events"):
         champion = registry.alias_version(settings, "champion")
         published = published_version(settings)
         if champion is not None and str(champion.version) == published:
             raise AirflowSkipException(f"the newest publication is the champion's (version "
                                        f"{published}) already: nothing to republish")
-    done = publish_segments(settings, version=params.get("version") or None)
+    done = publish_segments(settings, version=asked.version)
     log.info("published the segments of %d customers with version %s: %s", done["customers"],
              done["model_version"], done["folder"])
     return done
@@ -361,12 +354,9 @@ def sync_server(rolled_back: dict) -> dict:
 
 def monitor(context: dict) -> dict:
     """One monitoring window: the run's data interval (``[start, end)``, UTC)."""
-    params = context.get("params") or {}
-    _known_only(params, set(MONITOR_PARAMS))
-    if params.get("start") or params.get("end"):
-        if not (params.get("start") and params.get("end")):
-            raise ValueError("give both start and end (ISO date-times, UTC), or neither")
-        start, end = (_utc_param(params, name) for name in ("start", "end"))
+    asked = parse(IntervalParams, dict(context.get("params") or {}))
+    if asked.start is not None and asked.end is not None:
+        start, end = asked.start, asked.end
     else:  # the hour that ended at the run's interval end (its logical date)
         end = context.get("data_interval_end") or context["dag_run"].run_after
         end = end.replace(minute=0, second=0, microsecond=0)
@@ -376,17 +366,6 @@ def monitor(context: dict) -> dict:
     figures = monitor_window(settings, start, end)
     log.info("monitoring report: %s", monitoring_url(settings, figures["report"]))
     return figures
-
-
-MONITOR_PARAMS = ("start", "end")
-
-
-def _utc_param(params: dict, name: str) -> dt.datetime:
-    try:
-        value = dt.datetime.fromisoformat(str(params[name]))
-    except ValueError as err:
-        raise ValueError(f"{name}={params[name]!r} is not an ISO date-time") from err
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
 
 
 def monitoring_url(settings, name: str) -> str:
@@ -422,23 +401,13 @@ def retrain_decision(figures: dict, actor: str, watched: dict | None = None) -> 
 
 # ---------------------------------------------------------------- landing (kmeans_ingest DAGs)
 
-#: The params of every kmeans_ingest DAG: an explicit interval, or none (the run's period).
-INGEST_PARAMS = ("start", "end")
-
-
 def ingest_interval(context: dict, period: dt.timedelta) -> tuple[dt.datetime, dt.datetime]:
     """The interval ``[start, end)`` a kmeans_ingest run lands: the ``start`` and ``end`` params
     (ISO date-times, naive meaning UTC) when given, else the run's data interval on the grid of
     ``period`` (a run triggered by hand at 14:37 lands the period that ended at 14:00)."""
-    params = context.get("params") or {}
-    _known_only(params, set(INGEST_PARAMS))
-    if params.get("start") or params.get("end"):
-        if not (params.get("start") and params.get("end")):
-            raise ValueError("give both start and end (ISO date-times, UTC), or neither")
-        start, end = (_aware(_utc_param(params, name)) for name in ("start", "end"))
-        if end <= start:
-            raise ValueError(f"end={end.isoformat()} must be after start={start.isoformat()}")
-        return start, end
+    asked = parse(IntervalParams, dict(context.get("params") or {}))
+    if asked.start is not None and asked.end is not None:
+        return _aware(asked.start), _aware(asked.end)
     end = _floor(context.get("data_interval_end") or context["dag_run"].run_after, period)
     begin = context.get("data_interval_start")
     begin = None if begin is None else _floor(begin, period)
@@ -502,14 +471,15 @@ def _land_lake(settings, start: dt.datetime, end: dt.datetime) -> dict:
 
 def _land_sql(settings, start: dt.datetime, end: dt.datetime) -> dict:
     """The rows of the configured PostgreSQL source whose watermark is in the interval."""
-    if settings.sql_url is None or settings.sql_table is None or settings.sql_watermark is None:
+    sql = settings.sql
+    if sql.sql_url is None or sql.sql_table is None or sql.sql_watermark is None:
         raise _NotConfigured("no SQL source configured: set KMEANS_SQL_URL, KMEANS_SQL_TABLE "
                              "and KMEANS_SQL_WATERMARK (and KMEANS_SQL_SOURCE for a query) to "
                              "land one with kmeans_ingest_sql; skipped")
-    done = postgres.ingest_sql(settings, url=settings.sql_url.get_secret_value(),
-                               table=settings.sql_table, watermark=settings.sql_watermark,
+    done = postgres.ingest_sql(settings, url=sql.sql_url.get_secret_value(),
+                               table=sql.sql_table, watermark=sql.sql_watermark,
                                start=start.isoformat(), end=end.isoformat(),
-                               source=settings.sql_source)
+                               source=sql.sql_source)
     quarantine = [f for f in done["files"] if f.startswith(str(settings.rejected_dir))]
     return {"source": "sql", "start": done["start"], "end": done["end"],
             "landed": done["accepted"], "rejected": done["rejected"],
@@ -537,7 +507,7 @@ def _land_stream(settings, start: dt.datetime, end: dt.datetime) -> dict:
     """Drain the stream (until caught up, or ``stream_drain_seconds``), then count the stream's
     rows of the offline table whose event time is in the interval."""
     features.apply_repo(settings)  # the consumer pushes to the online store's push source
-    drained = _drain(settings, settings.stream_drain_seconds)
+    drained = _drain(settings, settings.stream.stream_drain_seconds)
     return {"source": "stream", "start": start.isoformat(), "end": end.isoformat(),
             "landed": landed_rows(settings, start, end, files="stream-*.parquet"),
             # What this drain quarantined, whatever the event times (bad ones may have none).
@@ -558,7 +528,7 @@ def consumer_hooks(settings) -> dict:
     ``stream_segments`` is off) and the shadow model fed, both from one copy of the champion."""
     champion = registry.ChampionFollower(settings)
     return {"segmenter": ChampionSegmenter(settings, champion=champion)
-            if settings.stream_segments else None,
+            if settings.stream.stream_segments else None,
             "observers": [Shadow(settings, champion=champion).observe]}
 
 
@@ -568,7 +538,7 @@ def _drain(settings, seconds: float) -> stream.BatchResult:
     deadline = time.monotonic() + seconds
     try:
         while (left := deadline - time.monotonic()) > 0:
-            got = consumer.run(max_events=settings.stream_batch_size,
+            got = consumer.run(max_events=settings.stream.stream_batch_size,
                                seconds=min(left, DRAIN_SLICE_SECONDS), block_ms=250)
             total.add(got)
             if got.read == 0:

@@ -1,6 +1,7 @@
 """Airflow ``Param``s derived from a typed parameter model, so a DAG's trigger form, the CLI's
 options and the validation of a run's params all come from one declaration
-(:class:`pipeline.training.params.TrainParams`).
+(:class:`pipeline.training.params.TrainParams` and the other entry points' models, see
+:mod:`pipeline.core.params`).
 
 Light on purpose: DAG files import it at parse time; airflow is imported where it is used.
 """
@@ -11,7 +12,18 @@ from pydantic import BaseModel
 
 # JSON-schema keywords the trigger form and Airflow's param validation understand.
 _KEYWORDS = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-             "minLength", "maxLength", "pattern", "description", "title")
+             "minLength", "maxLength", "pattern", "format", "description", "title")
+
+
+def _nullable(prop: dict) -> dict:
+    """An optional field (``X | None``: pydantic's ``anyOf`` of X and null) as one schema whose
+    type is ``["null", X's type]``, what the trigger form shows as an optional input."""
+    branches = prop.get("anyOf")
+    if not branches or len(branches) != 2 or {"type": "null"} not in branches:
+        return prop
+    [other] = [b for b in branches if b != {"type": "null"}]
+    return {**{k: v for k, v in prop.items() if k != "anyOf"}, **other,
+            "type": ["null", other["type"]]}
 
 
 def param_schemas(model: type[BaseModel]) -> dict[str, dict]:
@@ -19,6 +31,7 @@ def param_schemas(model: type[BaseModel]) -> dict[str, dict]:
     schema = model.model_json_schema()
     out = {}
     for name, prop in schema["properties"].items():
+        prop = _nullable(prop)
         spec = {k: v for k, v in prop.items() if k in _KEYWORDS}
         if "enum" in spec and "type" not in spec:  # Literal[...] of strings
             spec["type"] = "string"

@@ -39,7 +39,7 @@ def reference_sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
 def log_reference(settings: Settings, run_id: str, frame: pd.DataFrame, seed: int) -> str:
     """Keep a reference sample of ``frame`` with the run; returns its ``runs:/`` URI."""
 
-    sample = reference_sample(frame, settings.drift_sample_rows, seed)
+    sample = reference_sample(frame, settings.gates.drift_sample_rows, seed)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / REFERENCE_FILE
         sample.to_parquet(path, index=False)

@@ -194,10 +194,10 @@ def check(settings: Settings, run_id: str, snapshot_path: str,
         data_gate(_validation(settings, snap, validation_report)),
         quality_gate(evaluation["challenger"], model.metadata["cluster_shares"],
                      len(model.metadata.get("empty_events", [])),
-                     min_silhouette_lo=settings.gate_min_silhouette_lo,
-                     max_davies_bouldin=settings.gate_max_davies_bouldin,
-                     min_cluster_share=settings.gate_min_cluster_share),
-        comparison_gate(evaluation, tolerance=settings.gate_comparison_tolerance),
+                     min_silhouette_lo=settings.gates.gate_min_silhouette_lo,
+                     max_davies_bouldin=settings.gates.gate_max_davies_bouldin,
+                     min_cluster_share=settings.gates.gate_min_cluster_share),
+        comparison_gate(evaluation, tolerance=settings.gates.gate_comparison_tolerance),
         _drift(settings, run_id, snap),
     ]
     profile = profiles.for_candidate(settings, run_id, snap.frame(),
@@ -237,13 +237,13 @@ def _drift(settings: Settings, run_id: str, snap) -> GateResult:
     if reference is None:
         return drift_gate(None, note=f"champion version {champion.version} has no reference "
                           f"sample (registered before samples were kept); drift not measured")
-    current = drift.reference_sample(snap.frame(), settings.drift_sample_rows,
+    current = drift.reference_sample(snap.frame(), settings.gates.drift_sample_rows,
                                      seed=int(snap.data_hash[:8], 16))
     html = (settings.reports_dir / "drift" /
             f"{snap.data_hash[:16]}-vs-v{champion.version}.html")
     figures = drift.column_drift(current, reference, html,
-                                 column_threshold=settings.drift_column_threshold,
-                                 share_threshold=settings.drift_share_threshold)
+                                 column_threshold=settings.gates.drift_column_threshold,
+                                 share_threshold=settings.gates.drift_share_threshold)
     figures.update(champion_version=str(champion.version),
                    report_artifact=f"runs:/{run_id}/drift/{html.name}")
     return drift_gate(figures)

@@ -30,14 +30,14 @@ from pipeline.core.io import StorePath, arrow_filesystem
 from pipeline.core.settings import FEATURE_NAMES, Settings
 from pipeline.data import features
 from pipeline.data.ingest import OFFLINE_TABLE
-from pipeline.engine.spark import spark_session
+from pipeline.engine.session import spark_session
+from pipeline.model import schema
 from pipeline.model.kmeans_segments import Preprocessor, SegmentModel
 
 log = logging.getLogger(__name__)
 
-OUTPUT_DDL = ("customer_id long, event_timestamp timestamp, segment long, distance double, "
-              "margin double, ood boolean, model_version string, scored_at timestamp, "
-              "features_at timestamp")
+#: The publishing job's output: the published table's columns (:mod:`pipeline.model.schema`).
+OUTPUT_DDL = schema.spark_ddl(schema.PUBLISHED)
 
 
 def _payload(model) -> dict:
@@ -53,12 +53,13 @@ def segment_rows(model: SegmentModel, rows: pd.DataFrame, version: str,
     """The ``customer_segment`` rows of feature rows (customer_id, event_timestamp and the
     features): what the batch job writes and the stream consumer pushes."""
     found = model.assign(rows[FEATURE_NAMES].astype("float64"))
-    return pd.DataFrame({
-        "customer_id": rows["customer_id"].astype("int64").to_numpy(),
-        "event_timestamp": scored_at, "segment": found.cluster,
-        "distance": found.distance, "margin": found.margin,
-        "ood": found.ood.astype(bool), "model_version": version, "scored_at": scored_at,
-        "features_at": rows["event_timestamp"].to_numpy()})
+    outputs = {schema.PUBLISHED_AS[c.name]: getattr(found, c.name).astype(c.dtype)
+               for c in schema.OUTPUTS if c.name in schema.PUBLISHED_AS}
+    columns = {"customer_id": rows["customer_id"].astype("int64").to_numpy(),
+               "event_timestamp": scored_at, **outputs, "model_version": version,
+               "scored_at": scored_at, "features_at": rows["event_timestamp"].to_numpy()}
+    # In the published table's order (the Spark DDL's), whatever the order above.
+    return pd.DataFrame({c.name: columns[c.name] for c in schema.PUBLISHED})
 
 
 def _assigner(payload: dict, version: str, scored_at: dt.datetime):

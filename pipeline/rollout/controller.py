@@ -232,16 +232,16 @@ class RolloutController:
 
 def backend_for(settings: Settings):
     """The configured backend, or None for ``rollout_backend='none'``."""
-    if settings.rollout_backend == "none":
+    if settings.rollout.rollout_backend == "none":
         return None
-    if settings.rollout_backend == "kubernetes":
+    if settings.rollout.rollout_backend == "kubernetes":
 
         return KServeBackend.from_settings(settings)
-    if settings.admin_token is None:
+    if settings.serving.admin_token is None:
         raise RolloutError("the local rollout backend needs KMEANS_ADMIN_TOKEN (the server's "
                            "admin token)")
-    url = settings.serving_url or f"http://{settings.serving_host}:{settings.serving_port}"
-    return LocalBackend(url, settings.admin_token.get_secret_value())
+    url = settings.rollout.serving_url or f"http://{settings.serving.serving_host}:{settings.serving.serving_port}"
+    return LocalBackend(url, settings.serving.admin_token.get_secret_value())
 
 
 def controller_for(settings: Settings, backend=None, *, steps: str | None = None,
@@ -251,10 +251,10 @@ def controller_for(settings: Settings, backend=None, *, steps: str | None = None
         raise RolloutError("no rollout backend is configured: set KMEANS_ROLLOUT_BACKEND to "
                            "'local' or 'kubernetes'")
     return RolloutController(
-        settings, backend, steps=parse_steps(steps or settings.rollout_steps),
-        interval_s=interval_s or settings.rollout_interval_seconds,
-        thresholds=Thresholds(min_agreement=settings.rollout_min_agreement,
-                              max_distance_shift=settings.rollout_max_distance_shift))
+        settings, backend, steps=parse_steps(steps or settings.rollout.rollout_steps),
+        interval_s=interval_s or settings.rollout.rollout_interval_seconds,
+        thresholds=Thresholds(min_agreement=settings.rollout.rollout_min_agreement,
+                              max_distance_shift=settings.rollout.rollout_max_distance_shift))
 
 
 def sync_stable(settings: Settings, backend=None) -> dict | None:

@@ -4,7 +4,7 @@ For ``watch_hours`` after a version became champion (the time of its promotion i
 audit trail), every monitoring window also judges it on what production saw:
 
 - from the window (the prediction log against the champion's own training reference): the
-  novelty rate, the ratio of mean distance to centroid and the PSI of the segment shares, with
+  ood rate, the ratio of mean distance to centroid and the PSI of the segment shares, with
   the monitoring thresholds (``monitor_max_*``);
 - from the server (the backend's live analysis window, the same figures the rollout controller
   judged the canary on): the error rate and the p99 latency of the champion's requests
@@ -46,14 +46,15 @@ def promoted_at(settings: Settings, version: str) -> dt.datetime | None:
 def checks(settings: Settings, figures: dict, live: dict | None) -> dict:
     """Each watched figure with its limit and whether it holds; a figure that is unknown
     (no rows in the window, no requests on the server) is not judged."""
+    monitoring = settings.monitoring
     found = {
-        "novelty_rate": (figures.get("novelty_rate"), settings.monitor_max_novelty_rate),
-        "distance_ratio": (figures.get("distance_ratio"), settings.monitor_max_distance_ratio),
-        "segment_psi": (figures.get("segment_psi"), settings.monitor_max_segment_psi),
+        "ood_rate": (figures.get("ood_rate"), monitoring.monitor_max_ood_rate),
+        "distance_ratio": (figures.get("distance_ratio"), monitoring.monitor_max_distance_ratio),
+        "segment_psi": (figures.get("segment_psi"), monitoring.monitor_max_segment_psi),
         "error_rate": ((live or {}).get("error_rate") if (live or {}).get("requests") else None,
-                       settings.watch_max_error_rate),
+                       settings.rollout.watch_max_error_rate),
         "p99_latency_ms": (((live or {}).get("latency_ms") or {}).get("p99"),
-                           settings.watch_max_p99_ms),
+                           settings.rollout.watch_max_p99_ms),
     }
     return {name: {"value": value, "max": limit, "ok": value is None or value <= limit}
             for name, (value, limit) in found.items()}
@@ -75,11 +76,11 @@ def watch(settings: Settings, figures: dict, *, actor: str, backend=None,
         return {**out, "summary": f"not judged: the champion is now "
                                   f"{current.version if current else None}, not {version}"}
     since = promoted_at(settings, version)
-    watch_for = dt.timedelta(hours=settings.watch_hours)
+    watch_for = dt.timedelta(hours=settings.rollout.watch_hours)
     if since is None or now - since > watch_for:
         return {**out, "summary": f"version {version} is not in a watch window (promoted "
                                   f"{since.isoformat() if since else 'never'}, watch "
-                                  f"{settings.watch_hours:g} h)"}
+                                  f"{settings.rollout.watch_hours:g} h)"}
     backend = backend if backend is not None else backend_for(settings)
     live = None
     if backend is not None:

@@ -32,7 +32,7 @@ class Route:
 
     path: str  # template, e.g. "/v2/models/{name}/infer"
     name: str  # the `route` label of the request metrics and of the access log
-    handler: str  # the InferenceApp method that answers it
+    handler: str  # the name of the handler that answers it (a DataPlane or AdminApi method)
     summary: str
     response: str  # component schema of the 200 answer
     methods: tuple[str, ...] = ("GET",)

@@ -38,7 +38,7 @@ def token_problems(settings: Settings) -> str | None:
     if settings.profile != "production":
         return None
     for name in ("serving_token", "admin_token"):
-        token = getattr(settings, name)
+        token = getattr(settings.serving, name)
         if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
             return (f"KMEANS_{name.upper()} has {len(token.get_secret_value())} characters; "
                     f"the production profile needs at least {MIN_TOKEN_LENGTH} (e.g. "
@@ -90,10 +90,11 @@ def build_app(settings: Settings, *, alias: str = "champion", version: str | Non
     lookup = None  # without it, lookups by customer_id answer 503
     if with_feast:
         lookup = online_lookup(settings, model.feature_names)
+    serving = settings.serving
     service = SegmentService(settings.model_name, lookup=lookup,
-                             max_batch_rows=settings.max_batch_rows,
-                             range_tolerance=settings.range_tolerance,
-                             max_lookup_ids=settings.max_lookup_ids)
+                             max_batch_rows=serving.max_batch_rows,
+                             range_tolerance=serving.range_tolerance,
+                             max_lookup_ids=serving.max_lookup_ids)
     service.load(model, version, "stable")
     if canary_alias:
         found = registry.alias_version(settings, canary_alias)
@@ -101,23 +102,12 @@ def build_app(settings: Settings, *, alias: str = "champion", version: str | Non
             canary, canary_version = loader(version=str(found.version))
             service.load(canary, canary_version, "canary")
             service.set_traffic(canary_weight, canary_mode)
-    token = settings.serving_token.get_secret_value() if settings.serving_token else None
-    admin = settings.admin_token.get_secret_value() if settings.admin_token else None
     plog = (PredictionLog(settings.predictions_dir, list(model.feature_names),
-                          sample_rate=settings.prediction_log_sample_rate,
-                          max_queue_rows=settings.prediction_log_max_queue_rows)
-            if settings.prediction_log_sample_rate > 0 else None)
-    return InferenceApp(service, token=token, admin_token=admin, prediction_log=plog,
-                        max_body_bytes=settings.max_body_bytes,
-                        max_concurrency=settings.max_concurrency, loader=loader,
-                        access_log=access_log, body_timeout=settings.body_timeout_seconds,
-                        max_admin_concurrency=settings.admin_max_concurrency,
-                        max_header_bytes=settings.max_header_bytes,
-                        header_timeout=settings.header_timeout_seconds,
-                        max_pipelined=settings.max_pipelined_requests,
-                        max_queued=settings.max_queued_requests,
-                        max_write_buffer=settings.max_write_buffer_bytes,
-                        write_timeout=settings.write_timeout_seconds)
+                          sample_rate=serving.prediction_log_sample_rate,
+                          max_queue_rows=serving.prediction_log_max_queue_rows)
+            if serving.prediction_log_sample_rate > 0 else None)
+    return InferenceApp(service, serving, loader=loader, access_log=access_log,
+                        prediction_log=plog)
 
 
 def serve(settings: Settings, **kwargs) -> None:
@@ -131,8 +121,8 @@ def serve(settings: Settings, **kwargs) -> None:
     # sys.stdout redirected to stderr (stdout is kept for a command's JSON result).
     stdout = sys.__stdout__ if sys.__stdout__ is not None else sys.stdout
     app = build_app(settings, access_log=stdout.buffer, **kwargs)
-    serve_app(app, settings.serving_host, settings.serving_port,
-              grace=settings.shutdown_grace_seconds)
+    serve_app(app, settings.serving.serving_host, settings.serving.serving_port,
+              grace=settings.serving.shutdown_grace_seconds)
 
 
 def serve_app(app, host: str, port: int, *, grace: float = 20.0) -> None:

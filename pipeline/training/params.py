@@ -1,5 +1,6 @@
-"""The parameters of a training run: one typed model, from which the DAG's ``Param``s and the
-CLI's options are derived (:mod:`pipeline.orchestration.params`, :mod:`pipeline.cli`).
+"""The parameters of a training run: one typed model per group, from which the DAG's ``Param``s
+and the CLI's options are derived (:mod:`pipeline.orchestration.params`, :mod:`pipeline.cli`):
+:class:`TrainParams` (the K sweep) and :class:`WindowParams` (the data it trains on).
 
 Light on purpose: the DAG files import it at parse time.
 """
@@ -9,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipeline.core.params import parse
 
 
 class TrainParams(BaseModel):
@@ -36,6 +39,37 @@ class TrainParams(BaseModel):
         return self
 
 
+class WindowParams(BaseModel):
+    """The window a training run trains on (the training DAG's params beside
+    :class:`TrainParams`'): ``lookback_days`` days that end at the run's interval end, or at
+    ``end_date``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lookback_days: int = Field(7, ge=1, le=365,
+                               description="Days of data that end at the interval end.")
+    end_date: dt.date | None = Field(None, description="Optional window end (YYYY-MM-DD); "
+                                                       "default: the data interval end.")
+    reason: str | None = Field(None, max_length=1000,
+                               description="Why this run (kmeans_monitoring says which figures "
+                                           "drifted); logged by the window task.")
+
+    @field_validator("end_date", mode="before")
+    @classmethod
+    def _day(cls, value):
+        # A date-time names its day (the trigger form and a conf may send either).
+        if value is None or value == "":
+            return None
+        if isinstance(value, dt.datetime):
+            return value.date()
+        if isinstance(value, dt.date):
+            return value
+        try:
+            return dt.datetime.fromisoformat(str(value)).date()
+        except ValueError:
+            raise ValueError(f"end_date={value!r} is not a date (YYYY-MM-DD)") from None
+
+
 def window(end: dt.datetime, lookback_days: int) -> tuple[dt.datetime, dt.datetime]:
     """The training window that ends at ``end`` (exclusive)."""
     if end.tzinfo is None:
@@ -46,9 +80,4 @@ def window(end: dt.datetime, lookback_days: int) -> tuple[dt.datetime, dt.dateti
 def parse_params(params: dict) -> TrainParams:
     """The training params among a run's params (other keys, such as the window's, are left to
     their owners), validated; ValueError naming each bad value."""
-    keys = TrainParams.model_fields
-    try:
-        return TrainParams(**{k: v for k, v in params.items() if k in keys})
-    except ValidationError as err:
-        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}"
-                                   for e in err.errors())) from err
+    return parse(TrainParams, params, only_known=True)

@@ -31,7 +31,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo: ``tests`` imports
 
 from pipeline.engine.estimator import fit_sweep  # noqa: E402
-from pipeline.engine.spark import SparkBlockSource, parquet_spec, spark_session  # noqa: E402
+from pipeline.engine.session import spark_session  # noqa: E402
+from pipeline.engine.spark import SparkBlockSource  # noqa: E402
+from pipeline.engine.staging import parquet_spec  # noqa: E402
 from tests.helpers.processes import kill_session_id, wait_executors  # noqa: E402
 
 

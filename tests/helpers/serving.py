@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import registry
-from pipeline.core.settings import FEATURE_NAMES
+from pipeline.core.settings import FEATURE_NAMES, ServingSettings
 from pipeline.data.features import Snapshot
 from pipeline.model.artifact import SegmentModel
 from pipeline.model.preprocessing import LOG_FEATURES, Preprocessor
@@ -62,12 +62,20 @@ def tiny_model(folder: Path, seed: int = 5, k: int = 4) -> SegmentModel:
     return SegmentModel.load(model.save(folder))
 
 
+#: make_app's keywords that are the app's own; the others are fields of its ServingSettings.
+APP_KEYWORDS = ("loader", "access_log", "tune_gc", "server_version", "prediction_log")
+
+
 def make_app(model, **kwargs) -> InferenceApp:
+    """An app serving ``model`` as version 1 with both tokens; ``kwargs``: ``lookup``, the
+    app's own keywords (:data:`APP_KEYWORDS`) and :class:`ServingSettings` fields."""
     service = SegmentService(NAME, lookup=kwargs.pop("lookup", None),
                              max_batch_rows=kwargs.pop("max_batch_rows", 10_000))
     service.load(model, "1")
+    own = {key: kwargs.pop(key) for key in APP_KEYWORDS if key in kwargs}
     kwargs.setdefault("max_body_bytes", 8 << 20)
-    return InferenceApp(service, token=TOKEN, admin_token=ADMIN, **kwargs)
+    serving = ServingSettings(serving_token=TOKEN, admin_token=ADMIN, **kwargs)
+    return InferenceApp(service, serving, **own)
 
 
 def register_tiny_model(settings, folder: Path) -> SegmentModel:

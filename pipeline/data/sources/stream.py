@@ -295,19 +295,20 @@ class KafkaStream:
 
 
 def consumer_name(settings: Settings) -> str:
-    return settings.stream_consumer or f"consumer-{socket.gethostname()}"
+    return settings.stream.stream_consumer or f"consumer-{socket.gethostname()}"
 
 
 def open_stream(settings: Settings) -> EventStream:
-    """The transport ``settings.stream_url`` names (redis:// or kafka://)."""
-    url = settings.stream_url
+    """The transport ``settings.stream.stream_url`` names (redis:// or kafka://)."""
+    stream = settings.stream
+    url = stream.stream_url
     scheme = urlsplit(url).scheme
     if scheme in ("redis", "rediss", "unix"):
-        return RedisStream(url, settings.stream_name, settings.stream_group,
+        return RedisStream(url, stream.stream_name, stream.stream_group,
                            consumer_name(settings),
-                           claim_idle_ms=int(settings.stream_claim_idle_seconds * 1000))
+                           claim_idle_ms=int(stream.stream_claim_idle_seconds * 1000))
     if scheme == "kafka":
-        return KafkaStream(url.split("://", 1)[1], settings.stream_name, settings.stream_group)
+        return KafkaStream(url.split("://", 1)[1], stream.stream_name, stream.stream_group)
     raise ValueError(f"KMEANS_STREAM_URL {url!r}: expected redis://host:port/db or "
                      "kafka://host:port")
 
@@ -630,7 +631,7 @@ class Consumer:
 
     def run_once(self, max_events: int | None = None, block_ms: int = 500) -> BatchResult:
         """Read one batch (waiting up to ``block_ms`` for it) and process it."""
-        messages = self.stream.read(max_events or self.settings.stream_batch_size, block_ms)
+        messages = self.stream.read(max_events or self.settings.stream.stream_batch_size, block_ms)
         if not messages:
             return BatchResult()
         return self.process(messages)
@@ -649,7 +650,7 @@ class Consumer:
                 if left <= 0:
                     break
                 wait = max(1, min(block_ms, int(left * 1000)))
-            limit = self.settings.stream_batch_size
+            limit = self.settings.stream.stream_batch_size
             if max_events is not None:
                 if total.read >= max_events:
                     break
@@ -884,8 +885,8 @@ def _empty_accepted() -> pd.DataFrame:
 def consume(settings: Settings, *, max_events: int | None = None,
             seconds: float | None = None, segmenter: Segmenter | None = None,
             observers: Sequence[Callable[[pd.DataFrame], None]] = ()) -> dict:
-    """``kmeans consume``: run the consumer on ``settings.stream_url`` until SIGTERM or SIGINT,
-    ``max_events`` events or ``seconds``; the counts."""
+    """``kmeans consume``: run the consumer on ``settings.stream.stream_url`` until SIGTERM or
+    SIGINT, ``max_events`` events or ``seconds``; the counts."""
     stop = threading.Event()
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT):

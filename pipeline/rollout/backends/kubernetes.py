@@ -52,9 +52,10 @@ class KServeBackend:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
-        token = settings.admin_token.get_secret_value() if settings.admin_token else None
-        return cls(client.CustomObjectsApi(), settings.kserve_name, settings.kserve_namespace,
-                   admin_token=token)
+        admin_token = settings.serving.admin_token
+        token = admin_token.get_secret_value() if admin_token else None
+        return cls(client.CustomObjectsApi(), settings.rollout.kserve_name,
+                   settings.rollout.kserve_namespace, admin_token=token)
 
     # ---- reading -------------------------------------------------------------------------
     def _get(self) -> dict:

@@ -108,7 +108,7 @@ def deployment(tmp_path_factory):
     """A fresh PostgreSQL database for Airflow's metadata, a KMEANS_HOME with data that ends
     yesterday, and Airflow's components started on it; everything stopped and dropped after."""
     from pipeline.data.datagen import generate_lake
-    from pipeline.orchestration import airflow_env
+    from pipeline.devtools import airflow_env
 
     root = tmp_path_factory.mktemp("scheduler")
     database = f"kmeans_airflow_{uuid.uuid4().hex[:8]}"

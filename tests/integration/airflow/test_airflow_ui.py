@@ -1,4 +1,4 @@
-"""`make airflow-ui` as a person meets it: ``python -m pipeline.orchestration.airflow_env`` (what
+"""`make airflow-ui` as a person meets it: ``python -m pipeline.devtools.airflow_env`` (what
 the target runs) on a fresh AIRFLOW_HOME (SQLite), moved to another port by Airflow's own
 AIRFLOW__API__PORT alone; Debian's Chromium (Playwright) for the UI.
 
@@ -74,7 +74,7 @@ def airflow_ui_target(tmp_path_factory):
                 "AIRFLOW__API__PORT": str(port)})
     out = root / "airflow-ui.out"
     with open(out, "wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.orchestration.airflow_env"],
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.devtools.airflow_env"],
                                 env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT,
                                 start_new_session=True)
     ui = UI(proc, out, root / "airflow", port)
@@ -108,7 +108,7 @@ def airflow_ui_target(tmp_path_factory):
                 proc.wait()
         pgid_file = ui.home / "components.pgid"
         if pgid_file.exists():  # whatever is left of the components
-            from pipeline.orchestration.airflow_env import stop_group
+            from pipeline.devtools.airflow_env import stop_group
 
             stop_group(int(pgid_file.read_text()))
 

@@ -44,7 +44,7 @@ def test_dagbag_has_no_import_errors_and_every_dag_is_tagged_and_owned(airflow_d
 def test_training_dag_is_daily_or_on_data_arrival_with_params(airflow_db):
     from airflow.sdk import Asset, AssetOrTimeSchedule
 
-    from pipeline.orchestration.airflow_env import load_dag
+    from pipeline.devtools.airflow_env import load_dag
     from pipeline.orchestration.dag_defaults import FEATURES_ASSET
 
     dag = load_dag("kmeans_training")
@@ -55,7 +55,7 @@ def test_training_dag_is_daily_or_on_data_arrival_with_params(airflow_db):
 
 
 def test_rollback_dag_is_manual_with_a_reason(airflow_db):
-    from pipeline.orchestration.airflow_env import load_dag
+    from pipeline.devtools.airflow_env import load_dag
 
     dag = load_dag("kmeans_rollback")
     assert dag.schedule is None
@@ -80,7 +80,7 @@ def _champion_events(run) -> int:
 
 
 def test_promote_dag_is_manual_and_its_defaults_promote_the_challenger(airflow_db):
-    from pipeline.orchestration.airflow_env import load_dag
+    from pipeline.devtools.airflow_env import load_dag
 
     dag = load_dag("kmeans_promote")
     assert dag.schedule is None
@@ -91,7 +91,7 @@ def test_promote_dag_is_manual_and_its_defaults_promote_the_challenger(airflow_d
 
 
 def test_training_dag_gates_then_reviews_drift_before_registering(airflow_db):
-    from pipeline.orchestration.airflow_env import load_dag
+    from pipeline.devtools.airflow_env import load_dag
 
     dag = load_dag("kmeans_training")
     assert dag.get_task("gates").upstream_task_ids == {"evaluate", "snapshot", "validate"}
@@ -105,7 +105,7 @@ def test_training_dag_gates_then_reviews_drift_before_registering(airflow_db):
 def test_training_dag_tasks_wait_for_what_they_read(airflow_db):
     """No races: snapshot reads what ingest landed, and Feast refuses reads of a feature view
     while it materializes, so materialize waits for snapshot (it once raced it)."""
-    from pipeline.orchestration.airflow_env import load_dag
+    from pipeline.devtools.airflow_env import load_dag
 
     dag = load_dag("kmeans_training")
     assert dag.get_task("snapshot").upstream_task_ids == {"window", "ingest"}
@@ -121,7 +121,7 @@ def _lake(home: Path, **kw):
 
 
 def _run(conf=None):
-    from pipeline.orchestration.airflow_env import load_dag
+    from pipeline.devtools.airflow_env import load_dag
 
     run = load_dag("kmeans_training").test(
         logical_date=END, run_conf={"lookback_days": DAYS, "k_min": 2, "k_max": 5,
@@ -267,7 +267,7 @@ def test_drift_review_reject_ends_cleanly_approve_registers_and_rollback_dag(
     from pipeline.data import features
     from pipeline.data.ingest import ingest_lake
     from pipeline.data.validation import validate_snapshot
-    from pipeline.orchestration.airflow_env import load_dag
+    from pipeline.devtools.airflow_env import load_dag
     from pipeline.promotion import gates
     from pipeline.promotion.register import register
     from pipeline.training import stages

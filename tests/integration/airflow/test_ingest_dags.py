@@ -28,7 +28,7 @@ INGEST_DAGS = [f"kmeans_ingest_{source}" for source in INGEST_SOURCES]
 def test_one_ingest_dag_per_source_each_landing_to_the_features_asset(airflow_db):
     from airflow.sdk import Asset
 
-    from pipeline.orchestration.airflow_env import load_dag
+    from pipeline.devtools.airflow_env import load_dag
 
     for dag_id, (source, spec) in zip(INGEST_DAGS, INGEST_SOURCES.items(), strict=True):
         dag = load_dag(dag_id)
@@ -46,7 +46,7 @@ def test_training_runs_daily_as_before_or_on_the_features_asset(airflow_db):
     from airflow.sdk.definitions.dag import _create_timetable
     from airflow.serialization.encoders import encode_timetable
 
-    from pipeline.orchestration.airflow_env import load_dag
+    from pipeline.devtools.airflow_env import load_dag
 
     dag = load_dag("kmeans_training")
     assert isinstance(dag.timetable, AssetOrTimeSchedule)
@@ -86,7 +86,7 @@ def _run(dag_id: str, conf: dict | None = None, logical_date: dt.datetime | None
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    from pipeline.orchestration.airflow_env import load_dag
+    from pipeline.devtools.airflow_env import load_dag
 
     run = load_dag(dag_id).test(logical_date=logical_date or DAY0 + dt.timedelta(days=2),
                                 run_conf=conf or {})
@@ -174,7 +174,7 @@ def test_an_asset_triggered_training_run_trains_on_the_window_the_landing_ends(
     from sqlalchemy import select
 
     from pipeline.data.datagen import generate_lake
-    from pipeline.orchestration.airflow_env import load_dag
+    from pipeline.devtools.airflow_env import load_dag
 
     monkeypatch.setenv("KMEANS_HOME", str(tmp_path))
     generate_lake(make_settings(tmp_path).lake_dir, n_customers=100, start=DAY0.date(), days=1)

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.data.datagen import LAKE_TABLE
+from pipeline.data.lake import LAKE_TABLE
 from tests.helpers.clock import iso_day, partition
 
 runner = CliRunner()

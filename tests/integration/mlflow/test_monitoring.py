@@ -66,10 +66,10 @@ def test_drift_is_seen_reported_and_triggers_one_retraining(home, airflow_db):
     root, snapshot = home
     from pipeline import registry
     from pipeline.data.features import Snapshot
+    from pipeline.devtools.airflow_env import load_dag
     from pipeline.monitoring.actions import read_actions
     from pipeline.monitoring.exporter import serve_in_thread
     from pipeline.monitoring.window import monitor_window, monitoring_dir, prometheus_path
-    from pipeline.orchestration.airflow_env import load_dag
     from pipeline.serving.server import build_app, running
 
     settings = make_settings(root)
@@ -107,10 +107,10 @@ def test_drift_is_seen_reported_and_triggers_one_retraining(home, airflow_db):
     assert drifted["segment_psi"] < 0.1 and drifted["distance_ratio"] < 1.25
     newcomers = monitor_window(settings, t2, t3)  # what feature drift alone underplays
     assert newcomers["status"] == "drift" and newcomers["rows"] == 3000
-    assert newcomers["novelty_rate"] > 0.2 and newcomers["distance_ratio"] > 1.25
-    assert {r.split()[0] for r in newcomers["reasons"]} >= {"novelty_rate", "distance_ratio"}
+    assert newcomers["ood_rate"] > 0.2 and newcomers["distance_ratio"] > 1.25
+    assert {r.split()[0] for r in newcomers["reasons"]} >= {"ood_rate", "distance_ratio"}
     print(json.dumps({w["window"]: {k: w.get(k) for k in (
-        "reasons", "segment_psi", "distance_ratio", "novelty_rate", "low_margin_share",
+        "reasons", "segment_psi", "distance_ratio", "ood_rate", "low_margin_share",
         "silhouette")} for w in (calm, drifted, newcomers)}, indent=1))
 
     folder = monitoring_dir(settings)
@@ -133,7 +133,7 @@ def test_drift_is_seen_reported_and_triggers_one_retraining(home, airflow_db):
     finally:
         server.shutdown()
     assert 'kmeans_monitor_drift{model_version="1"} 1.0' in scraped
-    assert "kmeans_segment_share{" in scraped and "kmeans_far_point_share{" in scraped
+    assert "kmeans_segment_share{" in scraped and "kmeans_ood_rate{" in scraped
 
     def run_monitoring():
         run = load_dag("kmeans_monitoring").test(
@@ -195,7 +195,7 @@ def test_false_alarms_and_detection_delay_per_drift_kind(home):
     flagged in their first window; the slow trend within its windows."""
     root, _ = home
     from pipeline.data.datagen import generate_customers
-    from pipeline.monitoring.replay import sensitivity
+    from pipeline.devtools.replay import sensitivity
     from pipeline.serving.server import build_app, running
 
     settings = make_settings(root)
@@ -221,7 +221,7 @@ def test_false_alarms_and_detection_delay_per_drift_kind(home):
     vanished = [w for w in found["windows"] if w["kind"] == "vanished_segment"]
     assert all(w["segment_psi"] > 5 * calm_psi for w in vanished), (calm_psi, vanished)
     newcomers = [w for w in found["windows"] if w["kind"] == "new_segment"]
-    assert all("novelty_rate" in " ".join(w["reasons"]) for w in newcomers)
+    assert all("ood_rate" in " ".join(w["reasons"]) for w in newcomers)
 
 
 def test_a_degrading_new_champion_is_rolled_back_within_its_watch(home, airflow_db,
@@ -234,9 +234,9 @@ def test_a_degrading_new_champion_is_rolled_back_within_its_watch(home, airflow_
     root, snapshot = home
     from pipeline import registry
     from pipeline.data.datagen import Drift, generate_customers, period_rows
+    from pipeline.devtools.airflow_env import load_dag
+    from pipeline.devtools.replay import post_rows, send_windows
     from pipeline.monitoring.actions import read_actions
-    from pipeline.monitoring.replay import post_rows, send_windows
-    from pipeline.orchestration.airflow_env import load_dag
     from pipeline.promotion.register import register
     from pipeline.serving.server import build_app, running
     from pipeline.training import stages
@@ -300,7 +300,7 @@ def test_a_degrading_new_champion_is_rolled_back_within_its_watch(home, airflow_
     assert entry["actor"].startswith("rollout-controller/watch:kmeans_monitoring/")
     assert entry["reason"].startswith(f"watch after promotion: version {version} degraded")
     checks = entry["figures"]["checks"]
-    assert not checks["novelty_rate"]["ok"] and checks["novelty_rate"]["value"] > 0.05
+    assert not checks["ood_rate"]["ok"] and checks["ood_rate"]["value"] > 0.05
     assert checks["error_rate"]["value"] == 0.0 and checks["error_rate"]["ok"]
     [action] = [a for a in read_actions(settings) if a["action"] == "rollback"]
     assert action["champion_version"] == version and action["rolled_back_to"] == "1"
@@ -311,7 +311,7 @@ def test_a_degrading_new_champion_is_rolled_back_within_its_watch(home, airflow_
 
 def _artifact_names(settings, run_id: str) -> set[str]:
     from pipeline import registry
-    from pipeline.monitoring.window import REPORT_ARTIFACTS
+    from pipeline.monitoring.tracking import REPORT_ARTIFACTS
 
     listed = registry.client(settings).list_artifacts(run_id, REPORT_ARTIFACTS)
     return {a.path.removeprefix(f"{REPORT_ARTIFACTS}/") for a in listed}
@@ -337,7 +337,8 @@ def test_a_window_run_keeps_its_report_under_the_home_and_links_it(settings, tmp
     where the report is served. Nothing is written under the working directory. A re-run of the
     window is the same run with the same artifacts."""
     from pipeline import registry
-    from pipeline.monitoring.window import REPORT_ARTIFACTS, monitor_window, monitoring_dir
+    from pipeline.monitoring.tracking import REPORT_ARTIFACTS
+    from pipeline.monitoring.window import monitor_window, monitoring_dir
 
     cwd = tmp_path / "cwd"
     cwd.mkdir()

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from pipeline import registry
 from pipeline.cli import app
+from pipeline.registry import aliases as registry_aliases
 from tests.helpers.net import free_port
 
 
@@ -139,13 +140,13 @@ def test_two_promotions_at_once_one_wins_the_other_is_refused(settings, versions
     v1, v2, v3 = versions
     _live(settings, v1)
     # Widen the window between the winner's alias moves so the two really overlap.
-    real_move = registry._move_alias
+    real_move = registry_aliases._move_alias
 
     def slow_move(*args, **kwargs):
         time.sleep(0.5)
         return real_move(*args, **kwargs)
 
-    monkeypatch.setattr(registry, "_move_alias", slow_move)
+    monkeypatch.setattr(registry_aliases, "_move_alias", slow_move)
     start, results = threading.Barrier(2), {}
 
     def promote(version):

@@ -1,10 +1,10 @@
 """The production profile on real servers, end to end on this machine.
 
-The stack of ``make prod-up`` (:mod:`pipeline.orchestration.stack`) on the machine's PostgreSQL
+The stack of ``make prod-up`` (:mod:`pipeline.devtools.stack`) on the machine's PostgreSQL
 and Redis: an MLflow tracking server with a PostgreSQL backend store in a database of its own
 (uniquely named, dropped at the end) serving the artifacts, Feast's online store in Redis under
 a Feast project of its own (every key ends with its name; removed at the end), and Airflow on
-a database of its own. The stack is brought up by ``python -m pipeline.orchestration.stack up``
+a database of its own. The stack is brought up by ``python -m pipeline.devtools.stack up``
 (what ``make prod-up`` runs) as a process that exits before anything is trained: the training
 DAG is then triggered through Airflow's REST API and run by the stack's scheduler in the
 production profile, as a user meets it (a task that inherited the exited command's Feast metrics
@@ -38,8 +38,8 @@ from pipeline.core import preflight
 from pipeline.core.settings import FEATURE_NAMES, load_settings
 from pipeline.data.datagen import generate_lake
 from pipeline.data.features import feature_store, online_features
-from pipeline.orchestration import stack as st
-from pipeline.orchestration.airflow_env import Airflow
+from pipeline.devtools import stack as st
+from pipeline.devtools.airflow_env import Airflow
 from pipeline.serving.__main__ import main as serve_main
 from tests.helpers.airflow_rest import STALL_TIMEOUT, Rest
 from tests.helpers.clock import DAYS, END, START
@@ -104,7 +104,7 @@ def test_the_stack_trains_registers_and_serves_in_the_production_profile(stack, 
     # that inherited it failed at `snapshot`). The scheduler creates no run of its own here:
     # the one training run below is triggered.
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.orchestration.stack", "up",
+        [sys.executable, "-m", "pipeline.devtools.stack", "up",
          "--mlflow-port", str(stack.config.mlflow_port),
          "--serving-port", str(stack.config.serving_port),
          "--airflow-port", str(stack.config.airflow_port),
@@ -337,7 +337,7 @@ def test_the_deployment_name_prefixes_the_databases_on_a_shared_server(tmp_path,
     monkeypatch.setenv("KMEANS_DEPLOYMENT", name)
     base = load_settings()
     assert base.feast_project == f"{name}_customer_segments"
-    assert base.stream_name == f"{name}:customer_events"
+    assert base.stream.stream_name == f"{name}:customer_events"
     stack = st.Stack(base, st.stack_config(base))
     databases_only = (st.Component(name="databases", databases=("mlflow", "airflow")),)
     try:

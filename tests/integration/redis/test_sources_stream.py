@@ -107,8 +107,9 @@ def test_good_events_land_offline_and_online_bad_ones_go_to_quarantine(home, cli
             e.update({name: None for name in FEATURE_NAMES})
             expected_bad[i] = "every feature is missing"
         events.append(e)
-    message_ids = st.publish(client, s.stream_name, events)
-    empty = client.xadd(s.stream_name, {"other": "field"}).decode()  # an entry without an event
+    message_ids = st.publish(client, s.stream.stream_name, events)
+    # an entry without an event
+    empty = client.xadd(s.stream.stream_name, {"other": "field"}).decode()
 
     consumer = st.Consumer(s, st.open_stream(s))
     try:
@@ -149,7 +150,7 @@ def test_good_events_land_offline_and_online_bad_ones_go_to_quarantine(home, cli
     assert payloads[message_ids[7]] == "{not json"  # as it arrived
     assert sum(result.reasons.values()) == result.rejected
     assert len(good) + len(q) == n + 1
-    assert client.xpending(s.stream_name, s.stream_group)["pending"] == 0
+    assert client.xpending(s.stream.stream_name, s.stream.stream_group)["pending"] == 0
 
 
 def test_a_resent_event_id_lands_once_and_conflicting_values_are_quarantined(home, client,
@@ -157,12 +158,12 @@ def test_a_resent_event_id_lands_once_and_conflicting_values_are_quarantined(hom
     s = make_settings(home, **names)
     base, now = 2_000_000, pd.Timestamp.now(tz="UTC").floor("s")
     first = [event(i, base + i, now - pd.Timedelta(seconds=i)) for i in range(20)]
-    st.publish(client, s.stream_name, first)
+    st.publish(client, s.stream.stream_name, first)
     again = [*first[5:15], {**first[3], "orders_30d": 9.0}, first[0], first[0]]
     consumer = st.Consumer(s, st.open_stream(s))
     try:
         one = consumer.run_once()
-        st.publish(client, s.stream_name, again)  # a producer that resends, in other batches
+        st.publish(client, s.stream.stream_name, again)  # a producer that resends, in other batches
         two = consumer.run_once()
     finally:
         consumer.close()
@@ -183,7 +184,7 @@ def drain(consumer, client, s, seconds: float = 60) -> st.BatchResult:
 
     def drained() -> bool:
         total.add(consumer.run_once(block_ms=50))
-        info = client.xinfo_groups(s.stream_name)[0]
+        info = client.xinfo_groups(s.stream.stream_name)[0]
         return int(info["lag"]) == 0 and int(info["pending"]) == 0
 
     wait_until(drained, seconds, "every entry delivered and acknowledged",
@@ -218,7 +219,7 @@ def test_a_crash_before_the_ack_redelivers_without_duplicates(home, client, name
     s = make_settings(home, stream_batch_size=300, **names)
     base = 3_000_000 + (100_000 if crash == "after_push_before_ack" else 0)
     customers, rounds = 400, 2
-    st.publish(client, s.stream_name, _events_per_customer(
+    st.publish(client, s.stream.stream_name, _events_per_customer(
         base, customers, rounds, pd.Timestamp.now(tz="UTC").floor("s")))
 
     class Crash(Exception):
@@ -233,7 +234,7 @@ def test_a_crash_before_the_ack_redelivers_without_duplicates(home, client, name
     with pytest.raises(Crash):
         first.run_once()
     first.close()
-    assert client.xpending(s.stream_name, s.stream_group)["pending"] == 300
+    assert client.xpending(s.stream.stream_name, s.stream.stream_group)["pending"] == 300
 
     restarted = st.Consumer(make_settings(home, stream_batch_size=170, **names),
                             st.open_stream(s))
@@ -242,7 +243,7 @@ def test_a_crash_before_the_ack_redelivers_without_duplicates(home, client, name
     finally:
         restarted.close()
     assert result.duplicates == 300  # the crashed batch: landed, not written again
-    assert client.xpending(s.stream_name, s.stream_group)["pending"] == 0
+    assert client.xpending(s.stream.stream_name, s.stream.stream_group)["pending"] == 0
     _check_exactly_once(s, features.feature_store(s), base, customers, rounds)
 
 
@@ -254,7 +255,7 @@ def test_sigkill_mid_batch_then_restart_loses_and_duplicates_nothing(home, clien
     s = make_settings(home, stream_batch_size=400, **names)
     base, customers, rounds = 4_000_000, 1500, 4
     total = customers * rounds
-    st.publish(client, s.stream_name, _events_per_customer(
+    st.publish(client, s.stream.stream_name, _events_per_customer(
         base, customers, rounds, pd.Timestamp.now(tz="UTC").floor("s")))
     env = {**os.environ, "KMEANS_HOME": str(home), "KMEANS_STREAM_BATCH_SIZE": "400",
            **{f"KMEANS_{k.upper()}": v for k, v in names.items()}}
@@ -267,7 +268,7 @@ def test_sigkill_mid_batch_then_restart_loses_and_duplicates_nothing(home, clien
         progress = {"done": 0}
 
         def mid_batch() -> bool:  # some batches landed, one in flight
-            groups = client.xinfo_groups(s.stream_name)  # none until the consumer started
+            groups = client.xinfo_groups(s.stream.stream_name)  # none until the consumer started
             info = groups[0] if groups else {"lag": total, "pending": 0}
             progress["done"] = total - int(info["lag"]) - int(info["pending"])
             return progress["done"] >= 2 * 400 and info["pending"] > 0 and info["lag"] > 0
@@ -281,7 +282,7 @@ def test_sigkill_mid_batch_then_restart_loses_and_duplicates_nothing(home, clien
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-    info = client.xinfo_groups(s.stream_name)[0]
+    info = client.xinfo_groups(s.stream.stream_name)[0]
     pending, lag = int(info["pending"]), int(info["lag"])
     assert proc.returncode == -signal.SIGKILL and pending > 0, "not killed mid-batch"
     landed_before = len(stream_rows(s, range(base, base + customers)))
@@ -293,7 +294,7 @@ def test_sigkill_mid_batch_then_restart_loses_and_duplicates_nothing(home, clien
     finally:
         restarted.close()
     assert result.read == pending + lag  # the killed batch again, then the rest
-    assert int(client.xinfo_groups(s.stream_name)[0]["lag"]) == 0
+    assert int(client.xinfo_groups(s.stream.stream_name)[0]["lag"]) == 0
     print(f"\nSIGKILL with {pending} events in flight, {landed_before} rows landed; the restart "
           f"read {result.read}, found {result.duplicates} already landed")
     _check_exactly_once(s, features.feature_store(s), base, customers, rounds)
@@ -336,11 +337,11 @@ def test_1000_events_written_one_by_one_are_each_readable_online_with_their_segm
         return len(seen) == n
 
     try:
-        st.publish(client, s.stream_name, [event(n, base + n, now)])  # warm-up: started
+        st.publish(client, s.stream.stream_name, [event(n, base + n, now)])  # warm-up: started
         wait_until(lambda: not online_with_segment(store, [base + n]).segment.isna().all(),
                    120, "the consumer's first push", alive=dead, progress=lambda: log_size(log))
         for i in range(n):
-            client.xadd(s.stream_name, {st.EVENT_FIELD: json.dumps(event(i, base + i, now))})
+            client.xadd(s.stream.stream_name, {st.EVENT_FIELD: json.dumps(event(i, base + i, now))})
         wait_until(all_readable, 120, f"{n} events readable online with their segment",
                    alive=dead, progress=lambda: len(seen), interval=0.05)
         proc.send_signal(signal.SIGTERM)  # stops after its batch, with its counts
@@ -389,7 +390,7 @@ def test_segments_follow_the_champion_and_observers_see_each_batch(home, client,
     base, n = 7_000_000, 20
     now = pd.Timestamp.now(tz="UTC").floor("s")
     try:
-        st.publish(client, s.stream_name, [event(i, base + i, now) for i in range(n)])
+        st.publish(client, s.stream.stream_name, [event(i, base + i, now) for i in range(n)])
         first = consumer.run_once(block_ms=2000)
         assert (first.read, first.landed, first.pushed, first.segments) == (n, n, n, n)
         assert len(batches) == 1 and sorted(batches[0].customer_id) == list(range(base, base + n))
@@ -399,7 +400,7 @@ def test_segments_follow_the_champion_and_observers_see_each_batch(home, client,
         register(s, registry.model_version(s, "1").run_id)
         registry.promote(s, "2", reason="test: the champion moves")
         later = now + pd.Timedelta(seconds=1)
-        st.publish(client, s.stream_name, [event(n + i, base + i, later) for i in range(n)])
+        st.publish(client, s.stream.stream_name, [event(n + i, base + i, later) for i in range(n)])
         second = consumer.run_once(block_ms=2000)
         assert second.segments == n
         online_now = features.online_segments(store, list(range(base, base + n)))
@@ -453,14 +454,17 @@ def test_poison_pills_are_quarantined_and_kmeans_consume_lands_every_good_event(
     own = [good(i) for i in range(0, 5)] + [poison[i][0] for i in (101, 102, 103, 104)]
     dead = [good(i) for i in range(5, 10)] + [poison[i][0] for i in (111, 112, 113, 114)]
     new = [good(i) for i in range(10, 20)]
-    ids = st.publish(client, s.stream_name, [*own, *dead, *new])
+    ids = st.publish(client, s.stream.stream_name, [*own, *dead, *new])
     by_poison = dict(zip((101, 102, 103, 104, 111, 112, 113, 114),
                          ids[5:9] + ids[14:18], strict=True))
     total = len(ids)
-    client.xgroup_create(s.stream_name, s.stream_group, id="0", mkstream=True)
-    client.xreadgroup(s.stream_group, s.stream_consumer, {s.stream_name: ">"}, count=len(own))
-    client.xreadgroup(s.stream_group, "died", {s.stream_name: ">"}, count=len(dead))
-    assert client.xpending(s.stream_name, s.stream_group)["pending"] == len(own) + len(dead)
+    client.xgroup_create(s.stream.stream_name, s.stream.stream_group, id="0", mkstream=True)
+    stream = s.stream
+    client.xreadgroup(stream.stream_group, stream.stream_consumer, {stream.stream_name: ">"},
+                      count=len(own))
+    client.xreadgroup(stream.stream_group, "died", {stream.stream_name: ">"}, count=len(dead))
+    pending = client.xpending(stream.stream_name, stream.stream_group)["pending"]
+    assert pending == len(own) + len(dead)
 
     env = {**os.environ, "KMEANS_HOME": str(home), "KMEANS_STREAM_BATCH_SIZE": "4",
            "KMEANS_STREAM_CLAIM_IDLE_SECONDS": "0.5",
@@ -479,9 +483,9 @@ def test_poison_pills_are_quarantined_and_kmeans_consume_lands_every_good_event(
     assert (counts["landed"], counts["rejected"]) == (20, len(poison)), counts
     assert counts["duplicates"] == counts["repeated"] == 0
     assert sum(counts["reasons"].values()) == len(poison)
-    info = client.xinfo_groups(s.stream_name)[0]
+    info = client.xinfo_groups(s.stream.stream_name)[0]
     assert (int(info["pending"]), int(info["lag"])) == (0, 0)
-    assert client.xpending(s.stream_name, s.stream_group)["pending"] == 0
+    assert client.xpending(s.stream.stream_name, s.stream.stream_group)["pending"] == 0
 
     # Every good event once offline, with its values; the poison pills' customers nowhere.
     rows = stream_rows(s, range(base, base + 200)).sort_values("customer_id")
@@ -502,10 +506,10 @@ def test_poison_pills_are_quarantined_and_kmeans_consume_lands_every_good_event(
     assert got.tenure_days.tolist() == [float(i) for i in range(20)]
 
     # A second consumer (another name, claiming at once) has nothing pending and nothing new.
-    env["KMEANS_STREAM_CONSUMER"] = f"{s.stream_consumer}-second"
+    env["KMEANS_STREAM_CONSUMER"] = f"{s.stream.stream_consumer}-second"
     again, _ = consume("--seconds", "3", name="second")
     assert again["read"] == 0 and again["batches"] == 0, again
-    assert client.xpending(s.stream_name, s.stream_group)["pending"] == 0
+    assert client.xpending(s.stream.stream_name, s.stream.stream_group)["pending"] == 0
 
 
 # The kinds of broken entry the property test mixes in; each is quarantined.
@@ -577,16 +581,16 @@ def test_any_mix_of_good_and_broken_entries_balances_and_lands_each_good_event_o
         entries.append(e)
     for e in entries:  # one by one, in order: the entries without an event among them
         if e is None:
-            client.xadd(s.stream_name, {"other": "field"})
+            client.xadd(s.stream.stream_name, {"other": "field"})
         else:
-            st.publish(client, s.stream_name, [e])
+            st.publish(client, s.stream.stream_name, [e])
 
     consumer = st.Consumer(s, st.open_stream(s), store=_property_store(s))
     try:
         result = drain(consumer, client, s)
     finally:
         consumer.close()
-        client.delete(s.stream_name)
+        client.delete(s.stream.stream_name)
     result.check()
     assert result.read == len(plan)
     assert result.landed + result.rejected + result.duplicates + result.repeated == result.read

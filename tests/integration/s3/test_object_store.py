@@ -14,7 +14,8 @@ from pyarrow import fs as pafs
 
 from pipeline.engine.estimator import fit_sweep
 from pipeline.engine.inprocess import in_process_source
-from pipeline.engine.spark import list_parquet, parquet_spec
+from pipeline.engine.snapshot import list_parquet
+from pipeline.engine.staging import parquet_spec
 from tests.helpers.processes import S3Server
 
 
@@ -118,8 +119,9 @@ def test_an_unreachable_store_is_one_clear_line(settings):
 def test_the_lake_lands_from_an_object_store_as_from_a_folder(tmp_path, monkeypatch):
     """KMEANS_LAKE_URL=s3://...: the same day folders (one bad row among them) land the same
     offline files, byte for byte, and the same quarantine, as from the local lake."""
-    from pipeline.data.datagen import LAKE_TABLE, generate_lake
+    from pipeline.data.datagen import generate_lake
     from pipeline.data.ingest import OFFLINE_TABLE, ingest_lake
+    from pipeline.data.lake import LAKE_TABLE
     from tests.helpers.clock import day, partition
     from tests.helpers.homes import make_settings
 
@@ -263,12 +265,12 @@ def _stream_into(settings, offline_uri: str) -> list:
     events = [event(i, 5_000_000 + i, now - pd.Timedelta(minutes=i)) for i in range(40)]
     consumer = st.Consumer(s, st.open_stream(s))
     try:
-        st.publish(client, s.stream_name, events)
+        st.publish(client, s.stream.stream_name, events)
         first = consumer.run(max_events=40, seconds=30)
-        st.publish(client, s.stream_name, events[:5])
+        st.publish(client, s.stream.stream_name, events[:5])
         again = consumer.run(max_events=5, seconds=30)
     finally:
         consumer.close()
-        client.delete(s.stream_name)
+        client.delete(s.stream.stream_name)
         client.close()
     return [first, again]

@@ -237,7 +237,7 @@ def test_the_servers_queue_budget_stops_reading_without_deadlock(model):
     """With room for 8 requests read ahead over all connections (4 per connection), 20
     connections each pipelining 300 requests (probes and infers in turn), and one sending its
     body in two parts, are all answered in full and in the order asked."""
-    app = make_app(model, max_queued=8, max_pipelined=4)
+    app = make_app(model, max_queued_requests=8, max_pipelined_requests=4)
     one_row = orjson.dumps(features(valid_rows(1)))
 
     def payload(client: int) -> tuple[bytes, list[bytes]]:
@@ -296,7 +296,7 @@ def test_slow_readers_hold_little_and_are_closed_after_the_write_timeout(tmp_pat
     connections, per_connection = 20, 16
     body = orjson.dumps({**features(valid_rows(1)), "id": "i" * (1 << 20)})
     pipelined = request(INFER, body) * per_connection
-    with spawned(tmp_path, app={"write_timeout": 8.0}) as (proc, url):
+    with spawned(tmp_path, app={"write_timeout_seconds": 8.0}) as (proc, url):
         answer = httpx.post(f"{url}{INFER}", content=body, headers=AUTH, timeout=60)
         assert answer.status_code == 200 and answer.json()["id"] == "i" * (1 << 20)
         answer_mb = len(answer.content) / 2**20
@@ -442,7 +442,7 @@ def test_sigterm_during_a_backlog_drains_and_exits_within_the_grace_period(tmp_p
     ids = list(range(100_000, 110_000))
     payload = request(INFER, orjson.dumps(by_ids(ids)))
     with spawned(tmp_path, lake_home=str(lake_home), max_lookup_ids=10_000, grace=grace,
-                 app={"body_timeout": 60.0}) as (proc, url):
+                 app={"body_timeout_seconds": 60.0}) as (proc, url):
         lookups = []
         for _ in range(40):
             sock = socket.create_connection(address(url))
@@ -614,7 +614,7 @@ def _raw(url: str, data: bytes) -> bytes:
 def test_answers_of_the_http_layer_are_json(model, raw, code, message):
     """400 (not HTTP), 408 and 431 come from the protocol, before the app sees a request;
     they were text/plain, unlike every other error."""
-    with running(make_app(model, header_timeout=1.0)) as url:
+    with running(make_app(model, header_timeout_seconds=1.0)) as url:
         answer = _raw(url, raw)
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 %d " % code), answer[:300]

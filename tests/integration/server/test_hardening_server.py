@@ -29,11 +29,13 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
-from pipeline.core.settings import FEATURE_NAMES, FEATURES
+from pipeline.core.settings import FEATURE_NAMES, FEATURES, ServingSettings
 from pipeline.model.artifact import SegmentModel
 from pipeline.model.preprocessing import LOG_FEATURES, Preprocessor
-from pipeline.serving.app import InferenceApp, Metrics
+from pipeline.serving.app import InferenceApp
+from pipeline.serving.metrics import Metrics
 from pipeline.serving.model import Prediction, SegmentService, Window
 from pipeline.serving.openapi import document
 from pipeline.serving.server import running
@@ -122,14 +124,19 @@ def _metric(url: str, line_start: str) -> float:
 def test_an_empty_token_is_refused_by_the_app(model):
     service = SegmentService(NAME)
     service.load(model, "1")
-    for kwargs, name in (({"token": ""}, "token"), ({"admin_token": ""}, "admin_token")):
+    for field, name in (("serving_token", "token"), ("admin_token", "admin_token")):
+        with pytest.raises(ValueError, match=f"KMEANS_{field.upper()} is set but empty, which "
+                                             "is not the same as unset"):
+            ServingSettings(**{field: ""})
+        # A section that skipped validation (model_construct) is refused by the app itself.
         with pytest.raises(ValueError, match=f"{name} is set but empty, which is not the same "
                                              "as unset"):
-            InferenceApp(service, **kwargs)
+            InferenceApp(service, ServingSettings.model_construct(**{field: SecretStr("")}))
     with pytest.raises(ValueError, match="admin_token equals token"):
-        InferenceApp(service, token="same", admin_token="same")
+        InferenceApp(service, ServingSettings.model_construct(serving_token=SecretStr("same"),
+                                                              admin_token=SecretStr("same")))
     with pytest.raises(ValueError, match="token has a space"):
-        InferenceApp(service, token="two words")
+        InferenceApp(service, ServingSettings.model_construct(serving_token=SecretStr("two words")))
 
 
 @pytest.mark.parametrize("env, message", [
@@ -614,7 +621,7 @@ def _stalled(url: str, token: str | None = TOKEN) -> socket.socket:
 def test_stalled_bodies_hold_no_slot_and_get_a_408(model):
     """The reproducer: 260 POSTs whose Content-Length promises 208 bytes and send 10 once held
     every slot for over 60 s (predictions and /admin/state answered 503)."""
-    app = make_app(model, max_concurrency=4, body_timeout=1.5)
+    app = make_app(model, max_concurrency=4, body_timeout_seconds=1.5)
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as http:
         stalled = [_stalled(url) for _ in range(60)]
         anonymous = _stalled(url, token=None)
@@ -652,7 +659,7 @@ def test_the_admin_api_has_a_budget_of_its_own(model):
         assert gate.wait(30)
         return model, version
 
-    app = make_app(model, lookup=lookup, max_concurrency=1, max_admin_concurrency=1,
+    app = make_app(model, lookup=lookup, max_concurrency=1, admin_max_concurrency=1,
                    loader=slow_loader)
     by_id = {"inputs": [{"name": "customer_id", "datatype": "INT64", "shape": [1],
                          "data": [7]}]}
@@ -740,7 +747,7 @@ def test_huge_headers_get_a_431_and_memory_stays_flat(model):
 
 
 def test_slow_and_idle_connections_are_closed_after_the_header_timeout(model):
-    app = make_app(model, header_timeout=1.0)
+    app = make_app(model, header_timeout_seconds=1.0)
     with running(app) as url:
         idle = socket.create_connection(_address(url))
         slow = socket.create_connection(_address(url))
@@ -780,8 +787,8 @@ SOAK_SERVER = textwrap.dedent('''
     model = tiny_model(Path(model_dir))
     lookup = OnlineLookup(feature_store(make_settings(Path(lake_home))), "customer_segments_v1",
                           model.feature_names)
-    app = make_app(model, lookup=lookup, max_concurrency=64, body_timeout=2.0,
-                   header_timeout=2.0, write_timeout=2.0)
+    app = make_app(model, lookup=lookup, max_concurrency=64, body_timeout_seconds=2.0,
+                   header_timeout_seconds=2.0, write_timeout_seconds=2.0)
     # As `kmeans serve` runs it: the main thread, SIGTERM drains then exits (GC tuned).
     serve_app(app, "127.0.0.1", int(port), grace=float(grace))
 ''')

@@ -16,6 +16,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from pipeline.core.settings import ServingSettings
 from pipeline.serving.app import InferenceApp
 from pipeline.serving.model import SegmentService
 from pipeline.serving.openapi import document
@@ -32,7 +33,8 @@ def live(snapshot_path, tmp_path_factory):
     service = SegmentService(NAME, max_batch_rows=1000)
     service.load(make_model(snapshot_path, root / "a", seed=0), "1")
     service.load(make_model(snapshot_path, root / "b", seed=1), "2", "canary")
-    app = InferenceApp(service, token=TOKEN, admin_token=ADMIN, max_body_bytes=256 * 1024)
+    app = InferenceApp(service, ServingSettings(serving_token=TOKEN, admin_token=ADMIN,
+                                              max_body_bytes=256 * 1024))
     with running(app) as url:
         yield url
 

@@ -11,7 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
+from pipeline.core.settings import ServingSettings
 from pipeline.data.features import feature_store, online_features
+from pipeline.model import schema
 from pipeline.serving.app import InferenceApp
 from pipeline.serving.lookup import OnlineLookup
 from pipeline.serving.model import SegmentService
@@ -38,7 +40,8 @@ def lookup(lake_home, model):
 def app(model, lookup):
     service = SegmentService(NAME, lookup=lookup, max_batch_rows=100)
     service.load(model, "7")
-    return InferenceApp(service, token=TOKEN, admin_token=ADMIN, max_body_bytes=64 * 1024)
+    return InferenceApp(service, ServingSettings(serving_token=TOKEN, admin_token=ADMIN,
+                                                 max_body_bytes=64 * 1024))
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +75,10 @@ def test_health_and_metadata(http):
     assert http.get("/v2").json()["name"] == "kmeans-platform"
     meta = http.get(f"/v2/models/{NAME}").json()
     assert meta["versions"] == ["7"] and meta["inputs"][0]["shape"] == [-1, 12]
+    # The model's outputs as pipeline.model.schema declares them, then the server's own.
+    assert [(o["name"], o["datatype"]) for o in meta["outputs"]] == [
+        *((c.name, c.v2) for c in schema.OUTPUTS),
+        ("model_version", "BYTES"), ("stale", "BOOL"), ("error", "BYTES")]
     assert meta["parameters"]["routing"] == {"stable": "7", "canary": None, "weight": 0.0,
                                              "mode": "canary"}
     assert http.get(f"/v2/models/{NAME}/versions/7/ready").json() == {"name": NAME, "ready": True}
@@ -352,7 +359,7 @@ def test_concurrency_limit_answers_503_and_spares_probes(model):
     service.load(model, "1")
     by_id = {"inputs": [{"name": "customer_id", "datatype": "INT64", "shape": [1],
                          "data": [7]}]}
-    with running(InferenceApp(service, max_concurrency=1)) as url, \
+    with running(InferenceApp(service, ServingSettings(max_concurrency=1))) as url, \
             concurrent.futures.ThreadPoolExecutor(1) as pool:
         held = pool.submit(httpx.post, f"{url}{INFER}", json=by_id, timeout=30)
         assert lookup.entered.wait(10), "the first request never reached the store"
@@ -371,7 +378,7 @@ def test_batch_of_1000_rows(model):
     service.load(model, "1")
     noise = np.random.default_rng(1).normal(size=(1000, 12))
     rows = (np.asarray(model.preprocessor.means) + noise).tolist()
-    with running(InferenceApp(service, max_body_bytes=4 << 20)) as url:
+    with running(InferenceApp(service, ServingSettings(max_body_bytes=4 << 20))) as url:
         reply = httpx.post(f"{url}{INFER}", json=_features(rows))
     assert reply.status_code == 200
     assert _outputs(reply)["cluster"] == model.assign(np.asarray(rows)).cluster.tolist()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline import registry
+from pipeline.core.settings import ServingSettings
 from pipeline.serving.app import InferenceApp
 from pipeline.serving.model import SegmentService, bucket
 from pipeline.serving.server import build_app, running
@@ -81,7 +82,7 @@ def test_weighted_split_is_sticky_and_only_moves_keys_forward(two_models):
     service.load(a, "1")
     service.load(b, "2", "canary")
     x = _rows(a, 4000)
-    with running(InferenceApp(service, admin_token=ADMIN)) as url, \
+    with running(InferenceApp(service, ServingSettings(admin_token=ADMIN))) as url, \
             httpx.Client(base_url=url, timeout=10) as http:
         set_to = http.post("/admin/traffic", json={"weight": 30, "mode": "canary"}, headers=AUTH)
         assert set_to.json() == {"routing": {"stable": "1", "canary": "2", "weight": 30.0,
@@ -113,7 +114,7 @@ def test_shadow_scores_both_and_answers_with_stable(two_models):
     service.load(b, "2", "canary")
     service.set_traffic(0, "shadow")
     x = _rows(a, 500)
-    with running(InferenceApp(service, admin_token=ADMIN)) as url, \
+    with running(InferenceApp(service, ServingSettings(admin_token=ADMIN))) as url, \
             httpx.Client(base_url=url, timeout=10) as http:
         out = _infer(http, x)
         assert set(out["model_version"]) == {"1"}

@@ -67,7 +67,7 @@ def test_the_publish_dag_republishes_on_demand(home, spark, airflow_db, monkeypa
     """kmeans_publish (scheduled on the champion asset, here run by hand with dag.test): a
     new publication whose rows the online store serves; an unknown conf key fails at once."""
     from pipeline.data import features
-    from pipeline.orchestration.airflow_env import load_dag
+    from pipeline.devtools.airflow_env import load_dag
 
     monkeypatch.setenv("KMEANS_HOME", str(home))
     settings = make_settings(home)

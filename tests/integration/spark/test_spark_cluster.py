@@ -27,7 +27,7 @@ import pytest
 
 from pipeline.engine.estimator import fit_sweep
 from pipeline.engine.inprocess import in_process_source
-from pipeline.engine.spark import parquet_spec
+from pipeline.engine.staging import parquet_spec
 from tests.helpers.processes import REPO, S3Server, SparkCluster, log_tail
 
 BLOCKS = 8

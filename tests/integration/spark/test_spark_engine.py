@@ -10,7 +10,8 @@ import pytest
 from pipeline.core.settings import FEATURE_NAMES
 from pipeline.data.features import Snapshot
 from pipeline.engine.estimator import ArraySource, KMeans, fit_sweep
-from pipeline.engine.spark import BlockSpec, SparkBlockSource, block_key, load_block
+from pipeline.engine.spark import SparkBlockSource
+from pipeline.engine.staging import BlockSpec, block_key, load_block
 from pipeline.model.preprocessing import LOG_FEATURES, Preprocessor
 from pipeline.training.split import TrainingRows, holdout_mask
 
@@ -176,7 +177,7 @@ def test_weighted_fit_on_spark_matches_in_process(spark, tmp_path):
 
 
 def test_staging_streams_and_rejects_nan(spark, tmp_path):
-    from pipeline.engine.spark import parquet_spec
+    from pipeline.engine.staging import parquet_spec
 
     folder = tmp_path / "data"
     folder.mkdir()
@@ -211,7 +212,7 @@ def test_same_seed_same_centroids_in_process_and_on_spark_with_any_partitioning(
     1e-6; only the order of the float64 sums differs)."""
     from sklearn.datasets import make_blobs
 
-    from pipeline.engine.spark import parquet_spec
+    from pipeline.engine.staging import parquet_spec
 
     x, _ = make_blobs(8000, n_features=4, centers=6, random_state=2)
     x = x.astype(np.float32)

@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent("""
 
     atexit.register(lambda: print("left at exit:", [p for p in started if alive(p)],
                                   flush=True))
-    from pipeline.engine.spark import _children, spark_session, stop_session
+    from pipeline.engine.session import _children, spark_session, stop_session
 
     def session_with_idle_workers():
         sc = spark_session("local[2]", app_name="shutdown-test", driver_memory="512m")

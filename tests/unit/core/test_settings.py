@@ -16,7 +16,7 @@ def test_environment_prefix(monkeypatch, tmp_path):
     monkeypatch.setenv("KMEANS_HOME", str(tmp_path))
     monkeypatch.setenv("KMEANS_MAX_BATCH_ROWS", "17")
     s = load_settings()
-    assert s.home == tmp_path and s.max_batch_rows == 17
+    assert s.home == tmp_path and s.serving.max_batch_rows == 17
 
 
 def test_unknown_setting_is_refused(tmp_path):
@@ -76,8 +76,9 @@ def test_serving_limits_are_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("KMEANS_BODY_TIMEOUT_SECONDS", "2.5")
     monkeypatch.setenv("KMEANS_MAX_HEADER_BYTES", "8192")
     s = load_settings(home=tmp_path)
-    assert (s.body_timeout_seconds, s.max_header_bytes, s.header_timeout_seconds,
-            s.admin_max_concurrency, s.range_tolerance) == (2.5, 8192, 10.0, 4, 10.0)
+    serving = s.serving
+    assert (serving.body_timeout_seconds, serving.max_header_bytes, serving.header_timeout_seconds,
+            serving.admin_max_concurrency, serving.range_tolerance) == (2.5, 8192, 10.0, 4, 10.0)
     with pytest.raises(ValidationError, match="body_timeout_seconds"):
         load_settings(home=tmp_path, body_timeout_seconds=0)
     with pytest.raises(ValidationError, match="max_header_bytes"):

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.core.io import append_line, atomic_write_json, file_sha256, make_private, private_dir
 from pipeline.core.settings import FEATURE_NAMES, load_settings
-from pipeline.data.datagen import LAKE_TABLE, generate_lake
+from pipeline.data.datagen import generate_lake
 from pipeline.data.ingest import (
     FAILED_FOLDER,
     OFFLINE_TABLE,
@@ -34,6 +34,7 @@ from pipeline.data.ingest import (
     split_valid,
     type_problems,
 )
+from pipeline.data.lake import LAKE_TABLE
 from tests.helpers import clock
 from tests.helpers.artifacts import file_mode
 

@@ -5,8 +5,9 @@ import pytest
 
 from pipeline.core.io import file_sha256
 from pipeline.core.settings import FEATURE_NAMES
-from pipeline.data.datagen import LAKE_TABLE, generate_lake
+from pipeline.data.datagen import generate_lake
 from pipeline.data.ingest import OFFLINE_TABLE, SchemaError, ingest_lake, split_valid
+from pipeline.data.lake import LAKE_TABLE
 from tests.helpers import clock
 
 # The generated days (not today's: the tests name their intervals, relative to the clock).

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from pipeline.core.io import file_sha256
 from pipeline.core.settings import FEATURE_NAMES
-from pipeline.data.datagen import LAKE_TABLE, generate_lake
+from pipeline.data.datagen import generate_lake
 from pipeline.data.ingest import (
     FAILED_FOLDER,
     OFFLINE_TABLE,
@@ -30,6 +30,7 @@ from pipeline.data.ingest import (
     parse_timestamps,
     split_valid,
 )
+from pipeline.data.lake import LAKE_TABLE
 from tests.helpers import clock, rows
 from tests.helpers.homes import make_settings
 

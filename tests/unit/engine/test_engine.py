@@ -19,9 +19,9 @@ from sklearn.preprocessing import StandardScaler
 from pipeline.engine.estimator import ArraySource, EmptyClusterWarning, KMeans, fit_sweep, lloyd
 from pipeline.engine.inprocess import in_process_source
 from pipeline.engine.kernel import assign, distances, kmeans_plusplus, partial_stats
-from pipeline.engine.spark import (
+from pipeline.engine.snapshot import balanced_groups
+from pipeline.engine.staging import (
     BlockSpec,
-    balanced_groups,
     block_key,
     clean_stage,
     executor_stage_root,

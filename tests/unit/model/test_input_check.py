@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.core.settings import FEATURE_NAMES, FEATURES, Settings
+from pipeline.core.settings import FEATURE_NAMES, FEATURES, ServingSettings
 from pipeline.model import kmeans_segments
 from pipeline.model.artifact import ArtifactError, SegmentModel
 from pipeline.model.kmeans_segments import InputCheck, InputError
@@ -38,7 +38,7 @@ def test_the_artifact_records_the_settings_ranges_and_the_default_tolerance(save
     meta = json.loads((saved / "model.json").read_text())
     assert meta["input_ranges"] == {n: [FEATURES[n]["min"], FEATURES[n]["max"]]
                                     for n in FEATURE_NAMES}
-    assert meta["range_tolerance"] == Settings.model_fields["range_tolerance"].default
+    assert meta["range_tolerance"] == ServingSettings.model_fields["range_tolerance"].default
     assert kmeans_segments.DEFAULT_RANGE_TOLERANCE == meta["range_tolerance"]
     model = SegmentModel.load(saved)
     server = SegmentService("m").input_check(FEATURE_NAMES)

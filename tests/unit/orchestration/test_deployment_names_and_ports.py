@@ -13,9 +13,9 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.core.settings import PROJECT_ROOT, airflow_url, load_settings
-from pipeline.engine.spark import ui_conf
-from pipeline.orchestration import airflow_env
-from pipeline.orchestration import stack as st
+from pipeline.devtools import airflow_env
+from pipeline.devtools import stack as st
+from pipeline.engine.session import ui_conf
 from pipeline.promotion.gates import report_url
 
 MOVED = {"KMEANS_DEPLOYMENT": "blue", "KMEANS_PORT_BASE": "21000"}
@@ -36,7 +36,7 @@ def env(monkeypatch, tmp_path):
 
 def test_the_default_deployment_keeps_its_names_and_ports(env):
     s = load_settings()
-    assert (s.deployment, s.feast_project, s.stream_name, s.stream_group) == (
+    assert (s.deployment, s.feast_project, s.stream.stream_name, s.stream.stream_group) == (
         "kmeans", "customer_segments", "kmeans:customer_events", "kmeans-consumer")
     assert (s.airflow_port, s.mlflow_ui_port, s.spark_ui_port) == (8080, 5000, 4040)
     assert s.airflow_url == "http://127.0.0.1:8080"
@@ -49,7 +49,7 @@ def test_the_default_deployment_keeps_its_names_and_ports(env):
 def test_deployment_and_port_base_move_every_name_and_port(env):
     env(**MOVED)
     s = load_settings()
-    assert (s.feast_project, s.stream_name, s.stream_group) == (
+    assert (s.feast_project, s.stream.stream_name, s.stream.stream_group) == (
         "blue_customer_segments", "blue:customer_events", "blue-consumer")
     assert (s.airflow_port, s.mlflow_ui_port, s.spark_ui_port) == (21000, 21001, 21002)
     stack = st.Stack(s, st.stack_config(s))
@@ -69,8 +69,9 @@ def test_a_port_or_name_of_its_own_wins_over_the_derived_one(env):
     env(**MOVED, KMEANS_SPARK_UI_PORT="0", KMEANS_FEAST_PROJECT="shared_project",
         KMEANS_STREAM_NAME="events", KMEANS_MLFLOW_UI_PORT="6100")
     s = load_settings()
-    assert (s.feast_project, s.stream_name, s.stream_group) == ("shared_project", "events",
-                                                                 "blue-consumer")
+    stream = s.stream
+    assert (s.feast_project, stream.stream_name, stream.stream_group) == (
+        "shared_project", "events", "blue-consumer")
     assert (s.mlflow_ui_port, s.spark_ui_port) == (6100, 0)
     assert ui_conf() == {"spark.ui.enabled": "false"}, "0: no Spark UI at all"
 

@@ -18,9 +18,9 @@ from pipeline.training.split import holdout_mask
 from tests.helpers.homes import shifted
 
 DEFAULTS = load_settings()
-QUALITY = {"min_silhouette_lo": DEFAULTS.gate_min_silhouette_lo,
-           "max_davies_bouldin": DEFAULTS.gate_max_davies_bouldin,
-           "min_cluster_share": DEFAULTS.gate_min_cluster_share}
+QUALITY = {"min_silhouette_lo": DEFAULTS.gates.gate_min_silhouette_lo,
+           "max_davies_bouldin": DEFAULTS.gates.gate_max_davies_bouldin,
+           "min_cluster_share": DEFAULTS.gates.gate_min_cluster_share}
 
 
 @pytest.fixture(scope="module")

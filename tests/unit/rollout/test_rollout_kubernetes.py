@@ -80,7 +80,8 @@ def test_canary_lifecycle_patches_the_inference_service(kserve):
     assert predictor["annotations"][MODEL_ANNOTATION] == "5"
     assert predictor["containers"][0]["args"][-2:] == ["--version", "5"]
     assert predictor["containers"][0]["args"].count("--version") == 1
-    assert predictor["containers"][0]["image"] == "kmeans-platform/serving:latest"  # kept
+    # the image is kept (the base names it without a tag; the overlays pin the tag)
+    assert predictor["containers"][0]["image"] == "kmeans-platform/serving"
     backend.traffic(Step("canary", 10))
     assert backend.routing() == {"stable": "4", "canary": "5", "weight": 10.0, "mode": "canary"}
     backend.promote("5")

@@ -66,9 +66,10 @@ def send_windows(settings: Settings, url: str, windows: list[pd.DataFrame], *,
 def _wait_logged(settings: Settings, start: dt.datetime, end: dt.datetime, rows: int,
                  timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
+    wanted = rows * settings.serving.prediction_log_sample_rate
     while time.monotonic() < deadline:
         table = read_window(settings.predictions_dir, start, end)
-        if table is not None and table.num_rows >= rows * settings.prediction_log_sample_rate:
+        if table is not None and table.num_rows >= wanted:
             return
         time.sleep(0.2)
     raise TimeoutError(f"the prediction log under {settings.predictions_dir} did not receive "
@@ -98,7 +99,7 @@ def sensitivity(settings: Settings, url: str, customers: pd.DataFrame, *, seed: 
                         "failed_requests": s.failed, "status": figures["status"],
                         "reasons": figures["reasons"],
                         **{k: figures.get(k) for k in ("segment_psi", "distance_ratio",
-                                                       "novelty_rate", "low_margin_share")},
+                                                       "ood_rate", "low_margin_share")},
                         "feature_drift_share": (figures.get("feature_drift") or {}).get(
                             "drift_share")})
     calm = [w for w in windows if w["kind"] == "stationary"]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pipeline.orchestration import airflow_env
+from pipeline.devtools import airflow_env
 from tests.helpers.waiting import wait_until
 
 STUBBORN = ("import signal, subprocess, sys, time\n"

@@ -18,7 +18,7 @@
 Each process runs in a process group of its own (``start_new_session``), logs to
 ``<home>/prod/<name>.log``, and its group, leader and start time are kept in
 ``<home>/prod/<name>.json``; :func:`down` ends each group as a whole
-(:func:`pipeline.orchestration.airflow_env.stop_group`). :func:`up` skips what runs already, so
+(:func:`pipeline.devtools.airflow_env.stop_group`). :func:`up` skips what runs already, so
 it can be run again (after training, to start the server). The KMEANS_* variables a shell needs
 to use the stack, the two generated tokens among them, are written to ``<home>/prod/env``
 (0600, ``export`` lines; ``. <home>/prod/env``); the tokens are generated once and kept.
@@ -73,8 +73,8 @@ from pipeline.core.settings import (
     load_settings,
 )
 from pipeline.data import features
-from pipeline.orchestration import airflow_env
-from pipeline.orchestration.airflow_env import stop_group
+from pipeline.devtools import airflow_env
+from pipeline.devtools.airflow_env import stop_group
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"
 #: The last up's ports and prefix, for prod-status and the next prod-up.
@@ -188,8 +188,8 @@ class Stack:
         if self._tokens is None:
             kept = read_env_file(self.env_file)
             tokens = {}
-            for key, setting in (("KMEANS_SERVING_TOKEN", self.base.serving_token),
-                                 ("KMEANS_ADMIN_TOKEN", self.base.admin_token)):
+            for key, setting in (("KMEANS_SERVING_TOKEN", self.base.serving.serving_token),
+                                 ("KMEANS_ADMIN_TOKEN", self.base.serving.admin_token)):
                 tokens[key] = (setting.get_secret_value() if setting is not None
                                else kept.get(key) or secrets.token_urlsafe(32))
             self._tokens = tokens
@@ -667,7 +667,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def _parser() -> argparse.ArgumentParser:
     defaults = StackConfig()
-    p = argparse.ArgumentParser(prog="python -m pipeline.orchestration.stack",
+    p = argparse.ArgumentParser(prog="python -m pipeline.devtools.stack",
                                 description="The production profile on this machine.")
     sub = p.add_subparsers(dest="command", required=True)
     start = sub.add_parser("up", help="Start what is not running (make prod-up); ports and "
