@@ -31,6 +31,9 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1400, "height": 900}
 TIMEOUT_MS = 120_000  # a ceiling per action: a loaded machine renders slowly
+# The context's default timeout covers actions only; `expect` has its own (5 s), which a run's
+# page still loading its details panel on a slow machine once overran.
+expect.set_options(timeout=TIMEOUT_MS)
 REPORT_LINK = "Open the Evidently drift report"
 REVIEW_TASK = "drift_review"
 

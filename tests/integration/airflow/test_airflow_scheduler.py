@@ -38,6 +38,7 @@ import pandas as pd
 import psycopg
 import pytest
 
+from pipeline.promotion.params import RollbackParams
 from tests.helpers import airflow_ui, clock
 from tests.helpers.airflow_rest import STALL_TIMEOUT, Rest
 from tests.helpers.homes import make_settings, shifted, train_and_register
@@ -268,7 +269,7 @@ def test_rollback_from_the_ui_form_with_defaults_says_what_it_did(deployment, ui
     value = done["value"] if isinstance(done["value"], dict) else json.loads(done["value"])
     assert value["summary"] == f"champion {challenger} -> {champion}; no challenger"
     entry = registry.read_audit(settings)[-1]
-    assert entry["reason"] == "rolled back by hand from Airflow"
+    assert entry["reason"] == RollbackParams.model_fields["reason"].default
     assert entry["actor"] == run_id
 
 

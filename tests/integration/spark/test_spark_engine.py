@@ -89,7 +89,10 @@ def test_seeded_kmeans_plusplus_is_the_same_draws_on_spark_and_in_process(spark,
         b = fit_sweep(local, [4, 6], init="k-means++", max_iter=15, tol=0, seed=seed)
         for k in (4, 6):
             assert np.abs(a.fits[k].centroids - b.fits[k].centroids).max() <= 1e-4, (seed, k)
-            assert a.fits[k].inertia == pytest.approx(b.fits[k].inertia, rel=1e-9)
+            # the documented bound between blockings (docs/engine.md): the GEMM's rounding
+            # differs by CPU (OpenBLAS picks its kernel per CPU); on an AMD EPYC the two
+            # paths' inertia differed by 3.6e-9 relative, where 1e-9 had held elsewhere
+            assert a.fits[k].inertia == pytest.approx(b.fits[k].inertia, rel=1e-6)
 
 
 def test_blocks_are_staged_once_and_reused(spark, spec, tmp_path):
