@@ -95,7 +95,8 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
           f"apart, in airflow/{DAG_TEST_DB})")
     print("   promote, roll back: the kmeans_promote and kmeans_rollback DAGs, or kmeans "
           "promote / kmeans rollback")
-    print("   serve and roll out: kmeans serve; kmeans rollout  (README: Serving, Promotion)")
+    print("   serve and roll out: kmeans serve; kmeans rollout  (docs/serving.md, "
+          "docs/promotion.md)")
 
 
 def _latest_registration(settings: Settings) -> dict:
