@@ -155,9 +155,12 @@ def http_serving(tree: Path, work: Path, duration: float) -> dict:
                        inputs["probe"], {"PYTHONPATH": str(tree)}) as server:
         port = int(server.args[server.args.index("--port") + 1])
         for rate in (2000, 8000):
-            point = bs.at_rate(port, inputs["bodies"], rate, 1, duration, 1.0)
-            out[f"p99_ms_at_{rate}"] = point["p99_ms"]
-            out[f"achieved_at_{rate}"] = point["achieved_rate"]
+            # Three windows, the median: one of them holds the prediction log's flush (every
+            # 10 s), which stalls the loop for tens of ms in either tree.
+            points = [bs.at_rate(port, inputs["bodies"], rate, 1, duration, 1.0)
+                      for _ in range(3 if rate == 2000 else 1)]
+            out[f"p99_ms_at_{rate}"] = statistics.median(p["p99_ms"] for p in points)
+            out[f"achieved_at_{rate}"] = statistics.median(p["achieved_rate"] for p in points)
     return out
 
 

@@ -25,6 +25,7 @@ from pipeline.core.settings import load_settings
 from pipeline.data import features
 from pipeline.data.datagen import DRIFT_KINDS, Drift, default_start, generate_lake
 from pipeline.data.ingest import ingest_lake
+from pipeline.data.params import IntervalParams
 from pipeline.data.sources import postgres, stream
 from pipeline.data.validation import ValidationFailed, validate_snapshot
 from pipeline.demo import run_demo
@@ -103,6 +104,9 @@ def options_from(model: type[BaseModel]):
         added, hints = [], {}
         for name, field in model.model_fields.items():
             annotation, flag = field.annotation, f"--{name.replace('_', '-')}"
+            if annotation in (dt.datetime, dt.datetime | None):
+                # an ISO date-time, parsed by the model (typer's formats know no time zone)
+                annotation = str if annotation is dt.datetime else str | None
             if annotation is bool:  # a switch both ways, as typer gives an undeclared bool
                 flag = f"{flag}/--no-{name.replace('_', '-')}"
             option = typer.Option(field.default, flag, help=field.description,
@@ -344,15 +348,17 @@ def blocks(
 
 
 @app.command(cls=_Command)
-def monitor(
-    start: Annotated[dt.datetime, typer.Option(
-        formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"], help="Window start (UTC).")],
-    end: Annotated[dt.datetime, typer.Option(
-        formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"], help="Window end (UTC).")],
-):
+@options_from(IntervalParams)
+def monitor(*, params: IntervalParams):
     """Compute one monitoring window of the prediction log (what kmeans_monitoring runs each
-    hour): figures, report, index, MLflow run and Prometheus file; no action is taken."""
-    figures = monitor_window(_settings(), _utc(start), _utc(end))
+    hour): figures, report, index, MLflow run and Prometheus file; no action is taken. Without
+    --start/--end: the last whole hour, as the hourly run would."""
+    if params.start is not None and params.end is not None:
+        start, end = params.start, params.end
+    else:
+        end = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+        start = end - dt.timedelta(hours=1)
+    figures = monitor_window(_settings(), start, end)
     _echo({k: v for k, v in figures.items() if k != "clusters"})
 
 

@@ -26,7 +26,7 @@ from tests.helpers import clock
 #: command -> the model its options come from
 COMMANDS: dict[str, type[BaseModel]] = {
     "train": TrainParams, "rollback": RollbackParams, "publish-segments": PublishParams,
-    "serve": ServeParams}
+    "serve": ServeParams, "monitor": IntervalParams}
 #: Every model a DAG's params come from.
 DAG_MODELS = (TrainParams, WindowParams, IntervalParams, PromoteParams, RollbackParams,
               PublishParams)
@@ -93,3 +93,18 @@ def test_rollback_reason_has_one_default_for_the_dag_and_the_cli(monkeypatch):
 def test_interval_params_name_what_is_wrong(params, message):
     with pytest.raises(ValueError, match=message):
         IntervalParams(**params)
+
+
+def test_kmeans_monitor_checks_its_interval_as_the_dag_does(monkeypatch):
+    """The CLI's window is parsed by the DAG's model: the same errors, ISO with or without a
+    time zone, and the window passed on as given."""
+    seen = {}
+    monkeypatch.setattr("pipeline.cli._settings", lambda **_: None)
+    monkeypatch.setattr("pipeline.cli.monitor_window",
+                        lambda _s, start, end: seen.update(start=start, end=end) or {})
+    result = runner.invoke(app, ["monitor", "--start", clock.iso(1)])
+    assert result.exit_code == 2 and "give both start and end" in result.output
+    naive = clock.at(1).replace(tzinfo=None).isoformat(timespec="minutes")  # a UTC time
+    result = runner.invoke(app, ["monitor", "--start", naive, "--end", clock.iso(1, hours=1)])
+    assert result.exit_code == 0, result.output
+    assert (seen["start"], seen["end"]) == (clock.at(1), clock.at(1, hours=1))
