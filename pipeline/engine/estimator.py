@@ -190,9 +190,72 @@ def init_from_candidates(candidates: np.ndarray, weights: np.ndarray, k: int,
         extra = sample[rng.choice(pool, k - len(cand), replace=False)]
         cand, w = np.vstack([cand, extra]), np.concatenate([w, np.ones(len(extra))])
     centers = kmeans_plusplus(cand, k, rng, weights=w)
-    fits = lloyd(ArraySource(cand, w), {(k, 0): centers}, max_iter=30, tol=1e-6,
-                 empty_cluster="farthest", sample=cand, sample_weight=w, warn=False)
-    return fits[(k, 0)].centroids
+    return refine_by_swaps(cand, w, centers, rng)
+
+
+#: Most centre swaps tried per initialisation, and Lloyd iterations after each.
+SWAP_TRIALS, SWAP_LLOYD_ITERS = 8, 20
+
+
+def refine_by_swaps(points: np.ndarray, weights: np.ndarray | None, centers: np.ndarray,
+                    rng: np.random.Generator, *, trials: int = SWAP_TRIALS) -> np.ndarray:
+    """Lloyd on an in-memory weighted set (the k-means|| candidates, or the k-means++ sample),
+    then single-centre swaps kept while they lower its cost (a local search in the manner of
+    Kanungo et al., 2004).
+
+    Seeding in proportion to d² rarely draws a centre in a segment of 0.4% of the rows, so
+    Lloyd ends with two centres in the largest segment and the smallest segments merged:
+    a local minimum it cannot leave, the segments being far apart. Each trial removes the
+    centre whose loss raises the cost least, seeds a replacement by greedy d² sampling, runs
+    Lloyd again and keeps the result only if the cost fell. Cheap: it runs on the sample,
+    before any pass over the data.
+    """
+    k = len(centers)
+    source = ArraySource(points, weights)
+
+    def fit(start: np.ndarray) -> tuple[np.ndarray, float]:
+        done = lloyd(source, {(k, 0): start}, max_iter=SWAP_LLOYD_ITERS, tol=1e-6,
+                     empty_cluster="farthest", sample=points, sample_weight=weights,
+                     warn=False)[(k, 0)]
+        return done.centroids, float(done.inertia)
+
+    best, cost = fit(centers)
+    if k < 2 or len(points) <= k:
+        return best
+    w = np.ones(len(points)) if weights is None else np.asarray(weights, dtype=np.float64)
+    x = points.astype(np.float64)
+    for _ in range(trials):
+        d2 = ((x[:, None, :] - best[None, :, :].astype(np.float64)) ** 2).sum(-1) \
+            if len(x) * k <= 4_000_000 else None
+        if d2 is None:  # a large sample: the loss of each centre from its own rows only
+            labels, first = assign(points, best)
+            loss = np.bincount(labels, weights=w * first, minlength=k)
+        else:
+            order = np.argsort(d2, axis=1)
+            labels = order[:, 0]
+            rows = np.arange(len(x))
+            gain = w * (d2[rows, order[:, 1]] - d2[rows, labels])
+            loss = np.bincount(labels, weights=gain, minlength=k)
+        drop = int(np.argmin(loss))
+        kept = np.delete(best, drop, axis=0)
+        trial, trial_cost = fit(np.vstack([kept, _greedy_d2_pick(x, w, kept, rng)]))
+        if trial_cost < cost * (1 - 1e-6):
+            best, cost = trial, trial_cost
+    return best
+
+
+def _greedy_d2_pick(x: np.ndarray, w: np.ndarray, centers: np.ndarray,
+                    rng: np.random.Generator) -> np.ndarray:
+    """One more centre as a greedy k-means++ step: of ``2 + log k`` rows drawn in proportion
+    to ``w * d²``, the one that leaves the lowest total ``w * d²``."""
+    closest = assign(x.astype(np.float32), centers)[1].astype(np.float64)
+    mass = np.cumsum(w * closest)
+    if not mass[-1] > 0:
+        return x[int(rng.integers(len(x)))][None, :].astype(np.float32)
+    ids = np.minimum(np.searchsorted(mass, rng.random(2 + int(np.log(len(centers) + 1)))
+                                     * mass[-1]), len(x) - 1)
+    totals = [float((w * np.minimum(closest, ((x - x[i]) ** 2).sum(1))).sum()) for i in ids]
+    return x[ids[int(np.argmin(totals))]][None, :].astype(np.float32)
 
 
 @dataclass
@@ -403,7 +466,9 @@ def fit_sweep(source: Source, ks: Iterable[int], *, init: str | np.ndarray = "k-
                 inits[(k, i)] = init_from_candidates(candidates, weights, k, rng, sample,
                                                       sample_w)
             elif len(distinct) >= k:
-                inits[(k, i)] = kmeans_plusplus(distinct, k, rng, weights=distinct_w)
+                inits[(k, i)] = refine_by_swaps(
+                    distinct, distinct_w, kmeans_plusplus(distinct, k, rng, weights=distinct_w),
+                    rng)
             else:  # fewer distinct rows than clusters: some centres coincide, then relocate
                 inits[(k, i)] = kmeans_plusplus(sample, k, rng, weights=sample_w)
     fits = lloyd(source, inits, max_iter=max_iter, tol=tol, empty_cluster=empty_cluster,

@@ -202,7 +202,9 @@ def check(settings: Settings, run_id: str, snapshot_path: str,
     ]
     profile = profiles.for_candidate(settings, run_id, snap.frame(),
                                      source=f"snapshot {snap.data_hash[:16]}")
-    summary = _summary(settings, run_id, snap, results, profile)
+    k_choice = {"k": len(model.metadata["cluster_shares"]),
+                "why": model.metadata.get("k_why")}  # None: trained before 2026-12
+    summary = _summary(settings, run_id, snap, results, profile, k_choice)
     _log(settings, run_id, results, summary)
     for r in results:
         log.info("run %s: %s", run_id, r.message)
@@ -250,7 +252,7 @@ def _drift(settings: Settings, run_id: str, snap) -> GateResult:
 
 
 def _summary(settings: Settings, run_id: str, snap, results: list[GateResult],
-             profile: dict | None = None) -> dict:
+             profile: dict | None = None, k_choice: dict | None = None) -> dict:
     by_name = {r.gate: r for r in results}
     summary = {
         "run_id": run_id, "snapshot": snap.data_hash[:16],
@@ -261,6 +263,7 @@ def _summary(settings: Settings, run_id: str, snap, results: list[GateResult],
         # the segment profiles (pipeline.promotion.profiles): the candidate's, and the page
         # beside the champion's
         "profiles": profile,
+        "k_choice": k_choice,  # the K and why the sweep chose it
     }
     summary["passed"] = not summary["refused"]
     summary["review_body"] = _review_body(settings, summary) if summary["review"] else None
@@ -283,10 +286,19 @@ def _review_body(settings: Settings, summary: dict) -> str:
         f"{_report_link(settings, drift['report'])} (MLflow: `{drift['report_artifact']}`, "
         f"store `{settings.mlflow_tracking_uri}`)\n\n"
         f"{_profiles_link(settings, summary.get('profiles'))}"
+        f"{_k_choice(summary.get('k_choice'))}"
         f"Other gates:\n{others}\n\n"
         f"**Approve** registers the model as challenger; **Reject** ends this run without "
         f"registering anything."
     )
+
+
+def _k_choice(choice: dict | None) -> str:
+    """Why the sweep chose the candidate's K (the sweep's plot, ``sweep/sweep.png`` in the
+    run, shows the figures)."""
+    if not choice or not choice.get("why"):
+        return ""
+    return f"**K = {choice['k']}**: {choice['why']} (the run's `sweep/sweep.png` plots it).\n\n"
 
 
 def report_url(settings: Settings, report: str | Path) -> str | None:

@@ -14,9 +14,12 @@ from sklearn.metrics import (
 
 from pipeline.engine.estimator import ArraySource, lloyd
 from pipeline.engine.kernel import assign, kmeans_plusplus
+from pipeline.training.krule import RULES
 
-K_RULE = ("highest sampled silhouette; among K whose silhouette is at or above the lower bound of "
-          "the best K's 95% bootstrap interval, the smallest K")
+#: The rule of :mod:`pipeline.training.krule` the sweep applies: the one right most often
+#: in the study of benchmarks/KRULE.md.
+K_RULE_NAME = "silhouette_or_gap"
+K_RULE = " ".join((RULES[K_RULE_NAME].__doc__ or "").split("\n\n")[0].split())
 
 
 def stratified_sample(labels: np.ndarray, size: int,
@@ -115,11 +118,7 @@ def _quick_lloyd(x: np.ndarray, centroids: np.ndarray, iters: int = 30) -> np.nd
     return next(iter(fits.values())).centroids
 
 
-def choose_k(rows: list[dict]) -> int:
-    """Apply :data:`K_RULE` to per-K metric rows (each with k, silhouette, silhouette_lo)."""
-    scored = [r for r in rows if np.isfinite(r.get("silhouette", np.nan))]
-    if not scored:
-        raise ValueError("no K has a finite silhouette; cannot choose K")
-    best = max(scored, key=lambda r: r["silhouette"])
-    close = [r for r in scored if r["silhouette"] >= best["silhouette_lo"]]
-    return int(min(close, key=lambda r: r["k"])["k"])
+def choose_k(rows: list[dict]) -> tuple[int, str]:
+    """Apply :data:`K_RULE` to per-K metric rows (k, silhouette, and gap, gap_sd of
+    :func:`pipeline.training.krule.k_figures`): the K and why, in one sentence."""
+    return RULES[K_RULE_NAME](rows)

@@ -30,13 +30,14 @@ def train(settings: Settings, snapshot_path: str, params: TrainParams | dict,
           *, validation_report: str | None = None) -> dict:
     """Run the K sweep on the snapshot, score every K on the holdout, choose K, log to MLflow.
 
-    Returns ``{"run_id", "k", "metrics"}``; the chosen model's artifact is logged in the run.
-    The sweep is :func:`pipeline.training.sweep.sweep`, its logging
-    :func:`pipeline.training.tracking.log_sweep`.
+    Returns ``{"run_id", "k", "why", "metrics"}`` (why: the K rule's reason); the chosen
+    model's artifact is logged in the run. The sweep is :func:`pipeline.training.sweep.sweep`,
+    its logging :func:`pipeline.training.tracking.log_sweep`.
     """
     result = sweep(settings, snapshot_path, params)
     run_id = log_sweep(settings, result, validation_report=validation_report)
-    return {"run_id": run_id, "k": result.chosen, "metrics": finite(result.best)}
+    return {"run_id": run_id, "k": result.chosen, "why": result.why,
+            "metrics": finite(result.best)}
 
 
 # ---------------------------------------------------------------- stage 5: evaluate

@@ -9,6 +9,7 @@ writes to MLflow.
 from __future__ import annotations
 
 import logging
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +26,14 @@ from pipeline.engine.spark import SparkBlockSource
 from pipeline.engine.staging import BlockSpec, block_key
 from pipeline.model.artifact import SegmentModel
 from pipeline.model.preprocessing import LOG_FEATURES, Preprocessor
-from pipeline.training.evaluation import choose_k, cluster_metrics
+from pipeline.training.evaluation import K_RULE_NAME, choose_k, cluster_metrics
+from pipeline.training.krule import GAP_REFERENCES, k_figures
 from pipeline.training.params import TrainParams
 from pipeline.training.split import TrainingRows, read_split
 
 log = logging.getLogger("pipeline.training.stages")  # the name the run's lines had
+#: Holdout rows the gap statistic is computed on.
+GAP_SAMPLE = 4000
 
 
 @dataclass
@@ -42,6 +46,8 @@ class SweepResult:
         Per K (ascending): the sweep's figures and the holdout's cluster metrics.
     chosen : int
         The K the rule chose (:data:`pipeline.training.evaluation.K_RULE`).
+    why : str
+        The rule's reason, in one sentence that names the figures it read.
     best : dict
         The row of the chosen K.
     figure : matplotlib.figure.Figure
@@ -56,6 +62,7 @@ class SweepResult:
     fit: Any  # the chosen K's fit: centroids, counts, empty_events
     rows: list[dict]
     chosen: int
+    why: str
     best: dict
     distance_p99: float
     training_rows: int
@@ -71,7 +78,8 @@ class SweepResult:
             "distance_p99": self.distance_p99, "metrics": finite(self.best),
             "cluster_shares": (fit.counts / fit.counts.sum()).tolist(),
             "empty_events": fit.empty_events, "empty_cluster_policy": params.empty_cluster,
-            "init": params.init, "run_id": run_id, "code_version": code_version})
+            "init": params.init, "run_id": run_id, "code_version": code_version,
+            "k_rule": K_RULE_NAME, "k_why": self.why})
 
 
 def sweep(settings: Settings, snapshot_path: str, params: TrainParams | dict) -> SweepResult:
@@ -92,11 +100,17 @@ def sweep(settings: Settings, snapshot_path: str, params: TrainParams | dict) ->
     fits = fit_sweep(source, ks, init=params.init, n_init=params.n_init,
                      max_iter=params.max_iter, seed=params.seed,
                      empty_cluster=params.empty_cluster)
+    gap_rows = x_hold if len(x_hold) <= GAP_SAMPLE else x_hold[
+        np.random.default_rng(params.seed).choice(len(x_hold), GAP_SAMPLE, replace=False)]
+    gaps = k_figures(gap_rows, {k: f.centroids for k, f in fits.fits.items()}, seed=params.seed,
+                     strength=False, references=max(3, min(GAP_REFERENCES, 160 // len(ks))))
     rows = []
     for row in fits.table():
         fit = fits.fits[row["k"]]
-        rows.append({**row, **cluster_metrics(x_hold, fit.centroids, seed=params.seed)})
-    chosen = choose_k(rows)
+        rows.append({**row, **cluster_metrics(x_hold, fit.centroids, seed=params.seed),
+                     **gaps[row["k"]]})
+    chosen, why = choose_k(rows)
+    log.info("chose K=%d: %s", chosen, why)
     best = next(r for r in rows if r["k"] == chosen)
     placement = None
     if isinstance(source, SparkBlockSource):
@@ -105,10 +119,10 @@ def sweep(settings: Settings, snapshot_path: str, params: TrainParams | dict) ->
         source.close()
     return SweepResult(
         snapshot=snap, params=params, preprocessor=pre, fit=fits.fits[chosen], rows=rows,
-        chosen=chosen, best=best,
+        chosen=chosen, why=why, best=best,
         distance_p99=source_distance_quantile(x_hold, fits.fits[chosen].centroids),
         training_rows=source.n_rows, holdout_rows=len(holdout),
-        figure=plot_sweep(rows, chosen), placement=placement)
+        figure=plot_sweep(rows, chosen, why), placement=placement)
 
 
 def _source(settings: Settings, snap, pre: Preprocessor, params: TrainParams):
@@ -136,15 +150,16 @@ def source_distance_quantile(x: np.ndarray, centroids: np.ndarray, q: float = 99
     return float(np.percentile(np.sqrt(assign(x, centroids)[1]), q))
 
 
-def plot_sweep(rows: list[dict], chosen: int) -> Any:
-    """The sweep's four panels against K, the chosen K marked: a matplotlib Figure, built
-    without pyplot (no global figure to close; the caller saves it)."""
+def plot_sweep(rows: list[dict], chosen: int, why: str = "") -> Any:
+    """The sweep's panels against K, the chosen K marked and the rule's reason as the title: a
+    matplotlib Figure, built without pyplot (no global figure to close; the caller saves it)."""
     from matplotlib.figure import Figure
 
     ks = [r["k"] for r in rows]
-    fig = Figure(figsize=(16, 3.5))
-    axes = fig.subplots(1, 4)
+    fig = Figure(figsize=(20, 4.2))
+    axes = fig.subplots(1, 5)
     panels = [("inertia", "inertia (elbow)"), ("silhouette", "silhouette (95% CI)"),
+              ("gap", "gap statistic (± s.e.)"),
               ("davies_bouldin", "Davies-Bouldin (lower is better)"),
               ("stability", "stability (ARI)")]
     for ax, (key, title) in zip(axes, panels, strict=True):
@@ -152,9 +167,15 @@ def plot_sweep(rows: list[dict], chosen: int) -> Any:
         if key == "silhouette":
             ax.fill_between(ks, [r.get("silhouette_lo", np.nan) for r in rows],
                             [r.get("silhouette_hi", np.nan) for r in rows], alpha=0.3)
+        if key == "gap":
+            gap = np.array([r.get("gap", np.nan) for r in rows])
+            sd = np.array([r.get("gap_sd", np.nan) for r in rows])
+            ax.fill_between(ks, gap - sd, gap + sd, alpha=0.3)
         ax.axvline(chosen, color="red", linestyle="--")
         ax.set_title(title)
         ax.set_xlabel("K")
+    if why:
+        fig.suptitle("\n".join(textwrap.wrap(f"K={chosen}: {why}", 180)), fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline import __version__, registry
 from pipeline.core.settings import PROJECT_ROOT, Settings
-from pipeline.training.evaluation import K_RULE
+from pipeline.training.evaluation import K_RULE, K_RULE_NAME
 from pipeline.training.sweep import SweepResult, finite
 
 log = logging.getLogger("pipeline.training.stages")  # the name the run's lines had
@@ -51,11 +51,13 @@ def log_sweep(settings: Settings, result: SweepResult, *,
                 mlflow.log_metrics(finite(row))
         mlflow.log_metrics({f"chosen_{k}": v for k, v in finite(result.best).items()})
         mlflow.log_metric("k", result.chosen)
-        mlflow.set_tag("k_rule", K_RULE)
+        mlflow.set_tags({"k_rule": K_RULE, "k_rule_name": K_RULE_NAME,
+                         "k_why": result.why[:5000]})
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
             (tmp / "sweep.json").write_text(json.dumps(
-                {"rule": K_RULE, "chosen_k": result.chosen, "rows": result.rows}, indent=2,
+                {"rule": K_RULE, "rule_name": K_RULE_NAME, "chosen_k": result.chosen,
+                 "why": result.why, "rows": result.rows}, indent=2,
                 default=float))
             result.figure.savefig(tmp / "sweep.png", dpi=80)
             mlflow.log_artifacts(str(tmp), artifact_path="sweep")
@@ -64,8 +66,8 @@ def log_sweep(settings: Settings, result: SweepResult, *,
             model = result.model(run_id=run.info.run_id, code_version=tags["code_version"])
             model.save(tmp / "model")
             mlflow.log_artifacts(str(tmp / "model"), artifact_path="candidate")
-    log.info("run %s: chose k=%d (silhouette %.3f)", run.info.run_id, result.chosen,
-             result.best["silhouette"])
+    log.info("run %s: chose k=%d (silhouette %.3f): %s", run.info.run_id, result.chosen,
+             result.best["silhouette"], result.why)
     return run.info.run_id
 
 

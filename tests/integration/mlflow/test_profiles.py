@@ -129,6 +129,11 @@ def test_the_drift_review_links_the_champion_and_the_candidate_side_by_side(
     url = gates.report_url(settings, page)
     assert url == f"{SERVED}profiles/run-{run_id}-vs-champion-1.html"
     body = summary["review_body"]
+    # Why this K: the rule's own sentence, from the run's model and tags.
+    run = registry.client(settings).get_run(run_id)
+    why = run.data.tags["k_why"]
+    assert summary["k_choice"] == {"k": int(run.data.metrics["k"]), "why": why}
+    assert f"**K = {summary['k_choice']['k']}**: {why}" in body and "silhouette" in why
     assert (f"**[Open the segment profiles of champion version 1 and of this candidate, "
             f"side by side]({url})** (`{page}`)") in body
 

@@ -79,7 +79,9 @@ def test_sweep_fits_every_k_in_one_pass_per_iteration():
     result = fit_sweep(source, [2, 3, 4], init="k-means++", max_iter=5, tol=0, seed=1)
     assert sorted(result.fits) == [2, 3, 4]
     assert calls[0] == 3, "the first pass carries all three K"
-    assert len(calls) == 6, "5 iterations plus one final scoring pass"
+    # one pass per iteration (at most 5; the swap-refined seeds may converge sooner) plus one
+    # final scoring pass
+    assert len(calls) == result.iterations + 1 <= 6
 
 
 def test_kmeans_parallel_init_is_seeded_and_good():
