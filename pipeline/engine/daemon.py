@@ -3,12 +3,18 @@
 Spark starts one daemon per executor (``spark.python.daemon.module``), which forks a Python
 worker per concurrent task. Stock workers import the engine on their first task: 1.7 s here
 (pandas 0.9 s, the numba kernel 0.6 s), paid again by every new worker, e.g. the ones that
-re-stage a lost executor's blocks on a survivor. Forked from this daemon, they start warm.
+re-stage a lost executor's blocks on a survivor. Importing is not enough for the kernel: numba
+compiles (or loads its cache) on the first call, which made the first step of every new Spark
+application take 4-13.6 s on a cluster. The daemon calls it once on a tiny block, so the
+workers it forks start with the kernel compiled.
 """
 
 from pyspark import daemon
 
 import pipeline.engine.spark  # noqa: F401  (imported for its side effect: warm workers)
+from pipeline.engine.kernel import warm
+
+warm()
 
 if __name__ == "__main__":
     daemon.manager()

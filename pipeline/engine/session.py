@@ -34,10 +34,20 @@ LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 #: other one, which then staged the block a second time (seen once: 9 stagings of 8 blocks).
 #: A lost executor does not wait out the delay: its job is cancelled and submitted again
 #: (:meth:`SparkBlockSource._collect_watched`).
+#:
+#: The speculation threshold, stated: once 75% of a job's tasks have finished, a task still
+#: running after 1.5x their median and at least 10 s gets a copy. Spark 4's efficiency-based
+#: speculation (on by default) is off: it judges tasks by their input rate, which these tasks
+#: do not report (they read their block outside Spark), so it fell back to twice the minimum
+#: (the first copy started 21 s into the task) and never fired for a worker slowed to 5% or
+#: 25% of a CPU.
 CLUSTER_DEFAULTS = {
     "spark.scheduler.minRegisteredResourcesRatio": "1.0",
     "spark.scheduler.maxRegisteredResourcesWaitingTime": "120s",
     "spark.speculation": "true",
+    "spark.speculation.efficiency.enabled": "false",
+    "spark.speculation.multiplier": "1.5",
+    "spark.speculation.quantile": "0.75",
     "spark.speculation.minTaskRuntime": "10s",
     "spark.locality.wait": "10s",
 }

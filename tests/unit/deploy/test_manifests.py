@@ -694,6 +694,19 @@ def test_overlays_pin_every_image_to_the_release(rendered, overlay):
     assert not [w for w, c in images if "imagePullPolicy" in c], images
 
 
+def test_every_image_under_k8s_names_the_release():
+    """The templates kustomize does not render (the SparkApplication, the Airflow pod template
+    and the spark-submit line in it) pin the same version: no `:latest` anywhere."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    tags = {}
+    for path in K8S.rglob("*.yaml"):
+        for match in re.finditer(r"kmeans-platform/[a-z-]+(:[\w.-]+)?", path.read_text()):
+            tags.setdefault(match.group(0), set()).add(path.relative_to(K8S).as_posix())
+    pinned = {image for image in tags if ":" in image}
+    assert pinned and all(image.endswith(f":{version}") for image in pinned), tags
+    assert not [i for i in tags if i.endswith(":latest")], tags
+
+
 # ---- 4. spot executors, on-demand drivers ---------------------------------------------------
 
 def _tolerated_spot_taints(tolerations: list[dict]) -> set[str]:

@@ -3,6 +3,8 @@ scikit-learn from the same initial centroids (Spark's agreement: test_spark_engi
 
 import json
 import pickle
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -490,3 +492,13 @@ def test_seeding_reaches_scikit_learns_optimum_on_2m_rows_for_every_seed():
             ours = KMeans(8, init=init, random_state=seed).fit(x).inertia_
             ratios[(init, seed)] = ours / reference
     assert all(r <= 1.01 for r in ratios.values()), ratios
+
+
+def test_the_worker_daemon_compiles_the_kernel_before_it_forks_workers():
+    """Spark forks every Python worker from pipeline.engine.daemon: importing it must leave
+    the numba kernel compiled, else each new worker pays the first call in its first step."""
+    code = ("import pipeline.engine.kernel as k; before = len(k._fused_chunk.signatures); "
+            "import pipeline.engine.daemon; print(before, len(k._fused_chunk.signatures))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=300).stdout.split()
+    assert out[0] == "0" and int(out[1]) >= 1, out
