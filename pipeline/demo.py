@@ -84,6 +84,8 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
     _say("6/6", f"where to look (demo took {time.monotonic() - t0:.0f} s)")
     print(f"   MLflow run {registered['run_id']}, model {settings.model_name} version "
           f"{registered['version']} (k={registered['k']}, silhouette {registered['silhouette']}):")
+    if registered["why"]:
+        print(f"     why k={registered['k']}: {registered['why']}")
     print(f"     make mlflow-ui   then open http://127.0.0.1:{settings.mlflow_ui_port}")
     print(f"   validation reports: {settings.reports_dir / 'validation'}")
     print(f"   drift reports:      {settings.reports_dir / 'drift'} (Evidently HTML, from the "
@@ -102,8 +104,9 @@ def run_demo(settings: Settings, *, customers: int = 20_000, days: int = 7, seed
 def _latest_registration(settings: Settings) -> dict:
     version = registry.alias_version(settings, "challenger")
     tags = version.tags or {}
+    why = registry.client(settings).get_run(version.run_id).data.tags.get("k_why")
     return {"run_id": version.run_id, "version": version.version, "k": tags.get("k"),
-            "silhouette": tags.get("metric_silhouette")}
+            "silhouette": tags.get("metric_silhouette"), "why": why}
 
 
 def _serve_examples(settings: Settings) -> tuple[dt.datetime, dt.datetime]:
