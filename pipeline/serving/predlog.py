@@ -154,7 +154,9 @@ class PredictionLog:
 
     # ---- the writer thread ---------------------------------------------------------------
     def start(self) -> PredictionLog:
+        """Start the writer thread, once the write path is warm (:meth:`_warm`)."""
         if self._thread is None:
+            self._warm()
             self._thread = threading.Thread(target=self._run, name="prediction-log",
                                             daemon=True)
             self._thread.start()
@@ -207,6 +209,22 @@ class PredictionLog:
                 cols.n = 0
             self._written.inc(n)
             return n
+
+    def _warm(self) -> None:
+        """Write one row's table to memory, as a flush would write its file. The first
+        flush pays for pyarrow's lazy set-up (compute kernels, the Parquet writer, time
+        zones): 0.36 s, 48 ms of it holding the GIL, measured here, which stalled every request
+        in flight (p99 at 2,000 req/s went from about 1.5 ms to 4-11 ms in the window that held
+        the first flush). Paid here, before the server takes traffic."""
+        cols = _Columns(1, len(self.feature_names))
+        cols.time_us[0], cols.request_id[0], cols.model_version[0] = 0, "warm", "0"
+        cols.customer_id[0], cols.has_id[0], cols.cluster[0] = 0, False, 0
+        cols.distance[0] = cols.margin[0] = 0.0
+        cols.ood[0] = False
+        cols.features[0] = 0.0
+        table = self._table(cols, 1)
+        hours = cols.time_us[:1] // 3_600_000_000
+        pq.write_table(table.filter(pa.array(hours == hours[0])), pa.BufferOutputStream())
 
     def _table(self, cols: _Columns, n: int) -> pa.Table:
         columns = {
