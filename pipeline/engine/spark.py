@@ -5,8 +5,10 @@ The staging job is a *marker* RDD that Spark keeps cached: each of its tasks sta
 block's task on the executor that staged it (PROCESS_LOCAL), and a lost executor's blocks are
 re-staged once, on a survivor, when Spark recomputes their marker partitions.
 
-The centroids of every candidate K travel in the task closure (a few KB: no broadcast to
-re-fetch from a dead executor); each task returns per-K sums, counts and inertia; the driver
+The centroids of every candidate K travel in the task closure (a few KB: no broadcast of
+our own). Spark still broadcasts each stage's task binary, which an executor may fetch from
+another; after a loss one survivor was seen waiting out a 5 s fetch retry on the dead one
+(issue 25). Each task returns per-K sums, counts and inertia; the driver
 adds them up. Every random draw is keyed by a row's global position, so the result does not
 depend on how the rows are split into blocks. The session comes from
 :mod:`pipeline.engine.session`.
