@@ -146,6 +146,10 @@ feast-ui: install
 # Debian's libopenblas0-pthread when it is installed. Takes about 25 minutes.
 bench: install
 	$(UV) pip install --python $(PY) --quiet faiss-cpu==1.15.1
+	@# MLlib's native BLAS (netlib loads libblas.so.3, Debian's OpenBLAS), as Spark's docs advise
+	@test -e /usr/lib/x86_64-linux-gnu/libblas.so.3 -o -e /usr/lib/aarch64-linux-gnu/libblas.so.3 || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q libopenblas0-pthread >/dev/null || \
+	  echo "MLlib runs on Java BLAS: sudo apt-get install -y libopenblas0-pthread"
 	$(PY) benchmarks/bench_engine.py --suite 1m
 	$(PY) benchmarks/bench_engine.py --suite 10m
 	$(PY) benchmarks/bench_engine.py --suite sweep

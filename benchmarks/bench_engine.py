@@ -283,10 +283,9 @@ def suite_cluster(work: Path) -> dict:
 def run_cluster_engine(work: Path, folder: Path, ks, init) -> dict:
     """The engine on a Spark standalone cluster on this machine: two workers of one core
     (``tests/helpers/processes.py``), one block per executor, staged on each executor's own disk."""
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from standalone import SparkCluster, wait_executors
-
+    sys.path.insert(0, str(HERE.parent))
     from pipeline.engine.session import spark_session as make
+    from tests.helpers.processes import SparkCluster, wait_executors
 
     shutil.rmtree(work / "cluster", ignore_errors=True)
     with SparkCluster(work / "cluster", workers=2, memory="6g") as cluster:
@@ -391,7 +390,9 @@ def report() -> str:
         lines += [f"## {title}", "", f"Machine: {r.get('machine', '')}", "",
                   "| peer | ms per iteration | vs scikit-learn | vs MLlib |",
                   "| --- | ---: | ---: | ---: |"]
-        for key, label in (("mllib", "Spark MLlib KMeans (native BLAS)"),
+        native = "JNIBLAS" in str(r.get("mllib", {}).get("blas", ""))
+        for key, label in (("mllib", "Spark MLlib KMeans (native BLAS)" if native else
+                            "Spark MLlib KMeans (Java BLAS: no libblas.so.3)"),
                            ("sklearn", "scikit-learn KMeans (lloyd)"), ("faiss", "FAISS Kmeans"),
                            ("engine_inprocess", "platform engine, in-process"),
                            ("engine_spark", "platform engine, Spark `local[2]`"),
