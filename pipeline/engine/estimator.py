@@ -193,8 +193,10 @@ def init_from_candidates(candidates: np.ndarray, weights: np.ndarray, k: int,
     return refine_by_swaps(cand, w, centers, rng)
 
 
-#: Most centre swaps tried per initialisation, and Lloyd iterations after each.
-SWAP_TRIALS, SWAP_LLOYD_ITERS = 8, 20
+#: Most centre swaps tried per initialisation, Lloyd iterations after each, and the most rows
+#: the trials run on (a weighted draw of the set when it is larger; the winner then gets a
+#: last Lloyd on the whole set).
+SWAP_TRIALS, SWAP_LLOYD_ITERS, SWAP_ROWS = 8, 20, 10_000
 
 
 def refine_by_swaps(points: np.ndarray, weights: np.ndarray | None, centers: np.ndarray,
@@ -211,17 +213,22 @@ def refine_by_swaps(points: np.ndarray, weights: np.ndarray | None, centers: np.
     before any pass over the data.
     """
     k = len(centers)
-    source = ArraySource(points, weights)
+    whole = (points, weights)
+    if len(points) > SWAP_ROWS:  # the trials on a draw by weight; a last Lloyd on the whole
+        p = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
+        picked = np.sort(rng.choice(len(points), SWAP_ROWS, replace=False, p=p))
+        points, weights = points[picked], None
+        # each drawn row stands for its share of the set's weight
 
-    def fit(start: np.ndarray) -> tuple[np.ndarray, float]:
-        done = lloyd(source, {(k, 0): start}, max_iter=SWAP_LLOYD_ITERS, tol=1e-6,
-                     empty_cluster="farthest", sample=points, sample_weight=weights,
+    def fit(start: np.ndarray, on: tuple = (points, weights)) -> tuple[np.ndarray, float]:
+        done = lloyd(ArraySource(*on), {(k, 0): start}, max_iter=SWAP_LLOYD_ITERS, tol=1e-6,
+                     empty_cluster="farthest", sample=on[0], sample_weight=on[1],
                      warn=False)[(k, 0)]
         return done.centroids, float(done.inertia)
 
     best, cost = fit(centers)
     if k < 2 or len(points) <= k:
-        return best
+        return fit(best, whole)[0] if whole[0] is not points else best
     w = np.ones(len(points)) if weights is None else np.asarray(weights, dtype=np.float64)
     x = points.astype(np.float64)
     for _ in range(trials):
@@ -241,7 +248,7 @@ def refine_by_swaps(points: np.ndarray, weights: np.ndarray | None, centers: np.
         trial, trial_cost = fit(np.vstack([kept, _greedy_d2_pick(x, w, kept, rng)]))
         if trial_cost < cost * (1 - 1e-6):
             best, cost = trial, trial_cost
-    return best
+    return fit(best, whole)[0] if whole[0] is not points else best
 
 
 def _greedy_d2_pick(x: np.ndarray, w: np.ndarray, centers: np.ndarray,
