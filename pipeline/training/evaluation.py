@@ -12,9 +12,8 @@ from sklearn.metrics import (
     silhouette_samples,
 )
 
-from pipeline.engine.estimator import ArraySource, lloyd
-from pipeline.engine.kernel import assign, kmeans_plusplus
-from pipeline.training.krule import RULES
+from pipeline.engine.kernel import assign
+from pipeline.training.krule import RULES, fit_sample
 
 #: The rule of :mod:`pipeline.training.krule` the sweep applies: the one right most often
 #: in the study of benchmarks/KRULE.md.
@@ -105,17 +104,10 @@ def cluster_metrics(x: np.ndarray, centroids: np.ndarray, *, seed: int = 0,
     for r in range(stability_runs):
         boot_rng = np.random.default_rng([seed, k, r])
         resample = xs[boot_rng.choice(len(xs), len(xs), p=population)]  # population-like
-        refit = _quick_lloyd(resample, kmeans_plusplus(resample, k, boot_rng))
+        refit = fit_sample(resample, k, boot_rng)
         aris.append(adjusted_rand_score(labels, assign(xs, refit)[0]))
     out["stability"] = float(np.mean(aris))
     return out
-
-
-def _quick_lloyd(x: np.ndarray, centroids: np.ndarray, iters: int = 30) -> np.ndarray:
-    """Lloyd from ``centroids`` on an in-memory sample (a stability refit)."""
-    fits = lloyd(ArraySource(x), {(len(centroids), 0): centroids}, max_iter=iters, tol=1e-4,
-                 empty_cluster="farthest", sample=x)
-    return next(iter(fits.values())).centroids
 
 
 def choose_k(rows: list[dict]) -> tuple[int, str]:

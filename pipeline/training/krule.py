@@ -35,8 +35,9 @@ GAP_REFERENCES = 10
 STRUCTURE_SILHOUETTE = 0.25
 
 
-def _fit(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 30) -> np.ndarray:
-    """k-means++ and Lloyd on an in-memory sample."""
+def fit_sample(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 30) -> np.ndarray:
+    """k-means++ and Lloyd on an in-memory sample (the reference sets, the halves, and the
+    stability refits of :func:`pipeline.training.evaluation.cluster_metrics`)."""
     fits = lloyd(ArraySource(x), {(k, 0): kmeans_plusplus(x, k, rng)}, max_iter=iters,
                  tol=1e-4, empty_cluster="farthest", sample=x)
     return next(iter(fits.values())).centroids
@@ -61,7 +62,7 @@ def gap_statistic(x: np.ndarray, centroids: dict[int, np.ndarray], *, seed: int,
     out = {}
     for k, c in centroids.items():
         log_w = np.log(max(_within(xs, c), 1e-300))
-        ref_logs = np.array([np.log(max(_within(r, _fit(r, k, rng)), 1e-300)) for r in refs])
+        ref_logs = np.array([np.log(max(_within(r, fit_sample(r, k, rng)), 1e-300)) for r in refs])
         out[k] = (float(ref_logs.mean() - log_w),
                   float(ref_logs.std() * np.sqrt(1 + 1 / references)))
     return out
@@ -77,8 +78,8 @@ def prediction_strength(x: np.ndarray, ks: list[int], *, seed: int,
         order = rng.permutation(len(x))
         train, test = x[order[: len(x) // 2]], x[order[len(x) // 2:]]
         for k in ks:
-            test_labels = assign(test, _fit(test, k, rng))[0]
-            by_train = assign(test, _fit(train, k, rng))[0]
+            test_labels = assign(test, fit_sample(test, k, rng))[0]
+            by_train = assign(test, fit_sample(train, k, rng))[0]
             strengths = []
             for j in range(k):
                 members = by_train[test_labels == j]
