@@ -26,21 +26,25 @@ LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 
 
 #: What the engine sets on a cluster (any master but ``local``) unless the caller says
-#: otherwise. The first job waits until every requested executor has registered, so staging is
-#: spread over all of them; stragglers get a speculative copy (staging is atomic per attempt).
-#: A block's task waits up to 10 s (Spark's default: 3 s) for the executor that holds the block
-#: when that one is busy, and a task is speculated only after running 10 s (default: 100 ms):
-#: with the defaults a loaded executor (a CI machine, a noisy neighbour) lost a task to the
-#: other one, which then staged the block a second time (seen once: 9 stagings of 8 blocks).
-#: A lost executor does not wait out the delay: its job is cancelled and submitted again
-#: (:meth:`SparkBlockSource._collect_watched`).
+#: otherwise. The first job waits until every requested executor has registered, so the blocks
+#: are spread over all of them (by cores, :mod:`pipeline.engine.placement`).
 #:
-#: The speculation threshold, stated: once 75% of a job's tasks have finished, a task still
-#: running after 1.5x their median and at least 10 s gets a copy. Spark 4's efficiency-based
-#: speculation (on by default) is off: it judges tasks by their input rate, which these tasks
-#: do not report (they read their block outside Spark), so it fell back to twice the minimum
-#: (the first copy started 21 s into the task) and never fired for a worker slowed to 5% or
-#: 25% of a CPU.
+#: A block's task waits up to 10 s (Spark's default: 3 s) for the executor that holds the
+#: block when that one is busy: the engine itself moves blocks off late, slow and lost
+#: executors (:class:`pipeline.engine.spark.SparkBlockSource`), at once for a lost one and
+#: after 2 s without progress for a late one, so Spark's own fallback to another executor would
+#: only stage blocks a second time on a loaded machine.
+#:
+#: Spark's speculation stays on as a backstop at a stated threshold: once 75% of a job's tasks
+#: have finished, a task still running after 1.5x their median and at least 10 s gets a copy.
+#: Spark 4's efficiency-based speculation (on by default) is off: it judges tasks by their
+#: input rate, which these tasks do not report (they read their block outside Spark), so it
+#: fell back to twice the minimum (the first copy started 21 s into the task).
+#:
+#: A remote block fetch retries after 1 s instead of 5 s, 10 times instead of 3 (about the
+#: same patience for a live executor): every stage's task binary is a broadcast that an
+#: executor may fetch from another one, and a survivor fetching it from an executor that had
+#: just died waited out the first 5 s retry before Spark found it dead (issue 25).
 CLUSTER_DEFAULTS = {
     "spark.scheduler.minRegisteredResourcesRatio": "1.0",
     "spark.scheduler.maxRegisteredResourcesWaitingTime": "120s",
@@ -50,6 +54,8 @@ CLUSTER_DEFAULTS = {
     "spark.speculation.quantile": "0.75",
     "spark.speculation.minTaskRuntime": "10s",
     "spark.locality.wait": "10s",
+    "spark.shuffle.io.retryWait": "1s",
+    "spark.shuffle.io.maxRetries": "10",
 }
 
 

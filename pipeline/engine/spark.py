@@ -1,34 +1,40 @@
 """The Spark block source of the engine: one Spark job per Lloyd pass over staged blocks.
 
-The staging job is a *marker* RDD that Spark keeps cached: each of its tasks stages its block
-(:mod:`pipeline.engine.staging`) and every later job derives from it, so Spark schedules each
-block's task on the executor that staged it (PROCESS_LOCAL), and a lost executor's blocks are
-re-staged once, on a survivor, when Spark recomputes their marker partitions.
+The driver spreads the blocks over the executors by cores (:mod:`pipeline.engine.placement`);
+each pass is a job over an RDD of block indices whose tasks prefer the executor that holds
+their block (``executor_<host>_<id>`` locations), and each task stages its block from the
+snapshot first if that executor lacks it (:mod:`pipeline.engine.staging`). Nothing of a pass
+is cached in Spark, so no task ever fetches anything from another executor but the stage's
+task binary, which an executor fetches when it runs its first task of the stage (the driver
+holds it; so does every executor that ran a task of it).
 
-The centroids of every candidate K travel in the task closure (a few KB: no broadcast of
-our own). Spark still broadcasts each stage's task binary, which an executor may fetch from
-another; after a loss one survivor was seen waiting out a 5 s fetch retry on the dead one
-(issue 25). Each task returns per-K sums, counts and inertia; the driver
-adds them up. Every random draw is keyed by a row's global position, so the result does not
-depend on how the rows are split into blocks. The session comes from
+Each task's result goes to the driver through an accumulator the moment the task ends, so the
+driver sees a pass's progress block by block and works around lost and late executors
+(:class:`SparkBlockSource`). The centroids of every candidate K travel in the task closure (a
+few KB). Each task returns per-K sums, counts and inertia; the driver adds them up. Every
+random draw is keyed by a row's global position, so the result does not depend on how the
+rows are split into blocks or where a block's task runs. The session comes from
 :mod:`pipeline.engine.session`.
 """
-
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import pickle
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.fs as pafs
+from pyspark.accumulators import AccumulatorParam
 
 from pipeline.engine.kernel import (
     D2_STREAM,
@@ -41,14 +47,15 @@ from pipeline.engine.kernel import (
     take_sample,
     uniforms,
 )
+from pipeline.engine.placement import Executor, Placement, assign, late_executors, loads
 from pipeline.engine.snapshot import filesystem, join_path
 from pipeline.engine.staging import (
     Block,
     BlockSpec,
     executor_id,
     load_staged,
+    logged_stagings,
     parquet_spec,
-    touch_and_clean,
 )
 
 log = logging.getLogger(__name__)
@@ -70,57 +77,100 @@ def _drain(rows: Iterator[Any]) -> list[Any]:
     return list(rows)
 
 
-@dataclass(frozen=True)
-class Marker:
-    """What a staging task leaves in Spark's cache for its partition: where and when the block
-    was staged. A new ``token`` means Spark recomputed the partition (first staging, or again
-    after its executor was lost)."""
+_EXECUTOR: list[str] = []  # this process's Spark executor id, once looked up
 
+
+def spark_executor_id() -> str:
+    """The Spark executor this Python worker serves, as the driver names it: the
+    ``--executor-id`` of the executor JVM the worker descends from (standalone, YARN and
+    Kubernetes executors are all started with one; read from Linux's /proc). ``driver`` when
+    no ancestor has one (local mode), and ``host:local dir`` where /proc is missing."""
+    if not _EXECUTOR:
+        _EXECUTOR.append(_executor_from_proc() or
+                         ("driver" if Path("/proc/self").exists() else executor_id()))
+    return _EXECUTOR[0]
+
+
+def _executor_from_proc(levels: int = 4) -> str | None:
+    pid = os.getppid()
+    for _ in range(levels):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"--executor-id" in args:
+                return args[args.index(b"--executor-id") + 1].decode()
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        if pid <= 1:
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a task sends the driver for its block, the moment it finishes (through the
+    source's accumulator, not the job's result: see :class:`Inbox`)."""
+
+    pass_id: str
     index: int
+    executor: str  # spark_executor_id() of the worker that ran it
+    staged: bool  # this task staged the block
     rows: int
     cols: int
-    executor: str
-    staged: bool
-    token: str
+    seconds: float  # in the task: staging (if any) and the work
+    payload: Any
+    stagings: tuple[tuple[int, str], ...]  # stagings under this source logged on its executor
 
 
-def _stage_task(spec: BlockSpec) -> TaskFn:
-    def run(index: int, rows: Iterator[Any]) -> Iterator[Marker]:
-        _drain(rows)
-        block = load_staged(spec, index)
-        if not block.staged:
-            touch_and_clean(spec)
-        yield Marker(index, int(block.x.shape[0]), int(block.x.shape[1]), executor_id(),
-                     block.staged, uuid.uuid4().hex)
-    return run
+class Inbox(AccumulatorParam):
+    """The channel from tasks to the driver. Spark merges a task's accumulator updates on the
+    driver as the task finishes (once per block and job, never for a failed or killed
+    attempt), before its job ends: so the driver has every block's result as soon as it
+    exists, and a pass is over when every block is in, whatever Spark still waits for (a
+    frozen executor's task, a lost executor's pending one). On the driver ``sink`` takes the
+    outcomes; it does not travel to the executors."""
+
+    def __init__(self, sink: Callable[[list[Outcome]], None] | None = None) -> None:
+        self.sink = sink
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.sink = None
+
+    def zero(self, value: Any) -> list:
+        return []
+
+    def addInPlace(self, value1: list, value2: list) -> list:  # noqa: N802 - PySpark's name
+        if self.sink is not None:  # the driver: hand them over, keep nothing
+            self.sink(value2)
+            return value1
+        value1.extend(value2)
+        return value1
+
+
+def _block_task(spec: BlockSpec, work: Callable[[int, Block], Any], pass_id: str, run: str,
+                inbox: Any) -> TaskFn:
+    """A task over block indices: loads each block (staging it from the snapshot if this
+    executor lacks it), runs ``work`` on it and sends the outcome to the driver."""
+    def run_task(_partition: int, rows: Iterator[Any]) -> Iterator[Any]:
+        for index in _drain(rows):
+            start = time.perf_counter()
+            block = load_staged(spec, index, run)
+            payload = work(index, block)
+            inbox.add([Outcome(pass_id, index, spark_executor_id(), block.staged,
+                               int(block.x.shape[0]), int(block.x.shape[1]),
+                               time.perf_counter() - start, payload,
+                               tuple(logged_stagings(spec, run)))])
+        return iter(())
+    return run_task
 
 
 def _warm_task(rows: Iterator[Any]) -> Iterator[str]:
     _drain(rows)
     time.sleep(0.2)  # hold the core while the other slots take their task
     yield executor_id()
-
-
-@dataclass(frozen=True)
-class TaskReport:
-    """One task's result, with where it ran and what it staged."""
-
-    index: int
-    executor: str
-    staged: bool  # this task staged the block itself (its marker was cached elsewhere)
-    marker: Marker | None
-    payload: Any
-
-
-def _on_block(spec: BlockSpec, work: Callable[[int, Block], Any]) -> TaskFn:
-    """A task over the marker RDD: reads its marker (recomputing it, and so re-staging the
-    block, if its executor was lost), then runs ``work`` on the staged block."""
-    def run(index: int, rows: Iterator[Any]) -> Iterator[TaskReport]:
-        markers = _drain(rows)
-        block = load_staged(spec, index)
-        yield TaskReport(index, executor_id(), block.staged,
-                         markers[0] if markers else None, work(index, block))
-    return run
 
 
 def _step(centroids: list[np.ndarray], threads: int) -> Callable[[int, Block], list[Stats]]:
@@ -146,55 +196,48 @@ def _sample(threshold: float, seed: int) -> Callable[[int, Block], Any]:
     return work
 
 
+def _nothing(_index: int, _block: Block) -> None:
+    return None
+
+
+# ---------------------------------------------------------------- the source
+
+#: An executor with blocks still to deliver in a pass is late when it has delivered nothing
+#: for max(LATE_FLOOR_S, LATE_MULTIPLIER x the median task time of the pass so far); its
+#: missing blocks are then recomputed on the other executors (staged there from the snapshot
+#: if need be), and they stay there. The floor keeps a busy machine's hiccups from moving
+#: blocks.
+LATE_FLOOR_S = 2.0
+LATE_MULTIPLIER = 3.0
+POLL_S = 0.05  # how often a pass looks at lost and late executors
+
+
 @dataclass
-class Placement:
-    """Where the blocks are, and what moved: the figures a run reports."""
-
-    executor: dict[int, str] = field(default_factory=dict)  # block -> executor of last task
-    token: dict[int, str] = field(default_factory=dict)  # block -> marker computation
-    stagings: int = 0  # blocks staged, all executors together
-    restaged: int = 0  # of which after the first staging (lost executor, evicted cache)
-    moves: int = 0  # tasks that ran on another executor than the block's previous task
-    history: list[dict[int, str]] = field(default_factory=list)  # per job: block -> executor
-
-    def record(self, reports: Sequence[TaskReport | Marker], first: bool = False) -> None:
-        job: dict[int, str] = {}
-        for rep in reports:
-            marker = rep if isinstance(rep, Marker) else rep.marker
-            executor = rep.executor
-            if marker is not None and marker.token != self.token.get(rep.index):
-                self.token[rep.index] = marker.token
-                if marker.staged:
-                    self.stagings += 1
-                    self.restaged += not first
-            if isinstance(rep, TaskReport) and rep.staged:
-                self.stagings += 1
-                self.restaged += 1
-            previous = self.executor.get(rep.index)
-            if previous is not None and previous != executor:
-                self.moves += 1
-            self.executor[rep.index] = executor
-            job[rep.index] = executor
-        self.history.append(job)
-
-    def summary(self, rows_per_part: dict[int, int]) -> dict:
-        rows = np.asarray(list(rows_per_part.values()), dtype=np.float64)
-        per_executor: dict[str, int] = {}
-        for ex in self.executor.values():
-            per_executor[ex] = per_executor.get(ex, 0) + 1
-        return {"blocks": len(rows_per_part), "executors": len(per_executor),
-                "blocks_per_executor": sorted(per_executor.values(), reverse=True),
-                "stagings": self.stagings, "restaged": self.restaged, "moves": self.moves,
-                "block_imbalance": float(rows.max() / rows.mean()) if rows.sum() else 1.0}
+class _Job:
+    group: str
+    blocks: tuple[int, ...]
+    future: Future | None = None
 
 
 class SparkBlockSource:
     """Engine source over Parquet files, one Spark task per block (a file or a group of files).
 
-    The blocks are staged when the source is built (one job, whose partitions Spark keeps
-    cached as markers); every later call is one job derived from those markers, so each
-    block's task runs on the executor that holds the block. ``placement`` counts the stagings
-    and the moves; :meth:`report` sums them up for the run.
+    The blocks are spread over the executors by cores (and rows) and staged when the source
+    is built; every later pass is one Spark job whose tasks prefer the executor that holds
+    their block (Spark's executor-level locality), so a block is read from its executor's
+    local disk or page cache. Each task's result reaches the driver the moment it finishes
+    (:class:`Inbox`), so a pass does not wait for Spark's view of the job:
+
+    - an executor lost mid-pass: its missing blocks are sent at once to the survivors, spread
+      by free cores, where they are staged from the snapshot; the survivors' tasks run on;
+    - an executor that stops delivering (frozen by a GC pause or SIGSTOP, or slowed): after
+      :data:`LATE_FLOOR_S` / :data:`LATE_MULTIPLIER` its missing blocks are recomputed on the
+      others, read from the snapshot (nothing is fetched from the late executor);
+    - either way those blocks stay where they were recomputed, and the pass's leftover job is
+      cancelled (only the late or lost executor's tasks were still in it).
+
+    Every block's result is the same wherever it is computed, so the fit is too.
+    ``placement`` counts the stagings, moves and rescues; :meth:`report` sums them up.
 
     Examples
     --------
@@ -204,96 +247,307 @@ class SparkBlockSource:
     (3, 2)
     """
 
-    def __init__(self, spark: Any, spec: BlockSpec):
-        from pyspark import StorageLevel
-
+    def __init__(self, spark: Any, spec: BlockSpec, *, late_floor_s: float = LATE_FLOOR_S,
+                 late_multiplier: float = LATE_MULTIPLIER):
         self.spark = spark
         self.sc = spark.sparkContext
         self.spec = spec
         self.parts = len(spec.files)
-        self.jobs = 1
+        self.local = self.sc.master.startswith("local")
+        self.late_floor_s, self.late_multiplier = late_floor_s, late_multiplier
+        self.run = uuid.uuid4().hex[:16]
+        self.jobs = 0
         self.placement = Placement()
-        if not self.sc.master.startswith("local"):
+        self._cond = threading.Condition()
+        self._boxes: dict[str, dict[int, Outcome]] = {}
+        self._arrivals: dict[str, dict[int, float]] = {}  # pass -> block -> when it came
+        self._inbox = Inbox(self._receive)
+        self._acc = self.sc.accumulator([], self._inbox)
+        self._rdds: dict[tuple, Any] = {}
+        self._pool = None if self.local else ThreadPoolExecutor(4, thread_name_prefix="kmeans")
+        if not self.local:
             self._warm_up()
-        self.markers = (self.sc.parallelize(range(self.parts), self.parts)
-                        .mapPartitionsWithIndex(_stage_task(spec))
-                        .persist(StorageLevel.MEMORY_ONLY))
-        self.markers.setName(f"kmeans blocks {spec.key}")
-        shapes: list[Marker] = self.markers.collect()
-        self.placement.record(shapes, first=True)
-        self.rows_per_part = {m.index: m.rows for m in shapes}
+        self.executors = self._alive()
+        self.weights = {i: float(spec.block_rows[i]) if spec.block_rows else 1.0
+                        for i in range(self.parts)}
+        self.placement.home = assign(self.weights, self.executors.values())
+        shapes = self._pass(_nothing)
+        self.rows_per_part = {i: o.rows for i, o in shapes.items()}
         self.n_rows = sum(self.rows_per_part.values())
         self.n_features = shapes[0].cols
         if self.n_rows == 0:
             raise ValueError(f"{spec.snapshot_dir} has no rows left after the row filter and "
                              f"sample_fraction={spec.sample_fraction}")
 
+    # ---- executors
+
     def _warm_up(self) -> None:
-        """One task per core, each importing the engine, before the staging job: without it
-        the executor whose Python worker starts first takes most of the staging tasks
-        (measured: 6 of 8 blocks on one of two executors), and every later iteration waits
-        for it."""
+        """One task per core, each starting its executor's Python daemon (which warms the
+        kernel), before the staging pass: without it the executor whose Python worker starts
+        first would deliver its blocks seconds before the other, which then looks late."""
         slots = max(1, self.sc.defaultParallelism)
         self.sc.parallelize(range(slots), slots).mapPartitions(_warm_task).collect()
 
-    def _run(self, fn: TaskFn) -> Any:
-        """One Spark job running ``fn(index, markers)`` once per block, where the block is."""
-        self.jobs += 1
-        return self.markers.mapPartitionsWithIndex(fn)
-
-    def _collect(self, work: Callable[[int, Block], Any]) -> list[Any]:
-        rdd = self._run(_on_block(self.spec, work))
-        reports: list[TaskReport] = (rdd.collect() if self.sc.master.startswith("local")
-                                     else self._collect_watched(rdd, work))
-        self.placement.record(reports)
-        return [r.payload for r in sorted(reports, key=lambda r: r.index)]
-
-    def _executors(self) -> int:
+    def _block_managers(self) -> int:
         """Block managers registered with the driver (executors, and the driver's own)."""
         return int(self.sc._jsc.sc().getExecutorMemoryStatus().size())
 
-    def _collect_watched(self, rdd: Any, work: Callable[[int, Block], Any]) -> list[Any]:
-        """``rdd.collect()``, cancelled and submitted again at once if an executor is lost
-        while it runs. Left alone, the lost executor's tasks would wait out Spark's locality
-        delay (``spark.locality.wait``, 3 s, per level) for an executor that is gone (measured:
-        a 7.5 s iteration); a new job finds their markers gone and runs them on a survivor
-        at once, where they re-stage their blocks."""
-        group = f"kmeans-{uuid.uuid4().hex[:12]}"
-        done: dict[str, Any] = {}
+    def _alive(self, timeout: float = 30.0) -> dict[str, Executor]:
+        """The active executors: id, host and cores, from the application's status store
+        (what the UI's executors page shows; it follows the scheduler by a few ms, so this
+        waits until it lists as many executors as there are block managers)."""
+        if self.local:
+            return {"driver": Executor("driver", "localhost", self.sc.defaultParallelism)}
+        deadline = time.monotonic() + timeout
+        while True:
+            summaries = self.sc._jsc.sc().statusStore().executorList(True)
+            found = {}
+            for i in range(summaries.size()):
+                e = summaries.apply(i)
+                if e.id() != "driver":
+                    found[e.id()] = Executor(e.id(), e.hostPort().rsplit(":", 1)[0],
+                                             int(e.totalCores()))
+            if (found and len(found) == self._block_managers() - 1) or \
+                    time.monotonic() > deadline:
+                if not found:
+                    raise RuntimeError("no executor registered with the driver within "
+                                       f"{timeout:.0f} s")
+                return found
+            time.sleep(0.02)
 
-        def job() -> None:
-            self.sc.setJobGroup(group, f"k-means pass over {self.spec.key}",
-                                interruptOnCancel=True)
+    def _lost(self) -> set[str]:
+        """Executors gone since the last look (and the new list taken)."""
+        if self._block_managers() - 1 == len(self.executors):
+            return set()
+        alive = self._alive(timeout=0.5)
+        lost = set(self.executors) - set(alive)
+        self.executors = alive
+        return lost
+
+    # ---- jobs
+
+    def _receive(self, outcomes: list[Outcome]) -> None:
+        """The accumulator's sink on the driver (its update server's thread)."""
+        with self._cond:
+            for outcome in outcomes:
+                self.placement.tokens.update(outcome.stagings)
+                box = self._boxes.get(outcome.pass_id)
+                if box is not None and outcome.index not in box:  # the first result wins
+                    box[outcome.index] = outcome
+                    self._arrivals[outcome.pass_id][outcome.index] = time.monotonic()
+            self._cond.notify_all()
+
+    def _task(self, work: Callable[[int, Block], Any], pass_id: str) -> TaskFn:
+        return _block_task(self.spec, work, pass_id, self.run, self._acc)
+
+    def _placed(self, blocks: dict[int, str]) -> Any:
+        """An RDD of block indices, one per partition, each preferring its executor."""
+        key = tuple(sorted(blocks.items()))
+        if key in self._rdds:
+            return self._rdds[key]
+        if self.local:
+            rdd = self.sc.parallelize([i for i, _ in key], len(key))
+        else:
+            from pyspark.rdd import RDD
+            from pyspark.serializers import CPickleSerializer
+
+            jvm = self.sc._jvm
+            convert = jvm.scala.jdk.javaapi.CollectionConverters
+            items = jvm.java.util.ArrayList()
+            for index, executor in key:
+                prefs = jvm.java.util.ArrayList()
+                if executor in self.executors:
+                    prefs.add(self.executors[executor].location)
+                items.add(jvm.scala.Tuple2(bytearray(pickle.dumps(index)),
+                                           convert.asScala(prefs).toSeq()))
+            tag = jvm.scala.reflect.ClassTag.apply(jvm.java.lang.Class.forName("[B"))
+            made = self.sc._jsc.sc().makeRDD(convert.asScala(items).toSeq(), tag)
+            rdd = RDD(jvm.org.apache.spark.api.java.JavaRDD.fromRDD(made, tag), self.sc,
+                      CPickleSerializer())
+        if len(self._rdds) >= 8:
+            self._rdds.clear()
+        self._rdds[key] = rdd
+        return rdd
+
+    def _submit(self, pass_id: str, work: Callable[[int, Block], Any],
+                blocks: dict[int, str]) -> _Job:
+        self.jobs += 1
+        job = _Job(f"kmeans-{pass_id}-{self.jobs}", tuple(sorted(blocks)))
+        rdd = self._placed(blocks).mapPartitionsWithIndex(self._task(work, pass_id))
+        if self._pool is None:  # local: nothing to watch, the job runs here
+            rdd.count()
+            return job
+
+        def run() -> None:
+            self.sc.setJobGroup(job.group, f"k-means pass over {self.spec.key}",
+                                interruptOnCancel=False)
             try:
-                done["result"] = rdd.collect()
-            except Exception as error:  # noqa: BLE001 - handed to the caller below
-                done["error"] = error
+                rdd.count()
+            finally:
+                with self._cond:
+                    self._cond.notify_all()
 
-        registered = self._executors()
-        thread = threading.Thread(target=job, name=group, daemon=True)
-        thread.start()
-        while thread.is_alive():
-            thread.join(0.1)
-            if thread.is_alive() and self._executors() < registered:
-                log.warning("an executor was lost during job %s: cancelled and submitted "
-                            "again", group)
-                self.sc.cancelJobGroup(group)
-                thread.join()
-                self.jobs += 1
-                return self._run(_on_block(self.spec, work)).collect()
-        if "error" in done:
-            raise done["error"]
-        return done["result"]
+        job.future = self._pool.submit(run)
+        return job
+
+    def _pass(self, work: Callable[[int, Block], Any]) -> dict[int, Outcome]:
+        """One pass over every block; the outcome of each, by block."""
+        pass_id = uuid.uuid4().hex[:12]
+        with self._cond:
+            box = self._boxes[pass_id] = {}
+            arrivals = self._arrivals[pass_id] = {}
+        target = self.placement.targets()  # block -> executor of its latest job
+        jobs: list[_Job] = []
+        late: set[str] = set()
+        start = time.monotonic()
+        try:
+            jobs.append(self._submit(pass_id, work, target))
+            if self._pool is not None:
+                late = self._watch(pass_id, work, box, target, jobs)
+        finally:
+            with self._cond:
+                self._boxes.pop(pass_id, None)
+                self._arrivals.pop(pass_id, None)
+            self._finish(jobs)
+        missing = sorted(set(range(self.parts)) - set(box))
+        if missing:
+            raise RuntimeError(f"the pass over {self.spec.key} ended without results for "
+                               f"blocks {missing[:10]}")
+        self.placement.record({i: o.executor for i, o in box.items()}, late)
+        if self._pool is not None and len(jobs) == 1:  # a pass without rescues
+            finish: dict[str, float] = {}
+            for index, outcome in box.items():
+                finish[outcome.executor] = max(finish.get(outcome.executor, 0.0),
+                                               arrivals[index] - start)
+            self._demote_slow(finish)
+        return box
+
+    def _demote_slow(self, finish: dict[str, float]) -> None:
+        """Executors slow over the last passes (:meth:`Placement.observe`) go on probation:
+        from the next pass their blocks run on the others (staged there on first use)."""
+        slow = self.placement.observe(finish)
+        helpers = [e for e in self.executors.values()
+                   if e.id not in slow and e.id not in self.placement.probation]
+        if not slow or not helpers:
+            return
+        target = self.placement.targets()
+        moving = assign({i: self.weights[i] for i, e in target.items() if e in slow}, helpers,
+                        loads({i: e for i, e in target.items() if e not in slow},
+                              self.weights))
+        for executor in slow:
+            self.placement.mark_late(executor)
+        self.placement.late -= len(slow)
+        self.placement.slow += len(slow)
+        self.placement.stand_ins(moving)
+        log.warning("executors %s ran at under half the others' rate: blocks %s go to %s "
+                    "while they are on probation", slow, sorted(moving),
+                    sorted(set(moving.values())))
+
+    def _watch(self, pass_id: str, work: Callable[[int, Block], Any], box: dict[int, Outcome],
+               target: dict[int, str], jobs: list[_Job]) -> set[str]:
+        """Until every block is in: blocks of lost executors go to the survivors at once,
+        blocks of late ones after the late limit; a job's error is raised. Returns the
+        executors found late."""
+        start = time.monotonic()
+        progress = {e: start for e in self.executors}
+        seconds: list[float] = []
+        seen = 0
+        late: set[str] = set()
+        helping: set[str] = set()  # executors that took over blocks in this pass
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: len(box) == self.parts or any(
+                    j.future is not None and j.future.done() for j in jobs), POLL_S)
+                arrived = list(box.values())
+            if len(arrived) == self.parts:
+                return late
+            now = time.monotonic()
+            for outcome in arrived[seen:]:
+                progress[outcome.executor] = now
+                seconds.append(outcome.seconds)
+            seen = len(arrived)
+            for job in jobs:
+                if job.future is not None and job.future.done() and job.future.exception():
+                    raise job.future.exception()  # type: ignore[misc]
+            if all(j.future is not None and j.future.done() for j in jobs):
+                return late  # every job ended and blocks are missing: _pass says which
+            waiting = {i: e for i, e in target.items() if i not in box}
+            lost = self._lost()
+            if lost:
+                homes = self.placement.rehome(lost, self.executors.values(), self.weights)
+                log.warning("executors %s lost during a pass: their blocks go to %s",
+                            sorted(lost), sorted(set(homes.values())))
+                now_at = self.placement.targets()
+                moving = {i: now_at[i] for i, e in waiting.items() if e in lost}
+                if moving:
+                    self.placement.rescued += len(moving)
+                    helping |= set(moving.values())
+                    self._resubmit(pass_id, work, moving, target, jobs, progress, now)
+                continue
+            pending: dict[str, int] = {}
+            for e in waiting.values():
+                if e not in helping:  # staging what it took over: not judged in this pass
+                    pending[e] = pending.get(e, 0) + 1
+            newly = set(late_executors(pending, progress, now, seconds,
+                                       floor=self.late_floor_s,
+                                       multiplier=self.late_multiplier)) - late
+            helpers = [ex for ex in self.executors.values()
+                       if ex.id not in late | newly and ex.id not in self.placement.probation]
+            if not newly or not helpers:
+                continue
+            late |= newly
+            for executor in newly:
+                self.placement.mark_late(executor)
+            moving_blocks = {i: self.weights[i] for i, e in waiting.items() if e in newly}
+            busy = loads({i: e for i, e in target.items() if e not in late}, self.weights)
+            moving = assign(moving_blocks, helpers, busy)
+            log.warning("executors %s delivered nothing for %.1f s: blocks %s recomputed on "
+                        "%s", sorted(newly), now - start, sorted(moving),
+                        sorted(set(moving.values())))
+            self.placement.stand_ins(moving)
+            helping |= set(moving.values())
+            self._resubmit(pass_id, work, moving, target, jobs, progress, now)
+
+    def _resubmit(self, pass_id: str, work: Callable[[int, Block], Any],
+                  moving: dict[int, str], target: dict[int, str], jobs: list[_Job],
+                  progress: dict[str, float], now: float) -> None:
+        """A job for blocks sent elsewhere within a pass."""
+        target.update(moving)
+        for executor in set(moving.values()):
+            progress[executor] = now  # its clock starts with the new work
+        jobs.append(self._submit(pass_id, work, moving))
+
+    def _finish(self, jobs: list[_Job]) -> None:
+        """Cancel what is left of a pass's jobs (tasks of late or lost executors) and wait
+        until Spark has let go of them."""
+        for job in jobs:
+            if job.future is not None and not job.future.done():
+                self.sc.cancelJobGroup(job.group)
+        for job in jobs:
+            if job.future is not None:
+                try:
+                    job.future.result(timeout=60)
+                except Exception as error:  # noqa: BLE001 - cancelled: expected
+                    log.debug("job %s: %s", job.group, error)
+
+    # ---- the engine's source protocol
+
+    def _collect(self, work: Callable[[int, Block], Any]) -> list[Any]:
+        box = self._pass(work)
+        return [box[i].payload for i in range(self.parts)]
 
     def report(self) -> dict:
-        """Blocks, executors, stagings, re-stagings, task moves and row imbalance (largest
-        block over the mean) so far."""
+        """Blocks, executors, stagings, re-stagings, task moves, rescued blocks, lost and late
+        executors, and row imbalance (largest block over the mean) so far."""
         return {**self.placement.summary(self.rows_per_part), "jobs": self.jobs}
 
     def close(self) -> None:
-        """Drop the cached markers (the staged blocks stay for the next source with the
+        """Let go of the pass machinery (the staged blocks stay for the next source with the
         same key)."""
-        self.markers.unpersist()
+        self._inbox.sink = None
+        self._rdds.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         return self.sample_with_weights(n, seed)[0]
@@ -308,7 +562,6 @@ class SparkBlockSource:
     def step(self, centroids: list[np.ndarray]) -> list[Stats]:
         sent = [np.asarray(c, dtype=np.float32) for c in centroids]
         return reduce(add_stats, self._collect(_step(sent, self.spec.threads)))
-
 
 
 def dataframe_source(df, columns: list[str], stage_dir: str | Path | None, *,

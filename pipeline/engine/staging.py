@@ -85,6 +85,9 @@ class BlockSpec:
     retention_hours : float
         Staged keys unused for this long are removed from the stage dir (with the temporary
         files of dead task attempts), the next time a block is staged there.
+    block_rows : tuple of int
+        Rows in each task's file(s) before any filter, when known: a Spark source spreads the
+        blocks over the executors by them (empty: every block counts the same).
     """
 
     snapshot_dir: str
@@ -100,6 +103,7 @@ class BlockSpec:
     weight_column: str | None = None
     row_offsets: tuple[tuple[str, int], ...] = ()
     retention_hours: float = 72.0
+    block_rows: tuple[int, ...] = ()
 
 
 def block_key(*parts: Any) -> str:
@@ -251,9 +255,10 @@ class Block:
     staged: bool = False  # built by this call
 
 
-def load_staged(spec: BlockSpec, index: int) -> Block:
+def load_staged(spec: BlockSpec, index: int, run: str = "") -> Block:
     """The staged block of partition ``index`` (memory-mapped), staged from the snapshot if
-    this executor lacks it.
+    this executor lacks it. A staging under a ``run`` (a Spark source's id) is logged in the
+    key's folder (:func:`logged_stagings`).
 
     Staging streams the Parquet file(s) batch by batch into raw files (temporary names, then
     rename), so neither the file nor the block has to fit in memory; later passes
@@ -272,6 +277,9 @@ def load_staged(spec: BlockSpec, index: int) -> Block:
     if not data.exists():
         _stage(spec, index, base)
         staged = True
+        if run:
+            with open(base.parent / STAGING_LOG, "a") as out:  # one short line: one write
+                out.write(f"{run} {index} {uuid.uuid4().hex}\n")
     meta = json.loads(base.with_suffix(".json").read_text())
     rows, cols = meta["rows"], meta["cols"]
 
@@ -283,6 +291,25 @@ def load_staged(spec: BlockSpec, index: int) -> Block:
     weights = mapped(".w64", np.float64, (rows,)) if spec.weight_column else None
     return Block(mapped(".f32", np.float32, (rows, cols)), weights,
                  mapped(".ids", np.uint64, (rows,)), staged)
+
+
+STAGING_LOG = "stagings.log"
+
+
+def logged_stagings(spec: BlockSpec, run: str) -> list[tuple[int, str]]:
+    """``(block, token)`` of every staging logged under ``run`` in this process's stage dir
+    for the spec's key: what a source counts, including stagings by attempts whose result
+    Spark dropped."""
+    try:
+        text = (stage_root(spec) / spec.key / STAGING_LOG).read_text()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == run:
+            out.append((int(parts[1]), parts[2]))
+    return out
 
 
 def load_block(spec: BlockSpec, index: int) -> np.ndarray:
@@ -410,6 +437,9 @@ def parquet_spec(path: str | Path, columns: list[str], stage_dir: str | Path | N
     files: tuple = listing.names
     if partitions is not None:
         files = balanced_groups(listing.names, listing.rows, partitions)
+    per_file = dict(zip(listing.names, listing.rows, strict=True))
+    block_rows = tuple(sum(per_file[n] for n in ((g,) if isinstance(g, str) else g))
+                       for g in files)
     location = str(path) if "://" in str(path) else str(Path(path).resolve())
     digest = hashlib.sha256(json.dumps(
         [location, listing.stamps, [list(g) if isinstance(g, tuple) else g for g in files]]
@@ -417,5 +447,5 @@ def parquet_spec(path: str | Path, columns: list[str], stage_dir: str | Path | N
     return BlockSpec(snapshot_dir=str(path), files=files, stage_dir=str(stage_dir or ""),
                      key=block_key(digest, list(columns), weight_column),
                      columns=tuple(columns), threads=threads, weight_column=weight_column,
-                     row_offsets=listing.offsets)
+                     row_offsets=listing.offsets, block_rows=block_rows)
 

@@ -19,8 +19,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,46 @@ def session_pids(sid: int) -> list[int]:
         if fields[0] not in ("Z", "X") and int(fields[3]) == sid:
             pids.append(int(entry))
     return pids
+
+
+def signal_session(sid: int, sig: int) -> int:
+    """Send ``sig`` to every live process of session ``sid``; how many got it. SIGSTOP on a
+    Spark worker's session freezes the node as a long GC pause or a reclaimed VM would:
+    worker, executor JVM and Python workers alike (SIGCONT wakes them)."""
+    sent = 0
+    for pid in session_pids(sid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+            sent += 1
+    return sent
+
+
+class Throttle:
+    """Session ``sid`` held to ``share`` of the time: SIGCONT for ``share`` of every
+    ``period`` seconds, SIGSTOP for the rest (a slowed node: a noisy neighbour, a throttled
+    container), from :meth:`start` until :meth:`stop`, which leaves it running."""
+
+    def __init__(self, sid: int, share: float, period: float = 0.1) -> None:
+        self.sid, self.share, self.period = sid, share, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"throttle-{sid}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            signal_session(self.sid, signal.SIGSTOP)
+            self._stop.wait(self.period * (1 - self.share))
+            signal_session(self.sid, signal.SIGCONT)
+            self._stop.wait(self.period * self.share)
+        signal_session(self.sid, signal.SIGCONT)
+
+    def start(self) -> Throttle:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        signal_session(self.sid, signal.SIGCONT)
 
 
 def kill_session_id(sid: int, timeout: float = 30.0) -> None:
@@ -152,10 +193,15 @@ class SparkCluster:
     ...     cluster.kill_worker(0)
     """
 
-    def __init__(self, root: Path, workers: int = 2, *, cores: int = 1, memory: str = "1g",
-                 distinct_hosts: bool = True, python: str = sys.executable) -> None:
+    def __init__(self, root: Path, workers: int = 2, *, cores: int | Sequence[int] = 1,
+                 memory: str = "1g", distinct_hosts: bool = True,
+                 python: str = sys.executable) -> None:
         self.root = Path(root)
-        self.cores = cores
+        # cores per worker: one figure for all, or one per worker (an uneven cluster)
+        self.worker_cores = ([cores] * workers if isinstance(cores, int) else list(cores))
+        if len(self.worker_cores) != workers:
+            raise ValueError(f"cores {cores!r} for {workers} workers")
+        self.cores = self.worker_cores[0]
         self.memory = memory
         self.python = python
         self.hosts = [_loopback_host(i) if distinct_hosts else LOOPBACK for i in range(workers)]
@@ -184,7 +230,7 @@ class SparkCluster:
         loopback, 512 MiB executors, every core of the cluster; ``extra`` added or overriding."""
         conf = {"spark.driver.host": LOOPBACK, "spark.driver.bindAddress": LOOPBACK,
                 "spark.executor.memory": "512m",
-                "spark.cores.max": str(self.cores * len(self.hosts))}
+                "spark.cores.max": str(sum(self.worker_cores))}
         return conf | dict(extra or {})
 
     def _env(self, host: str, local_dir: Path | None = None) -> dict[str, str]:
@@ -219,7 +265,8 @@ class SparkCluster:
                 self.local_dirs[i].mkdir(parents=True, exist_ok=True)
                 self._workers[i] = self._spark_class(
                     "worker.Worker", "--host", host, "--webui-port", "0", "--cores",
-                    str(self.cores), "--memory", self.memory, "--work-dir", str(self.work_dirs[i]),
+                    str(self.worker_cores[i]), "--memory", self.memory,
+                    "--work-dir", str(self.work_dirs[i]),
                     self.master_url, log=self.logs[f"worker-{i}"],
                     env=self._env(host, self.local_dirs[i]))
         except BaseException:

@@ -9,7 +9,10 @@ What it shows, over 20-iteration fits of 8 blocks staged on the executors' own d
   blocks move, and the centroids are bit-identical to the clean run;
 - the same fit reading its snapshot from an S3 API (moto's server) gives the same centroids;
 - in-process, ``local[2]`` and the cluster fit the same centroids for the same seed;
-- a straggling staging task with speculation forced: the duplicate attempt corrupts nothing.
+- a straggling staging task: it is recomputed elsewhere, and the duplicate corrupts nothing.
+
+The uneven cluster (cores 1, 1, 2; frozen, slowed and lost executors) is
+``test_spark_uneven.py``.
 
 Step times around the loss go to ``test-artifacts/spark-cluster/`` (figures, not asserted).
 """
@@ -36,16 +39,22 @@ COLUMNS = [f"f{i}" for i in range(6)]
 ARTIFACTS = REPO / "test-artifacts" / "spark-cluster"
 
 
-@pytest.fixture(scope="module")
-def blobs(tmp_path_factory) -> Path:
+#: Rows of the 8 Parquet files of :func:`write_uneven`.
+FILE_ROWS = [14_000, 26_000, 18_000, 22_000, 20_000, 24_000, 16_000, 20_000]
+
+
+def write_uneven(folder: Path, seed: int) -> Path:
     """160,000 rows x 6 features of uniform noise (Lloyd moves for many iterations on it) in
-    8 Parquet files of unequal size."""
-    folder = tmp_path_factory.mktemp("blobs")
-    x = np.random.default_rng(7).random((160_000, len(COLUMNS)), dtype=np.float32)
-    cuts = np.cumsum([14_000, 26_000, 18_000, 22_000, 20_000, 24_000, 16_000])
-    for i, part in enumerate(np.split(x, cuts)):
+    8 Parquet files of unequal size (:data:`FILE_ROWS`)."""
+    x = np.random.default_rng(seed).random((sum(FILE_ROWS), len(COLUMNS)), dtype=np.float32)
+    for i, part in enumerate(np.split(x, np.cumsum(FILE_ROWS)[:-1])):
         pd.DataFrame(part, columns=COLUMNS).to_parquet(folder / f"part-{i:03d}.parquet")
     return folder
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory) -> Path:
+    return write_uneven(tmp_path_factory.mktemp("blobs"), seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +66,11 @@ def cluster(tmp_path_factory):
 
 
 def _drive(cluster: SparkCluster, tmp: Path, fits: list[dict], *, conf: dict | None = None,
-           env: dict | None = None, timeout: float = 600) -> dict:
+           env: dict | None = None, timeout: float = 600, executors: int = 2,
+           max_iter: int = 20) -> dict:
     """Run ``tests/helpers/cluster_fit.py`` against the cluster; its JSON result."""
-    config = {"master": cluster.master_url, "executors": 2, "columns": COLUMNS, "k": K,
-              "seed": 3, "partitions": BLOCKS, "stage_dir": "",
+    config = {"master": cluster.master_url, "executors": executors, "columns": COLUMNS, "k": K,
+              "seed": 3, "partitions": BLOCKS, "stage_dir": "", "max_iter": max_iter,
               "conf": cluster.spark_conf({
                   **{f"spark.executorEnv.{k}": v for k, v in (env or {}).items()},
                   **(conf or {})}),
@@ -83,23 +93,24 @@ def _staged_blocks(cluster: SparkCluster, key_suffix: str) -> list[int]:
             for local in cluster.local_dirs]
 
 
-def test_a_straggling_staging_task_is_speculated_without_harm(cluster, blobs, tmp_path):
+def test_a_straggling_staging_task_is_worked_around_without_harm(cluster, blobs, tmp_path):
     log = tmp_path / "attempts.jsonl"
     result = _drive(cluster, tmp_path / "run", [
         {"name": "speculated", "data": str(blobs), "key_salt": 9001, "slow_block": 2,
-         "attempt_log": str(log)}], conf={
-        # the engine's threshold (CLUSTER_DEFAULTS), with a 1 s floor instead of 10 s so that
-        # an 8 s straggler is one
-        "spark.speculation.minTaskRuntime": "1s"})
+         "attempt_log": str(log)}])
     attempts = [json.loads(line) for line in log.read_text().splitlines()]
-    slow = [a for a in attempts if a["block"] == 2]
-    assert {a["attempt"] for a in slow} >= {0, 1}, f"no speculative copy of block 2: {attempts}"
+    assert len(attempts) > BLOCKS, f"block 2 was staged once only: {attempts}"
     fit = result["fits"][0]
     clean = fit_sweep(in_process_source(parquet_spec(blobs, COLUMNS, tmp_path / "stage",
                                                      partitions=BLOCKS)),
                       [K], init="k-means++", max_iter=20, tol=0, seed=3).fits[K]
     np.testing.assert_allclose(fit["centroids"], clean.centroids, rtol=0, atol=1e-6)
-    assert fit["report"]["stagings"] >= BLOCKS
+    report = fit["report"]
+    # the engine found the 8 s staging task late (after its 2 s floor) and staged block 2 on
+    # the other executor; the straggler's own staging, finished later, is counted too once
+    # a task on its executor reports it
+    assert report["late_executors"] >= 1 and report["rescued"] >= 1, report
+    assert report["stagings"] >= BLOCKS + 1, report
     # every block file either attempt left is whole: the size its metadata says
     for local in cluster.local_dirs:
         for meta in (local / "kmeans-blocks").glob("*9001/block-*.json"):
@@ -119,12 +130,12 @@ def test_blocks_stay_where_they_were_staged_and_survive_a_lost_worker(cluster, b
             {"name": "clean", "data": str(blobs), "key_salt": 1001},
             {"name": "s3", "data": s3.uri("lake/snapshot"), "key_salt": 1002},
             {"name": "killed", "data": str(blobs), "key_salt": 1003,
-             "kill_session": worker0, "kill_after": 6},
+             "fault": {"kind": "kill", "session": worker0, "after": 6}},
         ], env=s3.env())
     fits = {f["name"]: f for f in result["fits"]}
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "placement.json").write_text(json.dumps(
-        {n: {k: f[k] for k in ("report", "step_seconds", "killed_at", "staging_seconds")}
+        {n: {k: f[k] for k in ("report", "step_seconds", "fault_at", "staging_seconds")}
          for n, f in fits.items()}, indent=1))
     assert len(set(result["executors"].values())) == 2, result["executors"]
 
@@ -141,12 +152,13 @@ def test_blocks_stay_where_they_were_staged_and_survive_a_lost_worker(cluster, b
 
     killed = fits["killed"]
     assert cluster.pids(worker=0) == [], "worker 0's executor or Python workers survived it"
-    assert killed["killed_at"] == 7 and killed["n_iter"] == clean["n_iter"] == 20
+    assert killed["fault_at"] == 7 and killed["n_iter"] == clean["n_iter"] == 20
+    host = result["executors"]  # executor id -> host
     before = killed["history"][0]
-    lost = sorted(b for b, executor in before.items() if "worker-0" in executor)
+    lost = sorted(b for b, executor in before.items() if host[executor] == cluster.hosts[0])
     assert 0 < len(lost) < BLOCKS, before
     after = killed["history"][-1]
-    assert all("worker-1" in executor for executor in after.values()), after
+    assert all(host[executor] == cluster.hosts[1] for executor in after.values()), after
     report = killed["report"]
     assert report["restaged"] == len(lost), (lost, report)
     assert report["stagings"] == BLOCKS + len(lost) and report["moves"] == len(lost), report

@@ -46,10 +46,9 @@ class FailingOnceSource(SparkBlockSource):
     fail_job: int | None = None
     marker = ""
 
-    def _run(self, fn):
-        if self.jobs + 1 == self.fail_job:
-            fn = _dies_once(fn, self.marker)
-        return super()._run(fn)
+    def _task(self, work, pass_id):
+        fn = super()._task(work, pass_id)
+        return _dies_once(fn, self.marker) if self.jobs == self.fail_job else fn
 
 
 def test_the_staged_rows_are_the_training_side_preprocessed(spec, snapshot_path):
@@ -203,7 +202,8 @@ def test_workers_are_reused_and_stay_lean(spark, spec):
 
     source = SparkBlockSource(spark, spec)
     fit_sweep(source, [3], init=np.asarray(load_block(spec, 0)[:3]), max_iter=4, tol=0)
-    seen = [source._run(worker_state).collect() for _ in range(6)]
+    blocks = source._placed(source.placement.assignment)  # the RDD every pass runs over
+    seen = [blocks.mapPartitionsWithIndex(worker_state).collect() for _ in range(6)]
     pids = {pid for job in seen for pid, _mods in job}
     assert len(pids) <= 2, f"{len(pids)} Python workers for 6 jobs of {source.parts} tasks"
     assert all(not mods for job in seen for _pid, mods in job), seen
