@@ -29,6 +29,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from pipeline.engine.bounds import BoundedLloyd
 from pipeline.engine.kernel import (
     D2_STREAM,
     SAMPLE_STREAM,
@@ -102,7 +103,7 @@ class ArraySource:
     """
 
     def __init__(self, x: np.ndarray, weights: np.ndarray | None = None,
-                 ids: np.ndarray | None = None):
+                 ids: np.ndarray | None = None, *, bounds: bool = True):
         self.x = np.ascontiguousarray(x, dtype=np.float32)
         if self.x.ndim != 2:
             raise ValueError(f"X should be 2-dimensional, got shape {self.x.shape}")
@@ -116,6 +117,8 @@ class ArraySource:
         if self.ids.shape != (len(self.x),):
             raise ValueError(f"ids shape {self.ids.shape} != ({len(self.x)},)")
         self.n_rows, self.n_features = self.x.shape
+        self.bounds = bounds
+        self._bounded: BoundedLloyd | None = None
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         return self.sample_with_weights(n, seed)[0]
@@ -128,6 +131,16 @@ class ArraySource:
 
     def step(self, centroids: list[np.ndarray]) -> list[Stats]:
         return partial_stats(self.x, centroids, self.weights)
+
+    def lloyd_step(self, centroids: list[np.ndarray]) -> list[Stats]:
+        """A Lloyd iteration: :meth:`step`'s sums and counts, from Hamerly's bounds kept
+        between calls (:mod:`pipeline.engine.bounds`) when ``bounds`` is on and they fit in
+        memory; the inertia is then NaN."""
+        if not (self.bounds and BoundedLloyd.fits(self.n_rows, [len(c) for c in centroids])):
+            return self.step(centroids)
+        if self._bounded is None:
+            self._bounded = BoundedLloyd(self.x, self.weights)
+        return self._bounded.step(centroids)
 
     def sample_d2(self, centers: np.ndarray, scale: float, seed: Sequence[int]) -> np.ndarray:
         return draw_d2(self.x, centers, scale, uniforms(self.ids, D2_STREAM, *seed),
@@ -341,6 +354,9 @@ def lloyd(source: Source, inits: dict[tuple[int, int], np.ndarray], *, max_iter:
     ([[0.0, 0.5], [10.0, 10.5]], 1.0)
     """
     centroids = {key: np.array(c, dtype=np.float64) for key, c in inits.items()}
+    # a source may iterate with bounds (ArraySource.lloyd_step: the same sums and counts, no
+    # inertia); the last pass below is a plain one, which scores the final centroids
+    iterate = getattr(source, "lloyd_step", source.step)
     # Convergence as in scikit-learn: squared centroid shift below tol times the mean variance.
     tol_abs = tol * _mean_variance(sample, sample_weight) if len(sample) else tol
     active = list(centroids)
@@ -353,7 +369,7 @@ def lloyd(source: Source, inits: dict[tuple[int, int], np.ndarray], *, max_iter:
             said = time.monotonic()
             log.info("lloyd: iteration %d of at most %d, %d of %d fits still moving", it + 1,
                      max_iter, len(active), len(centroids))
-        stats = source.step([centroids[key].astype(np.float32) for key in active])
+        stats = iterate([centroids[key].astype(np.float32) for key in active])
         still = []
         for key, (sums, counts, _inertia) in zip(active, stats, strict=True):
             new = centroids[key].copy()

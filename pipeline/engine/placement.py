@@ -99,7 +99,7 @@ PROBATION_PASSES = 3
 #: it finished its share of a pass at over 1/SLOW_RATIO times the others' median time, and
 #: by more than SLOW_MIN_GAIN_S (a few ms are not worth a move).
 SLOW_RATIO = 0.5
-SLOW_PASSES = 2
+SLOW_PASSES = 3
 SLOW_MIN_GAIN_S = 0.25
 
 

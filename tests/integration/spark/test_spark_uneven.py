@@ -91,12 +91,16 @@ ROWS = dict(enumerate(FILE_ROWS))
 
 def test_blocks_are_placed_by_cores(runs):
     clean = runs["fits"]["clean"]
-    assert clean["report"]["stagings"] == BLOCKS and clean["report"]["moves"] == 0
     per_core = _rows_per_core(clean, ROWS, runs["cores"], 0)
     assert len(per_core) == 3, per_core
     # rows per core even to within one block: the 2-core executor holds about half the rows
     assert max(per_core.values()) - min(per_core.values()) <= max(ROWS.values()), per_core
-    assert all(job == clean["history"][0] for job in clean["history"]), "a block moved"
+    report = clean["report"]
+    if report["slow_executors"] == report["late_executors"] == 0:  # a quiet machine
+        assert report["stagings"] == BLOCKS and report["moves"] == 0, report
+        assert all(job == clean["history"][0] for job in clean["history"]), "a block moved"
+    else:  # a busy one: blocks moved off an executor found slow or late, and only then
+        assert report["rescued"] > 0 and report["stagings"] > BLOCKS, report
 
 
 def test_a_frozen_executor_is_worked_around_with_the_same_result(runs):
