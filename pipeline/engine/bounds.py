@@ -32,7 +32,8 @@ from numba import njit
 from pipeline.engine.kernel import Stats, _blas_limit_one, _default_threads, chunk_rows
 
 #: Bounds cost 20 bytes per row and entry (assignment, two float64 bounds); a call with more
-#: entries or more bytes than this (a wide K sweep) runs the plain kernel instead.
+#: entries, or more bytes in one process (the array; on Spark, a block), than this (a wide K
+#: sweep) runs the plain kernel instead.
 MAX_ENTRIES = 16
 MAX_BYTES = 2 << 30
 #: Below this many rows a plain pass costs little, and the bounds' set-up more than they save
@@ -102,6 +103,13 @@ def _row_norms(x, out):
         out[i] = acc
 
 
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """``|x|²`` of every row of a float32 array, in float64."""
+    out = np.empty(len(x))
+    _row_norms(x, out)
+    return out
+
+
 @njit(nogil=True, cache=True)
 def _gather(x, rows, m, out):
     for r in range(m):
@@ -154,7 +162,7 @@ def _sums(x, w, assign, lo, hi, sums, counts):
 
 
 @dataclass(eq=False)
-class _Entry:
+class Entry:
     """The bounds of one (k, init) entry: they refer to ``centroids``."""
 
     centroids: np.ndarray
@@ -188,24 +196,28 @@ class BoundedLloyd:
     x: np.ndarray
     weights: np.ndarray | None = None
     threads: int | None = None
-    entries: list[_Entry] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
     skipped: list[list[float]] = field(default_factory=list)
+
+    x2: np.ndarray | None = None  # |x|² of every row, float64 (computed when not given)
 
     def __post_init__(self) -> None:
         self.x = np.ascontiguousarray(self.x, dtype=np.float32)
-        self.x2 = np.empty(len(self.x))
-        _row_norms(self.x, self.x2)
+        if self.x2 is None:
+            self.x2 = row_norms(self.x)
         self.w = (np.ones(len(self.x)) if self.weights is None
                   else np.ascontiguousarray(self.weights, dtype=np.float64))
 
     @staticmethod
-    def fits(n: int, ks: list[int]) -> bool:
+    def fits(n: int, ks: list[int], *, largest: int | None = None) -> bool:
         """Whether bounds for entries of ``ks`` centroids over ``n`` rows pay and stay within
-        the limits."""
+        the limits; ``largest`` is the most rows one process holds bounds for (a Spark
+        source's largest block; default ``n``)."""
+        held = n if largest is None else largest
         return (n >= MIN_ROWS and len(ks) <= MAX_ENTRIES and min(ks, default=0) >= MIN_K
-                and 20 * n * len(ks) <= MAX_BYTES)
+                and 20 * held * len(ks) <= MAX_BYTES)
 
-    def _entries_for(self, cents: list[np.ndarray]) -> list[_Entry]:
+    def _entries_for(self, cents: list[np.ndarray]) -> list[Entry]:
         old = list(self.entries)
         out = []
         for c in cents:
@@ -216,12 +228,17 @@ class BoundedLloyd:
                 old = old[at + 1:]
                 continue
             n = len(self.x)
-            out.append(_Entry(c.copy(), np.zeros(n, np.int32), np.zeros(n), np.zeros(n)))
+            out.append(Entry(c.copy(), np.zeros(n, np.int32), np.zeros(n), np.zeros(n)))
         return out
 
     def step(self, centroids_per_entry: list[np.ndarray]) -> list[Stats]:
         cents = [np.ascontiguousarray(c, dtype=np.float32) for c in centroids_per_entry]
         self.entries = self._entries_for(cents)
+        return self.step_with(self.entries, cents)
+
+    def step_with(self, entries: list[Entry], cents: list[np.ndarray]) -> list[Stats]:
+        """A step with the caller's bounds, one entry per centroid array (on Spark they live
+        in files beside each staged block: :mod:`pipeline.engine.blockbounds`)."""
         n, d = self.x.shape
         threads = self.threads or _default_threads()
         total_k = sum(len(c) for c in cents)
@@ -230,14 +247,14 @@ class BoundedLloyd:
         spans = np.linspace(0, n, min(threads, max(1, n // step)) + 1).astype(np.int64)
         out: list[Stats] = []
         shares = []
-        for entry, c in zip(self.entries, cents, strict=True):
+        for entry, c in zip(entries, cents, strict=True):
             sums, counts, kept = self._entry_step(entry, c, spans, step, threads, d)
             out.append((sums, counts, float("nan")))
             shares.append(kept)
         self.skipped.append(shares)
         return out
 
-    def _entry_step(self, entry: _Entry, c: np.ndarray, spans: np.ndarray, step: int,
+    def _entry_step(self, entry: Entry, c: np.ndarray, spans: np.ndarray, step: int,
                     threads: int, d: int) -> tuple[np.ndarray, np.ndarray, float]:
         k = len(c)
         c64 = c.astype(np.float64)

@@ -36,6 +36,8 @@ import numpy as np
 import pyarrow.fs as pafs
 from pyspark.accumulators import AccumulatorParam
 
+from pipeline.engine.blockbounds import bounded_block_stats
+from pipeline.engine.bounds import BoundedLloyd
 from pipeline.engine.kernel import (
     D2_STREAM,
     SAMPLE_STREAM,
@@ -200,6 +202,15 @@ def _nothing(_index: int, _block: Block) -> None:
     return None
 
 
+def _bounded(spec: BlockSpec, run: str, centroids: list[np.ndarray], entry_ids: list[int],
+             threads: int) -> Callable[[int, Block], Any]:
+    def work(index: int, block: Block) -> tuple[list[Stats], float, int]:
+        stats, skipped = bounded_block_stats(spec, run, index, block, centroids, entry_ids,
+                                             threads)
+        return stats, skipped, int(block.x.shape[0])
+    return work
+
+
 # ---------------------------------------------------------------- the source
 
 #: An executor with blocks still to deliver in a pass is late when it has delivered nothing
@@ -248,7 +259,7 @@ class SparkBlockSource:
     """
 
     def __init__(self, spark: Any, spec: BlockSpec, *, late_floor_s: float = LATE_FLOOR_S,
-                 late_multiplier: float = LATE_MULTIPLIER):
+                 late_multiplier: float = LATE_MULTIPLIER, bounds: bool = True):
         self.spark = spark
         self.sc = spark.sparkContext
         self.spec = spec
@@ -256,6 +267,10 @@ class SparkBlockSource:
         self.local = self.sc.master.startswith("local")
         self.late_floor_s, self.late_multiplier = late_floor_s, late_multiplier
         self.run = uuid.uuid4().hex[:16]
+        self.bounds = bounds
+        self.skipped: list[float] = []  # per bounded pass: share of rows that skipped
+        self._entry_ids: list[tuple[int, int]] = []  # (entry id, k) of the last bounded pass
+        self._next_entry = 0
         self.jobs = 0
         self.placement = Placement()
         self._cond = threading.Condition()
@@ -539,7 +554,10 @@ class SparkBlockSource:
     def report(self) -> dict:
         """Blocks, executors, stagings, re-stagings, task moves, rescued blocks, lost and late
         executors, and row imbalance (largest block over the mean) so far."""
-        return {**self.placement.summary(self.rows_per_part), "jobs": self.jobs}
+        return {**self.placement.summary(self.rows_per_part), "jobs": self.jobs,
+                "bounded_passes": len(self.skipped),
+                "bounds_skipped_mean": (float(np.mean(self.skipped)) if self.skipped
+                                        else None)}
 
     def close(self) -> None:
         """Let go of the pass machinery (the staged blocks stay for the next source with the
@@ -562,6 +580,33 @@ class SparkBlockSource:
     def step(self, centroids: list[np.ndarray]) -> list[Stats]:
         sent = [np.asarray(c, dtype=np.float32) for c in centroids]
         return reduce(add_stats, self._collect(_step(sent, self.spec.threads)))
+
+    def lloyd_step(self, centroids: list[np.ndarray]) -> list[Stats]:
+        """A Lloyd iteration: :meth:`step`'s sums and counts, from Hamerly's bounds kept
+        beside each block on its executor (:mod:`pipeline.engine.blockbounds`) when
+        ``bounds`` is on and they pay; the inertia is then NaN. ``skipped`` records the share
+        of rows that skipped the distances per pass."""
+        ks = [len(c) for c in centroids]
+        largest = max(self.rows_per_part.values(), default=0)
+        if not (self.bounds and BoundedLloyd.fits(self.n_rows, ks, largest=largest)):
+            return self.step(centroids)
+        # the same (k, init) entry keeps its id while Lloyd drops converged ones: matched by
+        # the number of centroids, in order
+        ids, old = [], list(self._entry_ids)
+        for k in ks:
+            at = next((i for i, (_, ok) in enumerate(old) if ok == k), None)
+            if at is None:
+                self._next_entry += 1
+                ids.append(self._next_entry)
+            else:
+                ids.append(old[at][0])
+                old = old[at + 1:]
+        self._entry_ids = list(zip(ids, ks, strict=True))
+        sent = [np.asarray(c, dtype=np.float32) for c in centroids]
+        parts = self._collect(_bounded(self.spec, self.run, sent, ids, self.spec.threads))
+        rows = sum(p[2] for p in parts)
+        self.skipped.append(sum(p[1] * p[2] for p in parts) / max(rows, 1))
+        return reduce(add_stats, [p[0] for p in parts])
 
 
 def dataframe_source(df, columns: list[str], stage_dir: str | Path | None, *,

@@ -195,8 +195,9 @@ def stage_usage(root: str | Path) -> list[dict]:
 
 def clean_stage(root: str | Path, *, retention_hours: float, keep: Sequence[str] = (),
                 dry_run: bool = False) -> list[str]:
-    """Remove the keys of a stage dir unused for ``retention_hours`` (except ``keep``) and
-    the temporary files of task attempts that died over an hour ago; return what went.
+    """Remove the keys of a stage dir unused for ``retention_hours`` (except ``keep``), the
+    temporary files of task attempts that died over an hour ago, and Lloyd bounds unused for
+    an hour; return what went.
 
     Examples
     --------
@@ -213,6 +214,15 @@ def clean_stage(root: str | Path, *, retention_hours: float, keep: Sequence[str]
             if not dry_run:
                 shutil.rmtree(key, ignore_errors=True)
             continue
+        for bounds in key.glob("bounds-*"):  # a Spark source's bounds (blockbounds.py)
+            try:
+                old = bounds.stat().st_mtime < now - TEMP_MAX_AGE_S
+            except FileNotFoundError:
+                continue
+            if old and bounds.is_dir():
+                removed.append(str(bounds))
+                if not dry_run:
+                    shutil.rmtree(bounds, ignore_errors=True)
         for tmp in key.glob(f"*{TEMP_SUFFIX}"):
             try:
                 old = tmp.stat().st_mtime < now - TEMP_MAX_AGE_S

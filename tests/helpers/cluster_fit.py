@@ -12,7 +12,9 @@ master, the driver's Spark settings and the fits to run, each over a Parquet fol
 - ``{"slow_block": j, "attempt_log": path}``: staging block ``j`` sleeps 8 s on its first
   attempt, and every attempt is logged (a straggler for speculative execution).
 
-Each fit is 20 Lloyd iterations from a seeded k-means++ (``tol=0``); the result holds the
+Each fit is 20 Lloyd iterations (``max_iter``) from a seeded k-means++ (``tol=0``) for the
+config's ``k`` or the fit's own (``"k"``), with Lloyd bounds unless ``"bounds": false``
+(they run for K >= 16); the result holds the
 centroids, the placement report (stagings, re-stagings, task moves), the executor of every
 block in every job, and each iteration's wall time.
 """
@@ -79,12 +81,12 @@ class SlowFirstAttempt:
 class TimedSource(SparkBlockSource):
     """A source that times each Lloyd step and can kill, freeze or slow a worker in one."""
 
-    def __init__(self, spark, spec, fault: dict | None = None):
+    def __init__(self, spark, spec, fault: dict | None = None, bounds: bool = True):
         self.fault = fault or {}
         self.steps: list[float] = []
         self.fault_at: int | None = None
         self._undo = None
-        super().__init__(spark, spec)
+        super().__init__(spark, spec, bounds=bounds)
 
     def _inject(self) -> None:
         kind, sid = self.fault["kind"], self.fault["session"]
@@ -108,14 +110,20 @@ class TimedSource(SparkBlockSource):
             self._undo()
             self._undo = None
 
-    def step(self, centroids):
+    def _timed(self, run, centroids):
         if self.fault and self.fault_at is None and len(self.steps) == self.fault["after"] + 1:
             self._inject()
         start = time.perf_counter()
         try:
-            return super().step(centroids)
+            return run(centroids)
         finally:
             self.steps.append(time.perf_counter() - start)
+
+    def step(self, centroids):
+        return self._timed(super().step, centroids)
+
+    def lloyd_step(self, centroids):  # Lloyd's iterations (with bounds for K >= 16)
+        return self._timed(super().lloyd_step, centroids)
 
 
 def run_fit(spark, fit: dict, config: dict) -> dict:
@@ -125,12 +133,13 @@ def run_fit(spark, fit: dict, config: dict) -> dict:
     if "slow_block" in fit:
         spec = replace(spec, row_filter=SlowFirstAttempt(fit["slow_block"], fit["attempt_log"]))
     start = time.perf_counter()
-    source = TimedSource(spark, spec, fit.get("fault"))
+    source = TimedSource(spark, spec, fit.get("fault"), bounds=fit.get("bounds", True))
     staged_s = time.perf_counter() - start
+    k = fit.get("k", config["k"])
     try:
-        result = fit_sweep(source, [config["k"]], init="k-means++",
+        result = fit_sweep(source, [k], init="k-means++",
                            max_iter=config.get("max_iter", 20), tol=0,
-                           seed=config.get("seed", 0)).fits[config["k"]]
+                           seed=config.get("seed", 0)).fits[k]
     finally:
         source.release()
     report = source.report()

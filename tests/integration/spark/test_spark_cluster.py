@@ -5,8 +5,9 @@ process may already hold the session's local SparkContext.
 
 What it shows, over 20-iteration fits of 8 blocks staged on the executors' own disks:
 - every block staged exactly once, and no task moving executor after staging;
-- a worker SIGKILLed mid-fit: each of its blocks re-staged once on the survivor, only those
-  blocks move, and the centroids are bit-identical to the clean run;
+- Lloyd with bounds beside each block (K=20) gives the centroids of plain Lloyd, bit for bit;
+- a worker SIGKILLed mid-fit (with bounds): each of its blocks re-staged once on the survivor,
+  only those blocks move, and the centroids are bit-identical to the clean run;
 - the same fit reading its snapshot from an S3 API (moto's server) gives the same centroids;
 - in-process, ``local[2]`` and the cluster fit the same centroids for the same seed;
 - a straggling staging task: it is recomputed elsewhere, and the duplicate corrupts nothing.
@@ -35,6 +36,7 @@ from tests.helpers.processes import REPO, S3Server, SparkCluster, log_tail
 
 BLOCKS = 8
 K = 6
+BOUNDED_K = 20  # Lloyd's bounds run from K=16 (pipeline/engine/bounds.py)
 COLUMNS = [f"f{i}" for i in range(6)]
 ARTIFACTS = REPO / "test-artifacts" / "spark-cluster"
 
@@ -129,7 +131,10 @@ def test_blocks_stay_where_they_were_staged_and_survive_a_lost_worker(cluster, b
         result = _drive(cluster, tmp_path / "run", [
             {"name": "clean", "data": str(blobs), "key_salt": 1001},
             {"name": "s3", "data": s3.uri("lake/snapshot"), "key_salt": 1002},
-            {"name": "killed", "data": str(blobs), "key_salt": 1003,
+            {"name": "plain", "data": str(blobs), "key_salt": 1004, "k": BOUNDED_K,
+             "bounds": False},
+            {"name": "bounded", "data": str(blobs), "key_salt": 1005, "k": BOUNDED_K},
+            {"name": "killed", "data": str(blobs), "key_salt": 1003, "k": BOUNDED_K,
              "fault": {"kind": "kill", "session": worker0, "after": 6}},
         ], env=s3.env())
     fits = {f["name"]: f for f in result["fits"]}
@@ -150,9 +155,19 @@ def test_blocks_stay_where_they_were_staged_and_survive_a_lost_worker(cluster, b
     assert s3_fit["centroids"] == clean["centroids"], "the S3 snapshot fits differently"
     assert s3_fit["report"]["stagings"] == BLOCKS and s3_fit["report"]["moves"] == 0
 
+    # Lloyd with bounds beside each block (K=20) gives plain Lloyd's centroids, bit for bit
+    plain, bounded = fits["plain"], fits["bounded"]
+    assert bounded["centroids"] == plain["centroids"] and bounded["n_iter"] == 20
+    assert bounded["inertia"] == plain["inertia"]
+    assert plain["report"]["bounded_passes"] == 0, plain["report"]
+    assert bounded["report"]["bounded_passes"] == 20, bounded["report"]
+    assert bounded["report"]["bounds_skipped_mean"] > 0.2, bounded["report"]
+
+    # ... and so does it when an executor is killed mid-fit: its blocks are computed in full
+    # on the survivor for a pass, then with fresh bounds there
     killed = fits["killed"]
     assert cluster.pids(worker=0) == [], "worker 0's executor or Python workers survived it"
-    assert killed["fault_at"] == 7 and killed["n_iter"] == clean["n_iter"] == 20
+    assert killed["fault_at"] == 7 and killed["n_iter"] == bounded["n_iter"] == 20
     host = result["executors"]  # executor id -> host
     before = killed["history"][0]
     lost = sorted(b for b, executor in before.items() if host[executor] == cluster.hosts[0])
@@ -162,8 +177,8 @@ def test_blocks_stay_where_they_were_staged_and_survive_a_lost_worker(cluster, b
     report = killed["report"]
     assert report["restaged"] == len(lost), (lost, report)
     assert report["stagings"] == BLOCKS + len(lost) and report["moves"] == len(lost), report
-    assert killed["centroids"] == clean["centroids"], "the lost worker changed the result"
-    assert killed["inertia"] == clean["inertia"]
+    assert killed["centroids"] == bounded["centroids"], "the lost worker changed the result"
+    assert killed["inertia"] == bounded["inertia"]
 
     # the same seed in-process (any blocking) gives the cluster's centroids
     local = fit_sweep(in_process_source(parquet_spec(blobs, COLUMNS, tmp_path / "stage")),

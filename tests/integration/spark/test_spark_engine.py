@@ -202,7 +202,7 @@ def test_workers_are_reused_and_stay_lean(spark, spec):
 
     source = SparkBlockSource(spark, spec)
     fit_sweep(source, [3], init=np.asarray(load_block(spec, 0)[:3]), max_iter=4, tol=0)
-    blocks = source._placed(source.placement.assignment)  # the RDD every pass runs over
+    blocks = source._placed(source.placement.targets())  # the RDD every pass runs over
     seen = [blocks.mapPartitionsWithIndex(worker_state).collect() for _ in range(6)]
     pids = {pid for job in seen for pid, _mods in job}
     assert len(pids) <= 2, f"{len(pids)} Python workers for 6 jobs of {source.parts} tasks"
@@ -235,3 +235,52 @@ def test_same_seed_same_centroids_in_process_and_on_spark_with_any_partitioning(
         assert report["blocks"] == parts and report["stagings"] == parts, report
         assert report["restaged"] == 0 and report["moves"] == 0, report
         source.close()
+
+
+def test_lloyd_with_bounds_beside_the_blocks_is_plain_lloyd(spark, tmp_path):
+    """K=20 (bounds run from K=16) over 4 blocks: the iterations keep Hamerly's bounds in
+    files beside each staged block and skip most rows' distances, and the fit is plain
+    Lloyd's, bit for bit; a block whose bounds are gone (an executor lost) is computed in
+    full for a pass, with the same result."""
+    import shutil
+
+    from sklearn.datasets import make_blobs
+
+    from pipeline.engine.estimator import lloyd
+    from pipeline.engine.staging import parquet_spec
+
+    x, _ = make_blobs(40_000, n_features=6, centers=12, cluster_std=2.0, random_state=4)
+    x = x.astype(np.float32)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i, rows in enumerate(np.array_split(np.arange(len(x)), 4)):
+        pd.DataFrame(x[rows], columns=list("abcdef")).to_parquet(folder / f"p-{i}.parquet")
+    spec = parquet_spec(folder, list("abcdef"), tmp_path / "stage")
+    init = {(20, 0): x[:: len(x) // 20][:20].copy(), (16, 0): x[1:: len(x) // 16][:16].copy()}
+    common = {"max_iter": 25, "tol": 0, "empty_cluster": "farthest", "sample": x[:5000]}
+
+    class Forgetful(SparkBlockSource):
+        """Drops every block's bounds before the 10th iteration (as a lost executor would)."""
+
+        calls = 0
+
+        def lloyd_step(self, centroids):
+            Forgetful.calls += 1
+            if Forgetful.calls == 10:
+                shutil.rmtree(tmp_path / "stage" / spec.key / f"bounds-{self.run}")
+            return super().lloyd_step(centroids)
+
+    bounded = SparkBlockSource(spark, spec)
+    forgetful = Forgetful(spark, spec)
+    plain = SparkBlockSource(spark, spec, bounds=False)
+    a = lloyd(bounded, init, **common)
+    b = lloyd(plain, init, **common)
+    c = lloyd(forgetful, init, **common)
+    for key in init:
+        np.testing.assert_array_equal(a[key].centroids, b[key].centroids)
+        np.testing.assert_array_equal(c[key].centroids, b[key].centroids)
+        assert a[key].inertia == b[key].inertia
+    assert plain.skipped == [] and len(bounded.skipped) == 25
+    assert bounded.skipped[0] == 0.0 and max(bounded.skipped[-5:]) > 0.5, bounded.skipped
+    assert forgetful.skipped[9] == 0.0, forgetful.skipped  # every bound gone: a full pass
+    assert list((tmp_path / "stage" / spec.key).glob(f"bounds-{bounded.run}/e*-block-*.json"))
