@@ -32,8 +32,8 @@ LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 #: A block's task waits up to 10 s (Spark's default: 3 s) for the executor that holds the
 #: block when that one is busy: the engine itself moves blocks off late, slow and lost
 #: executors (:class:`pipeline.engine.spark.SparkBlockSource`), at once for a lost one and
-#: after 2 s without progress for a late one, so Spark's own fallback to another executor would
-#: only stage blocks a second time on a loaded machine.
+#: after 1 s or more without progress for a late one, so Spark's own fallback to another
+#: executor would only stage blocks a second time on a loaded machine.
 #:
 #: Spark's speculation stays on as a backstop at a stated threshold: once 75% of a job's tasks
 #: have finished, a task still running after 1.5x their median and at least 10 s gets a copy.

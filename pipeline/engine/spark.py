@@ -214,11 +214,13 @@ def _bounded(spec: BlockSpec, run: str, centroids: list[np.ndarray], entry_ids: 
 # ---------------------------------------------------------------- the source
 
 #: An executor with blocks still to deliver in a pass is late when it has delivered nothing
-#: for max(LATE_FLOOR_S, LATE_MULTIPLIER x the median task time of the pass so far); its
-#: missing blocks are then recomputed on the other executors (staged there from the snapshot
-#: if need be), and they stay there. The floor keeps a busy machine's hiccups from moving
-#: blocks.
-LATE_FLOOR_S = 2.0
+#: for max(LATE_FLOOR_S, LATE_MULTIPLIER x the median task time of the pass so far, the median
+#: time to stage a block); its missing blocks are then recomputed on the other executors
+#: (staged there from the snapshot if need be), and they stay there while it is on probation.
+#: Waiting for a block is given up only when it has cost as much as staging it elsewhere
+#: would (large blocks from an object store take seconds each), and at least the floor, which
+#: keeps a busy machine's hiccups from moving small ones.
+LATE_FLOOR_S = 1.0
 LATE_MULTIPLIER = 3.0
 POLL_S = 0.05  # how often a pass looks at lost and late executors
 
@@ -266,6 +268,8 @@ class SparkBlockSource:
         self.parts = len(spec.files)
         self.local = self.sc.master.startswith("local")
         self.late_floor_s, self.late_multiplier = late_floor_s, late_multiplier
+        self.staging_s = 0.0  # median seconds to stage a block here (the late limit's part)
+        self._staged_seconds: list[float] = []
         self.run = uuid.uuid4().hex[:16]
         self.bounds = bounds
         self.skipped: list[float] = []  # per bounded pass: share of rows that skipped
@@ -429,6 +433,9 @@ class SparkBlockSource:
             raise RuntimeError(f"the pass over {self.spec.key} ended without results for "
                                f"blocks {missing[:10]}")
         self.placement.record({i: o.executor for i, o in box.items()}, late)
+        self._staged_seconds.extend(o.seconds for o in box.values() if o.staged)
+        if self._staged_seconds:
+            self.staging_s = float(np.median(self._staged_seconds[-64:]))
         if self._pool is not None and len(jobs) == 1:  # a pass without rescues
             finish: dict[str, float] = {}
             for index, outcome in box.items():
@@ -504,7 +511,7 @@ class SparkBlockSource:
                 if e not in helping:  # staging what it took over: not judged in this pass
                     pending[e] = pending.get(e, 0) + 1
             newly = set(late_executors(pending, progress, now, seconds,
-                                       floor=self.late_floor_s,
+                                       floor=max(self.late_floor_s, self.staging_s),
                                        multiplier=self.late_multiplier)) - late
             helpers = [ex for ex in self.executors.values()
                        if ex.id not in late | newly and ex.id not in self.placement.probation]

@@ -88,6 +88,14 @@ def _drive(cluster: SparkCluster, tmp: Path, fits: list[dict], *, conf: dict | N
     return json.loads((tmp / "result.json").read_text())
 
 
+def _quiet(report: dict) -> bool:
+    """No executor was found late or slow in the fit. A busy machine can make one look so
+    (nothing delivered for a second); the engine then runs its blocks elsewhere for a few
+    passes, which stages them there: the exact staging counts hold only for a quiet fit, the
+    result in every case."""
+    return report["late_executors"] == report["slow_executors"] == 0
+
+
 def _staged_blocks(cluster: SparkCluster, key_suffix: str) -> list[int]:
     """Blocks on each worker's disk for the key ending in ``key_suffix``."""
     return [sum(len(list(key.glob("block-*.f32")))
@@ -108,7 +116,7 @@ def test_a_straggling_staging_task_is_worked_around_without_harm(cluster, blobs,
                       [K], init="k-means++", max_iter=20, tol=0, seed=3).fits[K]
     np.testing.assert_allclose(fit["centroids"], clean.centroids, rtol=0, atol=1e-6)
     report = fit["report"]
-    # the engine found the 8 s staging task late (after its 2 s floor) and staged block 2 on
+    # the engine found the 8 s staging task late (after its late limit) and staged block 2 on
     # the other executor; the straggler's own staging, finished later, is counted too once
     # a task on its executor reports it
     assert report["late_executors"] >= 1 and report["rescued"] >= 1, report
@@ -145,15 +153,18 @@ def test_blocks_stay_where_they_were_staged_and_survive_a_lost_worker(cluster, b
     assert len(set(result["executors"].values())) == 2, result["executors"]
 
     clean = fits["clean"]
-    assert clean["report"]["stagings"] == BLOCKS and clean["report"]["restaged"] == 0
-    assert clean["report"]["moves"] == 0 and clean["report"]["executors"] == 2, clean["report"]
-    assert all(job == clean["history"][0] for job in clean["history"]), "a task moved"
+    assert clean["report"]["executors"] == 2 and len(set(clean["history"][0].values())) == 2
+    if _quiet(clean["report"]):
+        assert clean["report"]["stagings"] == BLOCKS and clean["report"]["restaged"] == 0
+        assert clean["report"]["moves"] == 0, clean["report"]
+        assert all(job == clean["history"][0] for job in clean["history"]), "a task moved"
+        assert sum(_staged_blocks(cluster, "1001")) == BLOCKS
     assert sorted(_staged_blocks(cluster, "1001")) != [0, BLOCKS], "staging not spread"
-    assert sum(_staged_blocks(cluster, "1001")) == BLOCKS
 
     s3_fit = fits["s3"]
     assert s3_fit["centroids"] == clean["centroids"], "the S3 snapshot fits differently"
-    assert s3_fit["report"]["stagings"] == BLOCKS and s3_fit["report"]["moves"] == 0
+    if _quiet(s3_fit["report"]):
+        assert s3_fit["report"]["stagings"] == BLOCKS and s3_fit["report"]["moves"] == 0
 
     # Lloyd with bounds beside each block (K=20) gives plain Lloyd's centroids, bit for bit
     plain, bounded = fits["plain"], fits["bounded"]
@@ -175,8 +186,12 @@ def test_blocks_stay_where_they_were_staged_and_survive_a_lost_worker(cluster, b
     after = killed["history"][-1]
     assert all(host[executor] == cluster.hosts[1] for executor in after.values()), after
     report = killed["report"]
-    assert report["restaged"] == len(lost), (lost, report)
-    assert report["stagings"] == BLOCKS + len(lost) and report["moves"] == len(lost), report
+    assert report["lost_executors"] == 1, report
+    if _quiet(report):
+        assert report["restaged"] == len(lost), (lost, report)
+        assert report["stagings"] == BLOCKS + len(lost) and report["moves"] == len(lost), report
+    else:
+        assert report["restaged"] >= len(lost), (lost, report)
     assert killed["centroids"] == bounded["centroids"], "the lost worker changed the result"
     assert killed["inertia"] == bounded["inertia"]
 
