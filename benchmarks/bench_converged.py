@@ -121,7 +121,18 @@ def main() -> None:
     parser.add_argument("--spark-rows", type=int, default=0,
                         help="also fit this many rows on Spark local[2] (e.g. 10000000)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/kmeans-bench"))
+    parser.add_argument("--add-spark", action="store_true",
+                        help="keep results/converged.json's in-process cases, add the Spark one")
     args = parser.parse_args()
+    if args.add_spark:
+        result = json.loads((HERE / "results" / "converged.json").read_text())
+        case = spark_case(args.spark_rows or 10_000_000, args.work)
+        result["table"][f"overlapping K=50, {args.spark_rows or 10_000_000:,} rows"] = {
+            name: _summary([r]) for name, r in case.items()}
+        (HERE / "results" / "converged.json").write_text(json.dumps(result, indent=1))
+        (HERE / "CONVERGED.md").write_text(render(result))
+        print(render(result))
+        return
     cases = [("separated", 1.0), ("overlapping", 4.0)]
     sets = {name: data(args.rows, spread) for name, spread in cases}
     runs: dict[str, dict[str, list[dict]]] = {}
@@ -145,16 +156,8 @@ def main() -> None:
         case = spark_case(args.spark_rows, args.work)
         runs[f"overlapping K=50, {args.spark_rows:,} rows"] = {
             name: [r] for name, r in case.items()}
-    table = {}
-    for key, per in runs.items():
-        table[key] = {}
-        for method, results in per.items():
-            skipped = results[-1].get("skipped", [])
-            table[key][method] = {
-                "seconds": statistics.median(r["seconds"] for r in results),
-                "n_iter": results[-1]["n_iter"], "inertia": results[-1]["inertia"],
-                "skipped_mean": float(np.mean(skipped)) if skipped else None,
-                "skipped_per_iteration": [round(s, 3) for s in skipped]}
+    table = {key: {method: _summary(results) for method, results in per.items()}
+             for key, per in runs.items()}
     result = {"rows": args.rows, "dim": DIM, "rounds": args.rounds, "tol": TOL,
               "machine": platform.machine(), "cpus": os.cpu_count(),
               "load": " ".join(f"{v:.2f}" for v in os.getloadavg()), "table": table}
@@ -162,6 +165,14 @@ def main() -> None:
     (HERE / "results" / "converged.json").write_text(json.dumps(result, indent=1))
     (HERE / "CONVERGED.md").write_text(render(result))
     print(render(result))
+
+
+def _summary(results: list[dict]) -> dict:
+    skipped = results[-1].get("skipped", [])
+    return {"seconds": statistics.median(r["seconds"] for r in results),
+            "n_iter": results[-1]["n_iter"], "inertia": results[-1]["inertia"],
+            "skipped_mean": float(np.mean(skipped)) if skipped else None,
+            "skipped_per_iteration": [round(s, 3) for s in skipped]}
 
 
 def render(result: dict) -> str:
