@@ -161,6 +161,28 @@ def _sums(x, w, assign, lo, hi, sums, counts):
             sums[a, t] += wi * x[i, t]
 
 
+def continued(previous: list[int], ks: list[int]) -> list[int | None]:
+    """Which entry of the previous call each entry of this one continues (its position), or
+    None for a new one: the next previous entry with as many centroids, in order, since
+    Lloyd's loop drops converged (k, init) entries but keeps the others' order.
+
+    Examples
+    --------
+    >>> continued([20, 16, 20], [16, 20])
+    [1, 2]
+    >>> continued([20], [20, 20])
+    [0, None]
+    """
+    out: list[int | None] = []
+    start = 0
+    for k in ks:
+        at = next((i for i in range(start, len(previous)) if previous[i] == k), None)
+        out.append(at)
+        if at is not None:
+            start = at + 1
+    return out
+
+
 @dataclass(eq=False)
 class Entry:
     """The bounds of one (k, init) entry: they refer to ``centroids``."""
@@ -218,18 +240,11 @@ class BoundedLloyd:
                 and 20 * held * len(ks) <= MAX_BYTES)
 
     def _entries_for(self, cents: list[np.ndarray]) -> list[Entry]:
-        old = list(self.entries)
-        out = []
-        for c in cents:
-            # the next entry with as many centroids, in order (Lloyd drops converged ones)
-            at = next((i for i, e in enumerate(old) if e.centroids.shape == c.shape), None)
-            if at is not None:
-                out.append(old[at])
-                old = old[at + 1:]
-                continue
-            n = len(self.x)
-            out.append(Entry(c.copy(), np.zeros(n, np.int32), np.zeros(n), np.zeros(n)))
-        return out
+        n = len(self.x)
+        at = continued([len(e.centroids) for e in self.entries], [len(c) for c in cents])
+        return [self.entries[i] if i is not None else
+                Entry(c.copy(), np.zeros(n, np.int32), np.zeros(n), np.zeros(n))
+                for i, c in zip(at, cents, strict=True)]
 
     def step(self, centroids_per_entry: list[np.ndarray]) -> list[Stats]:
         cents = [np.ascontiguousarray(c, dtype=np.float32) for c in centroids_per_entry]

@@ -37,7 +37,7 @@ import pyarrow.fs as pafs
 from pyspark.accumulators import AccumulatorParam
 
 from pipeline.engine.blockbounds import bounded_block_stats
-from pipeline.engine.bounds import BoundedLloyd
+from pipeline.engine.bounds import BoundedLloyd, continued
 from pipeline.engine.kernel import (
     D2_STREAM,
     SAMPLE_STREAM,
@@ -599,15 +599,11 @@ class SparkBlockSource:
             return self.step(centroids)
         # the same (k, init) entry keeps its id while Lloyd drops converged ones: matched by
         # the number of centroids, in order
-        ids, old = [], list(self._entry_ids)
-        for k in ks:
-            at = next((i for i, (_, ok) in enumerate(old) if ok == k), None)
+        ids = []
+        for at in continued([k for _, k in self._entry_ids], ks):
             if at is None:
                 self._next_entry += 1
-                ids.append(self._next_entry)
-            else:
-                ids.append(old[at][0])
-                old = old[at + 1:]
+            ids.append(self._next_entry if at is None else self._entry_ids[at][0])
         self._entry_ids = list(zip(ids, ks, strict=True))
         sent = [np.asarray(c, dtype=np.float32) for c in centroids]
         parts = self._collect(_bounded(self.spec, self.run, sent, ids, self.spec.threads))
