@@ -103,6 +103,68 @@ SLOW_PASSES = 3
 SLOW_MIN_GAIN_S = 0.25
 
 
+#: The in-pass rule acts on one pass, so it wants a wider margin than the rule over passes:
+#: an executor is behind only when it has delivered nothing for at least this long.
+BEHIND_MIN_S = 0.5
+
+
+def behind_executors(pending: Mapping[str, int], finished: Mapping[str, float],
+                     elapsed: float, *, last: Mapping[str, float] | None = None,
+                     extra_s: float = 0.0, share: Mapping[str, float] | None = None,
+                     cores: Mapping[str, int] | None = None) -> list[str]:
+    """Executors still working on their share of a pass long after the others finished
+    theirs. Blocks are placed by cores, so every share should end at about ``ref``, when the
+    last executor that has finished did (scaled by ``share``, rows per core of each
+    executor in this pass, when the spread is uneven: stand-ins during a probation). One is
+    behind when, ``elapsed`` seconds into the pass:
+
+    - the pass has run twice as long as ``ref`` (:data:`SLOW_RATIO`);
+    - and it has delivered nothing for ``max(BEHIND_MIN_S, extra_s)`` (``last``: seconds
+      from the pass's start to its latest block; ``extra_s``: what moving a block costs,
+      staging it elsewhere), nor since ``ref``;
+    - and the executors that finished hold at least as many ``cores`` as those behind: a
+      majority is the measure, never one quick executor against the rest.
+
+    Its missing blocks are then worth recomputing on the idle ones. This catches, within
+    the pass, a slowed executor that still delivers now and then (so it is never
+    :func:`late_executors`) and would otherwise cost :data:`SLOW_PASSES` passes before
+    :meth:`Placement.observe` finds it, and a frozen one before its late limit.
+
+    Examples
+    --------
+    >>> behind_executors({"a": 1, "b": 0}, {"b": 0.6}, 1.3)
+    ['a']
+    >>> behind_executors({"a": 1, "b": 0}, {"b": 0.6}, 1.05)  # not 0.5 s past 0.6 yet
+    []
+    >>> behind_executors({"a": 1}, {}, 9.0)  # nobody finished: nothing to compare with
+    []
+    >>> behind_executors({"a": 1}, {"b": 0.6}, 1.3, share={"a": 3.0, "b": 1.0})  # a has 3x
+    []
+    """
+    if not finished:
+        return []
+    gain = max(BEHIND_MIN_S, extra_s)
+    out = []
+    for executor, n in sorted(pending.items()):
+        if n <= 0 or executor in finished:
+            continue
+        ref = max(t * _ratio(share, executor, other) for other, t in finished.items())
+        since = elapsed - max((last or {}).get(executor, 0.0), ref)
+        if elapsed > ref / SLOW_RATIO and since > gain:
+            out.append(executor)
+    held = sum((cores or {}).get(e, 1) for e in finished)
+    if sum((cores or {}).get(e, 1) for e in out) > held:
+        return []
+    return out
+
+
+def _ratio(share: Mapping[str, float] | None, executor: str, other: str) -> float:
+    """How much longer ``executor``'s share of a pass should take than ``other``'s."""
+    if not share or share.get(other, 0.0) <= 0.0:
+        return 1.0
+    return max(share.get(executor, 0.0) / share[other], 1.0)
+
+
 @dataclass
 class Placement:
     """Where the blocks are, what moved and what was staged: the figures a run reports.

@@ -49,7 +49,14 @@ from pipeline.engine.kernel import (
     take_sample,
     uniforms,
 )
-from pipeline.engine.placement import Executor, Placement, assign, late_executors, loads
+from pipeline.engine.placement import (
+    Executor,
+    Placement,
+    assign,
+    behind_executors,
+    late_executors,
+    loads,
+)
 from pipeline.engine.snapshot import filesystem, join_path
 from pipeline.engine.staging import (
     Block,
@@ -243,9 +250,12 @@ class SparkBlockSource:
 
     - an executor lost mid-pass: its missing blocks are sent at once to the survivors, spread
       by free cores, where they are staged from the snapshot; the survivors' tasks run on;
-    - an executor that stops delivering (frozen by a GC pause or SIGSTOP, or slowed): after
+    - an executor that stops delivering (frozen by a GC pause or SIGSTOP): after
       :data:`LATE_FLOOR_S` / :data:`LATE_MULTIPLIER` its missing blocks are recomputed on the
       others, read from the snapshot (nothing is fetched from the late executor);
+    - an executor still at its share of the pass when the others have been done with theirs
+      for as long again (slowed: a throttled container, a noisy neighbour): the same, within
+      that pass (:func:`~pipeline.engine.placement.behind_executors`);
     - either way those blocks stay where they were recomputed, and the pass's leftover job is
       cancelled (only the late or lost executor's tasks were still in it).
 
@@ -468,8 +478,9 @@ class SparkBlockSource:
     def _watch(self, pass_id: str, work: Callable[[int, Block], Any], box: dict[int, Outcome],
                target: dict[int, str], jobs: list[_Job]) -> set[str]:
         """Until every block is in: blocks of lost executors go to the survivors at once,
-        blocks of late ones after the late limit; a job's error is raised. Returns the
-        executors found late."""
+        blocks of late ones after the late limit, and those of an executor still at its
+        share long after the others finished theirs (:func:`behind_executors`) then; a job's
+        error is raised. Returns the executors found late or behind."""
         start = time.monotonic()
         progress = {e: start for e in self.executors}
         seconds: list[float] = []
@@ -513,6 +524,14 @@ class SparkBlockSource:
             newly = set(late_executors(pending, progress, now, seconds,
                                        floor=max(self.late_floor_s, self.staging_s),
                                        multiplier=self.late_multiplier)) - late
+            behind: set[str] = set()
+            if self.placement.passes:  # not while the blocks are first staged
+                behind = set(behind_executors(
+                    pending, self._finished(pass_id, target, late, start), now - start,
+                    last={e: t - start for e, t in progress.items()},
+                    extra_s=self.staging_s, share=self._shares(target),
+                    cores={e: ex.cores for e, ex in self.executors.items()})) - late - newly
+            newly |= behind
             helpers = [ex for ex in self.executors.values()
                        if ex.id not in late | newly and ex.id not in self.placement.probation]
             if not newly or not helpers:
@@ -520,15 +539,47 @@ class SparkBlockSource:
             late |= newly
             for executor in newly:
                 self.placement.mark_late(executor)
+            self.placement.late -= len(behind)  # counted as slow, as _demote_slow does
+            self.placement.slow += len(behind)
             moving_blocks = {i: self.weights[i] for i, e in waiting.items() if e in newly}
             busy = loads({i: e for i, e in target.items() if e not in late}, self.weights)
             moving = assign(moving_blocks, helpers, busy)
-            log.warning("executors %s delivered nothing for %.1f s: blocks %s recomputed on "
+            # what they delivered before falling behind runs elsewhere too from the next
+            # pass, while they are on probation (else it would wait on them once more)
+            delivered = {i: self.weights[i] for i, e in target.items()
+                         if e in newly and i not in waiting}
+            if delivered:
+                after = dict(busy)
+                for index, executor in moving.items():
+                    after[executor] = after.get(executor, 0.0) + self.weights[index]
+                self.placement.stand_in.update(assign(delivered, helpers, after))
+            log.warning("executors %s delivered nothing for %.1f s or were still at their "
+                        "share of the pass long after the others: blocks %s recomputed on "
                         "%s", sorted(newly), now - start, sorted(moving),
                         sorted(set(moving.values())))
             self.placement.stand_ins(moving)
             helping |= set(moving.values())
             self._resubmit(pass_id, work, moving, target, jobs, progress, now)
+
+    def _finished(self, pass_id: str, target: dict[int, str], late: set[str],
+                  start: float) -> dict[str, float]:
+        """Executors whose every block of the pass is in, and when the last came (seconds
+        from the pass's start)."""
+        with self._cond:
+            arrivals = dict(self._arrivals.get(pass_id, {}))
+        last: dict[str, float] = {}
+        open_: set[str] = set(late)
+        for index, executor in target.items():
+            if index not in arrivals:
+                open_.add(executor)
+            else:
+                last[executor] = max(last.get(executor, 0.0), arrivals[index] - start)
+        return {e: t for e, t in last.items() if e not in open_}
+
+    def _shares(self, target: dict[int, str]) -> dict[str, float]:
+        """Rows per core of each executor's blocks in a pass."""
+        return {e: w / max(self.executors[e].cores, 1) if e in self.executors else w
+                for e, w in loads(target, self.weights).items()}
 
     def _resubmit(self, pass_id: str, work: Callable[[int, Block], Any],
                   moving: dict[int, str], target: dict[int, str], jobs: list[_Job],

@@ -111,7 +111,10 @@ def test_a_frozen_executor_is_worked_around_with_the_same_result(runs):
     report = frozen["report"]
     held = [b for b, ex in frozen["history"][0].items() if runs["worker_of"][ex] == 0]
     assert held, frozen["history"][0]
-    assert report["late_executors"] >= 1 and report["rescued"] >= len(held), report
+    # found late (it delivered nothing for the late limit) or behind (still at its share
+    # long after the others finished theirs), whichever came first
+    found = report["late_executors"] + report["slow_executors"]
+    assert found >= 1 and report["rescued"] >= len(held), report
     # its blocks now live elsewhere, each staged there
     assert all(runs["worker_of"][ex] != 0 for ex in frozen["history"][-1].values())
     assert report["stagings"] >= BLOCKS + len(held), report

@@ -11,6 +11,7 @@ from pipeline.engine.placement import (
     Executor,
     Placement,
     assign,
+    behind_executors,
     late_executors,
     loads,
 )
@@ -123,3 +124,32 @@ def test_a_slow_executor_is_found_after_three_passes_and_not_for_noise():
     again.observe({"a": 0.3, "b": 1.0})
     again.observe({"a": 0.3, "b": 0.35})
     assert again.observe({"a": 0.3, "b": 1.0}) == []
+
+
+def test_an_executor_still_at_its_share_long_after_the_others_is_behind():
+    # b and c finished at 0.5 s; a, as many rows per core, delivered nothing: behind at 1.1 s
+    assert behind_executors({"a": 1, "b": 0, "c": 0}, {"b": 0.5, "c": 0.4}, 1.1) == ["a"]
+    assert behind_executors({"a": 1}, {"b": 0.5, "c": 0.4}, 0.95) == []  # not 0.5 s past
+    # small blocks: twice as long, but by a few ms, is not worth a move (BEHIND_MIN_S)
+    assert behind_executors({"a": 1}, {"b": 0.02}, 0.1) == []
+    # nor before moving a block would pay for its staging elsewhere
+    assert behind_executors({"a": 1}, {"b": 0.5}, 1.1, extra_s=0.8) == []
+    assert behind_executors({"a": 1}, {"b": 0.5}, 1.4, extra_s=0.8) == ["a"]
+    # still delivering (its last block came 0.2 s ago): not behind yet
+    assert behind_executors({"a": 1}, {"b": 0.5}, 1.2, last={"a": 1.0}) == []
+    assert behind_executors({"a": 1}, {"b": 0.5}, 1.6, last={"a": 1.0}) == ["a"]
+    # long blocks: twice the others' time is the measure
+    assert behind_executors({"a": 1}, {"b": 2.0}, 3.0) == []
+    assert behind_executors({"a": 1}, {"b": 2.0}, 4.1) == ["a"]
+    # a has twice the rows per core of b (a stand-in during a probation): twice b's time
+    # is its own ref
+    assert behind_executors({"a": 1}, {"b": 0.5}, 1.1, share={"a": 2.0, "b": 1.0}) == []
+    assert behind_executors({"a": 1}, {"b": 0.5}, 2.1, share={"a": 2.0, "b": 1.0}) == ["a"]
+    # one quick 1-core executor is no measure for a 2-core one and a frozen one together
+    cores = {"one": 1, "two": 2, "frozen": 1}
+    assert behind_executors({"two": 2, "frozen": 2}, {"one": 0.2}, 1.0, cores=cores) == []
+    assert behind_executors({"frozen": 2}, {"one": 0.2, "two": 0.3}, 1.0,
+                            cores=cores) == ["frozen"]
+    # an executor that has finished is never behind; nobody finished, nothing to compare
+    assert behind_executors({"a": 0}, {"a": 0.5}, 9.0) == []
+    assert behind_executors({"a": 1, "b": 1}, {}, 9.0) == []
