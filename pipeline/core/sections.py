@@ -54,6 +54,16 @@ class ServingSettings(_Section):
 
     serving_host: str = Field(default="127.0.0.1", description="Inference server bind address.")
     serving_port: int = Field(default=8080, ge=0, le=65535, description="Inference server port.")
+    grpc_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Port of the Open Inference Protocol's gRPC service "
+                    "(inference.GRPCInferenceService), beside REST on serving_port; unset: no "
+                    "gRPC. The InferenceService manifest sets 8081, as KServe does.")
+    grpc_max_connection_age_seconds: float = Field(
+        default=300.0, gt=0, le=86400,
+        description="Longest life of a gRPC connection; then the server asks the client to "
+                    "reconnect and gives its calls body_timeout_seconds to finish. Bounds a "
+                    "stream that stalls mid-message, and spreads clients over replicas.")
     serving_token: SecretStr | None = Field(
         default=None,
         description="Bearer token for predictions (printable ASCII, no spaces); unset: "

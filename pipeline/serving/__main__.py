@@ -1,11 +1,12 @@
 """``kmeans-serve`` (or ``python -m pipeline.serving``): the inference server on its own.
 
-What the serving image runs (docker/serving.Dockerfile, k8s/base/inferenceservice.yaml). It imports
-the server and what the server needs (settings, the model artifact, the MLflow registry, the
-Feast online store), never the rest of the platform, so it runs from the ``serving`` extra
-alone: no Airflow, Spark, Great Expectations or Evidently. The options are those of the
-platform's ``kmeans serve``, which runs the same :func:`pipeline.serving.server.serve`: both are
-derived from :class:`pipeline.serving.params.ServeParams`.
+What the serving image runs (docker/serving.Dockerfile, k8s/base/predictor/inferenceservice.yaml).
+It imports the server and what the server needs (settings, the model artifact, the MLflow
+registry, the Feast online store), never the rest of the platform, so it runs from the
+``serving`` extra alone: no Airflow, Spark, Great Expectations or Evidently. The options are
+those of the platform's ``kmeans serve``, which runs the same
+:func:`pipeline.serving.server.serve`: both are derived from
+:class:`pipeline.serving.params.ServeParams`.
 
 Standard output carries the access log (one JSON line per request); logs go to standard error.
 """

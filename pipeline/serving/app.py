@@ -26,6 +26,7 @@ from pipeline.core.settings import ServingSettings
 from pipeline.serving.admin import AdminApi, Loader
 from pipeline.serving.asgi import AsgiCore, Handler
 from pipeline.serving.dataplane import DataPlane
+from pipeline.serving.grpc_v2 import GrpcServer
 from pipeline.serving.metrics import Metrics
 from pipeline.serving.model import SegmentService
 from pipeline.serving.openapi import document
@@ -63,6 +64,19 @@ class InferenceApp(AsgiCore):
         self.serve_routes(self.handlers)
         self.metrics.routing(service.routing.describe())
         service.ids_read = self.metrics.lookup_ids.inc
+        #: The Open Inference Protocol over gRPC on ``grpc_port``, when it is set: started and
+        #: stopped with the app's lifespan (:attr:`GrpcServer.port` is the port bound).
+        self.grpc = (GrpcServer(self, self.dataplane, self.serving.serving_host,
+                                self.serving.grpc_port)
+                     if self.serving.grpc_port is not None else None)
+
+    async def started(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.start()
+
+    async def stopping(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop(grace=min(self.serving.shutdown_grace_seconds, 5.0))
 
     def _handlers(self) -> dict[str, Handler]:
         """Each handler the route table names, from the data plane or the admin API."""

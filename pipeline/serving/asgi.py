@@ -171,8 +171,14 @@ class AsgiCore:
                         flusher = asyncio.create_task(flush_every(stream, 0.5))
                     if self.prediction_log is not None:
                         self.prediction_log.start()
+                    try:
+                        await self.started()
+                    except Exception as err:  # noqa: BLE001 - told to the server, which exits
+                        await send({"type": "lifespan.startup.failed", "message": str(err)})
+                        return
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
+                    await self.stopping()
                     if flusher is not None and stream is not None:
                         flusher.cancel()
                         stream.flush()
@@ -184,10 +190,8 @@ class AsgiCore:
     async def _http(self, scope, receive, send):
         start = time.perf_counter()
         headers = dict(scope["headers"])
-        given = headers.get(b"x-request-id")
         # Echoed in a response header and the access log: printable ASCII only, or our own.
-        request_id = (given.decode() if given is not None and REQUEST_ID.fullmatch(given)
-                      else f"{self._boot}-{next(self._ids)}")
+        request_id = self.request_id(headers.get(b"x-request-id"))
         method, path = scope["method"], scope["path"]
         route_name, budget = "unknown", ""
         versions: tuple[str, ...] = ()
@@ -199,7 +203,7 @@ class AsgiCore:
                 raise MethodNotAllowed(f"{method} is not allowed on {path}; allowed: "
                                        f"{', '.join(route.methods)}")
             if route.guard:
-                self._check_token(headers, route.guard)
+                self.check_token(headers, route.guard)
             request = Request(method, path, headers, params, id=request_id)
             if method == "POST":
                 # Before a slot is taken: a client that stalls its body holds no slot, and
@@ -208,8 +212,9 @@ class AsgiCore:
             if route.limited:
                 # The admin API has a budget of its own: a flood of predictions cannot refuse
                 # the rollout controller's rollback, nor the other way round.
-                budget = "admin" if route.guard == "admin" else "predict"
-                self._take_slot(budget)
+                wanted = "admin" if route.guard == "admin" else "predict"
+                self.take_slot(wanted)
+                budget = wanted  # released in `finally` only once taken
             status, body, ctype, versions = await route.handler(request)
         except ServingError as err:
             status, body, ctype = err.status, orjson.dumps({"error": str(err)}), JSON_TYPES[0]
@@ -226,10 +231,7 @@ class AsgiCore:
             status, ctype, extra = 500, JSON_TYPES[0], ()
             body = orjson.dumps({"error": f"internal error (request id {request_id})"})
         finally:
-            if budget == "predict":
-                self.inflight -= 1
-            elif budget == "admin":
-                self.admin_inflight -= 1
+            self.release_slot(budget)
         if status != 499:
             try:
                 await send({"type": "http.response.start", "status": status,
@@ -240,7 +242,13 @@ class AsgiCore:
                             "body": b"" if method == "HEAD" else body})
             except asyncio.CancelledError:  # gone while its answer waited to be written
                 status = 499
-        elapsed = time.perf_counter() - start
+        self.account(route_name, status, time.perf_counter() - start, versions, request_id,
+                     method, path)
+
+    def account(self, route_name: str, status: int, elapsed: float, versions: tuple[str, ...],
+                request_id: str, method: str, path: str) -> None:
+        """One answered request in the metrics, each version's window and the access log
+        (REST and gRPC alike; a gRPC answer counts with the HTTP status of its code)."""
         m = self.metrics
         m.child(m.requests, route_name, str(status)).inc()
         m.child(m.latency, route_name).observe(elapsed)
@@ -255,7 +263,24 @@ class AsgiCore:
                  "route": route_name, "status": status, "ms": round(elapsed * 1000, 3),
                  "versions": versions}, option=orjson.OPT_APPEND_NEWLINE))
 
-    def _take_slot(self, budget: str) -> None:
+    def request_id(self, given: bytes | None) -> str:
+        """The client's request id when it is printable ASCII (at most 64), else our own."""
+        return (given.decode() if given is not None and REQUEST_ID.fullmatch(given)
+                else f"{self._boot}-{next(self._ids)}")
+
+    def release_slot(self, budget: str) -> None:
+        if budget == "predict":
+            self.inflight -= 1
+        elif budget == "admin":
+            self.admin_inflight -= 1
+
+    async def started(self) -> None:
+        """Called once the lifespan has started (a subclass starts what serves beside HTTP)."""
+
+    async def stopping(self) -> None:
+        """Called when the lifespan shuts down, after HTTP has drained."""
+
+    def take_slot(self, budget: str) -> None:
         if budget == "admin":
             if self.admin_inflight >= self.max_admin_concurrency:
                 self.metrics.limited.inc()
@@ -284,7 +309,7 @@ class AsgiCore:
         """A connection the HTTP protocol closed (its client read no answer in time)."""
         self.metrics.child(self.metrics.closed, reason).inc()
 
-    def _check_token(self, headers: dict, guard: str) -> None:
+    def check_token(self, headers: dict, guard: str) -> None:
         expected = self.token if guard == "predict" else self.admin_token
         if expected is None:
             if guard == "predict":

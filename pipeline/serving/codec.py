@@ -122,7 +122,26 @@ def parse_v2(request: Request, service: SegmentService) -> tuple[dict, tuple[str
     tensor = body["inputs"][0]
     if not isinstance(tensor, dict):
         raise InvalidInput("each input must be an object with name, shape, datatype and data")
-    name, dtype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+    name, dtype, shape = check_input(tensor.get("name"), tensor.get("datatype"),
+                                     tensor.get("shape"), service)
+    params = tensor.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    data: list | np.ndarray | None
+    if size is not None:
+        if type(size) is not int or size != len(blob):
+            raise InvalidInput(f"binary_data_size {brief(size)} does not match the {len(blob)} "
+                               "bytes after the JSON header (one binary input is supported)")
+        data = binary_tensor(blob, dtype, shape, "binary_data_size")
+    else:
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise InvalidInput("data must be a (flat or nested) list of values")
+    return body, input_data(name, data, shape)
+
+
+def check_input(name, dtype, shape, service: SegmentService) -> tuple[str, str, list[int]]:
+    """The one input tensor's name, datatype and declared shape, checked against the model and
+    the batch limit (JSON and gRPC alike) before any array is sized from the shape."""
     if name not in ("features", "customer_id"):
         raise InvalidInput(f"input name {brief(name)} is not known; use 'features' or "
                            "'customer_id'")
@@ -139,30 +158,26 @@ def parse_v2(request: Request, service: SegmentService) -> tuple[dict, tuple[str
         if len(shape) not in (1, 2) or shape[1:] not in ([], [1]):
             raise InvalidInput(f"customer_id has shape {brief(shape)}; allowed: [n] or [n, 1]")
         service.check_ids(shape[0], shape)
-    params = tensor.get("parameters") or {}
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
-    data: list | np.ndarray | None
-    if size is not None:
-        data = _binary_tensor(blob, size, dtype, shape)
-    else:
-        data = tensor.get("data")
-        if not isinstance(data, list):
-            raise InvalidInput("data must be a (flat or nested) list of values")
+    return name, dtype, shape
+
+
+def input_data(name: str, data: list | np.ndarray, shape: list[int]) -> tuple[str, object]:
+    """A checked input's values as (kind, data): customer ids, or a float64 feature matrix."""
     if name == "customer_id":
         ids = int_list(data if isinstance(data, list) else data.tolist(), nested_ok=True)
         if shape not in ([len(ids)], [len(ids), 1]):
             raise InvalidInput(f"shape {shape} does not match {len(ids)} customer ids")
-        return body, ("customer_id", ids)
-    return body, ("features", float_matrix(data, shape))
+        return "customer_id", ids
+    return "features", float_matrix(data, shape)
 
 
-def _binary_tensor(blob: bytes, size, dtype: str, shape: list[int]) -> np.ndarray:
-    if type(size) is not int or size != len(blob):
-        raise InvalidInput(f"binary_data_size {brief(size)} does not match the {len(blob)} bytes "
-                           "after the JSON header (one binary input is supported)")
+def binary_tensor(blob: bytes, dtype: str, shape: list[int], what: str) -> np.ndarray:
+    """A tensor's raw little-endian bytes (the binary extension, gRPC's raw contents) as an
+    array of ``shape``; ``what`` names the size in the error."""
     item = np.dtype(BINARY_DTYPES[dtype]).itemsize
+    size = len(blob)
     if size != math.prod(shape) * item:  # Python integers: a declared shape cannot overflow
-        raise InvalidInput(f"binary_data_size {size} does not match shape {shape} of {dtype} "
+        raise InvalidInput(f"{what} {size} does not match shape {shape} of {dtype} "
                            f"({item} bytes each)")
     arr = np.frombuffer(blob, dtype=BINARY_DTYPES[dtype]).reshape(shape)
     return arr.astype(np.float64) if dtype.startswith("FP") else arr

@@ -29,6 +29,23 @@ INLINE_ROWS = 256  # bigger batches, their answers and every lookup by id run in
 INLINE_BODY = 64 * 1024  # bigger bodies are parsed in a worker thread: probes go on meanwhile
 
 
+def output_names(pred: Prediction, wanted: list[str] | None) -> list[str]:
+    """The outputs of an answer: every output the prediction has (``stale`` and ``error``
+    only when it has them), or those ``wanted``, which must be among them."""
+    names = [n for n in OUTPUTS if n not in ("stale", "error")]
+    if pred.stale is not None:
+        names.append("stale")
+    if pred.error is not None:
+        names.append("error")
+    if wanted is not None:
+        absent = [n for n in wanted if n not in names]
+        if absent:
+            raise InvalidInput(f"requested outputs {absent} are not produced for this "
+                               f"input; available: {names}")
+        names = wanted
+    return names
+
+
 def loaded_versions(service: SegmentService) -> list[str]:
     """The versions ``service`` holds, stable first."""
     r = service.routing
@@ -58,8 +75,12 @@ class DataPlane:
         return json_reply({"ready": ready}, 200 if ready else 503)
 
     async def server_metadata(self, request):
-        return json_reply({"name": "kmeans-platform", "version": self.server_version,
-                      "extensions": ["binary_tensor_data_input", "model_versions"]})
+        return json_reply(self.server_info())
+
+    def server_info(self) -> dict:
+        """The server's metadata (v2): name, version, extensions."""
+        return {"name": "kmeans-platform", "version": self.server_version,
+                "extensions": ["binary_tensor_data_input", "model_versions"]}
 
     def check_model(self, params: Mapping[str, str]) -> None:
         if params["name"] != self.service.name:
@@ -74,15 +95,18 @@ class DataPlane:
         return loaded_versions(self.service)
 
     async def model_metadata(self, request):
-        self.check_model(request.params)
+        return json_reply(self.metadata(request.params))
+
+    def metadata(self, params: Mapping[str, str]) -> dict:
+        """The model's metadata (v2), of the version ``params`` names or the stable one."""
+        self.check_model(params)
         r = self.service.routing
         slot = r.stable
-        if request.params.get("version") and r.canary and \
-                r.canary.version == request.params["version"]:
+        if params.get("version") and r.canary and r.canary.version == params["version"]:
             slot = r.canary
         model = slot.model if slot else None
         width = len(model.feature_names) if model else -1
-        return json_reply({
+        return {
             "name": self.service.name, "versions": self._loaded(), "platform": "kmeans-platform",
             "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, width]},
                        {"name": "customer_id", "datatype": "INT64", "shape": [-1]}],
@@ -90,7 +114,7 @@ class DataPlane:
             "parameters": {"feature_names": model.feature_names if model else [],
                            "k": model.k if model else None,
                            "cluster_ids": model.cluster_ids.tolist() if model else [],
-                           "routing": r.describe()}})
+                           "routing": r.describe()}}
 
     async def model_ready(self, request):
         self.check_model(request.params)
@@ -114,19 +138,9 @@ class DataPlane:
         else:
             body, tensors = parse_v2(request, self.service)
         wanted = requested_outputs(body.get("outputs"))  # refused before any scoring
-        pred = await self._score(*tensors, version=request.params.get("version"),
-                                 request_id=request.id)
-        names = [n for n in OUTPUTS if n not in ("stale", "error")]
-        if pred.stale is not None:
-            names.append("stale")
-        if pred.error is not None:
-            names.append("error")
-        if wanted is not None:
-            absent = [n for n in wanted if n not in names]
-            if absent:
-                raise InvalidInput(f"requested outputs {absent} are not produced for this "
-                                   f"input; available: {names}")
-            names = wanted
+        pred = await self.score(*tensors, version=request.params.get("version"),
+                                request_id=request.id)
+        names = output_names(pred, wanted)
         n = len(pred)
         outputs = []
         for name in names:
@@ -146,14 +160,17 @@ class DataPlane:
             kind, data = await asyncio.to_thread(parse_v1, request.body, self.service)
         else:
             kind, data = parse_v1(request.body, self.service)
-        pred = await self._score(kind, data, request_id=request.id)
+        pred = await self.score(kind, data, request_id=request.id)
         if len(pred) > INLINE_ROWS:  # one dict per row: built and serialised off the loop
             return await asyncio.to_thread(
                 lambda: json_reply({"predictions": pred.rows()}, versions=pred.versions_used))
         return json_reply({"predictions": pred.rows()}, versions=pred.versions_used)
 
-    async def _score(self, kind: str, data, version: str | None = None,
-                     request_id: str = "") -> Prediction:
+    async def score(self, kind: str, data, version: str | None = None,
+                    request_id: str = "") -> Prediction:
+        """``data`` (customer ids or a feature matrix) scored by the version its routing
+        picks (or ``version``), counted in the metrics and sampled to the prediction log; for
+        REST and gRPC alike."""
         service = self.service
         ids = None
         if kind == "customer_id":

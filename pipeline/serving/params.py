@@ -2,8 +2,9 @@
 their flags, ``kmeans-serve`` (argparse, :mod:`pipeline.serving.__main__`: the serving image
 has no typer) and the platform's ``kmeans serve`` (typer, ``pipeline.cli.options_from``).
 
-Where the server listens (``host``, ``port``) defaults to the settings (``KMEANS_SERVING_HOST``,
-``KMEANS_SERVING_PORT``): None here means "as the settings say".
+Where the server listens (``host``, ``port``, ``grpc_port``) defaults to the settings
+(``KMEANS_SERVING_HOST``, ``KMEANS_SERVING_PORT``, ``KMEANS_GRPC_PORT``): None here means "as
+the settings say".
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ class ServeParams(BaseModel):
                                                                 "answers (canary mode).")
     host: str | None = Field(None, description="Bind address (KMEANS_SERVING_HOST).")
     port: int | None = Field(None, ge=0, le=65535, description="Port (KMEANS_SERVING_PORT).")
+    grpc_port: int | None = Field(None, ge=0, le=65535,
+                                  description="Port of the Open Inference Protocol's gRPC "
+                                              "service beside REST (KMEANS_GRPC_PORT); unset: "
+                                              "no gRPC.")
     feast: bool = Field(True, description="Resolve customer ids through the Feast online "
                                           "store; off: the server needs no feature store and "
                                           "answers lookups by id with 503.")
 
     def setting_overrides(self) -> dict:
         """The settings these options override (flat names, as ``load_settings`` takes them)."""
-        return {k: v for k, v in (("serving_host", self.host), ("serving_port", self.port))
-                if v is not None}
+        return {k: v for k, v in (("serving_host", self.host), ("serving_port", self.port),
+                                  ("grpc_port", self.grpc_port)) if v is not None}

@@ -373,31 +373,39 @@ MOTO_REQUIREMENT = "moto[server]==5.2.5"
 MOTO_VENV = REPO / ".cache" / "moto-venv"
 
 
-def moto_server_bin(venv: Path = MOTO_VENV, requirement: str = MOTO_REQUIREMENT) -> Path:
-    """``moto_server`` of a venv of its own, created on first use (moto cannot go in the
-    project's venv: its botocore needs python-dateutil<3, the lock pins 4.0.0).
+def tool_venv(venv: Path, *requirements: str) -> Path:
+    """The Python of a venv of its own at ``venv`` holding ``requirements``, created (or
+    brought up to date) on first use, for a tool or a client library that cannot go in the
+    project's venv (its pins clash with the lock) or that must be seen as a user installs it.
 
-    ``uv`` (from the project's venv) makes the venv with this interpreter and installs
-    ``requirement`` (~1-2 s from uv's cache); a file lock serialises concurrent test runs.
-    ``<venv>/../.gitignore`` keeps git from listing the cache.
+    ``uv`` (from the project's venv) makes the venv with this interpreter and installs the
+    requirements (a second or two from uv's cache); a file lock serialises concurrent test
+    runs. ``<venv>/../.gitignore`` keeps git from listing the cache.
     """
-    exe = venv / "bin" / "moto_server"
+    python = venv / "bin" / "python"
     marker = venv / ".requirement"
+    wanted = "\n".join(requirements)
     venv.parent.mkdir(parents=True, exist_ok=True)
     ignore = venv.parent / ".gitignore"
     if not ignore.exists():
         ignore.write_text("# created by tests/helpers/processes.py\n*\n")
     with (venv.parent / f"{venv.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if exe.exists() and marker.exists() and marker.read_text() == requirement:
-            return exe
+        if python.exists() and marker.exists() and marker.read_text() == wanted:
+            return python
         uv = Path(sys.executable).with_name("uv")
-        if not (venv / "bin" / "python").exists():
+        if not python.exists():
             subprocess.run([str(uv), "venv", "-q", "-p", sys.executable, str(venv)], check=True)
-        subprocess.run([str(uv), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
-                        requirement], check=True)
-        marker.write_text(requirement)
-    return exe
+        subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python),
+                        *requirements], check=True)
+        marker.write_text(wanted)
+    return python
+
+
+def moto_server_bin(venv: Path = MOTO_VENV, requirement: str = MOTO_REQUIREMENT) -> Path:
+    """``moto_server`` of a venv of its own (:func:`tool_venv`): moto cannot go in the
+    project's venv (its botocore needs python-dateutil<3, the lock pins 4.0.0)."""
+    return tool_venv(venv, requirement).with_name("moto_server")
 
 
 class S3Server:

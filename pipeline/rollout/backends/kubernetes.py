@@ -11,6 +11,11 @@ the previous ready revision keeps the rest. This backend therefore:
   recording the new stable version in ``metadata.annotations['kmeans.io/stable-version']``;
 - drops a canary by setting the template back to the stable version and removing the field.
 
+The gRPC twin (``<name>-grpc``, k8s/base/inferenceservice-grpc.yaml: Knative lets a container
+expose one port, so the Open Inference Protocol's gRPC half is an InferenceService of its own)
+gets every write too, computed from its own predictor, so both serve the same versions with the
+same split; the backend finds it by name, and goes on without it where it is not deployed.
+
 Analysis reads each revision's ``/admin/window`` through KServe's tag routes (``prev-`` and
 ``latest-`` hosts, enabled by ``serving.kserve.io/enable-tag-routing``). Rows are split between
 revisions, so agreement on the same rows is not available here; the controller then judges error
@@ -29,6 +34,7 @@ from pipeline.rollout.base import RolloutError, Step
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 STABLE_ANNOTATION = "kmeans.io/stable-version"
 MODEL_ANNOTATION = "kmeans.io/model-version"
+GRPC_SUFFIX = "-grpc"  # the gRPC twin's name: the InferenceService's, with this suffix
 
 
 class KServeBackend:
@@ -58,9 +64,21 @@ class KServeBackend:
                    settings.rollout.kserve_namespace, admin_token=token)
 
     # ---- reading -------------------------------------------------------------------------
-    def _get(self) -> dict:
+    def _get(self, name: str | None = None) -> dict:
         return self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL,
-                                                     self.name)
+                                                     name or self.name)
+
+    def twins(self) -> list[str]:
+        """The InferenceServices that follow this one: its gRPC twin, when it is deployed."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._get(self.name + GRPC_SUFFIX)
+        except ApiException as err:
+            if err.status == 404:
+                return []
+            raise
+        return [self.name + GRPC_SUFFIX]
 
     def routing(self) -> dict:
         isvc = self._get()
@@ -74,18 +92,25 @@ class KServeBackend:
                 "mode": "canary"}
 
     # ---- writing -------------------------------------------------------------------------
-    def _patch(self, body: dict) -> dict:
-        return self.api.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL,
-                                                       self.name, body)
+    def _patch(self, body) -> dict:
+        """Patch this InferenceService and its twins: ``body`` is the merge patch, or a
+        function of an InferenceService that returns its patch. Returns this one's."""
+        out: dict = {}
+        for name in [self.name, *self.twins()]:
+            patch = body(self._get(name)) if callable(body) else body
+            done = self.api.patch_namespaced_custom_object(GROUP, VERSION, self.namespace,
+                                                           PLURAL, name, patch)
+            out = out or done
+        return out
 
     def load(self, version: str, slot: str = "canary") -> dict:
-        isvc = self._get()
-        predictor = _with_version(isvc["spec"]["predictor"], str(version))
-        if slot == "stable":
-            return self._patch({"metadata": {"annotations": {STABLE_ANNOTATION: str(version)}},
-                                "spec": {"predictor": {**predictor,
-                                                       "canaryTrafficPercent": None}}})
-        return self._patch({"spec": {"predictor": {**predictor, "canaryTrafficPercent": 0}}})
+        def patch(isvc: dict) -> dict:
+            predictor = _with_version(isvc["spec"]["predictor"], str(version))
+            if slot == "stable":
+                return {"metadata": {"annotations": {STABLE_ANNOTATION: str(version)}},
+                        "spec": {"predictor": {**predictor, "canaryTrafficPercent": None}}}
+            return {"spec": {"predictor": {**predictor, "canaryTrafficPercent": 0}}}
+        return self._patch(patch)
 
     def traffic(self, step: Step) -> dict:
         if step.mode == "shadow":
@@ -99,13 +124,12 @@ class KServeBackend:
                             "spec": {"predictor": {"canaryTrafficPercent": None}}})
 
     def drop(self, version: str) -> dict:
-        isvc = self._get()
-        stable = (isvc["metadata"].get("annotations") or {}).get(STABLE_ANNOTATION)
+        stable = (self._get()["metadata"].get("annotations") or {}).get(STABLE_ANNOTATION)
         if stable is None:
             raise RolloutError(f"InferenceService {self.namespace}/{self.name} has no "
                                f"{STABLE_ANNOTATION} annotation; cannot tell what to return to")
-        predictor = _with_version(isvc["spec"]["predictor"], stable)
-        return self._patch({"spec": {"predictor": {**predictor, "canaryTrafficPercent": None}}})
+        return self._patch(lambda isvc: {"spec": {"predictor": {
+            **_with_version(isvc["spec"]["predictor"], stable), "canaryTrafficPercent": None}}})
 
     def window(self) -> dict:
         return self._revisions(lambda backend: backend.window())
@@ -126,7 +150,7 @@ def _template_version(predictor: dict) -> str:
     version = (predictor.get("annotations") or {}).get(MODEL_ANNOTATION)
     if version is None:
         raise RolloutError(f"the predictor has no {MODEL_ANNOTATION} annotation; apply "
-                           "k8s/base/inferenceservice.yaml from this repository")
+                           "k8s/base/predictor/inferenceservice.yaml from this repository")
     return version
 
 

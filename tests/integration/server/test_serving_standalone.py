@@ -181,7 +181,8 @@ def _image_command() -> list[str]:
     dockerfile = (ROOT / "docker" / "serving.Dockerfile").read_text()
     entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.M).group(1))
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.M).group(1))
-    manifest = yaml.safe_load((ROOT / "k8s" / "base" / "inferenceservice.yaml").read_text())
+    manifest = yaml.safe_load((ROOT / "k8s" / "base" / "predictor" /
+                               "inferenceservice.yaml").read_text())
     container = manifest["spec"]["predictor"]["containers"][0]
     assert container["command"] + container["args"] == entrypoint + cmd
     return entrypoint + cmd

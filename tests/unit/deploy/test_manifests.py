@@ -53,6 +53,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "k8s"
+PREDICTOR = K8S / "base" / "predictor" / "inferenceservice.yaml"  # the InferenceService
 DOCKER = ROOT / "docker"
 OVERLAYS = ("dev", "prod")
 MONITORING_COMPONENT = K8S / "components" / "monitoring"
@@ -412,12 +413,13 @@ def validate_document(doc: dict) -> str:
 def test_overlay_renders_the_standing_state(rendered, overlay):
     docs = rendered[overlay]
     kinds = Counter(d["kind"] for d in docs)
-    assert kinds["Namespace"] == 1 and kinds["InferenceService"] == 1
+    # the predictor and its gRPC twin (Knative: one port per container)
+    assert kinds["Namespace"] == 1 and kinds["InferenceService"] == 2
     assert kinds["ServiceAccount"] == 4 and kinds["Role"] == kinds["RoleBinding"] == 5
     assert kinds["NetworkPolicy"] == 5 and kinds["PersistentVolumeClaim"] == 1
     assert kinds["ConfigMap"] == 1
-    # prod only: the PodDisruptionBudget, and the monitoring component's two documents
-    assert kinds["PodDisruptionBudget"] == (1 if overlay == "prod" else 0)
+    # prod only: the PodDisruptionBudgets, and the monitoring component's two documents
+    assert kinds["PodDisruptionBudget"] == (2 if overlay == "prod" else 0)
     assert kinds["PodMonitor"] == kinds["PrometheusRule"] == (1 if overlay == "prod" else 0)
     # A run and two templates, never standing state.
     assert kinds["SparkApplication"] == kinds["Pod"] == 0
@@ -436,16 +438,19 @@ def test_overlays_differ_only_where_intended(rendered):
     dev = {(d["kind"], d["metadata"]["name"]): d for d in rendered["dev"]}
     prod = {(d["kind"], d["metadata"]["name"]): d for d in rendered["prod"]}
     assert prod.keys() - dev.keys() == {("PodDisruptionBudget", "kmeans-predictor"),
+                                        ("PodDisruptionBudget", "kmeans-predictor-grpc"),
                                         ("PodMonitor", "kmeans-serving"),
                                         ("PrometheusRule", "kmeans-alerts")}
     assert dev.keys() <= prod.keys()
     changed = sorted(key for key in dev if _strip_env(dev[key]) != _strip_env(prod[key]))
     assert changed == [("InferenceService", "customer-segments"),
+                       ("InferenceService", "customer-segments-grpc"),
                        ("PersistentVolumeClaim", "kmeans-data")]
-    dev_predictor = dev["InferenceService", "customer-segments"]["spec"]["predictor"]
-    prod_predictor = prod["InferenceService", "customer-segments"]["spec"]["predictor"]
-    assert (dev_predictor["minReplicas"], dev_predictor["maxReplicas"]) == (1, 3)
-    assert (prod_predictor["minReplicas"], prod_predictor["maxReplicas"]) == (2, 10)
+    for name in ("customer-segments", "customer-segments-grpc"):
+        dev_predictor = dev["InferenceService", name]["spec"]["predictor"]
+        prod_predictor = prod["InferenceService", name]["spec"]["predictor"]
+        assert (dev_predictor["minReplicas"], dev_predictor["maxReplicas"]) == (1, 3)
+        assert (prod_predictor["minReplicas"], prod_predictor["maxReplicas"]) == (2, 10)
     assert (dev["PersistentVolumeClaim", "kmeans-data"]["spec"]["resources"]["requests"]
             ["storage"]) == "20Gi"
 
@@ -495,7 +500,7 @@ def test_a_typo_in_an_overlay_patch_is_caught_after_rendering(kubectl, tmp_path)
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_rendered_documents_validate(rendered, overlay):
     used = Counter(validate_document(doc) for doc in rendered[overlay])
-    expected = {"kubernetes": 22 + (overlay == "prod"), "kserve": 1}
+    expected = {"kubernetes": 22 + 2 * (overlay == "prod"), "kserve": 2}
     if overlay == "prod":
         expected["prometheus-operator"] = 2
     assert used == expected, used
@@ -556,7 +561,7 @@ def test_kubernetes_validate_knows_no_custom_resources():
     from kubernetes_validate.utils import SchemaNotFoundError
 
     with pytest.raises(SchemaNotFoundError):
-        validate_core(load_yaml(K8S / "base" / "inferenceservice.yaml"))
+        validate_core(load_yaml(PREDICTOR))
 
 
 @pytest.mark.parametrize(("path", "value", "message"), [
@@ -566,7 +571,7 @@ def test_kubernetes_validate_knows_no_custom_resources():
     ("spec.predictor.containers.0.imagePullPolicyy", "Always", "imagePullPolicyy: dropped"),
 ])
 def test_kserve_models_reject_a_broken_inference_service(path, value, message):
-    isvc = load_yaml(K8S / "base" / "inferenceservice.yaml")
+    isvc = load_yaml(PREDICTOR)
     with pytest.raises(AssertionError, match=re.escape(message)):
         validate_inference_service(_break(isvc, path, value))
 
@@ -574,7 +579,7 @@ def test_kserve_models_reject_a_broken_inference_service(path, value, message):
 def test_kserve_models_reject_values_they_cannot_hold():
     from pydantic import ValidationError
 
-    isvc = load_yaml(K8S / "base" / "inferenceservice.yaml")
+    isvc = load_yaml(PREDICTOR)
     with pytest.raises(ValueError):  # the SDK's V1beta1PredictorSpec.max_replicas: int
         validate_inference_service(_break(isvc, "spec.predictor.maxReplicas", "ten"))
     with pytest.raises(ValidationError):  # V1Container.ports[].containerPort: int
@@ -583,7 +588,7 @@ def test_kserve_models_reject_values_they_cannot_hold():
 
 
 def test_kserve_models_build_the_typed_inference_service():
-    isvc = validate_inference_service(load_yaml(K8S / "base" / "inferenceservice.yaml"))
+    isvc = validate_inference_service(load_yaml(PREDICTOR))
     assert type(isvc).__name__ == "V1beta1InferenceService"
     assert type(isvc.spec.predictor).__name__ == "V1beta1PredictorSpec"
     container = isvc.spec.predictor.containers[0]
@@ -654,13 +659,42 @@ def test_monitoring_is_a_component_of_the_files_in_its_folder():
                 in components) is listed, overlay
 
 
-def test_the_podmonitor_scrapes_the_predictor(rendered):
-    docs = {d["kind"]: d for d in rendered["prod"]}
-    selector = docs["PodMonitor"]["spec"]["selector"]["matchLabels"]
-    isvc = docs["InferenceService"]["metadata"]["name"]
-    assert selector == {"serving.kserve.io/inferenceservice": isvc}
-    (endpoint,) = docs["PodMonitor"]["spec"]["podMetricsEndpoints"]
-    assert (endpoint["port"], endpoint["path"]) == ("user-port", "/metrics")
+def test_the_podmonitor_scrapes_the_predictor_and_its_grpc_twin(rendered):
+    docs = rendered["prod"]
+    (monitor,) = [d for d in docs if d["kind"] == "PodMonitor"]
+    (selector,) = monitor["spec"]["selector"]["matchExpressions"]
+    isvcs = [d for d in docs if d["kind"] == "InferenceService"]
+    assert selector == {"key": "serving.kserve.io/inferenceservice", "operator": "In",
+                        "values": [d["metadata"]["name"] for d in isvcs]}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["portNumber"], endpoint["path"]) == (8080, "/metrics")
+    # 8080 is where each pod's server answers /metrics: the REST port of both
+    for isvc in isvcs:
+        args = isvc["spec"]["predictor"]["containers"][0]["args"]
+        assert args[args.index("--port") + 1] == "8080", isvc["metadata"]["name"]
+
+
+def test_the_grpc_twin_differs_from_the_predictor_only_in_its_port_and_probes(rendered):
+    """Derived from the one manifest (k8s/base/grpc): the same image, env, secrets,
+    resources, security and autoscaling; one h2c port and gRPC health probes."""
+    for overlay in OVERLAYS:
+        isvcs = {d["metadata"]["name"]: d for d in rendered[overlay]
+                 if d["kind"] == "InferenceService"}
+        rest = copy.deepcopy(isvcs["customer-segments"])
+        grpc = copy.deepcopy(isvcs["customer-segments-grpc"])
+        for isvc in (rest, grpc):
+            container = isvc["spec"]["predictor"]["containers"][0]
+            for key in ("args", "ports", "readinessProbe", "livenessProbe"):
+                container.pop(key)
+            isvc["metadata"].pop("name")
+            isvc["metadata"]["labels"].pop("app.kubernetes.io/component")
+        assert grpc == rest, overlay
+        container = isvcs["customer-segments-grpc"]["spec"]["predictor"]["containers"][0]
+        assert container["ports"] == [{"name": "h2c", "containerPort": 8081,
+                                       "protocol": "TCP"}]
+        assert container["args"][-2:] == ["--grpc-port", "8081"]
+        assert container["readinessProbe"]["grpc"] == container["livenessProbe"]["grpc"] == \
+            {"port": 8081}
 
 
 # ---- 3b. image tags are pinned by the overlays ----------------------------------------------
@@ -674,8 +708,9 @@ def _images(docs: list[dict]) -> list[tuple[str, dict]]:
 
 def test_the_base_names_its_images_without_a_tag():
     """The tag is the overlays' to set: a tag in the base would be a second home for it."""
-    docs = [doc for name in load_yaml(K8S / "base" / "kustomization.yaml")["resources"]
-            for doc in yaml.safe_load_all((K8S / "base" / name).read_text()) if doc]
+    docs = [doc for path in sorted((K8S / "base").rglob("*.yaml"))
+            if path.name != "kustomization.yaml"
+            for doc in yaml.safe_load_all(path.read_text()) if doc]
     images = _images(docs)
     assert images and {c["image"] for _, c in images} <= set(IMAGES), images
     assert not [w for w, c in images if "imagePullPolicy" in c], images
@@ -867,7 +902,7 @@ def test_credentials_come_only_from_secrets(rendered, overlay):
     (lambda c: c["envFrom"].append({"secretRef": {"name": "someone-elses"}}), "not documented"),
 ])
 def test_credential_check_rejects_literal_credentials(mutate, needle):
-    isvc = load_yaml(K8S / "base" / "inferenceservice.yaml")
+    isvc = load_yaml(PREDICTOR)
     mutate(isvc["spec"]["predictor"]["containers"][0])
     assert any(needle in v for v in credential_violations(isvc))
 
@@ -934,7 +969,7 @@ def test_every_endpoint_uses_tls(rendered, overlay):
 
 
 def test_tls_check_rejects_plaintext_endpoints():
-    isvc = load_yaml(K8S / "base" / "inferenceservice.yaml")
+    isvc = load_yaml(PREDICTOR)
     assert tls_violations(isvc) == []
     opted_out = copy.deepcopy(isvc)
     opted_out["metadata"]["annotations"]["networking.knative.dev/disable-external-domain-tls"] = (

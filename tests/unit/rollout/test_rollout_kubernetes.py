@@ -1,12 +1,14 @@
 """The rollout controller's KServe backend, through the real kubernetes client.
 
 No Kubernetes API server runs on this machine, so this test stands one in at the client's REST
-layer: it keeps the InferenceService of k8s/base/inferenceservice.yaml in memory, answers GET,
-and applies PATCH as a JSON merge patch (RFC 7386), as the API server does for custom resources.
+layer: it keeps the InferenceService of k8s/base/predictor/inferenceservice.yaml in memory,
+answers GET, and applies PATCH as a JSON merge patch (RFC 7386), as the API server does for
+custom resources.
 Everything above that layer (CustomObjectsApi, serialization, content types, URLs) is the real
 client, and the test checks the exact requests the backend sends.
 """
 
+import copy
 import json
 from pathlib import Path
 
@@ -17,7 +19,8 @@ from kubernetes import client
 from pipeline.rollout.backends.kubernetes import MODEL_ANNOTATION, STABLE_ANNOTATION, KServeBackend
 from pipeline.rollout.base import RolloutError, Step
 
-MANIFEST = Path(__file__).resolve().parents[3] / "k8s" / "base" / "inferenceservice.yaml"
+MANIFEST = (Path(__file__).resolve().parents[3] / "k8s" / "base" / "predictor" /
+            "inferenceservice.yaml")
 PATH = "/apis/serving.kserve.io/v1beta1/namespaces/kmeans/inferenceservices/customer-segments"
 
 
@@ -41,10 +44,12 @@ class _Response:
 
 
 class FakeApiServer:
-    """Stands in for the API server at the REST layer (see the module docstring)."""
+    """Stands in for the API server at the REST layer (see the module docstring); ``twin``:
+    the gRPC twin InferenceService, when deployed."""
 
-    def __init__(self, obj):
+    def __init__(self, obj, twin=None):
         self.obj = obj
+        self.twin = twin
         self.requests = []
 
     def request(self, method, url, headers=None, body=None, post_params=None,
@@ -53,6 +58,11 @@ class FakeApiServer:
         self.requests.append({"method": method, "path": "/" + path,
                               "content_type": (headers or {}).get("Content-Type"),
                               "body": body})
+        if "/" + path == PATH + "-grpc" and self.twin is not None:
+            if method == "PATCH":
+                self.twin = _merge(self.twin, body if isinstance(body, dict)
+                                   else json.loads(body))
+            return client.rest.RESTResponse(_Response(200, self.twin))
         if "/" + path != PATH:
             return client.rest.RESTResponse(_Response(404, {"kind": "Status", "code": 404}))
         if method == "PATCH":
@@ -90,7 +100,9 @@ def test_canary_lifecycle_patches_the_inference_service(kserve):
     assert backend.routing() == {"stable": "5", "canary": None, "weight": 0.0, "mode": "canary"}
     patches = [r for r in server.requests if r["method"] == "PATCH"]
     assert {r["content_type"] for r in patches} == {"application/merge-patch+json"}
-    assert {r["path"] for r in server.requests} == {PATH}
+    assert {r["path"] for r in server.requests if r["method"] == "PATCH"} == {PATH}
+    # it looked for the gRPC twin (not deployed here: 404) and went on without it
+    assert {r["path"] for r in server.requests} == {PATH, PATH + "-grpc"}
     assert patches[2]["body"] == {"spec": {"predictor": {"canaryTrafficPercent": 10}}}
     assert patches[3]["body"] == {"metadata": {"annotations": {STABLE_ANNOTATION: "5"}},
                                   "spec": {"predictor": {"canaryTrafficPercent": None}}}
@@ -121,3 +133,35 @@ def test_the_manifest_enables_the_tag_hosts_the_backend_reads():
     exist only with tag routing on (they were off: the analysis could not have read them)."""
     annotations = yaml.safe_load(MANIFEST.read_text())["metadata"]["annotations"]
     assert annotations["serving.kserve.io/enable-tag-routing"] == "true"
+
+
+def test_every_write_goes_to_the_grpc_twin_too_from_its_own_predictor():
+    """With the twin deployed (k8s/base/grpc), each write is applied to it as well, computed
+    from its own predictor: its --grpc-port argument and h2c port are kept."""
+    obj = yaml.safe_load(MANIFEST.read_text())
+    twin = copy.deepcopy(obj)
+    twin["metadata"]["name"] = "customer-segments-grpc"
+    twin["spec"]["predictor"]["containers"][0]["args"] += ["--grpc-port", "8081"]
+    api_client = client.ApiClient(client.Configuration(host="https://kube.invalid"))
+    server = FakeApiServer(obj, twin)
+    api_client.rest_client = server
+    backend = KServeBackend(client.CustomObjectsApi(api_client), "customer-segments", "kmeans",
+                            admin_token="t")
+    backend.load("4", slot="stable")
+    backend.load("5")
+    backend.traffic(Step("canary", 50))
+    for isvc in (server.obj, server.twin):
+        predictor = isvc["spec"]["predictor"]
+        assert predictor["canaryTrafficPercent"] == 50
+        assert predictor["annotations"][MODEL_ANNOTATION] == "5"
+        assert predictor["containers"][0]["args"][-2:] == ["--version", "5"]
+    assert server.twin["spec"]["predictor"]["containers"][0]["args"][:6] == [
+        "--host", "0.0.0.0", "--port", "8080", "--grpc-port", "8081"]
+    backend.drop("5")
+    for isvc in (server.obj, server.twin):
+        assert isvc["spec"]["predictor"]["containers"][0]["args"][-2:] == ["--version", "4"]
+        assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+    backend.load("6")
+    backend.promote("6")
+    assert server.twin["metadata"]["annotations"][STABLE_ANNOTATION] == "6"
+    assert backend.routing() == {"stable": "6", "canary": None, "weight": 0.0, "mode": "canary"}
