@@ -237,8 +237,10 @@ def build_ours(centroids, token: str, *, with_feast: bool = True, access_log=Non
         extra["prediction_log"] = PredictionLog(
             Path(tempfile.mkdtemp(prefix="bench-predictions-")), list(names))
     if "serving" in inspect.signature(InferenceApp).parameters:  # the app takes its section
+        grpc = {"grpc_port": int(os.environ["KMEANS_BENCH_GRPC_PORT"])} \
+            if os.environ.get("KMEANS_BENCH_GRPC_PORT") else {}  # gRPC beside REST
         extra["serving"] = settings_mod.ServingSettings(serving_token=token,
-                                                        admin_token=token + "-admin")
+                                                        admin_token=token + "-admin", **grpc)
     else:  # a commit before ServingSettings (compare_commits.py)
         extra.update(token=token, admin_token=token + "-admin")
     return InferenceApp(service, access_log=access_log or sys.stdout.buffer,
