@@ -390,6 +390,15 @@ def lloyd(source: Source, inits: dict[tuple[int, int], np.ndarray], *, max_iter:
             break
     keys = list(centroids)
     final = source.step([centroids[key].astype(np.float32) for key in keys])
+    overflow = [key[0] for key, (_s, _c, inertia) in zip(keys, final, strict=True)
+                if not np.isfinite(inertia)]
+    if overflow:  # a silent wrong answer otherwise: finite centroids, an infinite inertia
+        largest = float(np.abs(sample).max()) if len(sample) else float("nan")
+        raise ValueError(
+            f"the squared distances overflow float32 (the inertia is not finite for "
+            f"k={overflow[0]}): the data holds values as large as {largest:.3g} (float32 "
+            f"squares overflow beyond about 1.8e19); scale the features first (standardise "
+            f"them, as the platform's preprocessing does)")
     fits = {}
     for key, (_sums, counts, inertia) in zip(keys, final, strict=True):
         fits[key] = KFit(k=key[0], centroids=centroids[key].astype(np.float32), inertia=inertia,

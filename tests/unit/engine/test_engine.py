@@ -155,6 +155,21 @@ def test_nan_input_is_refused():
         ArraySource(np.array([[0, np.inf], [1, 1]], dtype=np.float32))
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's overflow warnings on the way
+@pytest.mark.parametrize("scale", [1e19, 1e20, 1e30])
+def test_values_whose_squares_overflow_float32_are_refused_not_answered(scale):
+    """Finite centroids and an inertia of inf (or NaN) used to come back without a word."""
+    x = np.random.default_rng(0).normal(size=(3000, 4)).astype(np.float32) * scale
+    with pytest.raises(ValueError, match="squared distances overflow float32 .* scale the "
+                                         "features first"):
+        KMeans(3, random_state=0).fit(x)
+    with pytest.raises(ValueError, match="overflow float32"):
+        fit_sweep(ArraySource(x), [2, 3], seed=0)
+    # values just below the edge still fit, with a finite inertia
+    fit = KMeans(3, random_state=0).fit(x / scale * 3e18)
+    assert np.isfinite(fit.inertia_) and np.isfinite(fit.cluster_centers_).all()
+
+
 def test_kmeans_parallel_draws_respect_weights():
     from pipeline.engine.estimator import kmeans_parallel
 
