@@ -105,7 +105,7 @@ SLOW_MIN_GAIN_S = 0.25
 
 #: The in-pass rule acts on one pass, so it wants a wider margin than the rule over passes:
 #: an executor is behind only when it has delivered nothing for at least this long.
-BEHIND_MIN_S = 0.5
+BEHIND_MIN_S = 0.25
 
 
 def behind_executors(pending: Mapping[str, int], finished: Mapping[str, float],
@@ -134,7 +134,7 @@ def behind_executors(pending: Mapping[str, int], finished: Mapping[str, float],
     --------
     >>> behind_executors({"a": 1, "b": 0}, {"b": 0.6}, 1.3)
     ['a']
-    >>> behind_executors({"a": 1, "b": 0}, {"b": 0.6}, 1.05)  # not 0.5 s past 0.6 yet
+    >>> behind_executors({"a": 1, "b": 0}, {"b": 0.6}, 1.05)  # not twice 0.6 yet
     []
     >>> behind_executors({"a": 1}, {}, 9.0)  # nobody finished: nothing to compare with
     []
