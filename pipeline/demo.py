@@ -109,10 +109,35 @@ def _latest_registration(settings: Settings) -> dict:
             "silhouette": tags.get("metric_silhouette"), "why": why}
 
 
+def _grpc_example(settings: Settings, address: str, ids: list[int], headers: dict) -> None:
+    """The same customers by id over gRPC (inference.GRPCInferenceService/ModelInfer), as
+    KServe's InferenceGRPCClient or tritonclient.grpc would ask."""
+    import grpc
+    import numpy as np
+
+    from pipeline.serving import v2proto
+
+    request = v2proto.ModelInferRequest(model_name=settings.model_name)
+    request.inputs.add(name="customer_id", datatype="INT64", shape=[len(ids)])
+    request.raw_input_contents.append(np.asarray(ids, "<i8").tobytes())
+    request.outputs.add(name="cluster")
+    metadata = [(k.lower(), v) for k, v in headers.items()]
+    with grpc.insecure_channel(address) as channel:
+        raw = channel.unary_unary(f"/{v2proto.SERVICE}/ModelInfer")(
+            request.SerializeToString(), metadata=metadata, timeout=10)
+    reply = v2proto.ModelInferResponse.FromString(raw)
+    clusters = np.frombuffer(reply.raw_output_contents[0], "<i8").tolist()
+    print(f"   gRPC ModelInfer on {address}  (by customer_id): clusters {clusters}, "
+          f"version {reply.model_version}")
+
+
 def _serve_examples(settings: Settings) -> tuple[dt.datetime, dt.datetime]:
     """A few predictions printed, then 2,000 customers scored by id; returns the interval the
     server's prediction log holds them in."""
-    app = build_app(settings)
+    # gRPC on a free port beside REST (the Open Inference Protocol's other half)
+    grpc_on = settings.model_copy(update={
+        "serving": settings.serving.model_copy(update={"grpc_port": 0})})
+    app = build_app(grpc_on)
     feature_names = app.service.feature_names
     headers = {}
     if settings.serving.serving_token:
@@ -123,7 +148,8 @@ def _serve_examples(settings: Settings) -> tuple[dt.datetime, dt.datetime]:
     vectors = [[None if v != v else float(v) for v in row]
                for row in rows[feature_names].to_numpy().tolist()]
     with running(app) as url, httpx.Client(base_url=url, headers=headers, timeout=10) as http:
-        print(f"   server {url}: ready={http.get('/v2/health/ready').json()['ready']}")
+        print(f"   server {url}: ready={http.get('/v2/health/ready').json()['ready']}; gRPC on "
+              f"127.0.0.1:{app.grpc.port if app.grpc else '-'}")
         body: dict = {"inputs": [{"name": "features", "datatype": "FP64",
                             "shape": [len(vectors), len(vectors[0])], "data": vectors}]}
         reply = http.post(f"/v2/models/{settings.model_name}/infer", json=body).json()
@@ -136,6 +162,8 @@ def _serve_examples(settings: Settings) -> tuple[dt.datetime, dt.datetime]:
         print("   POST /v1/models/customer_segments:predict  (by customer_id, Feast online store)")
         for cid, pred in zip(body["instances"], reply["predictions"], strict=True):
             print(f"     customer {cid['customer_id']}: {json.dumps(pred)}")
+        if app.grpc is not None:
+            _grpc_example(settings, f"127.0.0.1:{app.grpc.port}", ids, headers)
         start = dt.datetime.now(dt.UTC)
         for first in range(100_000, 102_000, 250):
             body = {"instances": [{"customer_id": i} for i in range(first, first + 250)]}

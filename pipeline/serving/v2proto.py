@@ -13,6 +13,8 @@ code.
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 PACKAGE = "inference"
@@ -140,7 +142,7 @@ POOL = descriptor_pool.DescriptorPool()
 FILE = POOL.Add(_file())
 
 
-def message(name: str) -> type:
+def message(name: str) -> Any:
     """The message class of ``name`` (``"ModelInferRequest"``, nested ones with a dot)."""
     return message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
 
