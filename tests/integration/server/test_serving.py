@@ -319,14 +319,29 @@ def test_prediction_log_writes_sampled_predictions_off_the_request_path(model, l
         by_id = httpx.post(f"{url}/v1/models/{NAME}:predict",
                            json={"instances": [{"customer_id": i} for i in [*ids, 5]]},
                            headers={"x-request-id": "ids-1"})
+        # one row (the log's one-row path), by vector and by id
+        one = httpx.post(f"{url}{INFER}", json=_features([[9.0] * 12]),
+                         headers={"x-request-id": "one-1"})
+        one_id = httpx.post(f"{url}/v1/models/{NAME}:predict",
+                            json={"instances": [{"customer_id": ids[0]}]},
+                            headers={"x-request-id": "one-id-1"})
         assert reply.status_code == 200 and by_id.status_code == 200
-        wait_until(lambda: _written(url) >= 3 + len(ids), 30,
+        assert one.status_code == 200 and one_id.status_code == 200
+        wait_until(lambda: _written(url) >= 5 + len(ids), 30,
                    "the prediction log writing the logged rows", progress=lambda: _written(url))
         metrics = httpx.get(f"{url}/metrics").text
     logged = read_window(tmp_path / "predictions", before, dt.datetime.now(dt.UTC))
     assert logged is not None
     frame = logged.to_pandas().sort_values(["request_id", "time"])
-    assert frame["request_id"].value_counts().to_dict() == {"vectors-1": 3, "ids-1": len(ids)}
+    assert frame["request_id"].value_counts().to_dict() == {"vectors-1": 3, "ids-1": len(ids),
+                                                            "one-1": 1, "one-id-1": 1}
+    single = frame[frame.request_id == "one-1"].iloc[0]
+    assert single["total_spend_30d"] == 9.0 and np.isnan(single["customer_id"])
+    assert single["cluster"] == _outputs(one)["cluster"][0] and single["model_version"] == "7"
+    single_id = frame[frame.request_id == "one-id-1"].iloc[0]
+    assert single_id["customer_id"] == ids[0]
+    assert single_id["cluster"] == one_id.json()["predictions"][0]["cluster"]
+    frame = frame[~frame.request_id.isin(["one-1", "one-id-1"])]
     vectors = frame[frame.request_id == "vectors-1"]
     assert vectors["customer_id"].isna().all() and (vectors["model_version"] == "7").all()
     assert vectors["total_spend_30d"].tolist() == [1.0, 2.0, 3.0]
@@ -334,7 +349,7 @@ def test_prediction_log_writes_sampled_predictions_off_the_request_path(model, l
     looked_up = frame[frame.request_id == "ids-1"]
     assert sorted(looked_up["customer_id"].tolist()) == sorted(ids)
     assert looked_up[model.feature_names].notna().any(axis=None)
-    assert f'kmeans_prediction_log_rows_total{{outcome="written"}} {3.0 + len(ids)}' in metrics
+    assert f'kmeans_prediction_log_rows_total{{outcome="written"}} {5.0 + len(ids)}' in metrics
     assert [p.name.startswith("hour=") for p in (tmp_path / "predictions").iterdir()]
     # full columns drop (and count) what does not fit, and never wait
     small = PredictionLog(tmp_path / "small", model.feature_names, max_queue_rows=4)
