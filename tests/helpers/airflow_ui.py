@@ -282,6 +282,15 @@ def open_reports_from_nav(page: Page, url: str) -> Page:
         raise _fail(page, "reports-entry-dead", f"a click on {REPORTS_ENTRY!r} went nowhere") \
             from None
     _settle(page)
+    # The UI embeds the plugin's page in an iframe, which may not be attached yet when the
+    # network settles (a first, cold load): wait for it or for the page's own heading before
+    # choosing where to look (counting iframes at once chose the page and waited in vain).
+    heading = page.get_by_role("heading", name=REPORTS_ENTRY)
+    try:
+        expect(page.locator("iframe").or_(heading).first).to_be_visible()
+    except AssertionError:
+        raise _fail(page, "reports-not-rendered", "neither the embedded page nor the reports "
+                                                  "index appeared") from None
     frame = page.frame_locator("iframe").first if page.locator("iframe").count() else page
     try:
         expect(frame.get_by_role("heading", name=REPORTS_ENTRY)).to_be_visible()
