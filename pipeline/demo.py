@@ -8,7 +8,9 @@ import json
 import logging
 import time
 
+import grpc
 import httpx
+import numpy as np
 
 from pipeline import registry
 from pipeline.core.logs import quiet_dependencies
@@ -19,6 +21,7 @@ from pipeline.data.features import feature_store, online_features
 from pipeline.devtools import airflow_env
 from pipeline.engine.session import stop_session
 from pipeline.monitoring.window import monitor_window, monitoring_dir
+from pipeline.serving import v2proto
 from pipeline.serving.server import build_app, running
 
 # The demo's dag.test() run keeps its Airflow state apart from the scheduler's (airflow.db):
@@ -112,11 +115,6 @@ def _latest_registration(settings: Settings) -> dict:
 def _grpc_example(settings: Settings, address: str, ids: list[int], headers: dict) -> None:
     """The same customers by id over gRPC (inference.GRPCInferenceService/ModelInfer), as
     KServe's InferenceGRPCClient or tritonclient.grpc would ask."""
-    import grpc
-    import numpy as np
-
-    from pipeline.serving import v2proto
-
     request = v2proto.ModelInferRequest(model_name=settings.model_name)
     request.inputs.add(name="customer_id", datatype="INT64", shape=[len(ids)])
     request.raw_input_contents.append(np.asarray(ids, "<i8").tobytes())

@@ -138,7 +138,11 @@ def test_a_lost_executor_spreads_its_blocks_by_free_cores(runs):
     if report["late_executors"] == report["slow_executors"] == 0:  # a quiet machine
         # only the lost executor's blocks moved, each staged once on a survivor
         assert all(after[b] == ex for b, ex in before.items() if b not in gone), (before, after)
-        assert report["restaged"] == len(gone) and report["stagings"] == BLOCKS + len(gone)
+        # each staged once on a survivor by the engine; a task Spark itself retried when the
+        # executor died may have staged its block on another survivor first (the token log
+        # counts that copy too): at most one more staging per lost block
+        assert len(gone) <= report["restaged"] <= 2 * len(gone), report
+        assert report["stagings"] == BLOCKS + report["restaged"], report
         # the survivors share the rows by cores again: to within one block
         survivors = {ex: c for ex, c in runs["cores"].items() if runs["worker_of"][ex] != 0}
         per_core = _rows_per_core(lost, ROWS, survivors, -1)
