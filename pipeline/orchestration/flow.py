@@ -64,6 +64,13 @@ def final(*errors: type[BaseException]) -> Callable[[_Task], _Task]:
 
 
 @final(ValueError)
+def run_params(model, params: dict | None):
+    """A run's params as ``model`` types them; a bad one fails the task at once (a retry
+    cannot fix it: a misspelt key once waited out the 2-minute retry delay first)."""
+    return parse(model, dict(params or {}))
+
+
+@final(ValueError)
 def interval(context: dict) -> tuple[str, str]:
     """The training window of a run: ``lookback_days`` days ending at the run's interval end.
 
@@ -332,7 +339,7 @@ def publish(params: dict, context: dict | None = None) -> dict:
     that moved nothing); a run by hand always publishes."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    asked = parse(PublishParams, dict(params or {}))
+    asked = run_params(PublishParams, params)
     settings = load_settings()
     if asked.version is None and (context or {}).get("triggering_asset_events"):
         champion = registry.alias_version(settings, "champion")
@@ -354,7 +361,7 @@ def sync_server(rolled_back: dict) -> dict:
 
 def monitor(context: dict) -> dict:
     """One monitoring window: the run's data interval (``[start, end)``, UTC)."""
-    asked = parse(IntervalParams, dict(context.get("params") or {}))
+    asked = run_params(IntervalParams, context.get("params"))
     if asked.start is not None and asked.end is not None:
         start, end = asked.start, asked.end
     else:  # the hour that ended at the run's interval end (its logical date)
@@ -405,7 +412,7 @@ def ingest_interval(context: dict, period: dt.timedelta) -> tuple[dt.datetime, d
     """The interval ``[start, end)`` a kmeans_ingest run lands: the ``start`` and ``end`` params
     (ISO date-times, naive meaning UTC) when given, else the run's data interval on the grid of
     ``period`` (a run triggered by hand at 14:37 lands the period that ended at 14:00)."""
-    asked = parse(IntervalParams, dict(context.get("params") or {}))
+    asked = run_params(IntervalParams, context.get("params"))
     if asked.start is not None and asked.end is not None:
         return _aware(asked.start), _aware(asked.end)
     end = _floor(context.get("data_interval_end") or context["dag_run"].run_after, period)

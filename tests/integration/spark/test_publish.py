@@ -82,3 +82,4 @@ def test_the_publish_dag_republishes_on_demand(home, spark, airflow_db, monkeypa
     bad = dag.test(run_conf={"verison": "1"})
     [ti] = bad.get_task_instances()
     assert str(ti.state) == "failed"
+    assert ti.try_number == 1, "a bad param is not retried (it waited out the retry delay)"

@@ -167,5 +167,9 @@ def test_an_ingest_run_lands_one_explicit_interval(context, expected):
     ({"begin": clock.zulu(8, hours=2)}, r"unknown params \['begin'\]"),
 ])
 def test_a_bad_ingest_interval_is_refused(params, message):
-    with pytest.raises(ValueError, match=message):
+    """At once: AirflowFailException, which Airflow does not retry (a retry cannot fix a param;
+    the ingest DAGs used to wait out their retry delay first)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match=message):
         ingest_interval({"params": params, "data_interval_end": clock.at(8)}, HOUR)
