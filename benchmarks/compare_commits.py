@@ -115,30 +115,9 @@ def child_serving(requests: int) -> dict:
     bodies = [orjson.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 12],
                                          "data": rng.normal(size=12).tolist()}]})
               for _ in range(256)]
-    headers = [(b"content-type", b"application/json"), (b"authorization", b"Bearer token")]
-    scope = {"type": "http", "method": "POST", "path": "/v2/models/segments/infer",
-             "headers": headers, "query_string": b""}
-    status = []
-
-    async def run(n: int) -> float:
-        async def send(message):
-            if message["type"] == "http.response.start":
-                status.append(message["status"])
-
-        t = time.perf_counter()
-        for i in range(n):
-            body = bodies[i % len(bodies)]
-
-            async def receive(body=body):
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            await app(scope, receive, send)
-        return (time.perf_counter() - t) / n
-
     _check_tree()
-    asyncio.run(run(2000))  # warm
-    per = [asyncio.run(run(requests)) for _ in range(5)]
-    assert set(status) == {200}, sorted(set(status))
+    asyncio.run(targets.drive_asgi(app, bodies, 2000, "token"))  # warm
+    per = [asyncio.run(targets.drive_asgi(app, bodies, requests, "token")) for _ in range(5)]
     return {"serving_us": 1e6 * statistics.median(per)}
 
 

@@ -25,7 +25,6 @@ import os
 import pstats
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -58,27 +57,8 @@ def bodies(rng: np.random.Generator, rows: int) -> list[bytes]:
 
 
 async def drive(app, payloads: list[bytes], n: int) -> float:
-    """µs per request over ``n`` requests."""
-    scope = {"type": "http", "method": "POST", "path": targets.INFER_PATH, "query_string": b"",
-             "headers": [(b"content-type", b"application/json"),
-                         (b"authorization", f"Bearer {TOKEN}".encode())]}
-    status: list[int] = []
-
-    async def send(message):
-        if message["type"] == "http.response.start":
-            status.append(message["status"])
-
-    start = time.perf_counter()
-    for i in range(n):
-        body = payloads[i % len(payloads)]
-
-        async def receive(body=body):
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await app(scope, receive, send)
-    if set(status) != {200}:
-        raise RuntimeError(f"statuses {sorted(set(status))}")
-    return (time.perf_counter() - start) / n * 1e6
+    """µs per request over ``n`` requests (:func:`targets.drive_asgi`)."""
+    return await targets.drive_asgi(app, payloads, n, TOKEN) * 1e6
 
 
 def top(profile: cProfile.Profile, k: int = 15) -> list[dict]:
