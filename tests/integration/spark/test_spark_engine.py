@@ -191,22 +191,29 @@ def test_staging_streams_and_rejects_nan(spark, tmp_path):
 def test_workers_are_reused_and_stay_lean(spark, spec):
     """Each iteration is one Spark job: its tasks must run in reused Python workers (a task
     that does not read its input makes PySpark start a new worker) that never imported the
-    training stack or scikit-learn (a worker that did paid about 30 ms more per task)."""
+    training stack or scikit-learn (a worker that did paid about 30 ms more per task), with
+    the daemon's imports frozen out of the collection after each task."""
     def worker_state(index, rows):  # nested: pickled by value, as tests are not on workers
+        import gc
         import sys
 
         for _ in rows:
             pass
         yield os.getpid(), sorted(m for m in ("sklearn", "mlflow", "pyspark.ml",
                                               "pipeline.training.stages") if m in sys.modules)
+        yield "frozen", gc.get_freeze_count()
 
     source = SparkBlockSource(spark, spec)
     fit_sweep(source, [3], init=np.asarray(load_block(spec, 0)[:3]), max_iter=4, tol=0)
     blocks = source._placed(source.placement.targets())  # the RDD every pass runs over
     seen = [blocks.mapPartitionsWithIndex(worker_state).collect() for _ in range(6)]
+    frozen = [n for job in seen for pid, n in job if pid == "frozen"]
+    seen = [[(pid, mods) for pid, mods in job if pid != "frozen"] for job in seen]
     pids = {pid for job in seen for pid, _mods in job}
     assert len(pids) <= 2, f"{len(pids)} Python workers for 6 jobs of {source.parts} tasks"
     assert all(not mods for job in seen for _pid, mods in job), seen
+    # the garbage collection after each task skips what the daemon imported (daemon.py)
+    assert frozen and min(frozen) > 50_000, frozen
 
 
 def test_same_seed_same_centroids_in_process_and_on_spark_with_any_partitioning(spark, tmp_path):
