@@ -8,13 +8,17 @@ When the centroids move, the bounds move by the centroids' drift; a row is recom
 when the bounds no longer prove its assignment.
 
 **The same result as plain Lloyd.** Plain Lloyd takes the argmin of float32 values
-``-2 x·c + |c|²``, which carry rounding errors; a row is skipped only when its bounds prove a
-gap between its own centroid and every other larger than twice the worst error of those
-values (:func:`error_margin`), so plain Lloyd would have picked the same centroid. Rows that
-are recomputed get their distances from the same GEMM and the same comparisons as the plain
-kernel, and every pass adds up the sums and counts of all rows in the same order as
-:func:`pipeline.engine.kernel.partial_stats` does, so the centroids are the same numbers:
-tested on data with exact ties and near-ties in ``tests/unit/engine/test_bounds.py``.
+``-2 x·c + |c|²``, which carry rounding errors, and settles a near tie (two values closer
+than twice their worst error, :func:`~pipeline.engine.kernel.error_margin`) by float64
+distances (:func:`~pipeline.engine.kernel.nearest_exact`); so its choice is the exact
+nearest centroid, or float64's where two are too close for float32, whatever rounding the
+BLAS kernel, the product's shape or the row's place in it gave. A row is skipped only when
+its bounds prove a gap between its own centroid and every other larger than that error, so
+plain Lloyd would have picked the same centroid; rows that are recomputed go through the
+same comparisons and the same float64 settling. Every pass adds up the sums and counts of
+all rows in the same order as :func:`pipeline.engine.kernel.partial_stats` does, so the
+centroids are the same numbers: tested on data with exact ties and near-ties in
+``tests/unit/engine/test_bounds.py``.
 
 A step's inertia is not computed (NaN): a skipped row's exact distance is not known. The
 engine's Lloyd loop reads only the sums and counts of its iterations and scores the final
@@ -29,7 +33,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-from pipeline.engine.kernel import Stats, _blas_limit_one, _default_threads, chunk_rows
+from pipeline.engine.kernel import (
+    Stats,
+    _blas_limit_one,
+    _default_threads,
+    chunk_rows,
+    error_margin,
+    nearest_exact,
+)
 
 #: Bounds cost 20 bytes per row and entry (assignment, two float64 bounds); a call with more
 #: entries, or more bytes in one process (the array; on Spark, a block), than this (a wide K
@@ -43,21 +54,6 @@ MIN_ROWS = 16_384
 #: about as much as it saves (measured: K=8 on 1M x 32, 80% of rows skipped, the same time
 #: per iteration as a plain pass; K=50, 99% skipped, 0.25x).
 MIN_K = 16
-
-
-def error_margin(d: int) -> float:
-    """The factor ``f`` such that two of plain Lloyd's float32 values ``-2 x·c + |c|²`` for a
-    row differ from the true squared-distance difference by less than
-    ``f * (|x|² + max |c|²)``: a dot product of ``d`` float32 terms errs by at most about
-    ``d`` units in the last place of ``|x| |c| <= (|x|² + |c|²) / 2``, and the additions by a
-    few more; twice that for a difference, with room to spare.
-
-    Examples
-    --------
-    >>> round(error_margin(32) * 2**23)
-    72
-    """
-    return 2.0 * (d + 4) * 2.0 ** -23
 
 
 @njit(nogil=True, cache=True)
@@ -119,10 +115,12 @@ def _gather(x, rows, m, out):
 
 
 @njit(nogil=True, cache=True)
-def _assign(dots_t, c2, rows, m, x2, margin, c2max, assign, upper, lower, best, second, arg):
-    """Plain Lloyd's argmin (float32 ``-2 x·c + |c|²``, first of equals) for the recomputed
-    rows, and their new bounds, widened by the values' error. Centroids in the outer loop
-    and rows in the inner one, as in the plain kernel: the running minimum vectorizes."""
+def _assign(dots_t, c2, rows, m, x, cents, x2, margin, c2max, assign, upper, lower, best, second,
+            arg):
+    """Plain Lloyd's argmin (float32 ``-2 x·c + |c|²``, first of equals; a near tie settled
+    in float64 as the plain kernel settles it) for the recomputed rows, and their new bounds,
+    widened by the values' error. Centroids in the outer loop and rows in the inner one, as
+    in the plain kernel: the running minimum vectorizes."""
     k = dots_t.shape[0]
     for r in range(m):
         best[r] = dots_t[0, r] + c2[0]
@@ -130,16 +128,22 @@ def _assign(dots_t, c2, rows, m, x2, margin, c2max, assign, upper, lower, best, 
         arg[r] = 0
     for c in range(1, k):
         cc = c2[c]
-        for r in range(m):
+        for r in range(m):  # as the plain kernel's
             v = dots_t[c, r] + cc
-            lt = v < best[r]
-            second[r] = best[r] if lt else min(second[r], v)
-            best[r] = v if lt else best[r]
-            arg[r] = c if lt else arg[r]
+            b = best[r]
+            second[r] = min(second[r], max(b, v))
+            arg[r] = c if v < b else arg[r]
+            best[r] = min(b, v)
     changed = 0
     for r in range(m):
         i = rows[r]
         e = margin * (x2[i] + c2max)
+        if np.float64(second[r]) - np.float64(best[r]) <= 2.0 * e:  # a near tie
+            a = nearest_exact(x, i, cents, 0, k)
+            if a != arg[r]:  # the runner-up is the other's value now
+                second[r] = best[r]
+                best[r] = dots_t[a, r] + c2[a]
+                arg[r] = a
         changed += assign[i] != arg[r]
         assign[i] = arg[r]
         upper[i] = np.sqrt(max(x2[i] + np.float64(best[r]) + e, 0.0))
@@ -151,11 +155,13 @@ def _assign(dots_t, c2, rows, m, x2, margin, c2max, assign, upper, lower, best, 
 @njit(nogil=True, fastmath=True, cache=True)
 def _sums(x, w, assign, lo, hi, sums, counts):
     """The same sums as the plain kernel: rows in order, ``w * x`` in float64, compiled with
-    the same ``fastmath`` (a fused multiply-add rounds ``sums + w * x`` once)."""
+    the same ``fastmath`` (a fused multiply-add rounds ``sums + w * x`` once). An empty
+    ``w``: every row weighs 1.0, as the plain kernel's ones."""
     d = x.shape[1]
+    weighted = w.shape[0] > 0
     for i in range(lo, hi):
         a = assign[i]
-        wi = w[i]
+        wi = w[i] if weighted else 1.0
         counts[a] += wi
         for t in range(d):
             sums[a, t] += wi * x[i, t]
@@ -227,7 +233,9 @@ class BoundedLloyd:
         self.x = np.ascontiguousarray(self.x, dtype=np.float32)
         if self.x2 is None:
             self.x2 = row_norms(self.x)
-        self.w = (np.ones(len(self.x)) if self.weights is None
+        # no weights: an empty array, each row then weighs 1.0 in _sums (a block's worth of
+        # ones allocated per pass cost ~3 ms a block on Spark, where an engine lives one pass)
+        self.w = (np.ones(0) if self.weights is None
                   else np.ascontiguousarray(self.weights, dtype=np.float64))
 
     @staticmethod
@@ -328,7 +336,7 @@ class BoundedLloyd:
                 rows[count:padded] = 0.0
                 out = dots if padded == step else np.empty((k, padded), np.float32)
                 np.matmul(neg2, rows[:padded].T, out=out)
-                changed += _assign(out, c2, batch, count, self.x2, margin, c2max,
+                changed += _assign(out, c2, batch, count, self.x, c, self.x2, margin, c2max,
                                    entry.assign, entry.upper, entry.lower, best, second, arg)
             _sums(self.x, self.w, entry.assign, lo, hi, sums, counts)
             return sums, counts, (hi - lo) - m, changed

@@ -30,8 +30,42 @@ def chunk_rows(total_k: int) -> int:
     return int(min(CHUNK_ROWS, max(256, rows)))
 
 
+def error_margin(d: int) -> float:
+    """The factor ``f`` such that two of plain Lloyd's float32 values ``-2 x·c + |c|²`` for a
+    row differ from the true squared-distance difference by less than
+    ``f * (|x|² + max |c|²)``: a dot product of ``d`` float32 terms errs by at most about
+    ``d`` units in the last place of ``|x| |c| <= (|x|² + |c|²) / 2``, and the additions by a
+    few more; twice that for a difference, with room to spare.
+
+    Examples
+    --------
+    >>> round(error_margin(32) * 2**23)
+    72
+    """
+    return 2.0 * (d + 4) * 2.0 ** -23
+
+
+@njit(nogil=True, cache=True)
+def nearest_exact(x, i, c, o, k):
+    """The centroid of ``c[o:o + k]`` nearest to row ``i`` of ``x`` by float64 squared
+    distances summed in a fixed order, the first of equals: how every pass settles a near
+    tie (:func:`_fused_chunk`). Compiled without ``fastmath``, so the order holds."""
+    best = np.inf
+    arg = 0
+    for j in range(k):
+        acc = 0.0
+        for t in range(x.shape[1]):
+            diff = np.float64(x[i, t]) - np.float64(c[o + j, t])
+            acc += diff * diff
+        if acc < best:
+            best = acc
+            arg = j
+    return arg
+
+
 @njit(nogil=True, fastmath=True, cache=True)
-def _fused_chunk(xb, dots_t, c2, offsets, ks, weights, sums, counts, inertia, best, arg):
+def _fused_chunk(xb, dots_t, c2, offsets, ks, weights, sums, counts, inertia, best, arg,
+                 second, allc, c2max, margin):
     # dots_t: (total_k, m) = -2 c·x for every centroid of every K, rows contiguous so that
     # the running argmin below vectorizes across points; c2: |c|² of each centroid.
     m, d = xb.shape
@@ -46,14 +80,25 @@ def _fused_chunk(xb, dots_t, c2, offsets, ks, weights, sums, counts, inertia, be
         first = c2[o]
         for i in range(m):
             best[i] = dots_t[o, i] + first
+            second[i] = np.inf
             arg[i] = 0
         for c in range(1, ks[j]):
             cc = c2[o + c]
-            for i in range(m):
+            for i in range(m):  # min and max: the loop vectorizes as the argmin alone did
                 v = dots_t[o + c, i] + cc
-                lt = v < best[i]
-                best[i] = v if lt else best[i]
-                arg[i] = c if lt else arg[i]
+                b = best[i]
+                second[i] = min(second[i], max(b, v))
+                arg[i] = c if v < b else arg[i]
+                best[i] = min(b, v)
+        # a near tie (the two values closer than twice their rounding error can tell) is
+        # settled in float64: the GEMM's rounding depends on the BLAS kernel, the shape of
+        # the product and a row's place in it, so its argmin would not be the same number on
+        # every machine, chunking and path (the bounds' recomputed rows)
+        for i in range(m):
+            if np.float64(second[i]) - np.float64(best[i]) <= 2.0 * margin * (x2[i] + c2max[j]):
+                a = nearest_exact(xb, i, allc, o, ks[j])
+                arg[i] = a
+                best[i] = dots_t[o + a, i] + c2[o + a]
         total = 0.0
         for i in range(m):
             w = weights[i]
@@ -113,6 +158,9 @@ def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
     neg2 = np.ascontiguousarray(-2.0 * allc)
     c2 = np.einsum("ij,ij->i", allc, allc)
     n, d = x.shape
+    c2max = np.array([float(np.max(c.astype(np.float64) ** 2 @ np.ones(d))) if len(c) else 0.0
+                      for c in cents])
+    margin = error_margin(d)
     threads = threads or _default_threads()
     step = chunk_rows(len(allc))
     bounds = np.linspace(0, n, min(threads, max(1, n // step)) + 1).astype(np.int64)
@@ -122,6 +170,7 @@ def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
         counts = np.zeros(len(allc), dtype=np.float64)
         inertia = np.zeros(len(cents), dtype=np.float64)
         best = np.empty(step, dtype=np.float32)
+        second = np.empty(step, dtype=np.float32)
         arg = np.empty(step, dtype=np.int32)
         # Buffers are reused across chunks: a fresh GEMM output per chunk is big enough to be
         # mmap'd and page-faulted by the allocator every time, which costs more than the GEMM.
@@ -134,7 +183,8 @@ def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
             np.matmul(neg2, xb.T, out=out)
             wb = (ones[:b - a] if weights is None
                   else np.ascontiguousarray(weights[a:b], dtype=np.float64))
-            _fused_chunk(xb, out, c2, offsets, ks, wb, sums, counts, inertia, best, arg)
+            _fused_chunk(xb, out, c2, offsets, ks, wb, sums, counts, inertia, best, arg,
+                         second, allc, c2max, margin)
         return sums, counts, inertia
 
     spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.engine.bounds import BoundedLloyd, error_margin
 from pipeline.engine.estimator import ArraySource, fit_sweep, lloyd
-from pipeline.engine.kernel import assign, partial_stats
+from pipeline.engine.kernel import assign, nearest_exact, partial_stats
 
 
 def _ties(seed: int = 0, n: int = 30_000, d: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -93,3 +93,33 @@ def test_bounds_are_left_out_where_they_would_not_fit_or_pay():
     source = ArraySource(np.zeros((5_000, 2), np.float32))
     source.lloyd_step([np.zeros((20, 2), np.float32)])
     assert source._bounded is None
+
+
+def test_a_pass_settles_near_ties_the_same_way_whatever_the_product_shape():
+    """The GEMM's rounding depends on the BLAS kernel (seen: OpenBLAS's Zen kernels give
+    other float32 values than its Haswell ones), the product's shape and a row's place in it.
+    A pass must not: the same centroids alone, beside other K's, over other chunkings and in
+    the bounds' recomputed rows give the same sums and counts, and the near ties go where
+    float64 puts them."""
+    x, c = _ties(seed=3)
+    others = [c[:16].copy(), c[::-1].copy(), c[:5].copy()]
+    alone = partial_stats(x, [c], threads=1)[0]
+    for threads in (1, 2):
+        beside = partial_stats(x, others[:1] + [c] + others[1:], threads=threads)[1]
+        np.testing.assert_array_equal(beside[0], alone[0])
+        np.testing.assert_array_equal(beside[1], alone[1])
+    shifted = partial_stats(x[7:], [c], threads=1)[0]  # every row in another place of its chunk
+    head = partial_stats(x[:7], [c], threads=1)[0]
+    np.testing.assert_array_equal(shifted[1] + head[1], alone[1])
+    bounded = BoundedLloyd(x, None, threads=2).step([c])[0]
+    np.testing.assert_array_equal(bounded[1], alone[1])
+    # every row goes to its nearest centroid; one nearly as near as another, where float32
+    # cannot tell, by float64 distances (the first of equals)
+    exact = ((x[:, None, :].astype(np.float64) - c[None].astype(np.float64)) ** 2).sum(-1)
+    order = np.sort(exact, axis=1)
+    scale = (x.astype(np.float64) ** 2).sum(1) + (c.astype(np.float64) ** 2).sum(1).max()
+    close = np.flatnonzero(order[:, 1] - order[:, 0] <= 3 * error_margin(x.shape[1]) * scale)
+    assert len(close) >= 800  # the halfway rows and those a few ulps off
+    labels = np.argmin(exact, axis=1)
+    labels[close] = [nearest_exact(x, int(i), c, 0, len(c)) for i in close]
+    np.testing.assert_array_equal(alone[1], np.bincount(labels, minlength=len(c)))
