@@ -18,6 +18,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,15 +78,12 @@ def own_init(x: np.ndarray, k: int, which: str, seed: int) -> dict:
             "inertia": float(model.inertia_)}
 
 
-def spark_case(rows: int, work: Path) -> dict[str, dict]:
-    """The overlapping set at ``rows`` x 32, K=50: the engine on Spark ``local[2]`` with and
-    without bounds (staging not counted, as the data is staged once for every fit), and
-    scikit-learn lloyd on the array in memory; one round each."""
+def spark_case(rows: int, work: Path, cluster: bool) -> dict[str, dict]:
+    """The overlapping set at ``rows`` x 32, K=50: the engine on Spark ``local[2]`` (and, with
+    ``cluster``, on a standalone cluster of two one-core workers on loopback) with and without
+    bounds, staging not counted (the data is staged once for every fit), against scikit-learn
+    lloyd on the array in memory; one round each."""
     import pandas as pd
-
-    from pipeline.engine.session import spark_session
-    from pipeline.engine.spark import SparkBlockSource
-    from pipeline.engine.staging import parquet_spec
 
     x = data(rows, 4.0)
     init, _ = kmeans_plusplus(x[:100_000], 50, random_state=1)
@@ -96,21 +94,44 @@ def spark_case(rows: int, work: Path) -> dict[str, dict]:
             pd.DataFrame(part, columns=[f"f{j}" for j in range(DIM)]).to_parquet(
                 folder / f"part-{i:03d}.parquet")
         (folder / "_done").touch()
+    sample = x[:: max(1, len(x) // 50_000)]
     out = {"scikit-learn lloyd (in memory)": sklearn(x, init, "lloyd")}
-    spark = spark_session("local[2]", app_name="bench-converged",
-                          extra={"spark.ui.enabled": "false"})
-    spec = parquet_spec(folder, [f"f{j}" for j in range(DIM)], str(work / "stage-converged"),
-                        partitions=8)
-    for name, bounds in (("engine on Spark local[2], bounds", True),
-                         ("engine on Spark local[2], plain", False)):
-        source = SparkBlockSource(spark, spec, bounds=bounds)
-        t = time.perf_counter()
-        fit = lloyd(source, {(50, 0): init}, max_iter=MAX_ITER, tol=TOL,
-                    empty_cluster="farthest", sample=x[:: max(1, len(x) // 50_000)])[(50, 0)]
-        out[name] = {"seconds": time.perf_counter() - t, "n_iter": fit.n_iter,
-                     "inertia": fit.inertia, "skipped": list(source.skipped)}
-        source.close()
-    spark.stop()
+    del x
+    out |= _spark_fits("local[2]", {}, folder, str(work / "stage-converged"), init, sample)
+    if cluster:
+        from tests.helpers.processes import SparkCluster
+
+        with SparkCluster(Path(tempfile.mkdtemp(dir=work)), workers=2, cores=1) as spark_cluster:
+            conf = spark_cluster.spark_conf({"spark.executorEnv.PYTHONPATH": str(ROOT)})
+            out |= _spark_fits(spark_cluster.master_url, conf, folder, "", init, sample,
+                               label="standalone 2 x 1 core")
+    return out
+
+
+def _spark_fits(master: str, conf: dict, folder: Path, stage_dir: str, init: np.ndarray,
+                sample: np.ndarray, label: str = "") -> dict[str, dict]:
+    from pipeline.engine.session import spark_session
+    from pipeline.engine.spark import SparkBlockSource
+    from pipeline.engine.staging import parquet_spec
+
+    spark = spark_session(master, app_name="bench-converged", driver_memory="1g",
+                          extra={"spark.ui.enabled": "false", **conf})
+    spec = parquet_spec(folder, [f"f{j}" for j in range(DIM)], stage_dir, partitions=8)
+    out = {}
+    try:
+        for bounds in (True, False):
+            source = SparkBlockSource(spark, spec, bounds=bounds)
+            source.step([init.astype(np.float32)])  # staged here, once for both fits
+            t = time.perf_counter()
+            fit = lloyd(source, {(50, 0): init}, max_iter=MAX_ITER, tol=TOL,
+                        empty_cluster="farthest", sample=sample)[(50, 0)]
+            name = f"engine on Spark {label or master}, {'bounds' if bounds else 'plain'}"
+            out[name] = {"seconds": time.perf_counter() - t, "n_iter": fit.n_iter,
+                         "inertia": fit.inertia, "skipped": list(source.skipped),
+                         "report": source.report()}
+            source.close()
+    finally:
+        spark.stop()
     return out
 
 
@@ -120,13 +141,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--spark-rows", type=int, default=0,
                         help="also fit this many rows on Spark local[2] (e.g. 10000000)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="with --spark-rows: also on a two-worker standalone cluster")
     parser.add_argument("--work", type=Path, default=Path("/tmp/kmeans-bench"))
     parser.add_argument("--add-spark", action="store_true",
                         help="keep results/converged.json's in-process cases, add the Spark one")
     args = parser.parse_args()
     if args.add_spark:
         result = json.loads((HERE / "results" / "converged.json").read_text())
-        case = spark_case(args.spark_rows or 10_000_000, args.work)
+        case = spark_case(args.spark_rows or 10_000_000, args.work, args.cluster)
         result["table"][f"overlapping K=50, {args.spark_rows or 10_000_000:,} rows"] = {
             name: _summary([r]) for name, r in case.items()}
         (HERE / "results" / "converged.json").write_text(json.dumps(result, indent=1))
@@ -153,7 +176,7 @@ def main() -> None:
                 for which in ("engine", "scikit-learn"):
                     per.setdefault(f"{which}, own init", []).append(own_init(x, k, which, 3))
     if args.spark_rows:
-        case = spark_case(args.spark_rows, args.work)
+        case = spark_case(args.spark_rows, args.work, args.cluster)
         runs[f"overlapping K=50, {args.spark_rows:,} rows"] = {
             name: [r] for name, r in case.items()}
     table = {key: {method: _summary(results) for method, results in per.items()}
@@ -187,8 +210,9 @@ def render(result: dict) -> str:
         "(the engine's k-means||, scikit-learn's greedy k-means++). `x lloyd` is the time "
         "over scikit-learn lloyd's in the same case (under 1 is faster); `skipped` is the "
         "mean share of rows whose distances the bounds skipped per iteration. A case named "
-        "with its rows runs the engine on Spark `local[2]` (staging not counted) against "
-        "scikit-learn on the array in memory, one round.",
+        "with its rows runs the engine on Spark `local[2]`, and with `--cluster` on a "
+        "standalone cluster of two one-core workers on loopback (staging not counted), "
+        "against scikit-learn on the array in memory, one round.",
         "",
         "| case | method | seconds | x lloyd | x elkan | iterations | inertia | skipped |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",

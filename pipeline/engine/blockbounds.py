@@ -3,11 +3,12 @@
 A Spark source's Lloyd iterations (:meth:`pipeline.engine.spark.SparkBlockSource.lloyd_step`)
 keep, per block and per (k, init) entry, the rows' assignment and bounds in files beside the
 block in the executor's stage dir (memory-mapped, so a pass updates them in the page cache),
-with the centroids they refer to. A block whose files are missing (its executor was lost, or
-its task ran elsewhere) is computed in full for that pass and gets fresh ones; files left
-from an earlier pass stay valid however far the centroids moved since (the bounds move by
-the drift from the centroids they refer to), only looser. Every pass gives plain Lloyd's
-sums and counts wherever it runs (:mod:`pipeline.engine.bounds`).
+with the centroids they refer to (the worker keeps the maps for its next pass:
+:func:`pipeline.engine.staging.mapped_file`). A block whose files are missing (its executor was
+lost, or its task ran elsewhere) is computed in full for that pass and gets fresh ones; files
+left from an earlier pass stay valid however far the centroids moved since (the bounds move by
+the drift from the centroids they refer to), only looser. Every pass gives plain Lloyd's sums
+and counts wherever it runs (:mod:`pipeline.engine.bounds`).
 
 The files live under ``<stage dir>/<key>/bounds-<source run>/`` and go with the key's
 retention, or an hour after their last use (:func:`pipeline.engine.staging.clean_stage`).
@@ -23,7 +24,7 @@ import numpy as np
 
 from pipeline.engine.bounds import BoundedLloyd, Entry, row_norms
 from pipeline.engine.kernel import Stats
-from pipeline.engine.staging import Block, BlockSpec, stage_root
+from pipeline.engine.staging import Block, BlockSpec, forget_mapped, mapped_file, stage_root
 
 BOUNDS_PREFIX = "bounds-"
 
@@ -37,7 +38,7 @@ def _x2(folder: Path, index: int, block: Block) -> np.ndarray:
     path = folder / f"block-{index:05d}.x2"
     rows = len(block.x)
     if path.exists() and path.stat().st_size == 8 * rows:
-        return np.memmap(path, dtype=np.float64, mode="r", shape=(rows,))
+        return mapped_file(path, np.float64, (rows,))
     x2 = row_norms(np.asarray(block.x))
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     x2.tofile(tmp)
@@ -57,16 +58,17 @@ def _entry(folder: Path, index: int, entry_id: int, k: int, d: int, rows: int) -
         except (OSError, ValueError):
             meta = None
     if meta is not None and meta.get("k") == k and meta.get("rows") == rows:
-        maps = {s: np.memmap(base.with_suffix(s), dtype=t, mode="r+", shape=(rows,))
+        maps = {s: mapped_file(base.with_suffix(s), t, (rows,), "r+")
                 for s, t in arrays.items()}
         centroids = np.load(base.with_suffix(".ref.npy"), allow_pickle=False)
         return Entry(centroids, maps[".assign"], maps[".upper"], maps[".lower"],
                      fresh=bool(meta["fresh"]), skipped=float(meta["skipped"]),
                      changed=float(meta["changed"]))
     for suffix, dtype in arrays.items():  # fresh: zero-filled files of the block's length
+        forget_mapped(base.with_suffix(suffix))
         with open(base.with_suffix(suffix), "wb") as out:
             out.truncate(rows * np.dtype(dtype).itemsize)
-    maps = {s: np.memmap(base.with_suffix(s), dtype=t, mode="r+", shape=(rows,))
+    maps = {s: mapped_file(base.with_suffix(s), t, (rows,), "r+")
             for s, t in arrays.items()}
     return Entry(np.zeros((k, d), np.float32), maps[".assign"], maps[".upper"],
                  maps[".lower"])

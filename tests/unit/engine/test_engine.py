@@ -30,6 +30,7 @@ from pipeline.engine.staging import (
     load_block,
     load_block_and_weights,
     load_staged,
+    mapped_file,
     parquet_spec,
     stage_usage,
 )
@@ -531,3 +532,24 @@ def test_the_worker_daemon_freezes_what_it_imported_before_it_forks_workers():
     frozen, worker, left = int(out[0]), out[1], int(out[2])
     assert worker == "True", out
     assert frozen > 50_000 and left < frozen / 100, out
+
+
+def test_a_worker_keeps_its_maps_while_the_files_are_the_same(tmp_path):
+    """A reused Spark worker maps a block once for all its passes; a block staged again (a
+    new file under the same name) is mapped anew, and a map of a removed file is let go."""
+    import os
+
+    from pipeline.engine import staging
+
+    path, other = tmp_path / "block.f32", tmp_path / "other.f32"
+    np.arange(6, dtype=np.float32).tofile(path)
+    first = mapped_file(path, np.float32, (2, 3))
+    assert mapped_file(path, np.float32, (2, 3)) is first
+    np.full(6, 7, dtype=np.float32).tofile(tmp_path / "new.tmp")
+    os.replace(tmp_path / "new.tmp", path)  # how a block is staged: a new file, renamed
+    again = mapped_file(path, np.float32, (2, 3))
+    assert again is not first and again.tolist() == [[7.0] * 3] * 2
+    path.unlink()
+    np.zeros(2, dtype=np.float32).tofile(other)
+    mapped_file(other, np.float32, (2,))
+    assert all(key[0] != str(path) for key in staging._MAPS)
