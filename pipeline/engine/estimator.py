@@ -2,9 +2,11 @@
 
 A *source* (:class:`Source`) is anything with ``n_rows``, ``n_features``,
 ``sample_with_weights(n, seed)``, ``sample_d2(centers, scale, seed)`` (k-means|| draws) and
-``step(centroids_list) -> list[(sums, counts, inertia)]``. :class:`ArraySource` runs the kernel
-in-process; :class:`pipeline.engine.spark.SparkBlockSource` runs it as one Spark job per
-iteration. Every candidate K (and every initialisation) travels in the same pass.
+``step(centroids_list) -> list[(sums, counts, inertia)]``; one that can also draw a k-means||
+round in one pass offers ``d2_round(centers, ell, seed) -> (rows, cost)``
+(:meth:`ArraySource.d2_round`). :class:`ArraySource` runs the kernel in-process;
+:class:`pipeline.engine.spark.SparkBlockSource` runs it as one Spark job per iteration. Every
+candidate K (and every initialisation) travels in the same pass.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pipeline.engine.kernel import (
     distances,
     draw_d2,
     kmeans_plusplus,
+    min_d2,
     partial_stats,
     sample_threshold,
     take_sample,
@@ -146,6 +149,21 @@ class ArraySource:
         return draw_d2(self.x, centers, scale, uniforms(self.ids, D2_STREAM, *seed),
                        self.weights)
 
+    def d2_round(self, centers: np.ndarray, ell: float,
+                 seed: Sequence[int]) -> tuple[np.ndarray, float]:
+        """A k-means|| round in one pass: the cost ``sum w * d²`` to ``centers`` and the rows
+        :meth:`sample_d2` keeps at scale ``ell / cost``, from the same distances (a source
+        whose rows are elsewhere needs a pass for the cost first). Nothing is drawn when the
+        cost is 0."""
+        d2 = min_d2(self.x, centers)
+        if self.weights is not None:
+            d2 *= self.weights
+        cost = float(d2.sum())
+        if not cost > 0:
+            return self.x[:0].copy(), cost
+        keep = uniforms(self.ids, D2_STREAM, *seed) < (ell / cost) * d2
+        return np.ascontiguousarray(self.x[keep]), cost
+
 
 def kmeans_parallel(source: Source, k_max: int, *, seed: int, oversampling: float = 2.0,
                     rounds: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -172,8 +190,18 @@ def kmeans_parallel(source: Source, k_max: int, *, seed: int, oversampling: floa
         raise ValueError("every sampled row has weight 0; sample_weight must have positive mass")
     pick = min(int(np.searchsorted(np.cumsum(w), rng.random() * w.sum())), len(first) - 1)
     centers = np.asarray(first[pick][None, :], dtype=np.float32)
-    (_s, counts, cost), = source.step([centers])
     ell = oversampling * k_max
+    own_round = getattr(source, "d2_round", None)
+    if own_round is not None:  # one pass per round where the source can (ArraySource)
+        for r in range(rounds):
+            new, cost = own_round(centers, ell, [seed, r])
+            if not cost > 0:
+                break
+            if len(new):
+                centers = np.unique(np.vstack([centers, new]), axis=0)
+        (_s, counts, _cost), = source.step([centers])
+        return centers, counts
+    (_s, counts, cost), = source.step([centers])
     for r in range(rounds):
         if cost <= 0:
             break

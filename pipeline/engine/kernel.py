@@ -10,7 +10,9 @@ so the two paths add up the same numbers and can be compared exactly.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -136,6 +138,79 @@ def warm() -> None:
     partial_stats(x, [x[:1]], np.ones(2), threads=1)
 
 
+def _over_spans(bounds: np.ndarray, threads: int, work: Callable[[int, int], Any]) -> list:
+    """``work(lo, hi)`` of each span between consecutive ``bounds``, one thread per span."""
+    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+    if len(spans) == 1 and threads == 1:
+        with _blas_limit_one():
+            return [work(*spans[0])]
+    if len(spans) == 1:
+        return [work(*spans[0])]
+    # One BLAS thread per worker: the chunks, not the GEMMs, are spread over the cores.
+    with _blas_limit_one(), ThreadPoolExecutor(len(spans)) as pool:
+        return list(pool.map(lambda span: work(*span), spans))
+
+
+def _products(x: np.ndarray, neg2: np.ndarray, lo: int, hi: int, step: int):
+    """``(a, b, rows a..b, -2 c·x of them (centres x rows))`` for each chunk of ``step`` rows
+    in ``lo..hi``. The product's buffer is reused across chunks: a fresh GEMM output per chunk
+    is big enough to be mmap'd and page-faulted by the allocator every time, which costs more
+    than the GEMM."""
+    dots = np.empty((len(neg2), step), dtype=np.float32)
+    for a in range(lo, hi, step):
+        b = min(a + step, hi)
+        xb = np.ascontiguousarray(x[a:b], dtype=np.float32)
+        out = dots if b - a == step else np.empty((len(neg2), b - a), np.float32)
+        np.matmul(neg2, xb.T, out=out)
+        yield a, b, xb, out
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _min_d2_chunk(xb, dots_t, c2, best, out):
+    m, d = xb.shape
+    for i in range(m):
+        best[i] = dots_t[0, i] + c2[0]
+    for c in range(1, dots_t.shape[0]):
+        cc = c2[c]
+        for i in range(m):
+            best[i] = min(best[i], dots_t[c, i] + cc)
+    for i in range(m):
+        acc = np.float32(0.0)
+        for t in range(d):
+            acc += xb[i, t] * xb[i, t]
+        v = np.float64(acc) + np.float64(best[i])
+        out[i] = v if v > 0.0 else 0.0
+
+
+def min_d2(x: np.ndarray, centers: np.ndarray, *, threads: int | None = None) -> np.ndarray:
+    """Squared distance of every row to its nearest centre (float64 of the float32
+    ``|x|² - 2 x·c + |c|²``, clipped at 0): a k-means|| round's weights, through the same
+    chunked GEMM as :func:`partial_stats`, over threads.
+
+    Examples
+    --------
+    >>> min_d2(np.array([[0, 0], [3, 4]], np.float32), np.array([[0, 0]], np.float32))
+    array([ 0., 25.])
+    """
+    c = np.ascontiguousarray(centers, dtype=np.float32)
+    neg2 = np.ascontiguousarray(-2.0 * c)
+    c2 = np.einsum("ij,ij->i", c, c)
+    n = len(x)
+    out = np.empty(n, dtype=np.float64)
+    threads = threads or _default_threads()
+    step = chunk_rows(len(c))
+
+    def work(lo: int, hi: int) -> None:
+        best = np.empty(step, dtype=np.float32)
+        for a, b, xb, dots in _products(x, neg2, lo, hi, step):
+            _min_d2_chunk(xb, dots, c2, best, out[a:b])
+
+    if n:
+        _over_spans(np.linspace(0, n, min(threads, max(1, n // step)) + 1).astype(np.int64),
+                    threads, work)
+    return out
+
+
 def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
                   weights: np.ndarray | None = None, *,
                   threads: int | None = None) -> list[tuple[np.ndarray, np.ndarray, float]]:
@@ -172,31 +247,15 @@ def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
         best = np.empty(step, dtype=np.float32)
         second = np.empty(step, dtype=np.float32)
         arg = np.empty(step, dtype=np.int32)
-        # Buffers are reused across chunks: a fresh GEMM output per chunk is big enough to be
-        # mmap'd and page-faulted by the allocator every time, which costs more than the GEMM.
-        dots = np.empty((len(allc), step), dtype=np.float32)
         ones = np.ones(step, dtype=np.float64)
-        for a in range(lo, hi, step):
-            b = min(a + step, hi)
-            xb = np.ascontiguousarray(x[a:b], dtype=np.float32)
-            out = dots if b - a == step else np.empty((len(allc), b - a), np.float32)
-            np.matmul(neg2, xb.T, out=out)
+        for a, b, xb, dots in _products(x, neg2, lo, hi, step):
             wb = (ones[:b - a] if weights is None
                   else np.ascontiguousarray(weights[a:b], dtype=np.float64))
-            _fused_chunk(xb, out, c2, offsets, ks, wb, sums, counts, inertia, best, arg,
+            _fused_chunk(xb, dots, c2, offsets, ks, wb, sums, counts, inertia, best, arg,
                          second, allc, c2max, margin)
         return sums, counts, inertia
 
-    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
-    if len(spans) == 1 and threads == 1:
-        with _blas_limit_one():
-            parts = [work(*spans[0])]
-    elif len(spans) == 1:
-        parts = [work(*spans[0])]
-    else:
-        # One BLAS thread per worker: the chunks, not the GEMMs, are spread over the cores.
-        with _blas_limit_one(), ThreadPoolExecutor(len(spans)) as pool:
-            parts = list(pool.map(lambda s: work(*s), spans))
+    parts = _over_spans(bounds, threads, work)
     sums = sum(p[0] for p in parts)
     counts = sum(p[1] for p in parts)
     inertia = sum(p[2] for p in parts)
@@ -489,7 +548,7 @@ def draw_d2(x: np.ndarray, centers: np.ndarray, scale: float, u: np.ndarray,
     >>> draw_d2(x, x[:1], 1.0, np.array([0.5, 0.5])).tolist()
     [[3.0, 4.0]]
     """
-    d2 = assign(x, centers)[1].astype(np.float64)
+    d2 = min_d2(x, centers)
     if weights is not None:
         d2 *= np.asarray(weights, dtype=np.float64)
     return np.asarray(x[u < scale * d2], dtype=np.float32)

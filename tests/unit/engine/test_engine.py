@@ -184,6 +184,33 @@ def test_kmeans_parallel_draws_respect_weights():
     assert not any(tuple(c) in zero_rows for c in candidates[1:]), "weight-0 rows never drawn"
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_k_means_parallel_round_in_one_pass_draws_what_two_passes_draw(weighted):
+    """An array source draws each k-means|| round in one pass (its cost and draws from the
+    same distances); a source without that (Spark's) takes a cost pass, then a draw pass.
+    Both keep the same candidates with the same weights."""
+    from pipeline.engine.estimator import kmeans_parallel
+
+    class TwoPasses:  # the generic protocol only: step, sample_d2, sample_with_weights
+        def __init__(self, source):
+            self.source, self.n_rows = source, source.n_rows
+            self.n_features = source.n_features
+
+        def __getattr__(self, name):
+            if name == "d2_round":
+                raise AttributeError(name)
+            return getattr(self.source, name)
+
+    x, _ = make_blobs(20_000, n_features=5, centers=7, random_state=4)
+    w = np.random.default_rng(2).uniform(0, 3, len(x)) if weighted else None
+    source = ArraySource(x.astype(np.float32), w)
+    one = kmeans_parallel(source, 7, seed=5)
+    two = kmeans_parallel(TwoPasses(source), 7, seed=5)
+    assert len(one[0]) > 7
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+
+
 # ---------------------------------------------------------------- seeding (issue 11)
 
 @pytest.fixture(scope="module")
