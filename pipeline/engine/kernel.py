@@ -534,7 +534,7 @@ def take_sample(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
 
 
 def draw_d2(x: np.ndarray, centers: np.ndarray, scale: float, u: np.ndarray,
-            weights: np.ndarray | None = None) -> np.ndarray:
+            weights: np.ndarray | None = None, *, threads: int | None = None) -> np.ndarray:
     """Rows kept with probability min(1, scale * w * d²(row, centers)): a k-means|| round.
 
     ``scale`` is l / cost with the weighted cost, so about l rows are kept whatever the weights
@@ -548,7 +548,7 @@ def draw_d2(x: np.ndarray, centers: np.ndarray, scale: float, u: np.ndarray,
     >>> draw_d2(x, x[:1], 1.0, np.array([0.5, 0.5])).tolist()
     [[3.0, 4.0]]
     """
-    d2 = min_d2(x, centers)
+    d2 = min_d2(x, centers, threads=threads)
     if weights is not None:
         d2 *= np.asarray(weights, dtype=np.float64)
     return np.asarray(x[u < scale * d2], dtype=np.float32)

@@ -192,10 +192,11 @@ def _step(centroids: list[np.ndarray], threads: int) -> Callable[[int, Block], l
     return work
 
 
-def _d2(centers: np.ndarray, scale: float, seed: list[int]) -> Callable[[int, Block], Any]:
+def _d2(centers: np.ndarray, scale: float, seed: list[int],
+        threads: int) -> Callable[[int, Block], Any]:
     def work(_index: int, block: Block) -> np.ndarray:
         return draw_d2(block.x, centers, scale, uniforms(block.ids, D2_STREAM, *seed),
-                       block.weights)
+                       block.weights, threads=threads)
     return work
 
 
@@ -644,7 +645,8 @@ class SparkBlockSource:
 
     def sample_d2(self, centers: np.ndarray, scale: float, seed: Sequence[int]) -> np.ndarray:
         centers = np.asarray(centers, dtype=np.float32)
-        return np.concatenate(self._collect(_d2(centers, scale, [int(s) for s in seed])))
+        draw = _d2(centers, scale, [int(s) for s in seed], self.spec.threads)
+        return np.concatenate(self._collect(draw))
 
     def step(self, centroids: list[np.ndarray]) -> list[Stats]:
         sent = [np.asarray(c, dtype=np.float32) for c in centroids]
