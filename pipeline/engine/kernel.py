@@ -67,7 +67,7 @@ def nearest_exact(x, i, c, o, k):
 
 @njit(nogil=True, fastmath=True, cache=True)
 def _fused_chunk(xb, dots_t, c2, offsets, ks, weights, sums, counts, inertia, best, arg,
-                 second, allc, c2max, margin):
+                 near, thr, allc, c2max, margin):
     # dots_t: (total_k, m) = -2 c·x for every centroid of every K, rows contiguous so that
     # the running argmin below vectorizes across points; c2: |c|² of each centroid.
     m, d = xb.shape
@@ -82,22 +82,27 @@ def _fused_chunk(xb, dots_t, c2, offsets, ks, weights, sums, counts, inertia, be
         first = c2[o]
         for i in range(m):
             best[i] = dots_t[o, i] + first
-            second[i] = np.inf
             arg[i] = 0
+            near[i] = 0
+            thr[i] = np.float32(2.0 * margin * (x2[i] + c2max[j]))
         for c in range(1, ks[j]):
             cc = c2[o + c]
-            for i in range(m):  # min and max: the loop vectorizes as the argmin alone did
+            c32 = np.int32(c)
+            for i in range(m):
                 v = dots_t[o + c, i] + cc
                 b = best[i]
-                second[i] = min(second[i], max(b, v))
-                arg[i] = c if v < b else arg[i]
+                # a value this close to the running minimum may make a near tie with the
+                # final one: every near tie is flagged (some rows that are not, too)
+                near[i] |= np.int32(abs(v - b) <= thr[i])
+                arg[i] = c32 if v < b else arg[i]
                 best[i] = min(b, v)
         # a near tie (the two values closer than twice their rounding error can tell) is
         # settled in float64: the GEMM's rounding depends on the BLAS kernel, the shape of
         # the product and a row's place in it, so its argmin would not be the same number on
-        # every machine, chunking and path (the bounds' recomputed rows)
+        # every machine, chunking and path (the bounds' recomputed rows). A flagged row with
+        # a clear gap gets the same centroid from float64.
         for i in range(m):
-            if np.float64(second[i]) - np.float64(best[i]) <= 2.0 * margin * (x2[i] + c2max[j]):
+            if near[i]:
                 a = nearest_exact(xb, i, allc, o, ks[j])
                 arg[i] = a
                 best[i] = dots_t[o + a, i] + c2[o + a]
@@ -245,14 +250,15 @@ def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
         counts = np.zeros(len(allc), dtype=np.float64)
         inertia = np.zeros(len(cents), dtype=np.float64)
         best = np.empty(step, dtype=np.float32)
-        second = np.empty(step, dtype=np.float32)
+        thr = np.empty(step, dtype=np.float32)
         arg = np.empty(step, dtype=np.int32)
+        near = np.empty(step, dtype=np.int32)
         ones = np.ones(step, dtype=np.float64)
         for a, b, xb, dots in _products(x, neg2, lo, hi, step):
             wb = (ones[:b - a] if weights is None
                   else np.ascontiguousarray(weights[a:b], dtype=np.float64))
             _fused_chunk(xb, dots, c2, offsets, ks, wb, sums, counts, inertia, best, arg,
-                         second, allc, c2max, margin)
+                         near, thr, allc, c2max, margin)
         return sums, counts, inertia
 
     parts = _over_spans(bounds, threads, work)
