@@ -143,7 +143,7 @@ feast-ui: install
 	cd feature_repo && $(abspath $(VENV))/bin/feast ui -h 127.0.0.1 -p 8888
 
 # Side-by-side engine benchmark (writes benchmarks/RESULTS.md); MLlib gets native BLAS from
-# Debian's libopenblas0-pthread when it is installed. Takes about 25 minutes.
+# Debian's libopenblas0-pthread when it is installed. Takes about 30 minutes.
 bench: install
 	$(UV) pip install --python $(PY) --quiet faiss-cpu==1.15.1
 	@# MLlib's native BLAS (netlib loads libblas.so.3, Debian's OpenBLAS), as Spark's docs advise
@@ -151,6 +151,7 @@ bench: install
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q libopenblas0-pthread >/dev/null || \
 	  echo "MLlib runs on Java BLAS: sudo apt-get install -y libopenblas0-pthread"
 	$(PY) benchmarks/bench_engine.py --suite 1m
+	$(PY) benchmarks/bench_engine.py --suite cluster
 	$(PY) benchmarks/bench_engine.py --suite 10m
 	$(PY) benchmarks/bench_engine.py --suite sweep
 

@@ -387,7 +387,8 @@ def report() -> str:
             continue
         r = res[name]
         base = r["sklearn"]["ms_per_iter"]
-        lines += [f"## {title}", "", f"Machine: {r.get('machine', '')}", "",
+        load = f", load average {r['load']} at the end" if r.get("load") else ""
+        lines += [f"## {title}", "", f"Machine: {r.get('machine', '')}{load}", "",
                   "| peer | ms per iteration | vs scikit-learn | vs MLlib |",
                   "| --- | ---: | ---: | ---: |"]
         native = "JNIBLAS" in str(r.get("mllib", {}).get("blas", ""))
@@ -458,6 +459,7 @@ def main() -> None:
     for name in args.suite:
         out = SUITES[name](args.work)
         out["machine"] = f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+        out["load"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
         target = "1m" if name == "cluster" else name  # the cluster row joins the 1m table
         (RESULTS / f"{target}.json").write_text(json.dumps(out, indent=2))
     if args.report or args.suite:
