@@ -22,6 +22,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -311,6 +312,7 @@ def load_staged(spec: BlockSpec, index: int, run: str = "") -> Block:
 #: rows (48 ms against 17 ms on kept maps, measured here).
 _MAPS: OrderedDict[tuple[str, str], tuple[tuple[int, int, int], np.memmap]] = OrderedDict()
 MAX_MAPS = 256
+_MAPS_LOCK = threading.Lock()
 
 
 def mapped_file(path: Path, dtype: Any, shape: tuple,
@@ -331,29 +333,31 @@ def mapped_file(path: Path, dtype: Any, shape: tuple,
     info = os.stat(path)
     ident = (info.st_dev, info.st_ino, info.st_size)
     key = (str(path), mode)
-    kept = _MAPS.get(key)
-    if (kept is not None and kept[0] == ident and kept[1].shape == tuple(shape)
-            and kept[1].dtype == np.dtype(dtype)):
-        _MAPS.move_to_end(key)
-        return kept[1]
-    for other, (other_ident, _map) in list(_MAPS.items()):
-        try:
-            gone = other == key or _ident(other[0]) != other_ident
-        except OSError:
-            gone = True
-        if gone:
-            del _MAPS[other]
-    made = np.memmap(path, dtype=dtype, mode=mode, shape=shape)
-    _MAPS[key] = (ident, made)
-    while len(_MAPS) > MAX_MAPS:
-        _MAPS.popitem(last=False)
-    return made
+    with _MAPS_LOCK:  # a process may load blocks from several threads
+        kept = _MAPS.get(key)
+        if (kept is not None and kept[0] == ident and kept[1].shape == tuple(shape)
+                and kept[1].dtype == np.dtype(dtype)):
+            _MAPS.move_to_end(key)
+            return kept[1]
+        for other, (other_ident, _map) in list(_MAPS.items()):
+            try:
+                gone = other == key or _ident(other[0]) != other_ident
+            except OSError:
+                gone = True
+            if gone:
+                del _MAPS[other]
+        made = np.memmap(path, dtype=dtype, mode=mode, shape=shape)
+        _MAPS[key] = (ident, made)
+        while len(_MAPS) > MAX_MAPS:
+            _MAPS.popitem(last=False)
+        return made
 
 
 def forget_mapped(path: Path) -> None:
     """Let go of this process's maps of ``path`` (before the file is rewritten in place)."""
-    for key in [k for k in _MAPS if k[0] == str(path)]:
-        del _MAPS[key]
+    with _MAPS_LOCK:
+        for key in [k for k in _MAPS if k[0] == str(path)]:
+            del _MAPS[key]
 
 
 def _ident(path: str) -> tuple[int, int, int]:
