@@ -52,7 +52,7 @@ from pipeline.serving.metrics import Metrics
 from pipeline.serving.model import SegmentService
 from pipeline.serving.predlog import PredictionLog
 from pipeline.serving.routes import ROUTES, Router
-from pipeline.serving.transport import CLIENT_GONE, QueueBudget
+from pipeline.serving.transport import QueueBudget, client_went
 
 log = logging.getLogger("pipeline.serving")
 
@@ -223,7 +223,7 @@ class AsgiCore:
         except asyncio.CancelledError as err:
             # The client went before its answer (the protocol cancels the task: 499, nothing
             # to send), or the shutdown's grace period ran out (503, the client may retry).
-            status, ctype = (499 if CLIENT_GONE in err.args else 503), JSON_TYPES[0]
+            status, ctype = (499 if client_went(err) else 503), JSON_TYPES[0]
             body = orjson.dumps({"error": "the server is shutting down; retry on another "
                                           "replica"})
             extra = ((b"connection", b"close"),)

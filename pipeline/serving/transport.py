@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import weakref
 from typing import Any
 
 import httptools
@@ -56,6 +57,15 @@ REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header F
 SLICE = 1024
 #: The message a request's task is cancelled with when its client has gone.
 CLIENT_GONE = "client disconnected"
+#: The app tasks whose client went. A cancellation's message is lost when another lands in the
+#: same tick (the body's deadline, say): the task then sees a CancelledError without
+#: CLIENT_GONE, and only this set still says why (:func:`client_went`).
+GONE: weakref.WeakSet = weakref.WeakSet()
+
+
+def client_went(err: BaseException) -> bool:
+    """Whether a cancellation of the running app task is its client having gone."""
+    return CLIENT_GONE in getattr(err, "args", ()) or asyncio.current_task() in GONE
 
 
 class QueueBudget:
@@ -142,6 +152,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # The client has gone before its answer: the app stops working on it.
             active[0].disconnected = True
             active[0].message_event.set()
+            GONE.add(active[1])
             active[1].cancel(msg=CLIENT_GONE)
         self._dequeued(len(self.pipeline))
         self.pipeline.clear()

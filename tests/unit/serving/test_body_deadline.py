@@ -55,3 +55,31 @@ def test_a_cancellation_from_elsewhere_is_not_a_timeout(app):
         with pytest.raises((asyncio.CancelledError, RequestTimeout)):
             await task
     asyncio.run(main())
+
+
+def test_a_client_gone_in_the_tick_of_the_deadline_is_still_a_client_gone(app):
+    """The deadline's cancel and the transport's (client gone) in one tick: the task sees one
+    CancelledError without the transport's message (asyncio keeps the first), so the app would
+    count a 503 for a client that had gone (seen once in the soak). The transport's mark says
+    why."""
+    from pipeline.serving.transport import CLIENT_GONE, GONE, client_went
+
+    async def main():
+        seen = []
+
+        async def request():
+            try:
+                await app._read_body({}, _messages((b"x", False), delay=5))
+            except asyncio.CancelledError as err:
+                seen.append((err.args, client_went(err)))
+                raise
+
+        task = asyncio.create_task(request())
+        await asyncio.sleep(0.05)
+        task.cancel()  # as the deadline's timer does
+        GONE.add(task)  # as the transport does when the connection is lost
+        task.cancel(msg=CLIENT_GONE)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen == [((), True)]
+    asyncio.run(main())
