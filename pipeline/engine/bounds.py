@@ -37,9 +37,11 @@ from pipeline.engine.kernel import (
     Stats,
     _blas_limit_one,
     _default_threads,
+    c2_max,
     chunk_rows,
     error_margin,
     nearest_exact,
+    span_bounds,
 )
 
 #: Bounds cost 20 bytes per row and entry (assignment, two float64 bounds); a call with more
@@ -267,7 +269,7 @@ class BoundedLloyd:
         total_k = sum(len(c) for c in cents)
         step = chunk_rows(total_k)
         # the plain kernel's spans (partial_stats), so the sums add up in the same order
-        spans = np.linspace(0, n, min(threads, max(1, n // step)) + 1).astype(np.int64)
+        spans = span_bounds(n, step, threads)
         out: list[Stats] = []
         shares = []
         for entry, c in zip(entries, cents, strict=True):
@@ -282,7 +284,7 @@ class BoundedLloyd:
         k = len(c)
         c64 = c.astype(np.float64)
         c2 = np.einsum("ij,ij->i", c, c)
-        c2max = float(np.max(c64 ** 2 @ np.ones(d))) if k else 0.0
+        c2max = c2_max(c)
         margin = error_margin(d)
         if entry.fresh:  # no bounds yet: every row is recomputed
             drift = np.full(k, np.inf)

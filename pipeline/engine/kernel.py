@@ -143,6 +143,19 @@ def warm() -> None:
     partial_stats(x, [x[:1]], np.ones(2), threads=1)
 
 
+def span_bounds(n: int, step: int, threads: int) -> np.ndarray:
+    """Where each thread's span of ``n`` rows begins (and the last ends): at most one span
+    per thread, none under a chunk of ``step`` rows. Every pass splits rows this way, so
+    the sums add up in the same order on every path."""
+    return np.linspace(0, n, min(threads, max(1, n // step)) + 1).astype(np.int64)
+
+
+def c2_max(c: np.ndarray) -> float:
+    """The largest ``|c|²`` of the centroids, in float64 (0 for none): the scale of the
+    rounding margin (:func:`error_margin`)."""
+    return float(np.max(c.astype(np.float64) ** 2 @ np.ones(c.shape[1]))) if len(c) else 0.0
+
+
 def _over_spans(bounds: np.ndarray, threads: int, work: Callable[[int, int], Any]) -> list:
     """``work(lo, hi)`` of each span between consecutive ``bounds``, one thread per span."""
     spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
@@ -211,8 +224,7 @@ def min_d2(x: np.ndarray, centers: np.ndarray, *, threads: int | None = None) ->
             _min_d2_chunk(xb, dots, c2, best, out[a:b])
 
     if n:
-        _over_spans(np.linspace(0, n, min(threads, max(1, n // step)) + 1).astype(np.int64),
-                    threads, work)
+        _over_spans(span_bounds(n, step, threads), threads, work)
     return out
 
 
@@ -238,12 +250,11 @@ def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
     neg2 = np.ascontiguousarray(-2.0 * allc)
     c2 = np.einsum("ij,ij->i", allc, allc)
     n, d = x.shape
-    c2max = np.array([float(np.max(c.astype(np.float64) ** 2 @ np.ones(d))) if len(c) else 0.0
-                      for c in cents])
+    c2max = np.array([c2_max(c) for c in cents])
     margin = error_margin(d)
     threads = threads or _default_threads()
     step = chunk_rows(len(allc))
-    bounds = np.linspace(0, n, min(threads, max(1, n // step)) + 1).astype(np.int64)
+    bounds = span_bounds(n, step, threads)
 
     def work(lo: int, hi: int):
         sums = np.zeros((len(allc), d), dtype=np.float64)
