@@ -43,6 +43,7 @@ from pipeline.engine.kernel import (
     min_d2,
     partial_stats,
     sample_threshold,
+    sq_norms,
     take_sample,
     uniforms,
 )
@@ -122,6 +123,7 @@ class ArraySource:
         self.n_rows, self.n_features = self.x.shape
         self.bounds = bounds
         self._bounded: BoundedLloyd | None = None
+        self._x2: np.ndarray | None = None  # |x|² of the rows, kept for every pass
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         return self.sample_with_weights(n, seed)[0]
@@ -133,7 +135,10 @@ class ArraySource:
         return take_sample([(self.x[keep], w[keep], self.ids[keep], u[keep])], n)
 
     def step(self, centroids: list[np.ndarray]) -> list[Stats]:
-        return partial_stats(self.x, centroids, self.weights)
+        if self._x2 is None:
+            self._x2 = np.empty(self.n_rows, dtype=np.float32)
+            sq_norms(self.x, self._x2)
+        return partial_stats(self.x, centroids, self.weights, x2=self._x2)
 
     def lloyd_step(self, centroids: list[np.ndarray]) -> list[Stats]:
         """A Lloyd iteration: :meth:`step`'s sums and counts, from Hamerly's bounds kept

@@ -66,55 +66,70 @@ def nearest_exact(x, i, c, o, k):
 
 
 @njit(nogil=True, fastmath=True, cache=True)
-def _fused_chunk(xb, dots_t, c2, offsets, ks, weights, sums, counts, inertia, best, arg,
-                 near, thr, allc, c2max, margin):
-    # dots_t: (total_k, m) = -2 c·x for every centroid of every K, rows contiguous so that
-    # the running argmin below vectorizes across points; c2: |c|² of each centroid.
-    m, d = xb.shape
-    x2 = np.zeros(m, dtype=np.float64)
+def sq_norms(x, out):
+    """``out[i] = |x[i]|²`` summed in float32, as every pass sums it (:func:`_fused_chunk`
+    calls this very function, so a kept copy is the same numbers)."""
+    m, d = x.shape
     for i in range(m):
         acc = np.float32(0.0)
         for t in range(d):
-            acc += xb[i, t] * xb[i, t]
-        x2[i] = acc
+            acc += x[i, t] * x[i, t]
+        out[i] = acc
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _fused_chunk(xb, x2, dots_t, c2, offsets, ks, weights, unit, sums, counts, inertia, best,
+                 second, arg, allc, c2max, margin):
+    # dots_t: (total_k, m) = -2 c·x for every centroid of every K, rows contiguous so that
+    # the running argmin below vectorizes across points; c2: |c|² of each centroid; x2: |x|²
+    # of the chunk's rows, or empty (then computed here).
+    m, d = xb.shape
+    if x2.shape[0] != m:
+        x2 = np.empty(m, dtype=np.float32)
+        sq_norms(xb, x2)
     for j in range(ks.shape[0]):
         o = offsets[j]
         first = c2[o]
         for i in range(m):
             best[i] = dots_t[o, i] + first
+            second[i] = np.float32(np.inf)
             arg[i] = 0
-            near[i] = 0
-            thr[i] = np.float32(2.0 * margin * (x2[i] + c2max[j]))
         for c in range(1, ks[j]):
             cc = c2[o + c]
             c32 = np.int32(c)
             for i in range(m):
                 v = dots_t[o + c, i] + cc
                 b = best[i]
-                # a value this close to the running minimum may make a near tie with the
-                # final one: every near tie is flagged (some rows that are not, too)
-                near[i] |= np.int32(abs(v - b) <= thr[i])
+                second[i] = min(second[i], max(b, v))
                 arg[i] = c32 if v < b else arg[i]
                 best[i] = min(b, v)
-        # a near tie (the two values closer than twice their rounding error can tell) is
-        # settled in float64: the GEMM's rounding depends on the BLAS kernel, the shape of
-        # the product and a row's place in it, so its argmin would not be the same number on
-        # every machine, chunking and path (the bounds' recomputed rows). A flagged row with
-        # a clear gap gets the same centroid from float64.
-        for i in range(m):
-            if near[i]:
-                a = nearest_exact(xb, i, allc, o, ks[j])
-                arg[i] = a
-                best[i] = dots_t[o + a, i] + c2[o + a]
         total = 0.0
+        cm = c2max[j]
         for i in range(m):
-            w = weights[i]
-            a = o + arg[i]
-            dist = x2[i] + np.float64(best[i])
-            total += w * (dist if dist > 0.0 else 0.0)
-            counts[a] += w
-            for t in range(d):
-                sums[a, t] += w * xb[i, t]
+            a = arg[i]
+            b = best[i]
+            # a near tie (the best two values closer than twice their rounding error can
+            # tell) is settled in float64: the GEMM's rounding depends on the BLAS kernel,
+            # the shape of the product and a row's place in it, so its argmin would not be
+            # the same number on every machine, chunking and path (the bounds' recomputed
+            # rows test the same gap). A row with a clear gap has its true nearest centroid.
+            if np.float64(second[i]) - np.float64(b) <= 2.0 * margin * (x2[i] + cm):
+                a = nearest_exact(xb, i, allc, o, ks[j])
+                b = dots_t[o + a, i] + c2[o + a]
+            a += o
+            dist = x2[i] + np.float64(b)
+            dist = dist if dist > 0.0 else 0.0
+            if unit:  # no weights: no products
+                total += dist
+                counts[a] += 1.0
+                for t in range(d):
+                    sums[a, t] += xb[i, t]
+            else:
+                w = weights[i]
+                total += w * dist
+                counts[a] += w
+                for t in range(d):
+                    sums[a, t] += w * xb[i, t]
         inertia[j] += total
 
 
@@ -229,12 +244,13 @@ def min_d2(x: np.ndarray, centers: np.ndarray, *, threads: int | None = None) ->
 
 
 def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
-                  weights: np.ndarray | None = None, *,
-                  threads: int | None = None) -> list[tuple[np.ndarray, np.ndarray, float]]:
+                  weights: np.ndarray | None = None, *, threads: int | None = None,
+                  x2: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """Per-K sums, counts and inertia of one block of rows.
 
     Returns a list with one ``(sums (k, d) float64, counts (k,) float64, inertia float)`` per
     entry of ``centroids_per_k``; adding the tuples of all blocks gives the whole data's.
+    ``x2``: the rows' :func:`sq_norms` (float32), when the caller keeps them between passes.
 
     Examples
     --------
@@ -256,20 +272,26 @@ def partial_stats(x: np.ndarray, centroids_per_k: list[np.ndarray],
     step = chunk_rows(len(allc))
     bounds = span_bounds(n, step, threads)
 
+    unit = weights is None
+    no_weights = np.empty(0, dtype=np.float64)
+    no_x2 = np.empty(0, dtype=np.float32)
+    if x2 is not None and (x2.shape != (n,) or x2.dtype != np.float32):
+        raise ValueError(f"x2 is {x2.dtype} of shape {x2.shape}; the block's sq_norms are "
+                         f"float32 of shape ({n},)")
+
     def work(lo: int, hi: int):
         sums = np.zeros((len(allc), d), dtype=np.float64)
         counts = np.zeros(len(allc), dtype=np.float64)
         inertia = np.zeros(len(cents), dtype=np.float64)
         best = np.empty(step, dtype=np.float32)
-        thr = np.empty(step, dtype=np.float32)
+        second = np.empty(step, dtype=np.float32)
         arg = np.empty(step, dtype=np.int32)
-        near = np.empty(step, dtype=np.int32)
-        ones = np.ones(step, dtype=np.float64)
         for a, b, xb, dots in _products(x, neg2, lo, hi, step):
-            wb = (ones[:b - a] if weights is None
+            wb = (no_weights if weights is None
                   else np.ascontiguousarray(weights[a:b], dtype=np.float64))
-            _fused_chunk(xb, dots, c2, offsets, ks, wb, sums, counts, inertia, best, arg,
-                         near, thr, allc, c2max, margin)
+            x2b = no_x2 if x2 is None else x2[a:b]
+            _fused_chunk(xb, x2b, dots, c2, offsets, ks, wb, unit, sums, counts, inertia, best,
+                         second, arg, allc, c2max, margin)
         return sums, counts, inertia
 
     parts = _over_spans(bounds, threads, work)

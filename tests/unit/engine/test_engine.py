@@ -20,7 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from pipeline.engine.estimator import ArraySource, EmptyClusterWarning, KMeans, fit_sweep, lloyd
 from pipeline.engine.inprocess import in_process_source
-from pipeline.engine.kernel import assign, distances, kmeans_plusplus, partial_stats
+from pipeline.engine.kernel import assign, distances, kmeans_plusplus, partial_stats, sq_norms
 from pipeline.engine.snapshot import balanced_groups
 from pipeline.engine.staging import (
     BlockSpec,
@@ -108,6 +108,24 @@ def test_sample_weights_equal_repeated_rows():
     repeated = KMeans(3, init=init, max_iter=20, tol=0).fit(np.repeat(x, w, axis=0))
     np.testing.assert_allclose(weighted.cluster_centers_, repeated.cluster_centers_, atol=1e-4)
     assert weighted.inertia_ == pytest.approx(repeated.inertia_, rel=1e-5)
+
+
+def test_a_pass_with_kept_norms_or_unit_weights_is_the_same_numbers():
+    """The kept |x|² (ArraySource keeps them between passes) and the unweighted path (no
+    products) give what the pass computing its own norms with weights of one gives, bit for
+    bit, for several K in one pass."""
+    x, _ = make_blobs(9000, n_features=7, centers=5, random_state=4)
+    x = x.astype(np.float32)
+    cents = [x[:3].copy(), x[10:18].copy()]
+    x2 = np.empty(len(x), np.float32)
+    sq_norms(x, x2)
+    ones = partial_stats(x, cents, np.ones(len(x)), threads=2)
+    for got in (partial_stats(x, cents, threads=2), partial_stats(x, cents, x2=x2, threads=2),
+                ArraySource(x).step(cents)):
+        for (s1, n1, i1), (s2, n2, i2) in zip(ones, got, strict=True):
+            assert np.array_equal(s1, s2) and np.array_equal(n1, n2) and i1 == i2
+    with pytest.raises(ValueError, match="sq_norms are float32"):
+        partial_stats(x, cents, x2=x2.astype(np.float64))
 
 
 def test_empty_cluster_is_relocated_and_reported():
