@@ -32,14 +32,34 @@ def assign(model: SegmentModel, raw: np.ndarray) -> Assignment:
 
 
 def assign_small(model: SegmentModel, raw: np.ndarray) -> Assignment:
-    """:meth:`SegmentModel.assign` of a few raw rows, in one compiled pass."""
+    """:meth:`SegmentModel.assign` of a few raw rows, in one compiled call (the answer's
+    arrays too: five NumPy operations on one-element arrays cost more than scoring the row)."""
     pre = model.preprocessor.arrays
-    best, second, d1, d2 = score_small(np.ascontiguousarray(raw, dtype=np.float64),
-                                       pre.log_cols, pre.medians, pre.means, pre.stds,
-                                       model.centroids)
-    dist, dist2nd = np.sqrt(d1), np.sqrt(d2)
-    ids = model.cluster_ids
-    return Assignment(ids[best], dist, ids[second], dist2nd - dist, dist > model.ood_threshold)
+    return Assignment(*answer_small(np.ascontiguousarray(raw, dtype=np.float64), pre.log_cols,
+                                    pre.medians, pre.means, pre.stds, model.centroids,
+                                    model.cluster_ids, float(model.ood_threshold)))
+
+
+@njit(nogil=True, cache=True)
+def answer_small(raw, log_cols, medians, means, stds, centroids, ids, ood_threshold):
+    """:func:`score_small`'s rows as :meth:`SegmentModel.assign_scaled` answers them: cluster
+    id, distance, runner-up id, margin and out-of-distribution flag (square roots and
+    differences of the same float64 numbers, so the same answers)."""
+    best, second, d1, d2 = score_small(raw, log_cols, medians, means, stds, centroids)
+    n = best.shape[0]
+    cluster = np.empty(n, ids.dtype)
+    runner_up = np.empty(n, ids.dtype)
+    dist = np.empty(n, np.float64)
+    margin = np.empty(n, np.float64)
+    ood = np.empty(n, np.bool_)
+    for i in range(n):
+        a = np.sqrt(d1[i])
+        cluster[i] = ids[best[i]]
+        runner_up[i] = ids[second[i]]
+        dist[i] = a
+        margin[i] = np.sqrt(d2[i]) - a
+        ood[i] = a > ood_threshold
+    return cluster, dist, runner_up, margin, ood
 
 
 @njit(nogil=True, cache=True)
@@ -153,3 +173,16 @@ def row_hash_buckets(rows, buckets):
             total += np.float64(v).view(np.uint64) * mult[j]
         out[i] = np.int64(_splitmix64(total) % np.uint64(buckets))
     return out
+
+
+@njit(nogil=True, cache=True)
+def small_pass(raw, lo, hi, log_cols, medians, means, stds, centroids, ids, ood_threshold,
+               buckets):
+    """A few raw rows' check (:func:`row_flags`), canary-split buckets
+    (:func:`row_hash_buckets`) and answer (:func:`answer_small`), in one compiled call: the
+    server's one-row path made three, each costing more than the row."""
+    flags, bad = row_flags(raw, lo, hi)
+    hashed = row_hash_buckets(raw, buckets)
+    cluster, dist, runner_up, margin, ood = answer_small(raw, log_cols, medians, means, stds,
+                                                         centroids, ids, ood_threshold)
+    return flags, bad, hashed, cluster, dist, runner_up, margin, ood

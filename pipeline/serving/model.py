@@ -30,6 +30,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -37,7 +38,14 @@ from pipeline.core.settings import FEATURES
 from pipeline.model.artifact import Assignment, SegmentModel
 from pipeline.model.kmeans_segments import NAMED_ROWS, InputCheck
 from pipeline.serving.errors import Conflict, InvalidInput, ModelNotFound, NotReady, brief
-from pipeline.serving.kernels import assign, id_buckets, row_flags, row_hash_buckets
+from pipeline.serving.kernels import (
+    SMALL_BATCH,
+    assign,
+    id_buckets,
+    row_flags,
+    row_hash_buckets,
+    small_pass,
+)
 from pipeline.serving.lookup import OnlineRows
 
 log = logging.getLogger(__name__)
@@ -65,7 +73,7 @@ class Routing:
     weight: float = 0.0  # percent of keys answered by the canary (canary mode)
     mode: str = "canary"
 
-    @property
+    @cached_property  # read by every request: a routing never changes, it is replaced
     def threshold(self) -> int:
         return int(round(self.weight * BUCKETS / 100)) if self.mode == "canary" else 0
 
@@ -200,6 +208,7 @@ class SegmentService:
         assign(model, warm)  # compile and warm the one-row path before serving
         bucket(warm)
         self.value_flags(warm, model.feature_names)
+        self._small(Slot(model, version), warm, warm=True)
         with self._admin:
             r = self.routing
             if r.stable is not None and model.feature_names != r.stable.model.feature_names:
@@ -338,10 +347,13 @@ class SegmentService:
             raise InvalidInput(self.input_check(names).message(x, flags, bad))
 
     def _assign(self, slot: Slot, x: np.ndarray) -> Assignment:
-        """The slot's assignment of rows that passed :meth:`check_values`; refuses rows whose
-        distance is not finite (values too far from this model's training data for float32),
-        so no such figure reaches an answer, a metric or the analysis window."""
-        a = assign(slot.model, x)
+        """The slot's assignment of rows that passed :meth:`check_values` (:meth:`_finite`)."""
+        return self._finite(slot, assign(slot.model, x))
+
+    def _finite(self, slot: Slot, a: Assignment) -> Assignment:
+        """``a``, unless a row's distance is not finite (values too far from this model's
+        training data for float32): refused, so no such figure reaches an answer, a metric or
+        the analysis window."""
         if len(a.distance) == 1:
             finite = math.isfinite(a.distance[0]) and math.isfinite(a.margin[0])
         else:
@@ -352,6 +364,25 @@ class SegmentService:
                                f"data of version {slot.version} to be scored (their distance "
                                "overflows float32)")
         return a
+
+    def _small(self, slot: Slot, x: np.ndarray, *,
+               warm: bool = False) -> tuple[Assignment, np.ndarray]:
+        """A few rows checked (:meth:`check_values`), hashed for the canary split
+        (:func:`bucket`) and assigned by ``slot`` (:meth:`_assign`) in one compiled call,
+        :func:`~pipeline.serving.kernels.small_pass`: on the one-row path each call into NumPy
+        or a compiled kernel cost more than the row."""
+        model = slot.model
+        check = self.input_check(model.feature_names)
+        pre = model.preprocessor.arrays
+        flags, bad, hashed, *answer = small_pass(
+            np.ascontiguousarray(x, dtype=np.float64), check.lo, check.hi, pre.log_cols,
+            pre.medians, pre.means, pre.stds, model.centroids, model.cluster_ids,
+            float(model.ood_threshold), BUCKETS)
+        if warm:  # compiled, or loaded from numba's cache, before the model serves
+            return Assignment(*answer), hashed
+        if bad:
+            raise InvalidInput(check.message(x, flags, bad))
+        return self._finite(slot, Assignment(*answer)), hashed
 
     def predict_vectors(self, x: np.ndarray, *, keys: np.ndarray | None = None,
                         version: str | None = None) -> Prediction:
@@ -367,10 +398,15 @@ class SegmentService:
             raise InvalidInput(f"features have shape {list(x.shape)}; this model takes "
                                f"[n, {width}] in the order {names}")
         self.check_rows(len(x))
-        self.check_values(x, names)
+        hashed = None
         if version is not None:
+            self.check_values(x, names)
             return self._pinned(routing, x, str(version))
-        base = self._assign(stable, x)
+        if len(x) <= SMALL_BATCH:
+            base, hashed = self._small(stable, x)
+        else:
+            self.check_values(x, names)
+            base = self._assign(stable, x)
         n = len(x)
         canary = routing.canary
         if canary is None:
@@ -380,9 +416,18 @@ class SegmentService:
         # The canary scores the rows routed to it (all rows in shadow mode).
         if routing.mode == "shadow":
             chosen = np.ones(n, dtype=bool)
+            n_chosen = n
         else:
-            chosen = bucket(x if keys is None else keys) < routing.threshold
-        n_chosen = int(chosen.sum())
+            if keys is not None:
+                keyed = bucket(keys)
+            else:
+                keyed = bucket(x) if hashed is None else hashed
+            if n == 1:  # a Python comparison: NumPy's would cost more than the row
+                n_chosen = int(int(keyed[0]) < routing.threshold)
+                chosen = _ONE_ROW  # read only when the canary has some rows but not all
+            else:
+                chosen = keyed < routing.threshold
+                n_chosen = int(np.count_nonzero(chosen))
         if n_chosen == 0:
             self._record(stable.version, base.cluster, base.distance)
             return Prediction(base.cluster, base.distance, base.runner_up, base.margin, base.ood,
@@ -431,6 +476,12 @@ class SegmentService:
             return
         w = self.stats.get(version)
         w.rows += len(cluster)
+        if len(cluster) == 1 and stable_cluster is None:  # one row: no NumPy calls
+            c, d = int(cluster[0]), float(distance[0])
+            w.clusters[c] = w.clusters.get(c, 0) + 1
+            if math.isfinite(d):
+                w.distance.append(d)
+            return
         clusters = cluster[:256].tolist() if len(cluster) <= 256 else None
         w.distance.extend(_finite(distance[:256]).tolist())
         if clusters is not None:  # small batches: plain Python beats np.unique
@@ -502,6 +553,9 @@ class SegmentService:
             return parts[0]
         return OnlineRows(*(np.concatenate([getattr(part, name) for part in parts])
                             for name in ("values", "found", "stale", "age_seconds")))
+
+
+_ONE_ROW = np.ones(1, dtype=bool)
 
 
 def bucket(keys: np.ndarray) -> np.ndarray:

@@ -203,8 +203,9 @@ class PredictionLog:
             try:
                 table = self._table(cols, n)
                 hours = cols.time_us[:n] // 3_600_000_000
-                for hour in np.unique(hours):
-                    part = table.filter(pa.array(hours == hour))
+                single = hours.min() == hours.max()  # one hour: nothing to split
+                for hour in hours[:1] if single else np.unique(hours):
+                    part = table if single else table.filter(pa.array(hours == hour))
                     folder = hour_folder(self.directory,
                                          datetime.fromtimestamp(int(hour) * 3600, UTC))
                     folder.mkdir(parents=True, exist_ok=True)

@@ -125,25 +125,34 @@ def serve(settings: Settings, **kwargs) -> None:
               grace=settings.serving.shutdown_grace_seconds)
 
 
+def uvicorn_options(app, grace: float) -> dict:
+    """How uvicorn runs the app: uvloop, this package's HTTP protocol (limits, one write per
+    answer), our own access log, and none of what costs per request and serves nothing here:
+    the proxy-headers middleware (no field of the access log or the app reads the client's
+    address) and the ``server`` header (it only tells scanners the server's name)."""
+    return {"log_level": "warning", "access_log": False, "loop": "uvloop",
+            "http": limited_protocol(app), "lifespan": "on", "proxy_headers": False,
+            "server_header": False, "timeout_graceful_shutdown": drain_seconds(grace)}
+
+
 def serve_app(app, host: str, port: int, *, grace: float = 20.0) -> None:
     """Serve ``app`` in this (main) thread until SIGINT or SIGTERM, draining as :func:`serve`
     says; the server's own process (GC tuned for serving)."""
     app.tune_gc = True  # a process of its own
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                loop="uvloop", http=limited_protocol(app), lifespan="on",
-                timeout_graceful_shutdown=drain_seconds(grace))
+    uvicorn.run(app, host=host, port=port, **uvicorn_options(app, grace))
 
 
 @contextlib.contextmanager
-def running(app, host: str = "127.0.0.1", port: int = 0, grace: float = 10.0):
+def running(app, host: str = "127.0.0.1", port: int = 0, grace: float = 10.0,
+            keep_alive: float = 5.0):
     """Run ``app`` on loopback in a background thread; yields the base URL. On leaving, the
-    server drains as after SIGTERM (``grace``: see :func:`serve`)."""
+    server drains as after SIGTERM (``grace``: see :func:`serve`). An idle connection is
+    closed ``keep_alive`` seconds after its last answer (uvicorn's default, as `serve`)."""
     sock = socket.socket()
     sock.bind((host, port))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, loop="uvloop",
-                            http=limited_protocol(app), lifespan="on",
-                            timeout_graceful_shutdown=drain_seconds(grace))
+    config = uvicorn.Config(app, **uvicorn_options(app, grace),
+                            timeout_keep_alive=keep_alive)  # type: ignore[arg-type]
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

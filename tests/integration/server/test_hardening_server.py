@@ -407,10 +407,9 @@ def test_metrics_and_the_window_never_take_a_non_finite_figure():
         metrics.observe(Prediction(np.zeros(n, np.int64), np.array(distance),
                                    np.zeros(n, np.int64), np.zeros(n), np.zeros(n, bool),
                                    ["1"] * n, versions_used=("1",)))
-    hist = metrics.distance.labels("1")
-    total = next(s.value for m in metrics.registry.collect() if m.name == "kmeans_distance"
-                 for s in m.samples if s.name == "kmeans_distance_sum")
-    assert total == 1.0 and hist is not None
+    samples = {s.name: s.value for m in metrics.registry.collect()
+               if m.name == "kmeans_distance" for s in m.samples}
+    assert samples["kmeans_distance_sum"] == 1.0 and samples["kmeans_distance_count"] == 1
     window = Window()
     window.distance.extend([1.0, float("nan"), float("inf"), 3.0])
     window.stable_distance.extend([float("nan")])
@@ -772,6 +771,34 @@ def test_slow_and_idle_connections_are_closed_after_the_header_timeout(model):
             for _ in range(3):
                 assert http.get("/v2/health/live").status_code == 200
                 time.sleep(0.4)  # in time, but across the header timeout: part of the test
+
+
+def test_an_idle_connection_is_closed_after_the_keep_alive_and_a_busy_one_is_served(model):
+    """The head's limit and the keep-alive share one timer per connection (transport._wait):
+    each still ends the connection it is for, and neither ends one that is in use."""
+    app = make_app(model, header_timeout_seconds=1.5)
+    live = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n"
+    with running(app, keep_alive=1.0) as url:
+        idle = socket.create_connection(_address(url))
+        idle.sendall(live)
+        idle.settimeout(5)
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+        idle.sendall(live)  # at once, well within the keep-alive: still open
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+        busy = socket.create_connection(_address(url))
+        busy.settimeout(5)
+        # every 0.4 s for 3 s: across two keep-alives and two head limits, served throughout
+        for _ in range(8):
+            busy.sendall(live)
+            assert busy.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(0.4)  # the client's pace: part of the test
+        assert _read_until_closed(idle, 5) == b"", "the idle connection is closed, no word"
+        # a head begun on a connection that was idle is still timed from its first byte
+        busy.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n")
+        answer = _read_until_closed(busy, 10)
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout"), answer[:200]
+        idle.close()
+        busy.close()
 
 
 # ---- soak: mixed valid and hostile traffic --------------------------------------------------

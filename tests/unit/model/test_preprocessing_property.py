@@ -72,3 +72,25 @@ def test_a_frame_and_an_array_give_the_same_answer():
     raw = np.random.default_rng(9).lognormal(2, 1, (40, WIDTH))
     frame = pd.DataFrame(raw[:, ::-1], columns=FEATURE_NAMES[::-1])  # columns by name
     np.testing.assert_array_equal(model.assign(frame).distance, model.assign(raw).distance)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=batches, which=st.integers(0, len(MODELS) - 1))
+def test_the_servers_fused_small_pass_is_its_three_kernels(raw, which):
+    """kernels.small_pass (the one-row path's single call) gives what the row check, the
+    canary split's hash and the compiled assignment give one by one."""
+    model = MODELS[which]
+    pre = model.preprocessor.arrays
+    lo, hi = np.full(WIDTH, -1e29), np.full(WIDTH, 1e29)  # some rows fall outside
+    with np.errstate(all="ignore"):
+        flags, bad, hashed, *answer = kernels.small_pass(
+            raw, lo, hi, pre.log_cols, pre.medians, pre.means, pre.stds, model.centroids,
+            model.cluster_ids, float(model.ood_threshold), 10_000)
+        one_by_one = kernels.assign_small(model, raw)
+    own_flags, own_bad = kernels.row_flags(raw, lo, hi)
+    np.testing.assert_array_equal(flags, own_flags)
+    assert bad == own_bad
+    np.testing.assert_array_equal(hashed, kernels.row_hash_buckets(raw, 10_000))
+    for name, value in zip(("cluster", "distance", "runner_up", "margin", "ood"), answer,
+                           strict=True):
+        np.testing.assert_array_equal(value, getattr(one_by_one, name), err_msg=name)

@@ -111,7 +111,7 @@ def test_every_literal_of_a_rule_is_a_declared_threshold(alert):
 
 def test_the_latency_objective_is_a_bucket_boundary():
     """histogram_quantile interpolates within a bucket: the objective must be a boundary."""
-    bounds = Metrics().latency._upper_bounds  # the histogram's declared buckets
+    bounds = Metrics().latency.upper_bounds  # the histogram's declared buckets
     assert alerts.LATENCY_P99_SECONDS.value in bounds
 
 

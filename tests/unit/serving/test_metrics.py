@@ -1,40 +1,116 @@
-"""The distance histogram counts a batch's rows in one update per bucket, exactly as one
-observation per row would, and a big batch in full."""
+"""The server's own counters and histograms (plain numbers, read at scrape time) expose what
+prometheus_client's would for the same updates, line for line; a batch's distances are
+counted in one update per bucket, exactly as one observation per row, and in full."""
+
+import doctest
+import math
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from pipeline.serving.metrics import observe_many
+from pipeline.serving import metrics
+from pipeline.serving.metrics import LoopCounter, LoopHistogram, Metrics, _LoopCollector
 
 BOUNDS = (.25, .5, 1, 1.5, 2, 3, 4, 6, 8, 12)
 
 
-def _exposed(observe) -> str:
+def _text(registry) -> list[str]:
+    """The exposition without prometheus_client's ``_created`` series (ours has none)."""
+    return [line for line in generate_latest(registry).decode().splitlines()
+            if "_created" not in line]
+
+
+def _ours(*families) -> list[str]:
     registry = CollectorRegistry()
-    hist = Histogram("d", "distance", ["v"], registry=registry, buckets=BOUNDS).labels("7")
-    observe(hist)
-    return "\n".join(line for line in generate_latest(registry).decode().splitlines()
-                     if not line.startswith("d_created"))
+    registry.register(_LoopCollector(families))
+    return _text(registry)
+
+
+def _theirs(build) -> list[str]:
+    registry = CollectorRegistry()
+    build(registry)
+    return _text(registry)
+
+
+def test_a_counter_exposes_what_prometheus_clients_would():
+    ours = LoopCounter("kmeans_x_total", "Things by route", ["route", "status"])
+    for route, status, n in (("infer", "200", 1), ("infer", "400", 2), ("infer", "200", 3.5)):
+        ours.inc((route, status), n)
+
+    def theirs(registry):
+        c = Counter("kmeans_x_total", "Things by route", ["route", "status"], registry=registry)
+        for route, status, n in (("infer", "200", 1), ("infer", "400", 2), ("infer", "200", 3.5)):
+            c.labels(route, status).inc(n)
+
+    assert _ours(ours) == _theirs(theirs)
+    unlabelled = LoopCounter("kmeans_y_total", "Ys")
+    unlabelled.inc()
+    assert "kmeans_y_total 1.0" in _ours(unlabelled)
+
+
+def test_a_histogram_exposes_what_prometheus_clients_would_for_the_same_values():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.gamma(2.0, 1.5, 3000), np.array(BOUNDS, dtype=np.float64),
+                             [0.0, -1.0, 12.000001, 1e9]])
+    ours = LoopHistogram("d", "distance", ["v"], BOUNDS)
+    for value in values.tolist():
+        ours.observe(("7",), value)
+
+    def theirs(registry):
+        hist = Histogram("d", "distance", ["v"], registry=registry, buckets=BOUNDS).labels("7")
+        for value in values.tolist():
+            hist.observe(value)
+
+    _same_but_for_rounding(_ours(ours), _theirs(theirs))
+    assert ours.upper_bounds == (*BOUNDS, math.inf)
 
 
 def test_a_batch_is_counted_as_one_observation_per_finite_row():
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(1)
     values = np.concatenate([rng.gamma(2.0, 1.5, 5000), np.array(BOUNDS, dtype=np.float64),
                              [0.0, 12.000001, 1e9, np.inf, -np.inf, np.nan]])
     finite = values[np.isfinite(values)]
+    batched, one_by_one = (LoopHistogram("d", "distance", ["v"], BOUNDS) for _ in range(2))
+    batched.observe_many(("7",), values)
+    for value in values.tolist():  # the non-finite ones are left out here too
+        one_by_one.observe(("7",), value)
+    text = _ours(batched)
+    _same_but_for_rounding(text, _ours(one_by_one))
+    assert f'd_count{{v="7"}} {float(len(finite))}' in text  # all 5,000+ rows, not a sample
 
-    def one_by_one(hist):
-        for v in finite.tolist():
-            hist.observe(v)
 
-    batched = _exposed(lambda hist: observe_many(hist, values))
-    _same_but_for_rounding(batched, _exposed(one_by_one))
-    assert f'd_count{{v="7"}} {float(len(finite))}' in batched  # all 5,000+ rows, not a sample
+def test_small_and_empty_batches():
+    empty = LoopHistogram("d", "distance", ["v"], BOUNDS)
+    empty.observe_many(("7",), np.array([np.nan]))
+    assert not any(line.startswith("d_count") for line in _ours(empty))
+    small = LoopHistogram("d", "distance", ["v"], BOUNDS)
+    small.observe_many(("7",), np.array([0.3, 5.0]))
+    text = _ours(small)
+    assert 'd_bucket{le="0.5",v="7"} 1.0' in text and 'd_count{v="7"} 2.0' in text
 
 
-def _same_but_for_rounding(a: str, b: str) -> None:
+def test_bounds_must_be_finite_and_increasing():
+    for bad in ((1, 0.5), (0.5, 0.5), (0.5, math.inf)):
+        try:
+            LoopHistogram("d", "distance", ["v"], bad)
+        except ValueError as err:
+            assert "finite and increasing" in str(err)
+        else:
+            raise AssertionError(f"bounds {bad} were accepted")
+
+
+def test_the_servers_registry_names_every_series_once():
+    text = "\n".join(_text(Metrics().registry))
+    for name in ("kmeans_requests_total", "kmeans_request_latency_seconds",
+                 "kmeans_assignments_total", "kmeans_distance", "kmeans_ood_total",
+                 "kmeans_lookup_ids_total", "kmeans_inflight_requests"):
+        assert text.count(f"# TYPE {name} ") == 1, name
+
+
+def _same_but_for_rounding(a: list[str], b: list[str]) -> None:
     """Equal line by line, the sums within float rounding (added in another order)."""
-    for x, y in zip(a.splitlines(), b.splitlines(), strict=True):
+    assert len(a) == len(b), (a, b)
+    for x, y in zip(a, b, strict=True):
         if x != y:
             name_x, value_x = x.rsplit(" ", 1)
             name_y, value_y = y.rsplit(" ", 1)
@@ -42,7 +118,6 @@ def _same_but_for_rounding(a: str, b: str) -> None:
             assert abs(float(value_x) - float(value_y)) <= 1e-9 * abs(float(value_y))
 
 
-def test_small_and_empty_batches():
-    assert "d_count{v=\"7\"} 0.0" in _exposed(lambda h: observe_many(h, np.array([np.nan])))
-    text = _exposed(lambda h: observe_many(h, np.array([0.3, 5.0])))
-    assert 'd_bucket{le="0.5",v="7"} 1.0' in text and 'd_count{v="7"} 2.0' in text
+def test_the_modules_examples_hold():
+    found = doctest.testmod(metrics)
+    assert found.attempted >= 4 and found.failed == 0
