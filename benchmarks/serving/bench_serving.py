@@ -52,7 +52,8 @@ OURS_P99_RATE = 2000
 BATCH_ROWS, BATCH_REQUESTS, BATCH_RATE = 1000, 200, 10  # sequential-ish: one connection
 CUSTOMER_ID_RATE = 500
 CUSTOMER_IDS = range(100_001, 101_001)  # the demo data's first 1000 customers
-GOALS = {"ours_vs_mlserver": 5.0, "ours_vs_bare": 0.5}
+#: Issue 26's goals, in requests per server-CPU second (the figure least moved by other load)
+GOALS = {"ours_vs_mlserver": 6.0, "ours_vs_bare": 0.75}
 
 
 # ------------------------------------------------------------------ setup
@@ -389,8 +390,8 @@ def markdown(run: dict) -> str:
               "| --- | ---: | ---: | ---: | --- |"]
     for key, r in run["ratios"].items():
         goal = "-" if r["goal"] is None else (
-            f">= {r['goal']:g}x: " + ("met" if (r["closed_loop"] or 0) >= r["goal"]
-                                      and (r["held_rate"] or 0) >= r["goal"] else "NOT met"))
+            f">= {r['goal']:g}x per CPU second: "
+            + ("met" if (r["per_cpu_second"] or 0) >= r["goal"] else "NOT met"))
         lines.append(f"| {key.replace('_vs_', ' / ')} | {_f(r['closed_loop'], '{:.2f}x')} | "
                      f"{_f(r['held_rate'], '{:.2f}x')} | {_f(r['per_cpu_second'], '{:.2f}x')} | "
                      f"{goal} |")

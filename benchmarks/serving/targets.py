@@ -376,9 +376,25 @@ def _main() -> None:
     else:
         import uvicorn
 
-        app = build_ours(centroids, args.token) if args.name == "ours" else build_bare(centroids)
-        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning",
-                    access_log=False, loop="uvloop", http="httptools", lifespan="on")
+        options: dict = {"log_level": "warning", "access_log": False, "loop": "uvloop",
+                         "http": "httptools", "lifespan": "on"}
+        if args.name == "ours":
+            app = build_ours(centroids, args.token)
+            # as `kmeans serve` runs it (its protocol: limits on heads, pipelining, writers)
+            try:
+                from pipeline.serving.server import uvicorn_options
+            except ImportError:  # a commit before it (compare_commits.py)
+                try:
+                    from pipeline.serving.transport import limited_protocol
+                except ImportError:
+                    pass
+                else:
+                    options["http"] = limited_protocol(app)
+            else:
+                options = uvicorn_options(app, 10.0)
+        else:
+            app = build_bare(centroids)
+        uvicorn.run(app, host="127.0.0.1", port=args.port, **options)
 
 
 if __name__ == "__main__":
