@@ -198,15 +198,22 @@ class Metrics:
         versions = pred.model_version
         single = len(pred.versions_used) == 1
         for v in pred.versions_used:
-            mine = ok if single else ok & (np.asarray(versions) == v)
-            clusters, dist, ood = pred.cluster[mine], pred.distance[mine], pred.ood[mine]
-            if len(clusters) == 1:
-                self.assignments.inc((v, self._cluster(clusters[0])))
+            if single and pred.error is None:  # every row: no masks to copy through
+                clusters, dist, ood = pred.cluster, pred.distance, pred.ood
+            else:
+                mine = ok if single else ok & (np.asarray(versions) == v)
+                clusters, dist, ood = pred.cluster[mine], pred.distance[mine], pred.ood[mine]
+            if len(clusters) <= 256:  # a few hundred rows: a dict beats np.unique
+                counted: dict[int, int] = {}
+                for c in clusters.tolist():
+                    counted[c] = counted.get(c, 0) + 1
+                for c, n in counted.items():
+                    self.assignments.inc((v, self._cluster(c)), n)
             else:
                 for c, n in zip(*np.unique(clusters, return_counts=True), strict=True):
                     self.assignments.inc((v, self._cluster(c)), int(n))
             self.distance.observe_many((v,), dist)
-            n_ood = int(ood.sum())
+            n_ood = int(np.count_nonzero(ood))
             if n_ood:
                 self.ood.inc((v,), n_ood)
 

@@ -33,6 +33,13 @@ from pipeline.core.predictions import hour_folder
 
 log = logging.getLogger("pipeline.serving.predlog")
 
+#: The columns Parquet dictionary-encodes: the few-valued ones. By default every column is
+#: tried, and on the features, distances and ids (nearly all values distinct) the attempt cost
+#: 0.8 us a row and made the file bigger: 0.99 -> 0.17 us a row, 7.5 -> 6.0 MiB for 50,000
+#: rows, measured here; the values read back the same.
+DICTIONARY_COLUMNS = ["model_version", "cluster"]
+
+
 class _Columns:
     """Preallocated columns of up to ``capacity`` rows: a request's rows are copied in with a
     few slice assignments, and the writer turns the filled part into a table without a loop."""
@@ -211,7 +218,7 @@ class PredictionLog:
                     folder.mkdir(parents=True, exist_ok=True)
                     name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
                     tmp = folder / f".{name}.tmp"
-                    pq.write_table(part, tmp)
+                    pq.write_table(part, tmp, use_dictionary=DICTIONARY_COLUMNS)
                     os.replace(tmp, folder / name)
                     self.files.inc()
             except Exception:
@@ -239,7 +246,8 @@ class PredictionLog:
         cols.features[0] = 0.0
         table = self._table(cols, 1)
         hours = cols.time_us[:1] // 3_600_000_000
-        pq.write_table(table.filter(pa.array(hours == hours[0])), pa.BufferOutputStream())
+        pq.write_table(table.filter(pa.array(hours == hours[0])), pa.BufferOutputStream(),
+                       use_dictionary=DICTIONARY_COLUMNS)
 
     def _table(self, cols: _Columns, n: int) -> pa.Table:
         columns = {
