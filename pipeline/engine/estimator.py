@@ -37,6 +37,7 @@ from pipeline.engine.kernel import (
     SAMPLE_STREAM,
     Stats,
     assign,
+    column_major,
     distances,
     draw_d2,
     kmeans_plusplus,
@@ -124,6 +125,8 @@ class ArraySource:
         self.bounds = bounds
         self._bounded: BoundedLloyd | None = None
         self._x2: np.ndarray | None = None  # |x|² of the rows, kept for every pass
+        self._xf: np.ndarray | None = None  # their column-major copy, for the GEMM
+        self._no_column_copy = False  # too big for one
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         return self.sample_with_weights(n, seed)[0]
@@ -138,7 +141,16 @@ class ArraySource:
         if self._x2 is None:
             self._x2 = np.empty(self.n_rows, dtype=np.float32)
             sq_norms(self.x, self._x2)
-        return partial_stats(self.x, centroids, self.weights, x2=self._x2)
+        return partial_stats(self.x, centroids, self.weights, x2=self._x2,
+                             xf=self._column_copy())
+
+    def _column_copy(self) -> np.ndarray | None:
+        """The rows' column-major copy for the passes' GEMM, made at the first pass when it
+        is small enough (:func:`~pipeline.engine.kernel.column_major`)."""
+        if self._xf is None and not self._no_column_copy:
+            self._xf = column_major(self.x)
+            self._no_column_copy = self._xf is None
+        return self._xf
 
     def lloyd_step(self, centroids: list[np.ndarray]) -> list[Stats]:
         """A Lloyd iteration: :meth:`step`'s sums and counts, from Hamerly's bounds kept
@@ -160,7 +172,7 @@ class ArraySource:
         :meth:`sample_d2` keeps at scale ``ell / cost``, from the same distances (a source
         whose rows are elsewhere needs a pass for the cost first). Nothing is drawn when the
         cost is 0."""
-        d2 = min_d2(self.x, centers)
+        d2 = min_d2(self.x, centers, xf=self._column_copy())
         if self.weights is not None:
             d2 *= self.weights
         cost = float(d2.sum())

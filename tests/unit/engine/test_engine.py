@@ -20,7 +20,14 @@ from sklearn.preprocessing import StandardScaler
 
 from pipeline.engine.estimator import ArraySource, EmptyClusterWarning, KMeans, fit_sweep, lloyd
 from pipeline.engine.inprocess import in_process_source
-from pipeline.engine.kernel import assign, distances, kmeans_plusplus, partial_stats, sq_norms
+from pipeline.engine.kernel import (
+    assign,
+    column_major,
+    distances,
+    kmeans_plusplus,
+    partial_stats,
+    sq_norms,
+)
 from pipeline.engine.snapshot import balanced_groups
 from pipeline.engine.staging import (
     BlockSpec,
@@ -113,19 +120,43 @@ def test_sample_weights_equal_repeated_rows():
 def test_a_pass_with_kept_norms_or_unit_weights_is_the_same_numbers():
     """The kept |x|² (ArraySource keeps them between passes) and the unweighted path (no
     products) give what the pass computing its own norms with weights of one gives, bit for
-    bit, for several K in one pass."""
+    bit, for several K in one pass; the kept column-major copy the same sums and counts."""
     x, _ = make_blobs(9000, n_features=7, centers=5, random_state=4)
     x = x.astype(np.float32)
     cents = [x[:3].copy(), x[10:18].copy()]
     x2 = np.empty(len(x), np.float32)
     sq_norms(x, x2)
     ones = partial_stats(x, cents, np.ones(len(x)), threads=2)
-    for got in (partial_stats(x, cents, threads=2), partial_stats(x, cents, x2=x2, threads=2),
-                ArraySource(x).step(cents)):
+    for got in (partial_stats(x, cents, threads=2), partial_stats(x, cents, x2=x2, threads=2)):
         for (s1, n1, i1), (s2, n2, i2) in zip(ones, got, strict=True):
             assert np.array_equal(s1, s2) and np.array_equal(n1, n2) and i1 == i2
+    # The column-major copy (ArraySource keeps one) feeds the GEMM another layout: the same
+    # assignments and sums; the inertia to float32 rounding (its products' last bits may
+    # differ with the BLAS kernel).
+    xf = column_major(x)
+    kept = partial_stats(x, cents, x2=x2, xf=xf, threads=2)
+    for got in (kept, ArraySource(x).step(cents)):
+        for (s1, n1, i1), (s2, n2, i2) in zip(ones, got, strict=True):
+            assert np.array_equal(s1, s2) and np.array_equal(n1, n2)
+            assert i2 == pytest.approx(i1, rel=1e-6)
+    for (s1, n1, i1), (s2, n2, i2) in zip(kept, ArraySource(x).step(cents), strict=True):
+        assert np.array_equal(s1, s2) and np.array_equal(n1, n2) and i1 == i2
     with pytest.raises(ValueError, match="sq_norms are float32"):
         partial_stats(x, cents, x2=x2.astype(np.float64))
+    with pytest.raises(ValueError, match="column_major copy"):
+        partial_stats(x, cents, xf=x)
+
+
+def test_the_column_major_copy_is_kept_only_while_it_is_small(monkeypatch):
+    from pipeline.engine import kernel
+
+    x = np.ones((100, 4), np.float32)
+    assert column_major(x).flags.f_contiguous
+    monkeypatch.setattr(kernel, "COLUMN_COPY_MAX_BYTES", 100 * 4 * 4 - 1)
+    assert column_major(x) is None
+    source = ArraySource(x)
+    source.step([x[:2]])  # passes without the copy
+    assert source._xf is None
 
 
 def test_empty_cluster_is_relocated_and_reported():
