@@ -326,10 +326,22 @@ class SparkBlockSource:
         """Block managers registered with the driver (executors, and the driver's own)."""
         return int(self.sc._jsc.sc().getExecutorMemoryStatus().size())
 
+    def _scheduled_executors(self) -> set[str]:
+        """The executors the scheduler backend has registered (SparkContext.getExecutorIds,
+        Spark's own; empty when this Spark does not expose it)."""
+        try:
+            ids = self.sc._jsc.sc().getExecutorIds()
+            return {str(ids.apply(i)) for i in range(ids.size())}
+        except Exception:  # noqa: BLE001 - a private API: the block managers still count
+            return set()
+
     def _alive(self, timeout: float = 30.0) -> dict[str, Executor]:
         """The active executors: id, host and cores, from the application's status store
-        (what the UI's executors page shows; it follows the scheduler by a few ms, so this
-        waits until it lists as many executors as there are block managers)."""
+        (what the UI's executors page shows). It follows the scheduler by a few ms, and an
+        executor's block manager registers after the executor does, so this waits until it
+        lists every executor the scheduler knows and as many as there are block managers (the
+        block managers alone once let a fit start with one executor of two: the second's had
+        not registered yet)."""
         if self.local:
             return {"driver": Executor("driver", "localhost", self.sc.defaultParallelism)}
         deadline = time.monotonic() + timeout
@@ -341,8 +353,9 @@ class SparkBlockSource:
                 if e.id() != "driver":
                     found[e.id()] = Executor(e.id(), e.hostPort().rsplit(":", 1)[0],
                                              int(e.totalCores()))
-            if (found and len(found) == self._block_managers() - 1) or \
-                    time.monotonic() > deadline:
+            known = self._scheduled_executors()
+            if (found and len(found) == self._block_managers() - 1
+                    and known <= set(found)) or time.monotonic() > deadline:
                 if not found:
                     raise RuntimeError("no executor registered with the driver within "
                                        f"{timeout:.0f} s")
