@@ -778,7 +778,7 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_and_a_busy_one_is_ser
     each still ends the connection it is for, and neither ends one that is in use."""
     app = make_app(model, header_timeout_seconds=1.5)
     live = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n"
-    with running(app, keep_alive=1.0) as url:
+    with running(app, keep_alive=2.0) as url:
         idle = socket.create_connection(_address(url))
         idle.sendall(live)
         idle.settimeout(5)
@@ -787,12 +787,12 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_and_a_busy_one_is_ser
         assert idle.recv(65536).startswith(b"HTTP/1.1 200")
         busy = socket.create_connection(_address(url))
         busy.settimeout(5)
-        # every 0.4 s for 3 s: across two keep-alives and two head limits, served throughout
-        for _ in range(8):
+        # every 0.4 s for 5 s: across two keep-alives and three head limits, served throughout
+        for _ in range(12):
             busy.sendall(live)
             assert busy.recv(65536).startswith(b"HTTP/1.1 200")
             time.sleep(0.4)  # the client's pace: part of the test
-        assert _read_until_closed(idle, 5) == b"", "the idle connection is closed, no word"
+        assert _read_until_closed(idle, 10) == b"", "the idle connection is closed, no word"
         # a head begun on a connection that was idle is still timed from its first byte
         busy.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n")
         answer = _read_until_closed(busy, 10)
