@@ -41,6 +41,8 @@ from pipeline.engine.kernel import (
     chunk_rows,
     error_margin,
     nearest_exact,
+    private,
+    running_min,
     span_bounds,
 )
 
@@ -117,25 +119,16 @@ def _gather(x, rows, m, out):
 
 
 @njit(nogil=True, cache=True)
-def _assign(dots_t, c2, rows, m, x, cents, x2, margin, c2max, assign, upper, lower, best, second,
-            arg):
+def _assign(dots_t, c2, rows, m, x, cents, x2, margin, c2max, assign, upper, lower, best2,
+            second2, arg2):
     """Plain Lloyd's argmin (float32 ``-2 x·c + |c|²``, first of equals; a near tie settled
     in float64 as the plain kernel settles it) for the recomputed rows, and their new bounds,
     widened by the values' error. Centroids in the outer loop and rows in the inner one, as
-    in the plain kernel: the running minimum vectorizes."""
+    in the plain kernel (:func:`~pipeline.engine.kernel.running_min`, whose (2, m) buffers
+    these are)."""
     k = dots_t.shape[0]
-    for r in range(m):
-        best[r] = dots_t[0, r] + c2[0]
-        second[r] = np.float32(np.inf)
-        arg[r] = 0
-    for c in range(1, k):
-        cc = c2[c]
-        for r in range(m):  # as the plain kernel's
-            v = dots_t[c, r] + cc
-            b = best[r]
-            second[r] = min(second[r], max(b, v))
-            arg[r] = c if v < b else arg[r]
-            best[r] = min(b, v)
+    running_min(dots_t, c2, 0, k, m, best2, second2, arg2)  # the plain kernel's loop
+    best, second, arg = best2[0], second2[0], arg2[0]
     changed = 0
     for r in range(m):
         i = rows[r]
@@ -313,13 +306,14 @@ class BoundedLloyd:
         min_rows = max(64, -(-8192 // max(k, 1)))
 
         def work(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-            sums = np.zeros((k, d), dtype=np.float64)
-            counts = np.zeros(k, dtype=np.float64)
-            rows = np.empty((step, d), dtype=np.float32)
-            dots = np.empty((k, step), dtype=np.float32)
-            best = np.empty(step, dtype=np.float32)
-            second = np.empty(step, dtype=np.float32)
-            arg = np.empty(step, dtype=np.int32)
+            # every array this thread writes is its own (see kernel.private)
+            sums = private((k, d), np.float64, zero=True)
+            counts = private(k, np.float64, zero=True)
+            rows = private((step, d), np.float32)
+            dots = private((k, step), np.float32)
+            best = private((2, step), np.float32)  # see kernel.running_min
+            second = private((2, step), np.float32)
+            arg = private((2, step), np.int32)
             if check:  # one call over the span; the rows left go through the GEMM in batches
                 need = np.empty(hi - lo, dtype=np.int64)
                 m = _check(self.x, self.x2, c, entry.assign, entry.upper, entry.lower,

@@ -26,6 +26,8 @@ from pipeline.engine.kernel import (
     distances,
     kmeans_plusplus,
     partial_stats,
+    private,
+    running_min,
     sq_norms,
 )
 from pipeline.engine.snapshot import balanced_groups
@@ -145,6 +147,47 @@ def test_a_pass_with_kept_norms_or_unit_weights_is_the_same_numbers():
         partial_stats(x, cents, x2=x2.astype(np.float64))
     with pytest.raises(ValueError, match="column_major copy"):
         partial_stats(x, cents, xf=x)
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 50])
+def test_the_running_minimum_is_numpys_least_second_and_first_of_equals(k):
+    """The pass's argmin loop (two buffer rows read and written in turn) against NumPy on
+    values with many exact ties, for an odd and an even number of sweeps and an offset into
+    several K's centroids."""
+    rng = np.random.default_rng(k)
+    m, o = 301, 3
+    dots = rng.integers(-4, 4, size=(o + k + 2, m)).astype(np.float32)
+    c2 = rng.integers(0, 3, size=o + k + 2).astype(np.float32)
+    best, second = private((2, m), np.float32), private((2, m), np.float32)
+    arg = private((2, m), np.int32)
+    best[1], second[1], arg[1] = 99.0, 99.0, 99  # scratch: must not leak into the answer
+    running_min(dots, c2, o, k, m, best, second, arg)
+    v = dots[o:o + k] + c2[o:o + k, None]
+    want = np.argmin(v, axis=0)  # NumPy's argmin is the first of equals too
+    assert np.array_equal(arg[0], want)
+    assert np.array_equal(best[0], v.min(0))
+    ordered = np.sort(v, axis=0)
+    assert np.array_equal(second[0], ordered[1] if k > 1 else np.full(m, np.inf, np.float32))
+
+
+def test_a_threads_own_arrays_share_no_cache_line():
+    """Two threads' argmin buffers and sums side by side in memory made every write of one
+    evict the other's line: each thread's arrays begin on, and end short of, a boundary of
+    their own."""
+    import doctest
+
+    from pipeline.engine import kernel
+
+    arrays = [private(n, dt, zero=True) for n, dt in [(3, np.float64), ((2, 5), np.int32),
+                                                    ((50, 32), np.float64)]]
+    for a in arrays:
+        start = a.ctypes.data
+        assert start % kernel._GUARD == 0 and not a.any() and a.flags.c_contiguous
+        for b in arrays:
+            if b is not a:  # at least a guard apart
+                assert (b.ctypes.data >= start + a.nbytes + kernel._GUARD
+                        or b.ctypes.data + b.nbytes + kernel._GUARD <= start)
+    assert doctest.testmod(kernel).failed == 0
 
 
 def test_the_column_major_copy_is_kept_only_while_it_is_small(monkeypatch):
