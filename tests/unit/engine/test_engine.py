@@ -149,6 +149,34 @@ def test_a_pass_with_kept_norms_or_unit_weights_is_the_same_numbers():
         partial_stats(x, cents, xf=x)
 
 
+def test_a_pass_calling_numpys_sgemm_itself_equals_the_chunk_by_chunk_loop(monkeypatch):
+    """A span's pass in one compiled call (NumPy's cblas_sgemm called from it, the GIL taken
+    once a span) adds up the very numbers of the Python loop over chunks (np.matmul, then the
+    fused kernel): weighted or not, norms kept or not, rows row-major, column-major or
+    read-only, with a last chunk shorter than the others."""
+    from pipeline.engine import kernel
+
+    if kernel._sgemm() is None:
+        pytest.skip("no cblas_sgemm in NumPy's BLAS here: every pass loops in Python")
+    x, _ = make_blobs(10_007, n_features=9, centers=6, random_state=2)
+    x = x.astype(np.float32)
+    cents = [x[:4].copy(), x[20:31].copy()]
+    w = np.random.default_rng(0).random(len(x))
+    x2 = np.empty(len(x), np.float32)
+    sq_norms(x, x2)
+    ro = x.copy()
+    ro.setflags(write=False)
+    cases = [dict(), dict(weights=w), dict(x2=x2), dict(xf=column_major(x)), dict(rows=ro)]
+    for case in cases:
+        rows = case.pop("rows", x)
+        direct = partial_stats(rows, cents, threads=2, **case)
+        with monkeypatch.context() as m:
+            m.setattr(kernel, "_SGEMM", False)
+            looped = partial_stats(rows, cents, threads=2, **case)
+        for (s1, n1, i1), (s2, n2, i2) in zip(direct, looped, strict=True):
+            assert np.array_equal(s1, s2) and np.array_equal(n1, n2) and i1 == i2, case
+
+
 @pytest.mark.parametrize("k", [1, 2, 7, 50])
 def test_the_running_minimum_is_numpys_least_second_and_first_of_equals(k):
     """The pass's argmin loop (two buffer rows read and written in turn) against NumPy on
@@ -632,11 +660,16 @@ def test_seeding_reaches_scikit_learns_optimum_on_2m_rows_for_every_seed():
 def test_the_worker_daemon_compiles_the_kernel_before_it_forks_workers():
     """Spark forks every Python worker from pipeline.engine.daemon: importing it must leave
     the numba kernel compiled, else each new worker pays the first call in its first step."""
-    code = ("import pipeline.engine.kernel as k; before = len(k._fused_chunk.signatures); "
-            "import pipeline.engine.daemon; print(before, len(k._fused_chunk.signatures))")
+    # the pass runs in _span when it calls NumPy's sgemm itself, else chunk by chunk; the
+    # staged blocks (and their weights) are read-only maps, a type of their own
+    code = ("import pipeline.engine.kernel as k\n"
+            "kernel = k._span if k._sgemm() else k._fused_chunk\n"
+            "before = len(kernel.signatures)\n"
+            "import pipeline.engine.daemon\n"
+            "print(before, len(kernel.signatures))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=300).stdout.split()
-    assert out[0] == "0" and int(out[1]) >= 1, out
+    assert out[0] == "0" and int(out[1]) >= 3, out
 
 
 def test_the_worker_daemon_freezes_what_it_imported_before_it_forks_workers():
