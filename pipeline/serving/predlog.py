@@ -16,8 +16,10 @@ are not logged.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
+import sys
 import threading
 import time
 import uuid
@@ -77,13 +79,12 @@ class PredictionLog:
     def __init__(self, directory: str | Path, feature_names: list[str], *,
                  sample_rate: float = 1.0, max_queue_rows: int = 100_000,
                  flush_seconds: float = 10.0):
-        if not 0 <= sample_rate <= 1:
-            raise ValueError(f"sample_rate={sample_rate!r} should be within [0, 1]")
         if max_queue_rows < 1 or not flush_seconds > 0:
             raise ValueError("max_queue_rows should be >= 1 and flush_seconds > 0")
         self.directory = Path(directory)
         self.feature_names = list(feature_names)
-        self.sample_rate = sample_rate
+        self._random = random.Random()
+        self.sample_rate = sample_rate  # sets the first skip (see the property)
         self.flush_seconds = flush_seconds
         width = len(self.feature_names)
         self._filling = _Columns(max_queue_rows, width)
@@ -93,7 +94,6 @@ class PredictionLog:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._random = random.Random()
         # Registered by the server in its own registry (served at /metrics).
         self.rows = Counter("kmeans_prediction_log_rows_total",
                             "Prediction log rows by outcome (written, dropped: queue full or "
@@ -108,6 +108,32 @@ class PredictionLog:
         self._dropped = self.rows.labels("dropped")
 
     @property
+    def sample_rate(self) -> float:
+        """The share of requests logged. Each request is logged with this chance, independently
+        of the others; drawn as the number of requests to skip before the next logged one
+        (geometric), so that a request that is not logged costs one decrement, not a random
+        draw."""
+        return self._rate
+
+    @sample_rate.setter
+    def sample_rate(self, rate: float) -> None:
+        if not 0 <= rate <= 1:
+            raise ValueError(f"sample_rate={rate!r} should be within [0, 1]")
+        self._rate = rate
+        self._skip = self._draw_skip()
+
+    def _draw_skip(self) -> int:
+        """Requests to skip before the next logged one: P(skip = s) = (1 - r)^s r, the
+        waiting time of a request logged with chance r."""
+        rate = self._rate
+        if rate >= 1:
+            return 0
+        if rate <= 0:
+            return sys.maxsize
+        u = 1.0 - self._random.random()  # in (0, 1]
+        return int(math.log(u) / math.log1p(-rate))
+
+    @property
     def max_queue_rows(self) -> int:
         return self._filling.capacity
 
@@ -116,8 +142,12 @@ class PredictionLog:
                customer_ids: list[int] | None = None) -> None:
         """Copy a request's scored rows (``ok``; None: all) into the columns, if sampled;
         never waits for a write, never raises."""
-        if features is None or (self.sample_rate < 1
-                                and self._random.random() >= self.sample_rate):
+        if self._skip:
+            self._skip -= 1
+            return
+        if self._rate < 1:
+            self._skip = self._draw_skip()
+        if features is None:
             return
         try:
             rows = None if ok is None or ok.all() else np.flatnonzero(ok)
