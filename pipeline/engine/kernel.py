@@ -192,12 +192,17 @@ def private(shape: int | tuple[int, ...], dtype: Any, *, zero: bool = False) -> 
 _CONTROLLER = None
 
 
-def _blas_limit_one():
-    """BLAS limited to one thread (the controller is built once: building it costs ~1.5 ms)."""
+def _controller() -> ThreadpoolController:
+    """The process's threadpoolctl controller, built once (building it costs ~1.5 ms)."""
     global _CONTROLLER
     if _CONTROLLER is None:
         _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=1, user_api="blas")
+    return _CONTROLLER
+
+
+def _blas_limit_one():
+    """BLAS limited to one thread."""
+    return _controller().limit(limits=1, user_api="blas")
 
 
 def _default_threads() -> int:
@@ -269,7 +274,7 @@ _SGEMM: Any = None  # resolved once: the function, or False when there is none (
 
 def _numpy_blas_files() -> list[str]:
     """NumPy's BLAS libraries first, then any other BLAS loaded in the process."""
-    infos = [i for i in ThreadpoolController().info() if i.get("user_api") == "blas"]
+    infos = [i for i in _controller().info() if i.get("user_api") == "blas"]
     return [i["filepath"] for i in sorted(infos, key=lambda i: "numpy" not in i["filepath"])]
 
 
