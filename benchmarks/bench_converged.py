@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,8 @@ from sklearn.cluster import KMeans as SkKMeans  # noqa: E402
 from sklearn.cluster import kmeans_plusplus  # noqa: E402
 from sklearn.datasets import make_blobs  # noqa: E402
 
+from pipeline.devtools.machine import cpu_model  # noqa: E402
+from pipeline.engine.bounds import MIN_K  # noqa: E402
 from pipeline.engine.estimator import ArraySource, KMeans, lloyd  # noqa: E402
 
 TOL = 1e-4
@@ -52,10 +53,10 @@ def engine(x: np.ndarray, init: np.ndarray, bounds: bool) -> dict:
                 empty_cluster="farthest", sample=x[:: max(1, len(x) // 50_000)])[
         (len(init), 0)]
     seconds = time.perf_counter() - t
-    skipped = ([s[0] for s in source._bounded.skipped] if source._bounded is not None
-               else [])
+    used = source._bounded is not None  # BoundedLloyd.fits: not below MIN_K centroids
+    skipped = [s[0] for s in source._bounded.skipped] if used else []
     return {"seconds": seconds, "n_iter": fit.n_iter, "inertia": fit.inertia,
-            "skipped": skipped}
+            "skipped": skipped, "bounds_used": used if bounds else None}
 
 
 def sklearn(x: np.ndarray, init: np.ndarray, algorithm: str) -> dict:
@@ -137,7 +138,7 @@ def _spark_fits(master: str, conf: dict, folder: Path, stage_dir: str, init: np.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)  # each method first once
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--spark-rows", type=int, default=0,
                         help="also fit this many rows on Spark local[2] (e.g. 10000000)")
@@ -159,22 +160,25 @@ def main() -> None:
     cases = [("separated", 1.0), ("overlapping", 4.0)]
     sets = {name: data(args.rows, spread) for name, spread in cases}
     runs: dict[str, dict[str, list[dict]]] = {}
-    for _ in range(args.rounds):
+    methods = (("engine, bounds", engine, True), ("engine, plain", engine, False),
+               ("scikit-learn lloyd", sklearn, "lloyd"), ("scikit-learn elkan", sklearn, "elkan"))
+    for r in range(args.rounds):
         for name, x in sets.items():
             for k in (8, 50):
                 init, _ = kmeans_plusplus(x[:100_000], k, random_state=1)
                 key = f"{name} K={k}"
-                per = runs.setdefault(key, {})
-                for method, run, option in (("engine, bounds", engine, True),
-                                            ("engine, plain", engine, False),
-                                            ("scikit-learn lloyd", sklearn, "lloyd"),
-                                            ("scikit-learn elkan", sklearn, "elkan")):
-                    per.setdefault(method, []).append(run(x, init, option))
+                per = runs.setdefault(key, {m: [] for m, _, _ in methods})  # table order
+                # each round starts with another method: the first fit after a data set
+                # changes pays for bringing it into the caches (seen: 0.75 s against 0.43 s
+                # for the same plain passes)
+                for method, run, option in rotated(methods, r):
+                    per[method].append(run(x, init, option))
             for k in (8,):
                 key = f"{name} K={k}, own init"
-                per = runs.setdefault(key, {})
-                for which in ("engine", "scikit-learn"):
-                    per.setdefault(f"{which}, own init", []).append(own_init(x, k, which, 3))
+                per = runs.setdefault(key, {"engine, own init": [],
+                                            "scikit-learn, own init": []})
+                for which in rotated(("engine", "scikit-learn"), r):
+                    per[f"{which}, own init"].append(own_init(x, k, which, 3))
     if args.spark_rows:
         case = spark_case(args.spark_rows, args.work, args.cluster)
         runs[f"overlapping K=50, {args.spark_rows:,} rows"] = {
@@ -182,7 +186,7 @@ def main() -> None:
     table = {key: {method: _summary(results) for method, results in per.items()}
              for key, per in runs.items()}
     result = {"rows": args.rows, "dim": DIM, "rounds": args.rounds, "tol": TOL,
-              "machine": platform.machine(), "cpus": os.cpu_count(),
+              "machine": cpu_model(), "cpus": os.cpu_count(),
               "load": " ".join(f"{v:.2f}" for v in os.getloadavg()), "table": table}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "converged.json").write_text(json.dumps(result, indent=1))
@@ -190,9 +194,16 @@ def main() -> None:
     print(render(result))
 
 
+def rotated(items, by: int) -> tuple:
+    """``items`` starting at ``by`` (mod their number): round ``by``'s order."""
+    at = by % len(items)
+    return tuple(items[at:]) + tuple(items[:at])
+
+
 def _summary(results: list[dict]) -> dict:
     skipped = results[-1].get("skipped", [])
     return {"seconds": statistics.median(r["seconds"] for r in results),
+            "bounds_used": results[-1].get("bounds_used"),
             "n_iter": results[-1]["n_iter"], "inertia": results[-1]["inertia"],
             "skipped_mean": float(np.mean(skipped)) if skipped else None,
             "skipped_per_iteration": [round(s, 3) for s in skipped]}
@@ -205,7 +216,8 @@ def render(result: dict) -> str:
         f"`python benchmarks/bench_converged.py --rounds {result['rounds']}`: "
         f"{result['rows']:,} rows x {result['dim']}, tol {result['tol']}, "
         f"{result['cpus']} cores ({result['machine']}), load average {result['load']} at the "
-        "end; medians of interleaved rounds. The first rows of each case start every method "
+        "end; medians of interleaved rounds, each round starting with another method. The "
+        "first rows of each case start every method "
         "from the same k-means++ centroids; `own init` rows start each library its own way "
         "(the engine's k-means||, scikit-learn's greedy k-means++). `x lloyd` is the time "
         "over scikit-learn lloyd's in the same case (under 1 is faster); `skipped` is the "
@@ -223,6 +235,8 @@ def render(result: dict) -> str:
         elkan = per.get("scikit-learn elkan")
         for method, r in per.items():
             skipped = "" if r["skipped_mean"] is None else f"{r['skipped_mean']:.0%}"
+            if r.get("bounds_used") is False:
+                skipped = f"not used (K < {MIN_K}: plain passes)"
             vs_elkan = f"{r['seconds'] / elkan['seconds']:.2f}" if elkan else ""
             lines.append(f"| {key} | {method} | {r['seconds']:.2f} | "
                          f"{r['seconds'] / ref['seconds']:.2f} | {vs_elkan} | {r['n_iter']} "

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -490,9 +489,11 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent))
     RESULTS.mkdir(exist_ok=True)
+    from pipeline.devtools.machine import describe
+
     for name in args.suite:
         out = SUITES[name](args.work)
-        out["machine"] = f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+        out["machine"] = describe()
         out["load"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
         target = "1m" if name == "cluster" else name  # the cluster row joins the 1m table
         (RESULTS / f"{target}.json").write_text(json.dumps(out, indent=2))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -228,6 +227,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from compare_commits import export
 
+    from pipeline.devtools.machine import cpu_model
+
     args.work.mkdir(parents=True, exist_ok=True)
     data = make_data(args.work / "uneven-1M")
     base_tree, base = export(args.base)
@@ -244,7 +245,7 @@ def main() -> None:
         local = _run_child(tree, "local[2]", data, [], salt, {"spark.ui.enabled": "false"})
         runs[f"{engine} local[2]"] = figures(local)
         salt += 10
-    result = {"base": base, "this": this, "machine": platform.processor() or platform.machine(),
+    result = {"base": base, "this": this, "machine": cpu_model(),
               "load": " ".join(f"{x:.2f}" for x in os.getloadavg()), "runs": runs}
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"uneven-{base}-vs-{this.replace('+', '-')}.json"

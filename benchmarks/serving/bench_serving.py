@@ -59,9 +59,9 @@ GOALS = {"ours_vs_mlserver": 6.0, "ours_vs_bare": 0.75}
 # ------------------------------------------------------------------ setup
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").open()
-                if line.startswith("model name")), platform.processor())
-    return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
+    from pipeline.devtools.machine import cpu_model
+
+    return {"nproc": os.cpu_count(), "cpu": cpu_model(), "kernel": platform.release(),
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
             "server_cpus": targets.SERVER_CPUS, "loadgen_cpus": LOADGEN_CPUS}
 
