@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections import Counter as Tally
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -195,19 +196,15 @@ class Metrics:
             self.unknown.inc((), int((~ok).sum()))
         if pred.stale is not None and pred.stale.any():
             self.stale.inc((), int(pred.stale.sum()))
-        versions = pred.model_version
         single = len(pred.versions_used) == 1
         for v in pred.versions_used:
             if single and pred.error is None:  # every row: no masks to copy through
                 clusters, dist, ood = pred.cluster, pred.distance, pred.ood
             else:
-                mine = ok if single else ok & (np.asarray(versions) == v)
+                mine = ok if single else ok & self._rows_of(pred, v)
                 clusters, dist, ood = pred.cluster[mine], pred.distance[mine], pred.ood[mine]
-            if len(clusters) <= 256:  # a few hundred rows: a dict beats np.unique
-                counted: dict[int, int] = {}
-                for c in clusters.tolist():
-                    counted[c] = counted.get(c, 0) + 1
-                for c, n in counted.items():
+            if len(clusters) <= 256:  # a few hundred rows: Counter's C loop beats np.unique
+                for c, n in Tally(clusters.tolist()).items():
                     self.assignments.inc((v, self._cluster(c)), n)
             else:
                 for c, n in zip(*np.unique(clusters, return_counts=True), strict=True):
@@ -216,6 +213,14 @@ class Metrics:
             n_ood = int(np.count_nonzero(ood))
             if n_ood:
                 self.ood.inc((v,), n_ood)
+
+    @staticmethod
+    def _rows_of(pred: Prediction, version: str) -> np.ndarray:
+        """The rows of ``pred`` that ``version`` answered."""
+        split = pred.canary_rows
+        if split is not None and len(pred.versions_used) == 2:
+            return split if version == pred.versions_used[1] else ~split
+        return np.asarray(pred.model_version) == version
 
     def routing(self, describe: dict) -> None:
         for slot in ("stable", "canary"):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -95,6 +95,10 @@ class Prediction:
     stale: np.ndarray | None = None  # per row, lookups by id only
     versions_used: tuple[str, ...] = ()
     features: np.ndarray | None = None  # lookups by id: the online features that were scored
+    #: A request split between the stable version and the canary (versions_used, in that
+    #: order): the rows the canary answered, so that counting each version's rows needs no
+    #: comparison of the per-row version strings.
+    canary_rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.cluster)
@@ -450,7 +454,7 @@ class SegmentService:
         out = Prediction(base.cluster.copy(), base.distance.copy(), base.runner_up.copy(),
                          base.margin.copy(), base.ood.copy(),
                          np.where(chosen, canary.version, stable.version).tolist(),
-                         versions_used=both)
+                         versions_used=both, canary_rows=chosen)
         for name in ("cluster", "distance", "runner_up", "margin", "ood"):
             getattr(out, name)[chosen] = getattr(ca, name)
         return out
@@ -484,9 +488,9 @@ class SegmentService:
             return
         clusters = cluster[:256].tolist() if len(cluster) <= 256 else None
         w.distance.extend(_finite(distance[:256]).tolist())
-        if clusters is not None:  # small batches: plain Python beats np.unique
-            for c in clusters:
-                w.clusters[c] = w.clusters.get(c, 0) + 1
+        if clusters is not None:  # small batches: Counter's C loop beats np.unique
+            for c, k in Counter(clusters).items():
+                w.clusters[c] = w.clusters.get(c, 0) + k
         else:
             for c, k in zip(*np.unique(cluster, return_counts=True), strict=True):
                 w.clusters[int(c)] = w.clusters.get(int(c), 0) + int(k)

@@ -103,6 +103,13 @@ def test_weighted_split_is_sticky_and_only_moves_keys_forward(two_models):
         assert canary["requests"] == 4 and canary["latency_ms"]["p99"] > 0
         assert http.post("/admin/window", headers=AUTH).json()["versions"] == {}
         text = http.get("/metrics").text
+        # each version is counted for the rows it answered (a split request's canary rows)
+        answered = {v: 2 * int((first == v).sum()) + int((wider == v).sum())
+                    + (50 if v == "2" else 0) for v in ("1", "2")}
+        counted = {v: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                          if line.startswith("kmeans_assignments_total{")
+                          and f'model_version="{v}"' in line) for v in ("1", "2")}
+        assert counted == answered
         assert 'kmeans_canary_weight_percent{mode="canary"} 60.0' in text
         assert 'kmeans_model_version{slot="canary"} 2.0' in text
 

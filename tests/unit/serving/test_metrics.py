@@ -124,8 +124,9 @@ def test_the_modules_examples_hold():
 
 
 def test_a_batch_counts_every_row_by_version_and_cluster():
-    """Metrics.observe of many rows (a dict for a few hundred, np.unique beyond; masks only
-    when rows failed or two versions answered) counts what one row at a time would."""
+    """Metrics.observe of many rows (Counter for a few hundred, np.unique beyond; masks only
+    when rows failed or two versions answered, from the canary's rows when the request was
+    split, else from the per-row versions) counts what one row at a time would."""
     from pipeline.serving.model import Prediction
 
     rng = np.random.default_rng(5)
@@ -136,17 +137,23 @@ def test_a_batch_counts_every_row_by_version_and_cluster():
         ood = rng.random(n) < 0.2
         versions = [("2" if two and i % 3 == 0 else "1") for i in range(n)]
         error = [("gone" if errors and i % 7 == 0 else "") for i in range(n)] if errors else None
-        m = Metrics()
-        m.observe(Prediction(cluster, distance, cluster, distance, ood, versions, error=error,
-                             versions_used=("1", "2") if two else ("1",)))
         expected: dict = {}
         for i in range(n):
             if error is None or not error[i]:
                 key = (versions[i], str(int(cluster[i])))
                 expected[key] = expected.get(key, 0) + 1
-        assert m.assignments.values == expected
         kept = [i for i in range(n) if error is None or not error[i]]
-        assert sum(m.ood.values.values()) == sum(bool(ood[i]) for i in kept)
-        counts = sum(sum(row[:-1]) for row in m.distance.rows.values())
-        assert counts == len(kept)
-        assert m.unknown.values.get((), 0) == n - len(kept)
+        canary = np.array([v == "2" for v in versions])
+        for split in ((None, canary) if two else (None,)):
+            m = Metrics()
+            m.observe(Prediction(cluster, distance, cluster, distance, ood, versions,
+                                 error=error, versions_used=("1", "2") if two else ("1",),
+                                 canary_rows=split))
+            assert m.assignments.values == expected
+            assert sum(m.ood.values.values()) == sum(bool(ood[i]) for i in kept)
+            counts = sum(sum(row[:-1]) for row in m.distance.rows.values())
+            assert counts == len(kept)
+            assert m.unknown.values.get((), 0) == n - len(kept)
+            by_version = {v: sum(row[:-1]) for (v,), row in m.distance.rows.items()}
+            assert by_version == {v: sum(versions[i] == v and np.isfinite(distance[i])
+                                         for i in kept) for v in set(versions)}
