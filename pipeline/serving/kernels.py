@@ -22,8 +22,8 @@ from pipeline.model.artifact import Assignment, SegmentModel
 
 #: Up to this many rows the server scores with the compiled pass. It beat the NumPy path at
 #: every size measured (2026-12-08, AMD EPYC, one thread; ``SegmentModel.assign`` against
-#: :func:`assign_small`): 12x at 16 rows, 6x at 100 (K=8, 12 features: 19 against 114 us),
-#: 2.2x at 256, and still 1.6x at 4,096 rows with K=50 and 32 features, 1.5x at 256 rows
+#: :func:`assign_small`): with K=8 and 12 features 12x at 16 rows, 6x at 100 (19 against
+#: 114 us), 4x at 256; with K=50 and 32 features still 1.6x at 4,096 rows; 1.5x at 256 rows
 #: with K=256. It was 16 until then, so 100-row requests paid for the NumPy path.
 SMALL_BATCH = 4096
 
